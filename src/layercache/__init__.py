@@ -1,0 +1,89 @@
+"""layercache: a multi-layer cache (memory → Redis → disk) behind one ``get(key, fetcher)``.
+
+``import layercache`` loads only the standard library; names that need an extra
+(``RedisLayer`` needs ``layercache-py[redis]``, ...) are resolved lazily on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._async.stack import CacheInspectResult, CacheNamespace, CacheStack
+from ._entry import Entry
+from ._exceptions import (
+    CacheLayerError,
+    CacheMissError,
+    CircuitOpenError,
+    FetchTimeoutError,
+    LayerCacheError,
+)
+from ._metrics import (
+    CacheMetrics,
+    CacheStats,
+    HitRate,
+    LatencySummary,
+    LayerHealth,
+    LayerMetrics,
+    LayerStatus,
+)
+from ._options import CacheEntry, CacheEntryRequest, CacheOptions
+from ._types import CacheLayer
+from .layers.memory import MemoryLayer
+
+if TYPE_CHECKING:
+    from .layers.disk import DiskLayer
+    from .redis.layer import RedisLayer
+    from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer
+
+__all__ = [
+    "CacheEntry",
+    "CacheEntryRequest",
+    "CacheInspectResult",
+    "CacheLayer",
+    "CacheLayerError",
+    "CacheMetrics",
+    "CacheMissError",
+    "CacheNamespace",
+    "CacheOptions",
+    "CacheStack",
+    "CacheStats",
+    "CircuitOpenError",
+    "DiskLayer",
+    "Entry",
+    "FetchTimeoutError",
+    "HitRate",
+    "JsonSerializer",
+    "LatencySummary",
+    "LayerCacheError",
+    "LayerHealth",
+    "LayerMetrics",
+    "LayerStatus",
+    "MemoryLayer",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "RedisLayer",
+]
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "DiskLayer": "layercache.layers.disk",
+    "RedisLayer": "layercache.redis.layer",
+    "JsonSerializer": "layercache.serializers",
+    "MsgpackSerializer": "layercache.serializers",
+    "PickleSerializer": "layercache.serializers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'layercache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

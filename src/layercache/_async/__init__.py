@@ -1,0 +1,1 @@
+"""The hand-written asyncio orchestration (the sync twin is generated from it)."""

@@ -1,0 +1,79 @@
+"""The exceptions layercache raises on purpose.
+
+Tree::
+
+    LayerCacheError
+    ├── CacheMissError(key)              get_or_raise found nothing
+    ├── CacheLayerError(layer, operation) a layer failed; __cause__ is the driver error
+    ├── CircuitOpenError(key)            a fetcher's circuit breaker is open
+    └── FetchTimeoutError(key, timeout)  a fetch outlived fetch_timeout
+
+Bad input (keys, patterns, option values) raises the built-in ``ValueError``.
+A fetcher's own exception is never wrapped: it reaches every waiting caller unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheLayerError",
+    "CacheMissError",
+    "CircuitOpenError",
+    "FetchTimeoutError",
+    "LayerCacheError",
+]
+
+
+class LayerCacheError(Exception):
+    """Base class of every exception layercache raises on purpose."""
+
+
+class CacheMissError(LayerCacheError, KeyError):
+    """``get_or_raise`` found no value and had no fetcher (or the fetcher returned ``None``)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"cache miss for key {self.key!r}"
+
+
+class CacheLayerError(LayerCacheError):
+    """A layer failed during ``operation``; ``__cause__`` holds the driver's exception."""
+
+    def __init__(self, layer: str, operation: str, message: str | None = None) -> None:
+        super().__init__(layer, operation)
+        self.layer = layer
+        self.operation = operation
+        self.message = message
+
+    def __str__(self) -> str:
+        text = f"layer {self.layer!r} failed during {self.operation}"
+        if self.message:
+            text += f": {self.message}"
+        elif self.__cause__ is not None:
+            text += f": {self.__cause__!r}"
+        return text
+
+
+class CircuitOpenError(LayerCacheError):
+    """The circuit breaker of this fetcher is open and no stale value can be served."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"circuit open for key {self.key!r}"
+
+
+class FetchTimeoutError(LayerCacheError, TimeoutError):
+    """A fetch outlived ``fetch_timeout`` and no stale value could be served."""
+
+    def __init__(self, key: str, timeout: float) -> None:
+        super().__init__(key, timeout)
+        self.key = key
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"fetch for key {self.key!r} timed out after {self.timeout:g}s"

@@ -1,0 +1,114 @@
+"""Validation of keys, patterns and prefixes, and collision-free rendering of call arguments."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_PREFIX_LENGTH",
+    "render_call_key",
+    "validate_key",
+    "validate_pattern",
+    "validate_prefix",
+]
+
+MAX_KEY_LENGTH = 1024
+MAX_PREFIX_LENGTH = 256
+# Unicode category Cc: C0 controls, DEL and the C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Longest rendered argument text kept verbatim in a wrap() key; longer ones are hashed.
+_MAX_RENDERED_ARGS = 200
+
+
+def _check_text(kind: str, value: object, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{kind} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{kind} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{kind} is {len(value)} characters long; the limit is {limit}")
+    # isprintable() is a fast C check; only text that fails it needs the exact control test
+    # (a non-breaking space is not printable but is allowed).
+    if not value.isprintable():
+        match = _CONTROL.search(value)
+        if match is not None:
+            raise ValueError(
+                f"{kind} contains the control character {match.group()!r} "
+                f"at position {match.start()}"
+            )
+    return value
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if it is a valid cache key, else raise ``ValueError``."""
+    if type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable():
+        return key
+    return _check_text("key", key, MAX_KEY_LENGTH)
+
+
+def validate_pattern(pattern: object) -> str:
+    """Return ``pattern`` if it is a valid glob pattern, else raise ``ValueError``."""
+    return _check_text("pattern", pattern, MAX_KEY_LENGTH)
+
+
+def validate_prefix(prefix: object, *, limit: int = MAX_KEY_LENGTH) -> str:
+    """Return ``prefix`` if it is valid for prefix invalidation or a namespace."""
+    return _check_text("prefix", prefix, limit)
+
+
+def _render(value: Any) -> str:
+    # Every type renders with a distinct, unambiguous shape: strings are JSON-quoted, so
+    # f("1") and f(1), or f("a:b") and f("a", "b"), can never share a key.
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bytes):
+        return "b" + json.dumps(value.hex())
+    if isinstance(value, decimal.Decimal):
+        return f"D({value})"
+    if isinstance(value, uuid.UUID):
+        return f"U({value})"
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return f"T({value.isoformat()})"
+    if isinstance(value, tuple | list):
+        return "[" + ",".join(_render(v) for v in value) + "]"
+    if isinstance(value, frozenset | set):
+        return "{" + ",".join(sorted(_render(v) for v in value)) + "}"
+    if isinstance(value, Mapping):
+        items = sorted((_render(k), _render(v)) for k, v in value.items())
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    raise TypeError(
+        f"cannot build a cache key from an argument of type {type(value).__name__}; "
+        "pass key_resolver= to wrap()"
+    )
+
+
+def render_call_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """Render call arguments as stable, collision-free key text.
+
+    ``f(123)`` renders ``123``; strings are quoted (``f("a:b")`` → ``"a:b"``); positional
+    arguments are joined by ``,``; keyword arguments follow sorted by name. Renderings longer
+    than 200 characters are replaced by a SHA-256 digest so keys stay within the limits.
+    """
+    parts = [_render(a) for a in args]
+    parts.extend(f"{name}={_render(kwargs[name])}" for name in sorted(kwargs))
+    text = ",".join(parts)
+    if len(text) > _MAX_RENDERED_ARGS or _CONTROL.search(text):
+        text = "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return text

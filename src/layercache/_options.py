@@ -1,0 +1,187 @@
+"""Option dataclasses and the single point where user input is coerced and range-checked.
+
+Entry points accept a :class:`CacheOptions` or an equivalent ``dict`` (or keyword arguments);
+:func:`coerce_options` converts it once (``timedelta`` → seconds, iterables of tags → tuples)
+and raises ``ValueError`` for out-of-range values and ``TypeError`` for unknown names, before
+any layer is touched.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeAlias
+
+from ._keys import _check_text
+
+__all__ = [
+    "CacheEntry",
+    "CacheEntryRequest",
+    "CacheOptions",
+    "PerLayer",
+    "TtlPolicy",
+    "coerce_options",
+    "merge_options",
+    "seconds",
+]
+
+Seconds: TypeAlias = "int | float | _dt.timedelta"
+PerLayer: TypeAlias = "float | dict[str, float]"
+"""A number for every layer, or a dict from layer name to number."""
+TtlPolicy: TypeAlias = "str | Mapping[str, Any] | Callable[[str, Any], float]"
+
+_NAMED_POLICIES = ("until-midnight", "next-hour")
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheOptions:
+    """Per-operation options; ``None`` means "use the stack default".
+
+    Attributes:
+        tags: Tags stored with the value (replacing the key's previous tags).
+        ttl: Fresh lifetime in seconds (or ``timedelta``), or a dict from layer name to
+            seconds; ``0`` means "do not store in that layer".
+        ttl_policy: ``"until-midnight"``, ``"next-hour"``, ``{"align_to": seconds}`` or a
+            callable ``(key, value) -> seconds``; overrides ``ttl``.
+        ttl_jitter: ± random seconds added to each TTL (number or per-layer dict).
+        negative_cache: Cache ``None`` results of the fetcher.
+        negative_ttl: Lifetime of a negatively cached ``None`` (defaults to the TTL).
+        should_cache: Predicate on the fetched value; ``False`` returns it without storing.
+        fetch_timeout: Seconds a fetch may run before its waiters get ``FetchTimeoutError``.
+    """
+
+    tags: tuple[str, ...] | None = None
+    ttl: PerLayer | None = None
+    ttl_policy: TtlPolicy | None = None
+    ttl_jitter: PerLayer | None = None
+    negative_cache: bool | None = None
+    negative_ttl: float | None = None
+    should_cache: Callable[[Any], bool] | None = None
+    fetch_timeout: float | None = None
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(CacheOptions))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One item of ``set_many``: a key, its value and optional per-entry options."""
+
+    key: str
+    value: Any
+    options: CacheOptions | Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntryRequest:
+    """One item of ``get_many``: a key, an optional fetcher and optional options."""
+
+    key: str
+    fetcher: Callable[[], Any] | None = None
+    options: CacheOptions | Mapping[str, Any] | None = None
+
+
+def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    """Coerce a duration (number or ``timedelta``) to non-negative finite seconds."""
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
+    result = float(value)
+    if math.isnan(result) or math.isinf(result) or result < 0 or (not allow_zero and result == 0):
+        bound = "positive" if not allow_zero else "non-negative"
+        raise ValueError(f"{name} must be a finite, {bound} number of seconds, not {value!r}")
+    return result
+
+
+def _per_layer(name: str, value: object) -> PerLayer:
+    if isinstance(value, Mapping):
+        out: dict[str, float] = {}
+        for layer, amount in value.items():
+            if not isinstance(layer, str) or not layer:
+                raise ValueError(f"{name} keys must be layer names, not {layer!r}")
+            out[layer] = seconds(f"{name}[{layer!r}]", amount)
+        return out
+    return seconds(name, value)
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError("tags must be an iterable of str, not a single str")
+    if not isinstance(value, Iterable):
+        raise ValueError(f"tags must be an iterable of str, not {value!r}")
+    tags = tuple(dict.fromkeys(_check_text("tag", t, MAX_TAG_LENGTH) for t in value))
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags per key; got {len(tags)}")
+    return tags
+
+
+def _ttl_policy(value: object) -> TtlPolicy:
+    if callable(value):
+        return value
+    if isinstance(value, str):
+        if value not in _NAMED_POLICIES:
+            raise ValueError(
+                f"ttl_policy must be one of {', '.join(_NAMED_POLICIES)}, a dict "
+                f"{{'align_to': seconds}} or a callable; got {value!r}"
+            )
+        return value
+    if isinstance(value, Mapping):
+        if set(value) != {"align_to"}:
+            raise ValueError(f"a ttl_policy dict takes exactly the key 'align_to'; got {value!r}")
+        return {"align_to": seconds("ttl_policy['align_to']", value["align_to"], allow_zero=False)}
+    raise ValueError(f"invalid ttl_policy {value!r}")
+
+
+def coerce_options(options: CacheOptions | Mapping[str, Any] | None) -> CacheOptions | None:
+    """Validate and normalise options given as a dataclass, a dict or ``None``."""
+    if options is None:
+        return None
+    if isinstance(options, CacheOptions):
+        raw: dict[str, Any] = {f: getattr(options, f) for f in _OPTION_NAMES}
+    elif isinstance(options, Mapping):
+        unknown = set(options) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(f"unknown cache option(s): {', '.join(sorted(map(str, unknown)))}")
+        raw = dict(options)
+    else:
+        raise TypeError(f"options must be a CacheOptions or a dict, not {type(options).__name__}")
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        if value is None:
+            continue
+        if name == "tags":
+            out[name] = _tags(value)
+        elif name in ("ttl", "ttl_jitter"):
+            out[name] = _per_layer(name, value)
+        elif name == "ttl_policy":
+            out[name] = _ttl_policy(value)
+        elif name == "negative_cache":
+            if not isinstance(value, bool):
+                raise ValueError(f"negative_cache must be a bool, not {value!r}")
+            out[name] = value
+        elif name == "negative_ttl":
+            out[name] = seconds(name, value)
+        elif name == "fetch_timeout":
+            out[name] = seconds(name, value, allow_zero=False)
+        elif name == "should_cache":
+            if not callable(value):
+                raise ValueError("should_cache must be a callable taking the value")
+            out[name] = value
+    return CacheOptions(**out)
+
+
+def merge_options(base: CacheOptions, override: CacheOptions | None) -> CacheOptions:
+    """``override``'s set fields on top of ``base``."""
+    if override is None:
+        return base
+    changes = {f: getattr(override, f) for f in _OPTION_NAMES if getattr(override, f) is not None}
+    if not changes:
+        return base
+    merged = {f: getattr(base, f) for f in _OPTION_NAMES}
+    merged.update(changes)
+    return CacheOptions(**merged)

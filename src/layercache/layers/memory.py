@@ -1,0 +1,302 @@
+"""The in-process memory layer: a bounded map with O(1) LRU, LFU or FIFO eviction.
+
+It is synchronous on purpose: both stacks call it directly, so an L1 hit is a dict lookup and a
+freshness check, with no ``await``, no thread hop and no lock held across I/O. Thread safety for
+the sync stack comes from the GIL-atomic ``OrderedDict`` operations plus one small lock around
+the multi-step mutations (set with eviction, LFU bookkeeping).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from .._entry import Entry
+from .._glob import compile_glob
+
+__all__ = ["DEFAULT_MAX_SIZE", "MemoryLayer"]
+
+DEFAULT_MAX_SIZE = 100_000
+"""Entries kept when ``max_size`` is not given: every map that grows with keys has a bound."""
+
+Eviction = Literal["lru", "lfu", "fifo"]
+_EVICTIONS = ("lru", "lfu", "fifo")
+# How deep approximate_size() looks into containers; deeper data is estimated by its shell.
+_SIZE_DEPTH = 2
+_SIZE_ITEMS = 64
+
+
+def approximate_size(value: Any, depth: int = _SIZE_DEPTH) -> int:
+    """A cheap, bounded estimate of a value's memory footprint in bytes."""
+    size = sys.getsizeof(value)
+    if depth <= 0:
+        return size
+    if isinstance(value, dict):
+        for count, (k, v) in enumerate(value.items()):
+            if count >= _SIZE_ITEMS:
+                # Extrapolate from the sample instead of walking a huge mapping.
+                return size * 2 if count == 0 else int(size + (size / count) * len(value))
+            size += approximate_size(k, depth - 1) + approximate_size(v, depth - 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for count, item in enumerate(value):
+            if count >= _SIZE_ITEMS:
+                return int(size + (size / count) * len(value))
+            size += approximate_size(item, depth - 1)
+    return size
+
+
+class MemoryLayer:
+    """An in-process layer bounded by entry count and, optionally, approximate bytes.
+
+    Args:
+        ttl: Default lifetime in seconds of values stored here (``None``: no expiry).
+        max_size: Most entries kept; ``None`` selects :data:`DEFAULT_MAX_SIZE`.
+        eviction: ``"lru"`` (least recently read), ``"lfu"`` (least often read, ties by age) or
+            ``"fifo"`` (oldest write). Every policy is O(1) per operation.
+        max_bytes: Optional bound on the approximate total size of the stored values.
+        name: Layer name used in per-layer options, metrics and events.
+        clock: Wall clock in seconds; inject a fake one in tests.
+    """
+
+    is_local = True
+    is_blocking = False
+
+    def __init__(
+        self,
+        ttl: float | None = 60,
+        max_size: int | None = None,
+        eviction: Eviction = "lru",
+        *,
+        max_bytes: int | None = None,
+        name: str = "memory",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl is not None and (not isinstance(ttl, int | float) or ttl < 0):
+            raise ValueError(f"ttl must be a non-negative number of seconds or None, not {ttl!r}")
+        if max_size is None:
+            max_size = DEFAULT_MAX_SIZE
+        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1:
+            raise ValueError(f"max_size must be a positive int, not {max_size!r}")
+        if eviction not in _EVICTIONS:
+            raise ValueError(f"eviction must be one of {', '.join(_EVICTIONS)}; got {eviction!r}")
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"max_bytes must be a positive int or None, not {max_bytes!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError("name must be a non-empty str")
+        self.name = name
+        self.default_ttl: float | None = ttl
+        self.max_size = max_size
+        self.max_bytes = max_bytes
+        self.eviction: Eviction = eviction
+        self.evictions = 0
+        self._clock = clock
+        self._data: OrderedDict[str, Entry] = OrderedDict()
+        # Sizes are tracked only when a byte bound needs them.
+        self._sizes: dict[str, int] | None = {} if max_bytes is not None else None
+        self._bytes = 0
+        # LFU: key -> read count, and count -> keys in age order; _min_count is the lowest
+        # non-empty bucket, so choosing a victim is O(1).
+        self._counts: dict[str, int] | None = {} if eviction == "lfu" else None
+        self._buckets: dict[int, OrderedDict[str, None]] = {}
+        self._min_count = 0
+        self._lock = threading.RLock()
+        self._touch_on_read = eviction == "lru"
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def lookup(self, key: str, now: float) -> Entry | None:
+        """The stored entry if still usable at ``now`` (the stacks' L1 hit path)."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        expires_at = entry.expires_at
+        if expires_at is not None and now >= expires_at:
+            self._discard(key)
+            return None
+        if self._touch_on_read:
+            try:
+                self._data.move_to_end(key)
+            except KeyError:  # removed by another thread between the two lines
+                pass
+        elif self._counts is not None:
+            self._bump(key)
+        return entry
+
+    def get(self, key: str) -> Entry | None:
+        """Return the entry for ``key`` or ``None`` (expired entries are dropped)."""
+        return self.lookup(key, self._clock())
+
+    def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        """Store ``entry`` for at most ``ttl`` seconds (``None``: as long as the entry lives)."""
+        if ttl is not None:
+            if ttl <= 0:
+                self.delete(key)
+                return
+            entry = entry.clipped(self._clock() + ttl)
+        size = len(key) + approximate_size(entry.value) if self._sizes is not None else 0
+        with self._lock:
+            data = self._data
+            if key in data:
+                del data[key]
+                self._forget(key)
+            if self.max_bytes is not None and size > self.max_bytes:
+                # A single value larger than the whole bound is not cached here at all.
+                return
+            # Evict before inserting, so the newcomer is never its own victim (LFU would
+            # otherwise always pick the fresh count-1 entry).
+            while data and (
+                len(data) >= self.max_size
+                or (self.max_bytes is not None and self._bytes + size > self.max_bytes)
+            ):
+                victim = self._victim()
+                del data[victim]
+                self._forget(victim)
+                self.evictions += 1
+            data[key] = entry
+            if self._sizes is not None:
+                self._sizes[key] = size
+                self._bytes += size
+            if self._counts is not None:
+                self._counts[key] = 1
+                self._buckets.setdefault(1, OrderedDict())[key] = None
+                self._min_count = 1
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _bump(self, key: str) -> None:
+        counts = self._counts
+        assert counts is not None
+        with self._lock:
+            count = counts.get(key)
+            if count is None:
+                return
+            bucket = self._buckets[count]
+            del bucket[key]
+            if not bucket:
+                del self._buckets[count]
+                if self._min_count == count:
+                    self._min_count = count + 1
+            counts[key] = count + 1
+            self._buckets.setdefault(count + 1, OrderedDict())[key] = None
+
+    def _forget(self, key: str) -> None:
+        """Drop the bookkeeping of ``key`` (caller holds the lock and removes the entry)."""
+        if self._sizes is not None:
+            self._bytes -= self._sizes.pop(key, 0)
+        if self._counts is not None:
+            count = self._counts.pop(key, None)
+            if count is not None:
+                bucket = self._buckets[count]
+                del bucket[key]
+                if not bucket:
+                    del self._buckets[count]
+                    if self._min_count == count:
+                        self._min_count = min(self._buckets, default=0)
+
+    def _discard(self, key: str) -> bool:
+        with self._lock:
+            if self._data.pop(key, None) is None:
+                return False
+            self._forget(key)
+            return True
+
+    def _victim(self) -> str:
+        if self._counts is not None:
+            return next(iter(self._buckets[self._min_count]))
+        return next(iter(self._data))
+
+    # -- the rest of the protocol -----------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+        self._discard(key)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove every key in ``keys``."""
+        for key in keys:
+            self._discard(key)
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        with self._lock:
+            self._data.clear()
+            if self._sizes is not None:
+                self._sizes.clear()
+            self._bytes = 0
+            if self._counts is not None:
+                self._counts.clear()
+            self._buckets.clear()
+            self._min_count = 0
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Entries for ``keys`` in order (``None`` for misses)."""
+        now = self._clock()
+        return [self.lookup(key, now) for key in keys]
+
+    def set_many(self, items: Sequence[tuple[str, Entry, float | None]]) -> None:
+        """Store several ``(key, entry, ttl)`` items."""
+        for key, entry, ttl in items:
+            self.set(key, entry, ttl)
+
+    def keys(self, pattern: str | None = None, limit: int | None = None) -> list[str]:
+        """Keys holding a usable entry, optionally filtered by a glob, at most ``limit``."""
+        now = self._clock()
+        regex = compile_glob(pattern) if pattern is not None else None
+        out: list[str] = []
+        for key, entry in list(self._data.items()):
+            if entry.expires_at is not None and now >= entry.expires_at:
+                continue
+            if regex is not None and regex.fullmatch(key) is None:
+                continue
+            out.append(key)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def delete_matching(self, pattern: str) -> int:
+        """Remove every key matching the glob ``pattern``; return how many were removed."""
+        regex = compile_glob(pattern)
+        removed = 0
+        for key in [k for k in list(self._data) if regex.fullmatch(k) is not None]:
+            removed += self._discard(key)
+        return removed
+
+    def has(self, key: str) -> bool:
+        """Whether a usable entry is stored under ``key``."""
+        entry = self._data.get(key)
+        return entry is not None and entry.is_usable(self._clock())
+
+    def ttl(self, key: str) -> float | None:
+        """Remaining storage lifetime of ``key`` in seconds (``None``: absent or no expiry)."""
+        entry = self._data.get(key)
+        if entry is None or entry.expires_at is None:
+            return None
+        remaining = entry.expires_at - self._clock()
+        return remaining if remaining > 0 else None
+
+    def size(self) -> int:
+        """Number of stored entries (expired ones not yet dropped included)."""
+        return len(self._data)
+
+    @property
+    def approximate_bytes(self) -> int:
+        """Approximate bytes of stored values (tracked only when ``max_bytes`` is set)."""
+        return self._bytes
+
+    def ping(self) -> bool:
+        """Always healthy."""
+        return True
+
+    def close(self) -> None:
+        """Drop every entry."""
+        self.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"MemoryLayer(name={self.name!r}, ttl={self.default_ttl!r}, "
+            f"max_size={self.max_size}, eviction={self.eviction!r}, size={len(self._data)})"
+        )
