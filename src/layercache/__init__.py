@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._async.stack import CacheInspectResult, CacheNamespace, CacheStack
+from ._async.stack import CacheNamespace, CacheStack
 from ._entry import Entry
 from ._exceptions import (
     CacheLayerError,
@@ -19,6 +19,7 @@ from ._exceptions import (
     LayerCacheError,
 )
 from ._metrics import (
+    CacheInspectResult,
     CacheMetrics,
     CacheStats,
     HitRate,

@@ -97,7 +97,6 @@ class EventHub:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def drain(self) -> None:
-        """Wait for pending async handlers (used by ``aclose``)."""
-        if self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+    def pending(self) -> list[asyncio.Task[Any]]:
+        """Async handlers still running (``aclose`` waits for them, bounded)."""
+        return list(self._pending)

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = [
+    "CacheInspectResult",
     "CacheMetrics",
     "CacheStats",
     "HitRate",
@@ -169,3 +170,16 @@ class MetricsRecorder:
             for name, c in self.layers.items()
         }
         return HitRate(self.hits / total if total else 0.0, layers)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInspectResult:
+    """What the stack knows about one key (see :meth:`CacheStack.inspect`)."""
+
+    key: str
+    found_in_layers: list[str]
+    fresh_ttl: float | None
+    stale_ttl: float | None
+    error_ttl: float | None
+    is_stale: bool
+    tags: tuple[str, ...]

@@ -7,13 +7,13 @@ Optional methods are looked up here and nowhere else, so the hot path never call
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
+from ._primitives import Cancelled, bind_method, gather, is_async_callable
 
 __all__ = ["LayerAdapter"]
 
@@ -28,25 +28,6 @@ _OPTIONAL = (
     "size",
     "ping",
 )
-
-
-def _bind(fn: Callable[..., Any], blocking: bool) -> Callable[..., Awaitable[Any]]:
-    if inspect.iscoroutinefunction(fn):
-        return fn
-    if blocking:
-
-        async def in_thread(*args: Any) -> Any:
-            return await asyncio.to_thread(fn, *args)
-
-        return in_thread
-
-    async def direct(*args: Any) -> Any:
-        result = fn(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    return direct
 
 
 class LayerAdapter:
@@ -72,20 +53,20 @@ class LayerAdapter:
         lookup = getattr(layer, "lookup", None)
         self.lookup: Callable[[str, float], Entry | None] | None = (
             lookup
-            if lookup is not None and not blocking and not inspect.iscoroutinefunction(lookup)
+            if lookup is not None and not blocking and not is_async_callable(lookup)
             else None
         )
-        self._get = _bind(layer.get, blocking)
-        self._set = _bind(layer.set, blocking)
-        self._delete = _bind(layer.delete, blocking)
-        self._clear = _bind(layer.clear, blocking)
+        self._get = bind_method(layer.get, blocking)
+        self._set = bind_method(layer.set, blocking)
+        self._delete = bind_method(layer.delete, blocking)
+        self._clear = bind_method(layer.clear, blocking)
         self._optional: dict[str, Callable[..., Awaitable[Any]]] = {}
         for attr in _OPTIONAL:
             fn = getattr(layer, attr, None)
             if callable(fn):
-                self._optional[attr] = _bind(fn, blocking)
+                self._optional[attr] = bind_method(fn, blocking)
         closer = getattr(layer, "aclose", None) or getattr(layer, "close", None)
-        self._close = _bind(closer, blocking) if callable(closer) else None
+        self._close = bind_method(closer, blocking) if callable(closer) else None
         self.supports = frozenset(self._optional)
         handler_hook = getattr(layer, "set_error_handler", None)
         self.set_error_handler: Callable[[Any], Any] | None = (
@@ -98,7 +79,7 @@ class LayerAdapter:
             return await fn(*args)
         except LayerCacheError:
             raise
-        except asyncio.CancelledError:
+        except Cancelled:
             raise
         except Exception as exc:
             raise CacheLayerError(self.name, operation) from exc
@@ -125,7 +106,7 @@ class LayerAdapter:
         if fn is not None:
             result = await self.call("get_many", fn, list(keys))
             return list(result)
-        return list(await asyncio.gather(*(self.get(k) for k in keys)))
+        return await gather([partial(self.get, k) for k in keys])
 
     async def set_many(self, items: Sequence[tuple[str, Entry, float | None]]) -> None:
         """Bulk write, through the layer's fast path when it has one."""
@@ -133,7 +114,7 @@ class LayerAdapter:
         if fn is not None:
             await self.call("set_many", fn, list(items))
         else:
-            await asyncio.gather(*(self.set(k, e, t) for k, e, t in items))
+            await gather([partial(self.set, k, e, t) for k, e, t in items])
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         """Bulk delete, through the layer's fast path when it has one."""
@@ -141,7 +122,7 @@ class LayerAdapter:
         if fn is not None:
             await self.call("delete_many", fn, list(keys))
         else:
-            await asyncio.gather(*(self.delete(k) for k in keys))
+            await gather([partial(self.delete, k) for k in keys])
 
     async def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a glob; needs ``delete_matching`` or ``keys`` on the layer."""

@@ -12,15 +12,12 @@ constructs outside the few helpers the generator knows how to rename.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import functools
-import inspect
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, overload
 
 from .._entry import Entry
@@ -36,6 +33,7 @@ from .._keys import MAX_KEY_LENGTH, MAX_PREFIX_LENGTH, render_call_key, validate
 from .._keys import validate_pattern as _validate_pattern
 from .._keys import validate_prefix as _validate_prefix
 from .._metrics import (
+    CacheInspectResult,
     CacheMetrics,
     CacheStats,
     HitRate,
@@ -51,10 +49,22 @@ from .._options import (
     merge_options,
 )
 from .._policy import build_entry
+from ._primitives import (
+    FlightFuture,
+    call_fetcher,
+    gather,
+    gather_settled,
+    launch,
+    new_flight_lock,
+    new_future,
+    wait_future,
+    wait_launched,
+    with_timeout,
+)
 from .adapter import LayerAdapter
 from .tag_index import InMemoryTagIndex
 
-__all__ = ["CacheInspectResult", "CacheNamespace", "CacheStack"]
+__all__ = ["CacheNamespace", "CacheStack"]
 
 T = TypeVar("T")
 Fetcher = Callable[[], Any]
@@ -68,19 +78,6 @@ _WRITE_POLICIES = ("strict", "best-effort")
 _CLOSE_GRACE = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class CacheInspectResult:
-    """What the stack knows about one key (see :meth:`CacheStack.inspect`)."""
-
-    key: str
-    found_in_layers: list[str]
-    fresh_ttl: float | None
-    stale_ttl: float | None
-    error_ttl: float | None
-    is_stale: bool
-    tags: tuple[str, ...]
-
-
 class _Flight:
     """One in-flight fetch shared by every concurrent caller of a key.
 
@@ -89,12 +86,13 @@ class _Flight:
     fetch never resurrects data that was invalidated after it started.
     """
 
-    __slots__ = ("invalidated", "tags", "task")
+    __slots__ = ("future", "handle", "invalidated", "tags")
 
     def __init__(self, tags: tuple[str, ...]) -> None:
         self.invalidated = False
         self.tags = tags
-        self.task: asyncio.Task[Any] | None = None
+        self.future: FlightFuture[Any] | None = None
+        self.handle: Any = None
 
 
 class CacheStack:
@@ -179,6 +177,8 @@ class CacheStack:
         self._rng = rng
         self.max_profile_entries = max_profile_entries
         self._flights: dict[str, _Flight] = {}
+        # Guards check-and-register of a flight (a real lock only in the threaded twin).
+        self._flight_lock = new_flight_lock()
         self._closed = False
         first = self._layers[0]
         # An L1 that answers synchronously: its hit is served without any await.
@@ -243,21 +243,13 @@ class CacheStack:
         """Run one operation on several layers concurrently under the write policy."""
         if not layers:
             return
-        if len(layers) == 1:
-            results: list[Any] = []
-            try:
-                await make(layers[0])
-                results.append(None)
-            except LayerCacheError as exc:
-                results.append(exc)
-        else:
-            results = list(await asyncio.gather(*(make(a) for a in layers), return_exceptions=True))
-        failures = [r for r in results if isinstance(r, BaseException)]
+        results = await gather_settled([functools.partial(make, a) for a in layers])
+        failures = [r for r in results if isinstance(r, Exception)]
         if not failures:
             return
         for failure in failures:
             if not isinstance(failure, LayerCacheError):
-                raise failure  # cancellation or a programming error: never swallow it
+                raise failure  # a programming error, not a layer failure: never swallow it
         self._metrics.write_failures += len(failures)
         for failure in failures:
             self._report(failure, operation=operation)
@@ -387,47 +379,40 @@ class CacheStack:
         if not self._stampede_prevention:
             flight = _Flight(opts.tags or ())
             return await self._fetch_and_store(key, fetcher, opts, flight)
-        running = self._flights.get(key)
-        if running is not None and running.task is not None:
+        with self._flight_lock:
+            running = self._flights.get(key)
+            if running is None:
+                flight = _Flight(opts.tags or ())
+                future = new_future()
+                # Registered before the fetch starts: every caller from now on joins it.
+                flight.future = future
+                self._flights[key] = flight
+        if running is not None and running.future is not None:
             self._metrics.stampede_dedupes += 1
             if "stampede_dedupe" in self._events.active:
                 self._events.emit("stampede_dedupe", {"key": key})
-            return await asyncio.shield(running.task)
-        flight = _Flight(opts.tags or ())
-        self._flights[key] = flight
-        task = asyncio.get_running_loop().create_task(
-            self._fetch_and_store(key, fetcher, opts, flight)
-        )
-        flight.task = task
+            return await wait_future(running.future)
 
-        def finished(done: asyncio.Task[Any]) -> None:
+        def finished() -> None:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-            # Retrieve the outcome so an error nobody awaited any more is not logged as lost.
-            if not done.cancelled():
-                done.exception()
 
-        task.add_done_callback(finished)
-        # shield(): one waiter being cancelled must not cancel the fetch the others share.
-        return await asyncio.shield(task)
+        flight.handle = launch(
+            future,
+            functools.partial(self._fetch_and_store, key, fetcher, opts, flight),
+            finished,
+        )
+        # One waiter being cancelled must not cancel the fetch the others share.
+        return await wait_future(future)
 
     async def _call_fetcher(self, key: str, fetcher: Fetcher, timeout: float | None) -> Any:
-        async def run() -> Any:
-            if inspect.iscoroutinefunction(fetcher):
-                return await fetcher()
-            # A plain callable runs in a worker thread so it cannot block the event loop; a
-            # lambda that merely returns a coroutine (``lambda: db.find(1)``) is awaited here.
-            result = await asyncio.to_thread(fetcher)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
         if timeout is None:
-            return await run()
+            return await call_fetcher(fetcher)
+        began = time.monotonic()
         try:
-            return await asyncio.wait_for(run(), timeout)
-        except asyncio.TimeoutError as exc:
-            if isinstance(exc.__cause__, asyncio.CancelledError) or exc.__context__ is not None:
+            return await with_timeout(functools.partial(call_fetcher, fetcher), timeout)
+        except TimeoutError:
+            if time.monotonic() - began >= timeout:
                 raise FetchTimeoutError(key, timeout) from None
             raise  # a TimeoutError raised by the fetcher itself is its own error
 
@@ -703,11 +688,13 @@ class CacheStack:
         metrics.misses += len(pending)
         loads = [i for i in pending if requests[i][1] is not None]
         if loads:
-            values = await asyncio.gather(
-                *(
-                    self._load(requests[i][0], cast(Fetcher, requests[i][1]), requests[i][2])
+            values = await gather(
+                [
+                    functools.partial(
+                        self._load, requests[i][0], cast(Fetcher, requests[i][1]), requests[i][2]
+                    )
                     for i in loads
-                )
+                ]
             )
             for i, value in zip(loads, values, strict=True):
                 results[i] = value
@@ -908,7 +895,7 @@ class CacheStack:
                 healthy, error = False, str(exc.__cause__ or exc)
             return LayerHealth(adapter.name, healthy, time.perf_counter() - began, error)
 
-        return list(await asyncio.gather(*(probe(a) for a in self._layers)))
+        return await gather([functools.partial(probe, a) for a in self._layers])
 
     @property
     def layers(self) -> list[Any]:
@@ -922,12 +909,9 @@ class CacheStack:
         if self._closed:
             return
         self._closed = True
-        tasks = [f.task for f in self._flights.values() if f.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
-            for task in late:
-                task.cancel()
-        await self._events.drain()
+        handles = [f.handle for f in self._flights.values() if f.handle is not None]
+        await wait_launched(handles, _CLOSE_GRACE)
+        await wait_launched(self._events.pending(), _CLOSE_GRACE)
         errors: list[BaseException] = []
         for adapter in self._layers:
             try:

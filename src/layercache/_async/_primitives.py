@@ -1,0 +1,153 @@
+"""The asyncio primitives the orchestration is written against.
+
+``layercache/_sync/_primitives.py`` defines the same names for threads; ``scripts/unasync.py``
+turns ``_async/*.py`` (except this file) into ``_sync/*.py`` by renaming, so the stack logic
+exists once. Everything here is small on purpose: it is the whole difference between the twins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = [
+    "Cancelled",
+    "FlightFuture",
+    "bind_method",
+    "call_fetcher",
+    "gather",
+    "gather_settled",
+    "launch",
+    "new_flight_lock",
+    "new_future",
+    "wait_future",
+    "wait_launched",
+    "with_timeout",
+]
+
+T = TypeVar("T")
+Cancelled = asyncio.CancelledError
+FlightFuture = asyncio.Future
+
+
+def bind_method(fn: Callable[..., Any], blocking: bool) -> Callable[..., Awaitable[Any]]:
+    """A layer method as a coroutine function: awaited, run in a thread, or called directly."""
+    if inspect.iscoroutinefunction(fn):
+        return fn
+    if blocking:
+
+        async def in_thread(*args: Any) -> Any:
+            return await asyncio.to_thread(fn, *args)
+
+        return in_thread
+
+    async def direct(*args: Any) -> Any:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return direct
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether ``fn`` is a coroutine function (an async layer method)."""
+    return inspect.iscoroutinefunction(fn)
+
+
+async def gather(thunks: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run the thunks concurrently; the first error propagates."""
+    if len(thunks) == 1:
+        return [await thunks[0]()]
+    return list(await asyncio.gather(*(t() for t in thunks)))
+
+
+async def gather_settled(thunks: Sequence[Callable[[], Awaitable[T]]]) -> list[T | Exception]:
+    """Run the thunks concurrently; each result is a value or the ``Exception`` it raised."""
+    if len(thunks) == 1:
+        try:
+            return [await thunks[0]()]
+        except Exception as exc:
+            return [exc]
+    results = await asyncio.gather(*(t() for t in thunks), return_exceptions=True)
+    out: list[T | Exception] = []
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancellation and interpreter exits are never "settled"
+        out.append(result)
+    return out
+
+
+def new_future() -> asyncio.Future[Any]:
+    """A future the single-flight waiters share."""
+    return asyncio.get_running_loop().create_future()
+
+
+def launch(
+    future: asyncio.Future[Any],
+    thunk: Callable[[], Awaitable[Any]],
+    on_done: Callable[[], None],
+) -> asyncio.Task[None]:
+    """Run ``thunk`` as a task that settles ``future`` and then calls ``on_done``."""
+
+    async def run() -> None:
+        try:
+            value = await thunk()
+        except BaseException as exc:
+            if not future.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+                    # Mark the error as retrieved: with no waiter left it is not "lost".
+                    future.exception()
+            on_done()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not future.done():
+            future.set_result(value)
+        on_done()
+
+    return asyncio.get_running_loop().create_task(run())
+
+
+async def wait_future(future: asyncio.Future[Any]) -> Any:
+    """Wait for a shared future; cancelling this waiter does not cancel it for the others."""
+    return await asyncio.shield(future)
+
+
+async def wait_launched(handles: Sequence[asyncio.Task[Any]], timeout: float) -> None:
+    """Wait up to ``timeout`` for launched work, then cancel what is left."""
+    if not handles:
+        return
+    _, late = await asyncio.wait(handles, timeout=timeout)
+    for task in late:
+        task.cancel()
+
+
+async def call_fetcher(fetcher: Callable[[], Any]) -> Any:
+    """Run a fetcher without blocking the loop.
+
+    An ``async def`` fetcher is awaited. A plain callable runs in a worker thread; when it
+    merely returns an awaitable (``lambda: db.find(1)``), that awaitable is awaited here.
+    """
+    if inspect.iscoroutinefunction(fetcher):
+        return await fetcher()
+    result = await asyncio.to_thread(fetcher)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """``await thunk()`` bounded by ``timeout``; raises the builtin ``TimeoutError``."""
+    return await asyncio.wait_for(thunk(), timeout)
+
+
+def new_flight_lock() -> contextlib.nullcontext[None]:
+    """No lock is needed on one event loop: check-and-register runs without an await."""
+    return contextlib.nullcontext()

@@ -1,0 +1,166 @@
+# DO NOT EDIT: generated from src/layercache/_async/adapter.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""Binds a user's layer into uniform async calls, once, when the stack is built.
+
+Optional methods are looked up here and nowhere else, so the hot path never calls
+``hasattr``. Driver errors that are not already ``LayerCacheError`` are translated into
+``CacheLayerError(layer, operation)`` in :meth:`LayerAdapter.call`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+from .._entry import Entry
+from .._exceptions import CacheLayerError, LayerCacheError
+from ._primitives import Cancelled, bind_method, gather, is_async_callable
+
+__all__ = ["LayerAdapter"]
+
+_OPTIONAL = (
+    "get_many",
+    "set_many",
+    "delete_many",
+    "delete_matching",
+    "keys",
+    "has",
+    "ttl",
+    "size",
+    "ping",
+)
+
+
+class LayerAdapter:
+    """A layer with every operation as a coroutine and its capabilities known up front."""
+
+    def __init__(self, layer: Any, index: int) -> None:
+        for attr in ("name", "get", "set", "delete", "clear"):
+            if not hasattr(layer, attr):
+                raise TypeError(
+                    f"layer {layer!r} is not a CacheLayer: it has no {attr!r} "
+                    "(required: name, default_ttl, is_local, get, set, delete, clear)"
+                )
+        name = layer.name
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"layer {layer!r} needs a non-empty str name")
+        self.layer = layer
+        self.index = index
+        self.name: str = name
+        self.default_ttl: float | None = getattr(layer, "default_ttl", None)
+        self.is_local: bool = bool(getattr(layer, "is_local", False))
+        blocking = bool(getattr(layer, "is_blocking", False))
+        # The L1 fast path: a local, non-blocking layer with a synchronous lookup(key, now).
+        lookup = getattr(layer, "lookup", None)
+        self.lookup: Callable[[str, float], Entry | None] | None = (
+            lookup
+            if lookup is not None and not blocking and not is_async_callable(lookup)
+            else None
+        )
+        self._get = bind_method(layer.get, blocking)
+        self._set = bind_method(layer.set, blocking)
+        self._delete = bind_method(layer.delete, blocking)
+        self._clear = bind_method(layer.clear, blocking)
+        self._optional: dict[str, Callable[..., Any]] = {}
+        for attr in _OPTIONAL:
+            fn = getattr(layer, attr, None)
+            if callable(fn):
+                self._optional[attr] = bind_method(fn, blocking)
+        closer = getattr(layer, "close", None) or getattr(layer, "close", None)
+        self._close = bind_method(closer, blocking) if callable(closer) else None
+        self.supports = frozenset(self._optional)
+        handler_hook = getattr(layer, "set_error_handler", None)
+        self.set_error_handler: Callable[[Any], Any] | None = (
+            handler_hook if callable(handler_hook) else None
+        )
+
+    def call(self, operation: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` and translate driver failures into ``CacheLayerError``."""
+        try:
+            return fn(*args)
+        except LayerCacheError:
+            raise
+        except Cancelled:
+            raise
+        except Exception as exc:
+            raise CacheLayerError(self.name, operation) from exc
+
+    def get(self, key: str) -> Entry | None:
+        """The stored entry, or ``None``."""
+        return self.call("get", self._get, key)  # type: ignore[no-any-return]
+
+    def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        """Store one entry."""
+        self.call("set", self._set, key, entry, ttl)
+
+    def delete(self, key: str) -> None:
+        """Remove one key."""
+        self.call("delete", self._delete, key)
+
+    def clear(self) -> None:
+        """Remove everything the layer owns."""
+        self.call("clear", self._clear)
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Bulk read, through the layer's fast path when it has one."""
+        fn = self._optional.get("get_many")
+        if fn is not None:
+            result = self.call("get_many", fn, list(keys))
+            return list(result)
+        return gather([partial(self.get, k) for k in keys])
+
+    def set_many(self, items: Sequence[tuple[str, Entry, float | None]]) -> None:
+        """Bulk write, through the layer's fast path when it has one."""
+        fn = self._optional.get("set_many")
+        if fn is not None:
+            self.call("set_many", fn, list(items))
+        else:
+            gather([partial(self.set, k, e, t) for k, e, t in items])
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Bulk delete, through the layer's fast path when it has one."""
+        fn = self._optional.get("delete_many")
+        if fn is not None:
+            self.call("delete_many", fn, list(keys))
+        else:
+            gather([partial(self.delete, k) for k in keys])
+
+    def delete_matching(self, pattern: str) -> int:
+        """Delete keys matching a glob; needs ``delete_matching`` or ``keys`` on the layer."""
+        fn = self._optional.get("delete_matching")
+        if fn is not None:
+            return int(self.call("delete_matching", fn, pattern))
+        keys_fn = self._optional.get("keys")
+        if keys_fn is None:
+            raise CacheLayerError(
+                self.name,
+                "delete_matching",
+                "the layer has neither delete_matching() nor keys(), so pattern and prefix "
+                "invalidation cannot reach it",
+            )
+        keys = list(self.call("keys", keys_fn, pattern))
+        if keys:
+            self.delete_many(keys)
+        return len(keys)
+
+    def has(self, key: str, now: float) -> bool:
+        """Whether a usable entry is stored."""
+        fn = self._optional.get("has")
+        if fn is not None:
+            return bool(self.call("has", fn, key))
+        entry = self.get(key)
+        return isinstance(entry, Entry) and entry.is_usable(now)
+
+    def ping(self) -> bool:
+        """Probe the layer (``ping`` when it has one, else a read of a probe key)."""
+        fn = self._optional.get("ping")
+        if fn is not None:
+            return bool(self.call("ping", fn))
+        self.get("layercache:health-probe")
+        return True
+
+    def close(self) -> None:
+        """Release the layer's resources."""
+        if self._close is not None:
+            self.call("close", self._close)

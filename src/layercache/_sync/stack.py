@@ -1,0 +1,1072 @@
+# DO NOT EDIT: generated from src/layercache/_async/stack.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""``SyncCacheStack``: the layered read/write orchestration on threads.
+
+The read path, top to bottom: validate the key → L1 lookup (a plain call, no ``await``) →
+freshness decision on the entry → lower layers in order → backfill the layers above the hit →
+local single-flight → fetcher (worker thread for sync fetchers, timeout) → write to every layer
+(write policy) → tag index. Events and metrics are emitted along the way.
+
+This module is the one source of truth for the orchestration: the thread-based
+``SyncCacheStack`` is generated from it (``scripts/unasync.py``), so it avoids threads-only
+constructs outside the few helpers the generator knows how to rename.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, cast, overload
+
+from .._entry import Entry
+from .._events import EventHub
+from .._exceptions import (
+    CacheLayerError,
+    CacheMissError,
+    FetchTimeoutError,
+    LayerCacheError,
+)
+from .._glob import compile_glob, escape_glob
+from .._keys import MAX_KEY_LENGTH, MAX_PREFIX_LENGTH, render_call_key, validate_key
+from .._keys import validate_pattern as _validate_pattern
+from .._keys import validate_prefix as _validate_prefix
+from .._metrics import (
+    CacheInspectResult,
+    CacheMetrics,
+    CacheStats,
+    HitRate,
+    LayerHealth,
+    LayerStatus,
+    MetricsRecorder,
+)
+from .._options import (
+    CacheEntry,
+    CacheEntryRequest,
+    CacheOptions,
+    coerce_options,
+    merge_options,
+)
+from .._policy import build_entry
+from ._primitives import (
+    FlightFuture,
+    call_fetcher,
+    gather,
+    gather_settled,
+    launch,
+    new_flight_lock,
+    new_future,
+    wait_future,
+    wait_launched,
+    with_timeout,
+)
+from .adapter import LayerAdapter
+from .tag_index import InMemoryTagIndex
+
+__all__ = ["SyncCacheNamespace", "SyncCacheStack"]
+
+T = TypeVar("T")
+Fetcher = Callable[[], Any]
+OptionsArg = CacheOptions | Mapping[str, Any] | None
+GetEntry = str | tuple[str, Fetcher | None] | CacheEntryRequest
+SetEntry = tuple[str, Any] | CacheEntry
+
+_MISS: Any = object()
+_WRITE_POLICIES = ("strict", "best-effort")
+# How long close() lets in-flight fetches finish before cancelling them.
+_CLOSE_GRACE = 5.0
+
+
+class _Flight:
+    """One in-flight fetch shared by every concurrent caller of a key.
+
+    ``invalidated`` is set when the key is deleted, invalidated, cleared or explicitly set while
+    the fetch runs: the fetched value then reaches its callers but is not stored, so a slow
+    fetch never resurrects data that was invalidated after it started.
+    """
+
+    __slots__ = ("future", "handle", "invalidated", "tags")
+
+    def __init__(self, tags: tuple[str, ...]) -> None:
+        self.invalidated = False
+        self.tags = tags
+        self.future: FlightFuture[Any] | None = None
+        self.handle: Any = None
+
+
+class SyncCacheStack:
+    """Layers read fastest first behind one ``get(key, fetcher)``.
+
+    Args:
+        layers: The layers, fastest first (e.g. ``[MemoryLayer(), RedisLayer(url=...)]``).
+        logger: Logger for debug lines about layer decisions.
+        metrics: Collect counters and per-layer latency.
+        stampede_prevention: Share one in-flight fetch among concurrent callers of a key.
+        negative_caching: Stack default of ``negative_cache`` (cache ``None`` results).
+        negative_ttl: Stack default lifetime of negatively cached results.
+        fetch_timeout: Seconds a fetch may run (default 30: no fetch holds a key forever).
+        ttl_jitter: Stack default ``ttl_jitter``.
+        write_policy: ``"strict"``: any layer failure fails the write; ``"best-effort"``: a
+            write fails only when every layer fails (failures are counted).
+        tag_index: The tag index (default: an in-process one bounded by
+            ``max_tag_index_keys``).
+        max_tag_index_keys: Bound of the default in-process tag index.
+        max_profile_entries: Bound on per-key bookkeeping.
+        ttl_policy_timezone: Time zone of the ``until-midnight`` / ``next-hour`` policies.
+        clock: Wall clock in seconds (inject a fake one in tests).
+        rng: Random source for TTL jitter.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Any],
+        *,
+        logger: logging.Logger | None = None,
+        metrics: bool = True,
+        stampede_prevention: bool = True,
+        negative_caching: bool = False,
+        negative_ttl: float | _dt.timedelta | None = None,
+        fetch_timeout: float | _dt.timedelta | None = 30,
+        ttl_jitter: float | Mapping[str, float] | None = None,
+        write_policy: Literal["strict", "best-effort"] = "strict",
+        tag_index: Any = None,
+        max_tag_index_keys: int = 100_000,
+        max_profile_entries: int = 100_000,
+        ttl_policy_timezone: _dt.tzinfo | str = _dt.timezone.utc,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(layers, str | bytes) or not isinstance(layers, Sequence):
+            raise ValueError("layers must be a sequence of cache layers, fastest first")
+        if not layers:
+            raise ValueError("a SyncCacheStack needs at least one layer")
+        self._layers = [LayerAdapter(layer, i) for i, layer in enumerate(layers)]
+        names = [a.name for a in self._layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique; got {names}")
+        if write_policy not in _WRITE_POLICIES:
+            raise ValueError(f"write_policy must be one of {_WRITE_POLICIES}; got {write_policy!r}")
+        if not isinstance(max_profile_entries, int) or max_profile_entries < 1:
+            raise ValueError("max_profile_entries must be a positive int")
+        if isinstance(ttl_policy_timezone, str):
+            from zoneinfo import ZoneInfo
+
+            ttl_policy_timezone = ZoneInfo(ttl_policy_timezone)
+        self._tz: _dt.tzinfo = ttl_policy_timezone
+        defaults = coerce_options(
+            {
+                "negative_cache": negative_caching,
+                "negative_ttl": negative_ttl,
+                "fetch_timeout": fetch_timeout,
+                "ttl_jitter": ttl_jitter,
+            }
+        )
+        assert defaults is not None
+        self._defaults: CacheOptions = defaults
+        self._logger = logger or logging.getLogger("layercache")
+        self._metrics_enabled = metrics
+        self._metrics = MetricsRecorder(names)
+        self._events = EventHub(self._logger)
+        self._stampede_prevention = stampede_prevention
+        self._write_policy = write_policy
+        self._tags: Any = (
+            tag_index if tag_index is not None else InMemoryTagIndex(max_tag_index_keys)
+        )
+        self._clock = clock
+        self._rng = rng
+        self.max_profile_entries = max_profile_entries
+        self._flights: dict[str, _Flight] = {}
+        # Guards check-and-register of a flight (a real lock only in the threaded twin).
+        self._flight_lock = new_flight_lock()
+        self._closed = False
+        first = self._layers[0]
+        # An L1 that answers synchronously: its hit is served without any await.
+        self._l1: Callable[[str, float], Entry | None] | None = first.lookup
+        self._l1_name = first.name
+        self._l1_counters = self._metrics.layers[first.name]
+        for adapter in self._layers:
+            if adapter.set_error_handler is not None:
+                adapter.set_error_handler(functools.partial(self._layer_error, adapter.name))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _layer_error(self, layer: str, error: BaseException, context: dict[str, Any]) -> None:
+        """Error handler given to layers that turn a bad stored value into a miss."""
+        self._metrics.errors += 1
+        self._logger.warning("layercache: layer %s reported %r (%s)", layer, error, context)
+        if "error" in self._events.active:
+            self._events.emit("error", {"error": error, "context": {"layer": layer, **context}})
+
+    def _report(self, error: BaseException, **context: Any) -> None:
+        self._metrics.errors += 1
+        if "error" in self._events.active:
+            self._events.emit("error", {"error": error, "context": context})
+
+    def _options(self, options: OptionsArg, kwargs: Mapping[str, Any]) -> CacheOptions:
+        """Per-call options on top of the stack defaults; validates before any I/O."""
+        if kwargs:
+            if options is not None:
+                raise TypeError("pass options either as keyword arguments or as options=")
+            options = kwargs
+        if options is None:
+            return self._defaults
+        return merge_options(self._defaults, coerce_options(options))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this SyncCacheStack is closed")
+
+    def _entry_or_miss(self, adapter: LayerAdapter, key: str, raw: Any) -> Entry | None:
+        if raw is None or isinstance(raw, Entry):
+            return raw
+        # A user layer returned something that is not an envelope: never hand it out as data.
+        self._report(
+            TypeError(f"layer {adapter.name!r} returned {type(raw).__name__}, not an Entry"),
+            layer=adapter.name,
+            key=key,
+            operation="get",
+        )
+        return None
+
+    def _mark_flights(self, predicate: Callable[[str, _Flight], bool]) -> None:
+        for key, flight in self._flights.items():
+            if not flight.invalidated and predicate(key, flight):
+                flight.invalidated = True
+
+    def _for_layers(
+        self,
+        operation: str,
+        layers: Sequence[LayerAdapter],
+        make: Callable[[LayerAdapter], Any],
+    ) -> None:
+        """Run one operation on several layers concurrently under the write policy."""
+        if not layers:
+            return
+        results = gather_settled([functools.partial(make, a) for a in layers])
+        failures = [r for r in results if isinstance(r, Exception)]
+        if not failures:
+            return
+        for failure in failures:
+            if not isinstance(failure, LayerCacheError):
+                raise failure  # a programming error, not a layer failure: never swallow it
+        self._metrics.write_failures += len(failures)
+        for failure in failures:
+            self._report(failure, operation=operation)
+        if self._write_policy == "strict" or len(failures) == len(layers):
+            raise failures[0]
+
+    # ------------------------------------------------------------------ reads
+
+    def get(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        options: OptionsArg = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Return the value of ``key`` from the fastest layer holding it.
+
+        A hit in a lower layer backfills the layers above it. On a full miss ``fetcher`` (sync
+        or async) runs once however many callers wait, and its result is stored in every
+        layer. Without a fetcher a miss returns ``None``.
+
+        Raises:
+            ValueError: invalid key or option values.
+            CacheLayerError: a layer failed (strict write policy).
+            FetchTimeoutError: the fetch outlived ``fetch_timeout``.
+        """
+        if not (type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+            validate_key(key)
+        opts = self._defaults if not kwargs and options is None else self._options(options, kwargs)
+        l1 = self._l1
+        if l1 is not None:
+            now = self._clock()
+            entry = l1(key, now)
+            if entry is not None:
+                fresh_until = entry.fresh_until
+                if fresh_until is None or now < fresh_until:
+                    metrics = self._metrics
+                    metrics.hits += 1
+                    self._l1_counters.hits += 1
+                    if "hit" in self._events.active:
+                        self._events.emit("hit", {"key": key, "layer": self._l1_name})
+                    return entry.value
+        value = self._read_through(key, fetcher, opts, 1 if l1 is not None else 0)
+        return None if value is _MISS else value
+
+    def get_or_raise(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        options: OptionsArg = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Like :meth:`get`, but raise ``CacheMissError`` instead of returning ``None``."""
+        value = self.get(key, fetcher, options=options, **kwargs)
+        if value is None:
+            raise CacheMissError(key)
+        return value
+
+    def _read_through(
+        self, key: str, fetcher: Fetcher | None, opts: CacheOptions, start: int
+    ) -> Any:
+        """Lower layers in order, then single-flight fetch. Returns ``_MISS`` on a miss."""
+        self._check_open()
+        layers = self._layers
+        metrics = self._metrics
+        if start == 1:
+            self._l1_counters.misses += 1
+        for index in range(start, len(layers)):
+            adapter = layers[index]
+            began = time.perf_counter()
+            raw = adapter.get(key)
+            if self._metrics_enabled:
+                metrics.observe(adapter.name, time.perf_counter() - began)
+            entry = self._entry_or_miss(adapter, key, raw)
+            now = self._clock()
+            if entry is not None and entry.is_fresh(now):
+                metrics.layers[adapter.name].hits += 1
+                metrics.hits += 1
+                self._logger.debug("layercache: %s hit in %s", key, adapter.name)
+                if "hit" in self._events.active:
+                    self._events.emit("hit", {"key": key, "layer": adapter.name})
+                if index:
+                    self._backfill(key, entry, layers[:index], adapter.name, now)
+                return entry.value
+            metrics.layers[adapter.name].misses += 1
+        metrics.misses += 1
+        if "miss" in self._events.active:
+            self._events.emit("miss", {"key": key})
+        if fetcher is None:
+            return _MISS
+        return self._load(key, fetcher, opts)
+
+    def _backfill(
+        self,
+        key: str,
+        entry: Entry,
+        targets: Sequence[LayerAdapter],
+        source: str,
+        now: float,
+    ) -> None:
+        """Copy a lower layer's hit into the layers above it, each with its own TTL."""
+
+        def fill(adapter: LayerAdapter) -> None:
+            own_ttl = adapter.default_ttl
+            copy = entry if own_ttl is None else entry.clipped(now + own_ttl)
+            ttl = copy.storage_ttl(now)
+            if ttl is not None and ttl <= 0:
+                return
+            adapter.set(key, copy, ttl)
+
+        self._for_layers("backfill", targets, fill)
+        self._metrics.backfills += len(targets)
+        if "backfill" in self._events.active:
+            for adapter in targets:
+                self._events.emit(
+                    "backfill", {"key": key, "from_layer": source, "to_layer": adapter.name}
+                )
+
+    # ------------------------------------------------------------------ fetch
+
+    def _load(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> Any:
+        """Single-flight: join the key's in-flight fetch or start one."""
+        if not callable(fetcher):
+            raise ValueError(f"fetcher must be callable, not {fetcher!r}")
+        if not self._stampede_prevention:
+            flight = _Flight(opts.tags or ())
+            return self._fetch_and_store(key, fetcher, opts, flight)
+        with self._flight_lock:
+            running = self._flights.get(key)
+            if running is None:
+                flight = _Flight(opts.tags or ())
+                future = new_future()
+                # Registered before the fetch starts: every caller from now on joins it.
+                flight.future = future
+                self._flights[key] = flight
+        if running is not None and running.future is not None:
+            self._metrics.stampede_dedupes += 1
+            if "stampede_dedupe" in self._events.active:
+                self._events.emit("stampede_dedupe", {"key": key})
+            return wait_future(running.future)
+
+        def finished() -> None:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+        flight.handle = launch(
+            future,
+            functools.partial(self._fetch_and_store, key, fetcher, opts, flight),
+            finished,
+        )
+        # One waiter being cancelled must not cancel the fetch the others share.
+        return wait_future(future)
+
+    def _call_fetcher(self, key: str, fetcher: Fetcher, timeout: float | None) -> Any:
+        if timeout is None:
+            return call_fetcher(fetcher)
+        began = time.monotonic()
+        try:
+            return with_timeout(functools.partial(call_fetcher, fetcher), timeout)
+        except TimeoutError:
+            if time.monotonic() - began >= timeout:
+                raise FetchTimeoutError(key, timeout) from None
+            raise  # a TimeoutError raised by the fetcher itself is its own error
+
+    def _fetch_and_store(
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
+    ) -> Any:
+        self._metrics.fetches += 1
+        self._logger.debug("layercache: fetching %s", key)
+        value = self._call_fetcher(key, fetcher, opts.fetch_timeout)
+        if value is None and not opts.negative_cache:
+            return None
+        if opts.should_cache is not None and not opts.should_cache(value):
+            return value
+        if flight.invalidated:
+            self._logger.debug("layercache: %s invalidated during its fetch; not stored", key)
+            return value
+        self._store(key, value, opts, flight)
+        return value
+
+    # ------------------------------------------------------------------ writes
+
+    def _entries_for(
+        self, key: str, value: Any, opts: CacheOptions, now: float
+    ) -> list[tuple[LayerAdapter, Entry | None]]:
+        return [
+            (
+                adapter,
+                build_entry(
+                    key,
+                    value,
+                    opts,
+                    adapter.name,
+                    adapter.default_ttl,
+                    now,
+                    tz=self._tz,
+                    rng=self._rng,
+                ),
+            )
+            for adapter in self._layers
+        ]
+
+    def _store(
+        self, key: str, value: Any, opts: CacheOptions, flight: _Flight | None
+    ) -> None:
+        """Write ``value`` to every layer, then record its tags."""
+        now = self._clock()
+        plan = self._entries_for(key, value, opts, now)
+        writes = [(a, e) for a, e in plan if e is not None]
+        skipped = [a for a, e in plan if e is None]
+        by_name = {a.name: e for a, e in writes}
+
+        def write(adapter: LayerAdapter) -> None:
+            entry = by_name[adapter.name]
+            assert entry is not None
+            adapter.set(key, entry, entry.storage_ttl(now))
+
+        def drop(adapter: LayerAdapter) -> None:
+            adapter.delete(key)
+
+        # ttl=0 for a layer means "not stored there": remove an older value it may hold.
+        self._for_layers("set", [a for a, _ in writes], write)
+        if skipped:
+            self._for_layers("set", skipped, drop)
+        evicted = self._tags.record(key, opts.tags or ())
+        if evicted:
+            self._delete_everywhere(evicted)
+        if flight is not None and flight.invalidated:
+            # The key was invalidated while our writes were in flight; the invalidation may
+            # have landed before them, so remove what we just wrote.
+            self._delete_everywhere([key])
+        if "set" in self._events.active:
+            self._events.emit("set", {"key": key})
+
+    def set(self, key: str, value: Any, *, options: OptionsArg = None, **kwargs: Any) -> None:
+        """Store ``value`` under ``key`` in every layer (tags replace the key's old tags)."""
+        validate_key(key)
+        opts = self._options(options, kwargs)
+        self._check_open()
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.invalidated = True  # an explicit write is newer than the running fetch
+        self._store(key, value, opts, None)
+
+    def set_many(self, entries: Iterable[SetEntry]) -> None:
+        """Store several values; one bulk write per layer."""
+        items: list[tuple[str, Any, CacheOptions]] = []
+        for item in entries:
+            if isinstance(item, CacheEntry):
+                key, value, raw = item.key, item.value, item.options
+            elif isinstance(item, tuple) and len(item) == 2:
+                key, value = item
+                raw = None
+            else:
+                raise ValueError(f"set_many entries are (key, value) or CacheEntry, not {item!r}")
+            items.append((validate_key(key), value, self._options(raw, {})))
+        self._check_open()
+        if not items:
+            return
+        now = self._clock()
+        per_layer: dict[str, list[tuple[str, Entry, float | None]]] = {
+            a.name: [] for a in self._layers
+        }
+        dropped: dict[str, list[str]] = {a.name: [] for a in self._layers}
+        for key, value, opts in items:
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.invalidated = True
+            for adapter, entry in self._entries_for(key, value, opts, now):
+                if entry is None:
+                    dropped[adapter.name].append(key)
+                else:
+                    per_layer[adapter.name].append((key, entry, entry.storage_ttl(now)))
+
+        def write(adapter: LayerAdapter) -> None:
+            if per_layer[adapter.name]:
+                adapter.set_many(per_layer[adapter.name])
+            if dropped[adapter.name]:
+                adapter.delete_many(dropped[adapter.name])
+
+        self._for_layers("set_many", self._layers, write)
+        evicted: list[str] = []
+        for key, _, opts in items:
+            evicted.extend(self._tags.record(key, opts.tags or ()))
+        if evicted:
+            self._delete_everywhere(evicted)
+        if "set" in self._events.active:
+            for key, _, _ in items:
+                self._events.emit("set", {"key": key})
+
+    def _delete_everywhere(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        if len(keys) == 1:
+            key = keys[0]
+            self._for_layers("delete", self._layers, lambda a: a.delete(key))
+        else:
+            self._for_layers("delete", self._layers, lambda a: a.delete_many(keys))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` from every layer; a fetch of it in flight will not be stored."""
+        validate_key(key)
+        self.delete_many([key])
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove several keys from every layer."""
+        unique = list(dict.fromkeys(validate_key(k) for k in keys))
+        self._check_open()
+        if not unique:
+            return
+        wanted = set(unique)
+        self._mark_flights(lambda k, _: k in wanted)
+        self._delete_everywhere(unique)
+        self._tags.remove(unique)
+        if "delete" in self._events.active:
+            for key in unique:
+                self._events.emit("delete", {"key": key})
+
+    def clear(self) -> None:
+        """Remove every key from every layer (each layer clears only what it owns)."""
+        self._check_open()
+        self._mark_flights(lambda _k, _f: True)
+        self._for_layers("clear", self._layers, lambda a: a.clear())
+        self._tags.clear()
+
+    def invalidate_by_tag(self, tag: str) -> int:
+        """Delete every key stored with ``tag``; returns how many keys were known."""
+        return self.invalidate_by_tags([tag])
+
+    def invalidate_by_tags(
+        self, tags: Iterable[str], mode: Literal["any", "all"] = "any"
+    ) -> int:
+        """Delete keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``."""
+        if mode not in ("any", "all"):
+            raise ValueError(f"mode must be 'any' or 'all', not {mode!r}")
+        tag_list = coerce_options({"tags": list(tags)})
+        assert tag_list is not None
+        wanted_tags = tag_list.tags or ()
+        self._check_open()
+        if not wanted_tags:
+            return 0
+        keys = self._tags.keys_for_tags(list(wanted_tags), mode)
+        tag_set = set(wanted_tags)
+
+        def hit(key: str, flight: _Flight) -> bool:
+            if key in keys:
+                return True
+            if mode == "all":
+                return tag_set.issubset(flight.tags)
+            return not tag_set.isdisjoint(flight.tags)
+
+        self._mark_flights(hit)
+        ordered = sorted(keys)
+        self._delete_everywhere(ordered)
+        self._tags.remove(ordered)
+        return len(ordered)
+
+    def invalidate_by_pattern(self, pattern: str) -> int:
+        """Delete every key matching the glob ``pattern`` (``*``, ``?``, ``[...]``).
+
+        Returns the number of keys removed from the layer that removed the most.
+        """
+        _validate_pattern(pattern)
+        regex = compile_glob(pattern)
+        self._check_open()
+        self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
+        counts: list[int] = []
+
+        def purge(adapter: LayerAdapter) -> None:
+            counts.append(adapter.delete_matching(pattern))
+
+        self._for_layers("invalidate_by_pattern", self._layers, purge)
+        self._tags.remove(self._tags.keys_matching(pattern))
+        return max(counts, default=0)
+
+    def invalidate_by_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix``."""
+        _validate_prefix(prefix)
+        return self.invalidate_by_pattern(escape_glob(prefix) + "*")
+
+    # ------------------------------------------------------------------ bulk reads
+
+    def get_many(self, entries: Iterable[GetEntry]) -> list[Any]:
+        """Values for several entries, in order (``None`` for misses without a fetcher).
+
+        Entries are keys, ``(key, fetcher)`` pairs or :class:`CacheEntryRequest`. Reads go
+        through each layer's bulk path (Redis ``MGET``); misses with a fetcher are loaded with
+        single-flight like :meth:`get`.
+        """
+        requests: list[tuple[str, Fetcher | None, CacheOptions]] = []
+        for item in entries:
+            if isinstance(item, str):
+                requests.append((validate_key(item), None, self._defaults))
+            elif isinstance(item, CacheEntryRequest):
+                requests.append(
+                    (validate_key(item.key), item.fetcher, self._options(item.options, {}))
+                )
+            elif isinstance(item, tuple) and len(item) == 2:
+                requests.append((validate_key(item[0]), item[1], self._defaults))
+            else:
+                raise ValueError(
+                    f"get_many entries are keys, (key, fetcher) pairs or CacheEntryRequest; "
+                    f"got {item!r}"
+                )
+        self._check_open()
+        results: list[Any] = [_MISS] * len(requests)
+        pending = list(range(len(requests)))
+        metrics = self._metrics
+        for depth, adapter in enumerate(self._layers):
+            if not pending:
+                break
+            keys = [requests[i][0] for i in pending]
+            began = time.perf_counter()
+            raws = adapter.get_many(keys)
+            if self._metrics_enabled:
+                metrics.observe(adapter.name, time.perf_counter() - began)
+            now = self._clock()
+            still: list[int] = []
+            fills: list[tuple[str, Entry]] = []
+            for i, raw in zip(pending, raws, strict=True):
+                entry = self._entry_or_miss(adapter, requests[i][0], raw)
+                if entry is not None and entry.is_fresh(now):
+                    results[i] = entry.value
+                    metrics.layers[adapter.name].hits += 1
+                    if depth:
+                        fills.append((requests[i][0], entry))
+                else:
+                    metrics.layers[adapter.name].misses += 1
+                    still.append(i)
+            if fills:
+                self._backfill_many(fills, self._layers[:depth], now)
+            pending = still
+        metrics.hits += len(requests) - len(pending)
+        metrics.misses += len(pending)
+        loads = [i for i in pending if requests[i][1] is not None]
+        if loads:
+            values = gather(
+                [
+                    functools.partial(
+                        self._load, requests[i][0], cast(Fetcher, requests[i][1]), requests[i][2]
+                    )
+                    for i in loads
+                ]
+            )
+            for i, value in zip(loads, values, strict=True):
+                results[i] = value
+        return [None if r is _MISS else r for r in results]
+
+    def _backfill_many(
+        self, fills: Sequence[tuple[str, Entry]], targets: Sequence[LayerAdapter], now: float
+    ) -> None:
+        def fill(adapter: LayerAdapter) -> None:
+            items: list[tuple[str, Entry, float | None]] = []
+            for key, entry in fills:
+                own = adapter.default_ttl
+                copy = entry if own is None else entry.clipped(now + own)
+                ttl = copy.storage_ttl(now)
+                if ttl is None or ttl > 0:
+                    items.append((key, copy, ttl))
+            if items:
+                adapter.set_many(items)
+
+        self._for_layers("backfill", targets, fill)
+        self._metrics.backfills += len(fills) * len(targets)
+
+    # ------------------------------------------------------------------ queries
+
+    def has(self, key: str) -> bool:
+        """Whether any layer holds a usable (fresh or in-window) value for ``key``."""
+        validate_key(key)
+        self._check_open()
+        now = self._clock()
+        for adapter in self._layers:
+            if adapter.has(key, now):
+                return True
+        return False
+
+    def _first_entry(self, key: str) -> tuple[list[str], Entry | None]:
+        now = self._clock()
+        found: list[str] = []
+        first: Entry | None = None
+        for adapter in self._layers:
+            entry = self._entry_or_miss(adapter, key, adapter.get(key))
+            if entry is not None and entry.is_usable(now):
+                found.append(adapter.name)
+                if first is None:
+                    first = entry
+        return found, first
+
+    def ttl(self, key: str) -> float | None:
+        """Remaining fresh TTL in seconds from the fastest layer holding ``key``.
+
+        ``None`` when no layer holds it or it never expires; ``0.0`` when only a stale copy
+        remains.
+        """
+        validate_key(key)
+        self._check_open()
+        now = self._clock()
+        for adapter in self._layers:
+            entry = self._entry_or_miss(adapter, key, adapter.get(key))
+            if entry is not None and entry.is_usable(now):
+                if entry.fresh_until is None:
+                    return None
+                return max(entry.fresh_until - now, 0.0)
+        return None
+
+    def inspect(self, key: str) -> CacheInspectResult | None:
+        """Where ``key`` lives, its remaining windows and tags; ``None`` when absent."""
+        validate_key(key)
+        self._check_open()
+        found, entry = self._first_entry(key)
+        if entry is None:
+            return None
+        now = self._clock()
+
+        def remaining(until: float | None) -> float | None:
+            return None if until is None else max(until - now, 0.0)
+
+        return CacheInspectResult(
+            key=key,
+            found_in_layers=found,
+            fresh_ttl=remaining(entry.fresh_until),
+            stale_ttl=remaining(entry.stale_until),
+            error_ttl=remaining(entry.error_until),
+            is_stale=not entry.is_fresh(now),
+            tags=entry.tags,
+        )
+
+    # ------------------------------------------------------------------ wrap, namespace
+
+    @overload
+    def wrap(
+        self,
+        prefix: str,
+        fn: None = None,
+        *,
+        key_resolver: Callable[..., str] | None = None,
+        **opts: Any,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+    @overload
+    def wrap(
+        self,
+        prefix: str,
+        fn: Callable[..., Any],
+        *,
+        key_resolver: Callable[..., str] | None = None,
+        **opts: Any,
+    ) -> Callable[..., Any]: ...
+
+    def wrap(
+        self,
+        prefix: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        key_resolver: Callable[..., str] | None = None,
+        **opts: Any,
+    ) -> Any:
+        """A cached version of ``fn`` (sync or async), bare or as a decorator.
+
+        Keys are ``prefix:`` plus a collision-free rendering of the arguments (``user:123``
+        for ``f(123)``, ``user:"123"`` for ``f("123")``), or ``prefix:`` plus
+        ``key_resolver(*args, **kwargs)``. The wrapper is always a coroutine function.
+        """
+        _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
+        options = self._options(None, opts)
+        if key_resolver is not None and not callable(key_resolver):
+            raise ValueError("key_resolver must be callable")
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            if not callable(func):
+                raise ValueError(f"wrap() needs a callable, not {func!r}")
+
+            @functools.wraps(func)
+            def cached(*args: Any, **kwargs: Any) -> Any:
+                if key_resolver is not None:
+                    suffix = key_resolver(*args, **kwargs)
+                    if not isinstance(suffix, str):
+                        raise ValueError("key_resolver must return a str")
+                else:
+                    suffix = render_call_key(args, kwargs)
+                return self.get(
+                    f"{prefix}:{suffix}", lambda: func(*args, **kwargs), options=options
+                )
+
+            return cached
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def namespace(self, prefix: str) -> SyncCacheNamespace:
+        """A view of this stack whose keys all live under ``prefix:``."""
+        return SyncCacheNamespace(self, prefix)
+
+    # ------------------------------------------------------------------ observability
+
+    def on(self, event: str, handler: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
+        """Subscribe ``handler`` to ``event``; returns a function that unsubscribes it."""
+        return self._events.on(event, handler)
+
+    def off(self, event: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+        """Unsubscribe ``handler`` from ``event``."""
+        self._events.off(event, handler)
+
+    def _layer_evictions(self) -> int:
+        return sum(int(getattr(a.layer, "evictions", 0) or 0) for a in self._layers)
+
+    def get_metrics(self) -> CacheMetrics:
+        """A snapshot of the counters and per-layer latency."""
+        return self._metrics.snapshot(self._layer_evictions() - self._evictions_base)
+
+    _evictions_base = 0
+
+    def reset_metrics(self) -> None:
+        """Zero every counter."""
+        self._metrics.reset()
+        self._evictions_base = self._layer_evictions()
+
+    def get_stats(self) -> CacheStats:
+        """Metrics plus the status of every layer."""
+        return CacheStats(
+            metrics=self.get_metrics(),
+            layers=[LayerStatus(a.name, a.is_local, None) for a in self._layers],
+            background_refreshes=0,
+        )
+
+    def get_hit_rate(self) -> HitRate:
+        """Overall and per-layer hit rates."""
+        return self._metrics.hit_rate()
+
+    def health_check(self) -> list[LayerHealth]:
+        """Probe every layer; never raises."""
+
+        def probe(adapter: LayerAdapter) -> LayerHealth:
+            began = time.perf_counter()
+            try:
+                healthy = adapter.ping()
+                error = None if healthy else "ping returned false"
+            except Exception as exc:
+                healthy, error = False, str(exc.__cause__ or exc)
+            return LayerHealth(adapter.name, healthy, time.perf_counter() - began, error)
+
+        return gather([functools.partial(probe, a) for a in self._layers])
+
+    @property
+    def layers(self) -> list[Any]:
+        """The layers, fastest first."""
+        return [a.layer for a in self._layers]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Let in-flight fetches finish (bounded), then close every layer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        handles = [f.handle for f in self._flights.values() if f.handle is not None]
+        wait_launched(handles, _CLOSE_GRACE)
+        wait_launched(self._events.pending(), _CLOSE_GRACE)
+        errors: list[BaseException] = []
+        for adapter in self._layers:
+            try:
+                adapter.close()
+            except CacheLayerError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> SyncCacheStack:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SyncCacheStack([{', '.join(a.name for a in self._layers)}])"
+
+
+def _join(prefix: str, key: str) -> str:
+    full = f"{prefix}:{key}"
+    if len(full) > MAX_KEY_LENGTH:
+        raise ValueError(
+            f"key is {len(full)} characters long with its namespace; the limit is {MAX_KEY_LENGTH}"
+        )
+    return full
+
+
+class SyncCacheNamespace:
+    """The :class:`SyncCacheStack` API with every key under ``prefix:`` (nests)."""
+
+    def __init__(self, stack: SyncCacheStack, prefix: str) -> None:
+        _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
+        self._stack = stack
+        self.prefix = prefix
+
+    def _key(self, key: str) -> str:
+        validate_key(key)
+        return _join(self.prefix, key)
+
+    def get(
+        self, key: str, fetcher: Fetcher | None = None, *, options: OptionsArg = None, **kw: Any
+    ) -> Any:
+        """:meth:`SyncCacheStack.get` inside the namespace."""
+        return self._stack.get(self._key(key), fetcher, options=options, **kw)
+
+    def get_or_raise(
+        self, key: str, fetcher: Fetcher | None = None, *, options: OptionsArg = None, **kw: Any
+    ) -> Any:
+        """:meth:`SyncCacheStack.get_or_raise` inside the namespace."""
+        value = self.get(key, fetcher, options=options, **kw)
+        if value is None:
+            raise CacheMissError(key)
+        return value
+
+    def get_many(self, entries: Iterable[GetEntry]) -> list[Any]:
+        """:meth:`SyncCacheStack.get_many` inside the namespace."""
+        mapped: list[GetEntry] = []
+        for item in entries:
+            if isinstance(item, str):
+                mapped.append(self._key(item))
+            elif isinstance(item, CacheEntryRequest):
+                mapped.append(CacheEntryRequest(self._key(item.key), item.fetcher, item.options))
+            elif isinstance(item, tuple) and len(item) == 2:
+                mapped.append((self._key(item[0]), item[1]))
+            else:
+                raise ValueError(f"invalid get_many entry {item!r}")
+        return self._stack.get_many(mapped)
+
+    def has(self, key: str) -> bool:
+        """:meth:`SyncCacheStack.has` inside the namespace."""
+        return self._stack.has(self._key(key))
+
+    def ttl(self, key: str) -> float | None:
+        """:meth:`SyncCacheStack.ttl` inside the namespace."""
+        return self._stack.ttl(self._key(key))
+
+    def inspect(self, key: str) -> CacheInspectResult | None:
+        """:meth:`SyncCacheStack.inspect` inside the namespace."""
+        return self._stack.inspect(self._key(key))
+
+    def set(self, key: str, value: Any, *, options: OptionsArg = None, **kw: Any) -> None:
+        """:meth:`SyncCacheStack.set` inside the namespace."""
+        self._stack.set(self._key(key), value, options=options, **kw)
+
+    def set_many(self, entries: Iterable[SetEntry]) -> None:
+        """:meth:`SyncCacheStack.set_many` inside the namespace."""
+        mapped: list[SetEntry] = []
+        for item in entries:
+            if isinstance(item, CacheEntry):
+                mapped.append(CacheEntry(self._key(item.key), item.value, item.options))
+            elif isinstance(item, tuple) and len(item) == 2:
+                mapped.append((self._key(item[0]), item[1]))
+            else:
+                raise ValueError(f"invalid set_many entry {item!r}")
+        self._stack.set_many(mapped)
+
+    def delete(self, key: str) -> None:
+        """:meth:`SyncCacheStack.delete` inside the namespace."""
+        self._stack.delete(self._key(key))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """:meth:`SyncCacheStack.delete_many` inside the namespace."""
+        self._stack.delete_many([self._key(k) for k in keys])
+
+    def clear(self) -> None:
+        """Remove every key of this namespace (and only those)."""
+        self._stack.invalidate_by_prefix(self.prefix + ":")
+
+    def invalidate_by_tag(self, tag: str) -> int:
+        """Tags are stack-wide: same as :meth:`SyncCacheStack.invalidate_by_tag`."""
+        return self._stack.invalidate_by_tag(tag)
+
+    def invalidate_by_tags(
+        self, tags: Iterable[str], mode: Literal["any", "all"] = "any"
+    ) -> int:
+        """Tags are stack-wide: same as :meth:`SyncCacheStack.invalidate_by_tags`."""
+        return self._stack.invalidate_by_tags(tags, mode)
+
+    def invalidate_by_pattern(self, pattern: str) -> int:
+        """Glob invalidation inside the namespace."""
+        _validate_pattern(pattern)
+        return self._stack.invalidate_by_pattern(_join(escape_glob(self.prefix), pattern))
+
+    def invalidate_by_prefix(self, prefix: str) -> int:
+        """Prefix invalidation inside the namespace."""
+        _validate_prefix(prefix)
+        return self._stack.invalidate_by_prefix(_join(self.prefix, prefix))
+
+    def wrap(
+        self,
+        prefix: str,
+        fn: Callable[..., Any] | None = None,
+        *,
+        key_resolver: Callable[..., str] | None = None,
+        **opts: Any,
+    ) -> Any:
+        """:meth:`SyncCacheStack.wrap` inside the namespace."""
+        _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
+        return self._stack.wrap(_join(self.prefix, prefix), fn, key_resolver=key_resolver, **opts)
+
+    def namespace(self, prefix: str) -> SyncCacheNamespace:
+        """A nested namespace: keys under ``self.prefix:prefix:``."""
+        _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
+        return SyncCacheNamespace(self._stack, _join(self.prefix, prefix))
+
+    def on(self, event: str, handler: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
+        """Events are stack-wide."""
+        return self._stack.on(event, handler)
+
+    def off(self, event: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+        """Events are stack-wide."""
+        self._stack.off(event, handler)
+
+    def __repr__(self) -> str:
+        return f"SyncCacheNamespace({self.prefix!r}, {self._stack!r})"

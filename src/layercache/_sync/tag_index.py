@@ -1,0 +1,87 @@
+# DO NOT EDIT: generated from src/layercache/_async/tag_index.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""The in-process tag index: tag → keys and key → tags, bounded by key count.
+
+When the bound is reached the oldest tagged key is evicted from the index *and returned to the
+stack, which deletes it from the layers*: dropping only the index entry would leave a value
+that ``invalidate_by_tag`` could no longer reach.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from .._glob import compile_glob
+
+__all__ = ["InMemoryTagIndex"]
+
+
+class InMemoryTagIndex:
+    """Tag bookkeeping for one process (use ``RedisTagIndex`` to share it between instances)."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        if not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys must be a positive int, not {max_keys!r}")
+        self.max_keys = max_keys
+        self._key_tags: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._tag_keys: dict[str, set[str]] = {}
+
+    def _unlink(self, key: str) -> None:
+        tags = self._key_tags.pop(key, ())
+        for tag in tags:
+            keys = self._tag_keys.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tag_keys[tag]
+
+    def record(self, key: str, tags: Sequence[str]) -> list[str]:
+        """Replace ``key``'s tags; returns keys evicted to keep the bound (delete them)."""
+        self._unlink(key)
+        if not tags:
+            return []
+        self._key_tags[key] = tuple(tags)
+        for tag in tags:
+            self._tag_keys.setdefault(tag, set()).add(key)
+        evicted: list[str] = []
+        while len(self._key_tags) > self.max_keys:
+            oldest = next(iter(self._key_tags))
+            self._unlink(oldest)
+            evicted.append(oldest)
+        return evicted
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Forget ``keys``."""
+        for key in keys:
+            self._unlink(key)
+
+    def tags_of(self, key: str) -> tuple[str, ...]:
+        """The tags ``key`` was stored with."""
+        return self._key_tags.get(key, ())
+
+    def keys_for_tags(self, tags: Sequence[str], mode: str = "any") -> set[str]:
+        """Keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``."""
+        groups: list[set[str]] = [self._tag_keys.get(tag, set()) for tag in tags]
+        if not groups:
+            return set()
+        if mode == "all":
+            groups.sort(key=len)
+            result = set(groups[0])
+            for group in groups[1:]:
+                result &= group
+            return result
+        return set().union(*groups)
+
+    def keys_matching(self, pattern: str) -> list[str]:
+        """Tagged keys matching a glob."""
+        regex = compile_glob(pattern)
+        return [k for k in self._key_tags if regex.fullmatch(k) is not None]
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._key_tags.clear()
+        self._tag_keys.clear()
+
+    def __len__(self) -> int:
+        return len(self._key_tags)
