@@ -143,8 +143,11 @@ class MetricsRecorder:
         """Zero every counter."""
         for name in COUNTERS:
             setattr(self, name, 0)
-        for layer in self.layers:
-            self.layers[layer] = _LayerCounters()
+        # Reset in place: the stack keeps references to the L1 counters on its hot path.
+        for counters in self.layers.values():
+            counters.hits = counters.misses = counters.count = 0
+            counters.total_latency = 0.0
+            counters.latencies.clear()
 
     def snapshot(self, extra_evictions: int = 0) -> CacheMetrics:
         """A frozen copy of the counters."""

@@ -145,10 +145,11 @@ class LayerAdapter:
         return len(keys)
 
     def has(self, key: str, now: float) -> bool:
-        """Whether a usable entry is stored."""
-        fn = self._optional.get("has")
-        if fn is not None:
-            return bool(self.call("has", fn, key))
+        """Whether a usable entry is stored, judged by the stack's clock.
+
+        Deliberately a read of the entry rather than the layer's own ``has`` (``EXISTS``):
+        the stack's clock decides freshness, so ``has`` always agrees with ``get``.
+        """
         entry = self.get(key)
         return isinstance(entry, Entry) and entry.is_usable(now)
 
