@@ -1,0 +1,123 @@
+"""A fetch in flight across an invalidation returns its value but never stores it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from stack_support import ABSENT, StackEnv, eventually
+
+from layercache import CacheStack
+
+Invalidate = Callable[[CacheStack], Awaitable[object]]
+
+INVALIDATIONS: dict[str, Invalidate] = {
+    "delete": lambda c: c.delete("user:1"),
+    "delete_many": lambda c: c.delete_many(["other", "user:1"]),
+    "clear": lambda c: c.clear(),
+    "tag": lambda c: c.invalidate_by_tag("users"),
+    "tags_any": lambda c: c.invalidate_by_tags(["nope", "users"], mode="any"),
+    "tags_all": lambda c: c.invalidate_by_tags(["users", "tenant:a"], mode="all"),
+    "pattern": lambda c: c.invalidate_by_pattern("user:*"),
+    "prefix": lambda c: c.invalidate_by_prefix("user:"),
+    "namespace_clear": lambda c: c.namespace("user").clear(),
+}
+
+
+class HeldFetch:
+    """A fetcher that blocks until released (no sleeps) and records that it ran."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self) -> object:
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        return self.value
+
+
+@pytest.mark.parametrize("operation", list(INVALIDATIONS))
+async def test_invalidation_during_fetch_is_not_undone(env: StackEnv, operation: str) -> None:
+    fetch = HeldFetch({"name": "stale"})
+    task = asyncio.create_task(env.cache.get("user:1", fetch, tags=["users", "tenant:a"]))
+    await asyncio.wait_for(fetch.started.wait(), 2)
+    await INVALIDATIONS[operation](env.cache)
+    fetch.release.set()
+    assert await task == {"name": "stale"}, "the in-flight fetch must still return its value"
+    assert await env.layer_values("user:1") == [ABSENT] * len(env.layers), (
+        f"a fetch in flight across {operation} stored its value"
+    )
+    # Nothing is left in flight: the next call fetches anew and stores.
+    fresh = HeldFetch({"name": "fresh"})
+    fresh.release.set()
+    assert await env.cache.get("user:1", fresh) == {"name": "fresh"}
+    assert fresh.calls == 1
+    assert await env.layer_values("user:1") == [{"name": "fresh"}] * len(env.layers)
+
+
+@pytest.mark.parametrize("operation", ["tag", "pattern", "prefix"])
+async def test_refetch_of_an_expired_tagged_key_is_not_undone(
+    env: StackEnv, operation: str
+) -> None:
+    await env.cache.set("user:1", "old", ttl=5, tags=["users", "tenant:a"])
+    env.clock.advance(6)
+    fetch = HeldFetch("refetched")
+    task = asyncio.create_task(env.cache.get("user:1", fetch, tags=["users", "tenant:a"]))
+    await asyncio.wait_for(fetch.started.wait(), 2)
+    await INVALIDATIONS[operation](env.cache)
+    fetch.release.set()
+    assert await task == "refetched"
+    assert await env.cache.get("user:1") is None
+    for value in await env.layer_values("user:1"):
+        assert value != "refetched", f"the refetch survived {operation}"
+
+
+async def test_explicit_set_during_fetch_wins(env: StackEnv) -> None:
+    fetch = HeldFetch("from-fetch")
+    task = asyncio.create_task(env.cache.get("k", fetch))
+    await asyncio.wait_for(fetch.started.wait(), 2)
+    await env.cache.set("k", "explicit")
+    fetch.release.set()
+    assert await task == "from-fetch"
+    assert await env.layer_values("k") == ["explicit"] * len(env.layers)
+    assert await env.cache.get("k") == "explicit"
+
+
+async def test_invalidation_of_other_keys_does_not_block_storing(env: StackEnv) -> None:
+    fetch = HeldFetch("kept")
+    task = asyncio.create_task(env.cache.get("post:1", fetch, tags=["posts"]))
+    await asyncio.wait_for(fetch.started.wait(), 2)
+    await env.cache.delete("post:2")
+    await env.cache.invalidate_by_tag("users")
+    await env.cache.invalidate_by_pattern("user:*")
+    await env.cache.invalidate_by_prefix("post:1:")
+    fetch.release.set()
+    assert await task == "kept"
+    assert await env.layer_values("post:1") == ["kept"] * len(env.layers)
+
+
+async def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: StackEnv) -> None:
+    # Read-your-invalidation: the application updates its database, deletes the key, then reads
+    # it again. That read must not be served by a fetch that started before the delete.
+    old = HeldFetch("before-delete")
+    first = asyncio.create_task(env.cache.get("k", old))
+    await asyncio.wait_for(old.started.wait(), 2)
+    await env.cache.delete("k")
+    new = HeldFetch("after-delete")
+    new.release.set()
+    second = asyncio.create_task(env.cache.get("k", new))
+    # Wait until the second read either started its own fetch or joined the old one.
+    await eventually(
+        lambda: new.calls == 1 or env.cache.get_metrics().stampede_dedupes == 1,
+        "the second read to reach the single-flight",
+    )
+    old.release.set()
+    assert await first == "before-delete"
+    assert await second == "after-delete", "a read issued after delete() got pre-delete data"
+    assert new.calls == 1
+    assert await env.cache.get("k") == "after-delete"
