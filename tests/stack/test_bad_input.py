@@ -214,3 +214,14 @@ async def test_several_mib_value(env: StackEnv) -> None:
     if env.lower is not None:
         await lcall(env.memory, "delete", "big2")
     assert await env.cache.get("big2") == value
+
+
+async def test_per_layer_dict_naming_an_unknown_layer_is_refused() -> None:
+    from layercache import CacheStack, MemoryLayer
+
+    cache = CacheStack([MemoryLayer(name="memory")])
+    with pytest.raises(ValueError, match="memroy"):
+        await cache.get("k", lambda: 1, ttl={"memroy": 5})
+    with pytest.raises(ValueError, match="unknown layer"):
+        CacheStack([MemoryLayer()], ttl_jitter={"redis": 1})
+    assert await cache.get("k") is None

@@ -143,6 +143,7 @@ class CacheStack:
             raise ValueError("a CacheStack needs at least one layer")
         self._layers = [LayerAdapter(layer, i) for i, layer in enumerate(layers)]
         names = [a.name for a in self._layers]
+        self._layer_names = frozenset(names)
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique; got {names}")
         if write_policy not in _WRITE_POLICIES:
@@ -163,6 +164,7 @@ class CacheStack:
             }
         )
         assert defaults is not None
+        self._check_layer_names(defaults)
         self._defaults: CacheOptions = defaults
         self._logger = logger or logging.getLogger("layercache")
         self._metrics_enabled = metrics
@@ -211,7 +213,22 @@ class CacheStack:
             options = kwargs
         if options is None:
             return self._defaults
-        return merge_options(self._defaults, coerce_options(options))
+        coerced = coerce_options(options)
+        if coerced is not None:
+            self._check_layer_names(coerced)
+        return merge_options(self._defaults, coerced)
+
+    def _check_layer_names(self, options: CacheOptions) -> None:
+        """A per-layer dict naming no layer of this stack is a typo: refuse it."""
+        for name in ("ttl", "ttl_jitter"):
+            value = getattr(options, name)
+            if isinstance(value, dict):
+                unknown = set(value) - self._layer_names
+                if unknown:
+                    raise ValueError(
+                        f"{name} names unknown layer(s) {sorted(unknown)}; "
+                        f"this stack's layers are {sorted(self._layer_names)}"
+                    )
 
     def _check_open(self) -> None:
         if self._closed:
