@@ -176,7 +176,7 @@ class EntryCodec:
 
     # -- decoding -------------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> Entry:
+    def decode(self, data: bytes | bytearray | memoryview) -> Entry:
         """Decode bytes produced by :meth:`encode`.
 
         Raises:
@@ -278,8 +278,17 @@ def _unzstd_bounded(zstandard: Any, body: bytes, limit: int) -> bytes:
         # The frame states its size (our writer always does): zstd allocates exactly that and
         # fails if the content does not match it.
         return bytes(decompressor.decompress(body))
-    # A frame without a size (not written by us): zstd fails once output would pass the bound.
-    return bytes(decompressor.decompress(body, max_output_size=limit))
+    # A frame without a size (not written by us): read it in bounded steps...
+    reader = decompressor.stream_reader(body, read_across_frames=False)
+    out = bytearray()
+    while chunk := reader.read(min(_STEP, limit - len(out) + 1)):
+        out += chunk
+        if len(out) > limit:
+            raise _too_large(limit)
+    # ...then, since a stream reader does not report a frame cut short, check the frame is
+    # complete; its size is now known to be within the bound.
+    decompressor.decompress(body, max_output_size=max(len(out), 1))
+    return bytes(out)
 
 
 def _is_number(value: Any) -> bool:

@@ -25,6 +25,8 @@ MAX_KEY_LENGTH = 1024
 MAX_PREFIX_LENGTH = 256
 # Unicode category Cc: C0 controls, DEL and the C1 controls.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates are not text: they cannot be encoded to UTF-8 for Redis or disk.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Longest rendered argument text kept verbatim in a wrap() key; longer ones are hashed.
 _MAX_RENDERED_ARGS = 200
 
@@ -44,6 +46,12 @@ def _check_text(kind: str, value: object, limit: int) -> str:
             raise ValueError(
                 f"{kind} contains the control character {match.group()!r} "
                 f"at position {match.start()}"
+            )
+        match = _SURROGATE.search(value)
+        if match is not None:
+            raise ValueError(
+                f"{kind} contains the lone surrogate {match.group()!r} at position "
+                f"{match.start()}; keys must be valid Unicode text"
             )
     return value
 

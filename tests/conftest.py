@@ -1,0 +1,94 @@
+"""Shared fixtures: a real ``redis-server`` for the tests that need one.
+
+``redis_server`` (session) starts one server on a free 127.0.0.1 port; ``redis_clean``
+(function) empties it before each test (and restarts it if a fault test left it stopped);
+``redis_client`` (function) is a ``redis.asyncio.Redis`` connected to it. ``redis_cluster``
+(session) is a one-node Redis Cluster for cluster-client tests. Without a
+``redis-server`` binary those tests are skipped locally and fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _redis_server import RedisServer
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` for the whole session (``host``, ``port``, ``url``, ``stop()``,
+    ``start()``, ``restart()``; the port survives a restart)."""
+    server = RedisServer(_redis_binary(), workdir=tmp_path_factory.mktemp("redis-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_clean(redis_server: RedisServer) -> RedisServer:
+    """The session server, running and empty."""
+    if not redis_server.is_running:
+        redis_server.start()
+    redis_server.flushall()
+    return redis_server
+
+
+@pytest.fixture
+async def redis_client(redis_clean: RedisServer) -> AsyncIterator[Any]:
+    """A ``redis.asyncio.Redis`` (bytes replies) on the empty session server."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(host=redis_clean.host, port=redis_clean.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A one-node Redis Cluster owning every slot (cross-slot rules apply as in a real one)."""
+    server = RedisServer(
+        _redis_binary(), workdir=tmp_path_factory.mktemp("redis-cluster"), cluster=True
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster_server: RedisServer) -> AsyncIterator[Any]:
+    """A ``redis.asyncio.RedisCluster`` on the (emptied) one-node cluster."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if not redis_cluster_server.is_running:
+        redis_cluster_server.start()
+    redis_cluster_server.flushall()
+    client = RedisCluster(host=redis_cluster_server.host, port=redis_cluster_server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
