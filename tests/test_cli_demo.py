@@ -164,5 +164,9 @@ def test_a_failed_claim_ends_the_demo_with_exit_1(monkeypatch: pytest.MonkeyPatc
     result = invoke("demo", *FAST)
     assert result.exit_code == 1
     line = assert_one_error_line(result.stderr)
-    assert "100 concurrent callers caused 100 origin fetches" in line
+    # Every caller fetches on its own; a caller that reads the layers after an early fetch
+    # has stored its value may find it, so "many", not exactly 100.
+    match = re.search(r"100 concurrent callers caused (\d+) origin fetches", line)
+    assert match is not None, line
+    assert int(match.group(1)) > 1
     assert "L1 hit" not in result.stdout
