@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from math import isfinite
 from typing import Any, Final
 
 from ._entry import Entry
@@ -302,6 +303,20 @@ def _is_time_or_none(value: Any) -> bool:
 
 
 def _entry_from_fields(fields: Any) -> Entry:
+    # Fast path for the common shape (float times, no windows, no tags); anything else takes
+    # the fully checked path below.
+    if type(fields) is list and len(fields) == 6:
+        value, stored_at, fresh_until, stale_until, error_until, tags = fields
+        if (
+            type(stored_at) is float
+            and isfinite(stored_at)
+            and (fresh_until is None or (type(fresh_until) is float and isfinite(fresh_until)))
+            and stale_until is None
+            and error_until is None
+            and type(tags) is list
+            and not tags
+        ):
+            return Entry(value, stored_at, fresh_until)
     if not isinstance(fields, list | tuple) or len(fields) != 6:
         raise CorruptEntryError("entry body has the wrong shape")
     value, stored_at, fresh_until, stale_until, error_until, tags = fields

@@ -65,7 +65,9 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
                 if c == "\\" and j + 1 < n:
                     j += 1
                     items.append(re.escape(pattern[j]))
-                elif j + 2 < n and pattern[j + 1] == "-" and pattern[j + 2] != "]":
+                elif j + 2 < n and pattern[j + 1] == "-":
+                    # Redis reads "[a-]" as the range a..']' (it never checks the end char),
+                    # and the class then stays open: same here, so every layer agrees.
                     lo, hi = c, pattern[j + 2]
                     if lo > hi:
                         lo, hi = hi, lo

@@ -94,10 +94,12 @@ def _render(value: Any) -> str:
         return f"U({value})"
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return f"T({value.isoformat()})"
-    if isinstance(value, tuple | list):
+    if isinstance(value, tuple):
+        return "(" + ",".join(_render(v) for v in value) + ")"
+    if isinstance(value, list):
         return "[" + ",".join(_render(v) for v in value) + "]"
     if isinstance(value, frozenset | set):
-        return "{" + ",".join(sorted(_render(v) for v in value)) + "}"
+        return "s{" + ",".join(sorted(_render(v) for v in value)) + "}"
     if isinstance(value, Mapping):
         items = sorted((_render(k), _render(v)) for k, v in value.items())
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
@@ -115,8 +117,13 @@ def render_call_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     than 200 characters are replaced by a SHA-256 digest so keys stay within the limits.
     """
     parts = [_render(a) for a in args]
-    parts.extend(f"{name}={_render(kwargs[name])}" for name in sorted(kwargs))
+    # Identifier names render bare (``page=2``); any other name (``f(**{"a=1,b": 2})``) is
+    # quoted, so a keyword name can never imitate another call's arguments.
+    parts.extend(
+        f"{name if name.isidentifier() else json.dumps(name)}={_render(kwargs[name])}"
+        for name in sorted(kwargs)
+    )
     text = ",".join(parts)
-    if len(text) > _MAX_RENDERED_ARGS or _CONTROL.search(text):
+    if len(text) > _MAX_RENDERED_ARGS or _CONTROL.search(text) or _SURROGATE.search(text):
         text = "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return text

@@ -55,7 +55,7 @@ class CacheOptions:
     """
 
     tags: tuple[str, ...] | None = None
-    ttl: PerLayer | None = None
+    ttl: PerLayer | _dt.timedelta | None = None
     ttl_policy: TtlPolicy | None = None
     ttl_jitter: PerLayer | None = None
     negative_cache: bool | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -13,10 +14,14 @@ from ._options import CacheOptions, PerLayer, seconds
 __all__ = ["build_entry", "per_layer_value", "policy_ttl"]
 
 
-def per_layer_value(value: PerLayer | None, layer: str, default: float | None) -> float | None:
+def per_layer_value(
+    value: PerLayer | _dt.timedelta | None, layer: str, default: float | None
+) -> float | None:
     """The number for ``layer`` out of a number-or-dict option."""
     if value is None:
         return default
+    if isinstance(value, _dt.timedelta):  # only before coerce_options has run
+        return value.total_seconds()
     if isinstance(value, dict):
         return value.get(layer, default)
     return value
@@ -30,14 +35,31 @@ def policy_ttl(policy: Any, key: str, value: Any, now: float, tz: _dt.tzinfo) ->
         step = float(policy["align_to"])
         remaining = step - (now % step)
         return remaining
-    current = _dt.datetime.fromtimestamp(now, tz)
+    # Whole seconds: fromtimestamp() rounds to the microsecond, and a time a fraction of a
+    # microsecond before a boundary would round onto it and pick the boundary after.
+    current = _dt.datetime.fromtimestamp(math.floor(now), tz)
     if policy == "until-midnight":
         boundary = (current + _dt.timedelta(days=1)).replace(
             hour=0, minute=0, second=0, microsecond=0
         )
-    else:  # "next-hour"
-        boundary = (current + _dt.timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
-    return max(boundary.timestamp() - now, 0.0)
+        return max(boundary.timestamp() - now, 0.0)
+    # "next-hour": the first instant after ``now`` at which the local clock shows hh:00:00.
+    # Wall arithmetic (``current + 1h``) skips or repeats boundaries around DST changes (and
+    # some zones shift by 30 minutes), so try the next few wall hours in both folds and keep
+    # the earliest one that really exists and lies ahead.
+    hour_start = current.replace(minute=0, second=0, microsecond=0, fold=0)
+    best: float | None = None
+    for step in range(3):
+        wall = (hour_start.replace(tzinfo=None) + _dt.timedelta(hours=step)).replace(tzinfo=tz)
+        for fold in (0, 1):
+            candidate = wall.replace(fold=fold)
+            stamp = candidate.timestamp()
+            shown = _dt.datetime.fromtimestamp(stamp, tz)
+            if stamp > now and shown.replace(tzinfo=None) == wall.replace(tzinfo=None):
+                best = stamp if best is None else min(best, stamp)
+    if best is None:  # pragma: no cover - no zone skips three hours at once
+        return 3600.0
+    return best - now
 
 
 def build_entry(
@@ -60,6 +82,8 @@ def build_entry(
         ttl = options.negative_ttl
     if ttl is None:
         return Entry(value, now, None, tags=options.tags or ())
+    if ttl <= 0:
+        return None  # "not stored in this layer"; jitter never turns that into a store
     jitter = per_layer_value(options.ttl_jitter, layer, None)
     if jitter:
         offset = (rng or random).uniform(-jitter, jitter)

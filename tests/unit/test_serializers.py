@@ -424,3 +424,23 @@ def test_pickle_with_right_secret_unpickles_and_str_equals_bytes_secret() -> Non
 def test_pickle_unpicklable_value_is_type_error() -> None:
     with pytest.raises(TypeError, match="cannot pickle"):
         PickleSerializer(signing_secret="k").dumps(lambda: None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**40, [1, {"a": -(10**30)}]],
+)
+def test_json_integers_beyond_64_bits_round_trip_exactly(value: object) -> None:
+    # The fast decoder (orjson) would read a 65-bit literal back as a float: such integers are
+    # written as tagged text, and come back as the same int.
+    serializer = JsonSerializer()
+    assert serializer.loads(serializer.dumps(value)) == value
+
+
+def test_json_values_orjson_refuses_fall_back_to_the_stdlib_parser() -> None:
+    serializer = JsonSerializer()
+    back = serializer.loads(serializer.dumps([float("inf"), "lone \udc80 surrogate"]))
+    assert back[0] == float("inf")
+    assert back[1] == "lone \udc80 surrogate"
+    nan = serializer.loads(serializer.dumps(float("nan")))
+    assert nan != nan

@@ -56,10 +56,20 @@ class LayerAdapter:
             if lookup is not None and not blocking and not is_async_callable(lookup)
             else None
         )
+        # Layers with a synchronous lookup (the memory layer) are also written synchronously
+        # on the stack's hot paths (backfill, store): no coroutine frames for an L1 write.
+        self.direct_set: Callable[[str, Entry, float | None], None] | None = (
+            layer.set if self.lookup is not None and not is_async_callable(layer.set) else None
+        )
         self._get = bind_method(layer.get, blocking)
         self._set = bind_method(layer.set, blocking)
         self._delete = bind_method(layer.delete, blocking)
         self._clear = bind_method(layer.clear, blocking)
+        # The read of the hot path. A built-in driver that already raises CacheLayerError for
+        # every failure (``raises_layer_errors``) is awaited directly: no extra frame per hit.
+        self.read: Callable[[str], Awaitable[Entry | None]] = self.get
+        if getattr(layer, "raises_layer_errors", False) and is_async_callable(layer.get):
+            self.read = layer.get
         self._optional: dict[str, Callable[..., Awaitable[Any]]] = {}
         for attr in _OPTIONAL:
             fn = getattr(layer, attr, None)

@@ -246,6 +246,18 @@ class CacheStack:
         )
         return None
 
+    def _direct_write(
+        self, adapter: LayerAdapter, key: str, entry: Entry, ttl: float | None
+    ) -> None:
+        """Write to a synchronous local layer without coroutine machinery."""
+        assert adapter.direct_set is not None
+        try:
+            adapter.direct_set(key, entry, ttl)
+        except LayerCacheError:
+            raise
+        except Exception as exc:
+            raise CacheLayerError(adapter.name, "set") from exc
+
     def _mark_flights(self, predicate: Callable[[str, _Flight], bool]) -> None:
         for key, flight in self._flights.items():
             if not flight.invalidated and predicate(key, flight):
@@ -345,7 +357,7 @@ class CacheStack:
         for index in range(start, len(layers)):
             adapter = layers[index]
             began = time.perf_counter()
-            raw = await adapter.get(key)
+            raw = await adapter.read(key)
             if self._metrics_enabled:
                 metrics.observe(adapter.name, time.perf_counter() - began)
             entry = self._entry_or_miss(adapter, key, raw)
@@ -377,15 +389,32 @@ class CacheStack:
     ) -> None:
         """Copy a lower layer's hit into the layers above it, each with its own TTL."""
 
-        async def fill(adapter: LayerAdapter) -> None:
+        def copy_for(adapter: LayerAdapter) -> tuple[Entry, float | None]:
             own_ttl = adapter.default_ttl
             copy = entry if own_ttl is None else entry.clipped(now + own_ttl)
-            ttl = copy.storage_ttl(now)
-            if ttl is not None and ttl <= 0:
-                return
-            await adapter.set(key, copy, ttl)
+            return copy, copy.storage_ttl(now)
 
-        await self._for_layers("backfill", targets, fill)
+        async def fill(adapter: LayerAdapter) -> None:
+            copy, ttl = copy_for(adapter)
+            if ttl is None or ttl > 0:
+                await adapter.set(key, copy, ttl)
+
+        remote: list[LayerAdapter] = []
+        for adapter in targets:
+            if adapter.direct_set is None:
+                remote.append(adapter)
+                continue
+            copy, ttl = copy_for(adapter)
+            if ttl is None or ttl > 0:
+                self._direct_write(adapter, key, copy, ttl)
+        if remote:
+            await self._for_layers("backfill", remote, fill)
+        if entry.tags:
+            # The index may not know this key (written by another process, or before a
+            # restart of this one): learn its tags so invalidate_by_tag reaches the copies.
+            evicted = await self._tags.record(key, entry.tags)
+            if evicted:
+                await self._delete_everywhere(evicted)
         self._metrics.backfills += len(targets)
         if "backfill" in self._events.active:
             for adapter in targets:
@@ -499,8 +528,15 @@ class CacheStack:
         async def drop(adapter: LayerAdapter) -> None:
             await adapter.delete(key)
 
+        remote: list[LayerAdapter] = []
+        for adapter, entry in writes:
+            if adapter.direct_set is None:
+                remote.append(adapter)
+            else:
+                assert entry is not None
+                self._direct_write(adapter, key, entry, entry.storage_ttl(now))
+        await self._for_layers("set", remote, write)
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
-        await self._for_layers("set", [a for a, _ in writes], write)
         if skipped:
             await self._for_layers("set", skipped, drop)
         evicted = await self._tags.record(key, opts.tags or ())

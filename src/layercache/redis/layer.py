@@ -91,6 +91,9 @@ class RedisLayer:
     """
 
     is_local = False
+    # Every failure leaves this class as CacheLayerError (see _driver_errors), so the stack
+    # awaits get() directly on its hot path.
+    raises_layer_errors = True
 
     def __init__(
         self,
@@ -165,7 +168,13 @@ class RedisLayer:
         """The one place where driver failures become ``CacheLayerError``."""
         try:
             yield
+        except CacheLayerError:
+            raise
         except _DRIVER_ERRORS as exc:
+            raise CacheLayerError(self.name, operation) from exc
+        except Exception as exc:
+            # Anything else the client raises (a closed loop, a protocol surprise) is still a
+            # failure of this layer: the stack relies on that to skip its own wrapper.
             raise CacheLayerError(self.name, operation) from exc
 
     def _key(self, key: str) -> bytes:
@@ -214,8 +223,14 @@ class RedisLayer:
         Raises:
             CacheLayerError: If Redis cannot be reached or fails.
         """
-        with self._driver_errors("get"):
+        # Inline try (not the _driver_errors context manager): this is the L2 hit path, and a
+        # generator-based context manager costs about a microsecond per call.
+        try:
             raw = await self._client.get(self._key(key))
+        except Exception as exc:
+            if isinstance(exc, CacheLayerError):
+                raise
+            raise CacheLayerError(self.name, "get") from exc
         if raw is None:
             return None
         return self._decode(key, raw, "get")

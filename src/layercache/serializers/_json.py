@@ -15,9 +15,33 @@ from ._base import JSON_FORMAT_ID, build_dataclass, dataclass_registry, type_nam
 
 __all__ = ["JsonSerializer"]
 
+try:  # orjson parses the same JSON 2-3x faster; optional (installed with the redis extra)
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised where orjson is absent
+    _orjson = None  # type: ignore[assignment]
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads`` semantics, through orjson when it is installed.
+
+    orjson refuses a few things the standard library accepts and ``dumps`` may produce (NaN and
+    Infinity, integers beyond 64 bits, lone surrogates): those fall back to ``json.loads``, so
+    the result never depends on which parser ran.
+    """
+    if _orjson is not None and type(data) is bytes:
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
 # Extra types travel as a JSON object carrying this key. A user dict that itself has this key is
 # wrapped in an "esc" object so it can never be mistaken for a tagged value.
 _TAG = "__lc__"
+_TAG_BYTES = b'"__lc__"'
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
 _SEPARATORS = (",", ":")
 
 
@@ -82,7 +106,12 @@ class JsonSerializer:
             ValueError: If ``data`` is not valid JSON or holds a malformed tagged value.
         """
         try:
-            return self._decode(json.loads(data))
+            decoded = _loads(data)
+            # Tagged values and escaped user dicts always carry the tag as a JSON key; bytes
+            # without it decode to exactly what json.loads gives, so skip the tree walk.
+            if isinstance(data, bytes) and _TAG_BYTES not in data:
+                return decoded
+            return self._decode(decoded)
         except ValueError:
             raise
         except (TypeError, KeyError, AttributeError, RecursionError) as exc:
@@ -92,12 +121,18 @@ class JsonSerializer:
 
     def _encode(self, obj: Any) -> Any:
         kind = type(obj)
-        if obj is None or kind is str or kind is int or kind is float or kind is bool:
+        if obj is None or kind is str or kind is float or kind is bool:
             return obj
+        if kind is int:
+            # Integers beyond 64 bits travel as text: orjson (the fast decoder) would read
+            # them back as floats.
+            return obj if _INT_MIN <= obj <= _INT_MAX else {_TAG: "int", "v": str(obj)}
         if kind is list or kind is tuple:
             return [self._encode(item) for item in obj]
         if kind is dict:
             return self._encode_dict(obj)
+        if isinstance(obj, int) and not _INT_MIN <= obj <= _INT_MAX:
+            return {_TAG: "int", "v": str(int(obj))}
         if isinstance(obj, str | int | float):
             return obj
         # datetime is a subclass of date: test it first.
@@ -165,6 +200,8 @@ class JsonSerializer:
                 raise ValueError(f"malformed decimal {payload[:40]!r}") from exc
         if tag == "bytes":
             return base64.b64decode(payload, validate=True)
+        if tag == "int":
+            return int(payload)
         raise ValueError(f"unknown tagged value {str(tag)[:40]!r}")
 
     def _decode_dataclass(self, name: Any, fields: Any) -> Any:
