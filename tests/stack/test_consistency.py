@@ -121,3 +121,45 @@ async def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: St
     assert await second == "after-delete", "a read issued after delete() got pre-delete data"
     assert new.calls == 1
     assert await env.cache.get("k") == "after-delete"
+
+
+async def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
+    # The lower layer answers a read with the old value, but a delete completes while that
+    # read is in flight: the old value must not be copied into the memory layer afterwards.
+    import asyncio as _asyncio
+
+    from layercache import CacheStack, Entry, MemoryLayer
+
+    class SlowLayer:
+        name, default_ttl, is_local = "slow", 300, False
+
+        def __init__(self) -> None:
+            self.data: dict[str, Entry] = {}
+            self.reading = _asyncio.Event()
+            self.release = _asyncio.Event()
+
+        async def get(self, key: str) -> Entry | None:
+            entry = self.data.get(key)
+            self.reading.set()
+            await self.release.wait()
+            return entry
+
+        async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+            self.data[key] = entry
+
+        async def delete(self, key: str) -> None:
+            self.data.pop(key, None)
+
+        async def clear(self) -> None:
+            self.data.clear()
+
+    memory, slow = MemoryLayer(), SlowLayer()
+    cache = CacheStack([memory, slow])
+    await cache.set("k", "old")
+    memory.clear()
+    reader = _asyncio.create_task(cache.get("k"))
+    await _asyncio.wait_for(slow.reading.wait(), 5)
+    slow.release.set()  # the read already holds the old entry object
+    await cache.delete("k")
+    assert await reader == "old"  # the caller gets what it read...
+    assert memory.get("k") is None  # ...but it is not backfilled after the delete

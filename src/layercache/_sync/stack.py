@@ -181,6 +181,7 @@ class SyncCacheStack:
         self._rng = rng
         self.max_profile_entries = max_profile_entries
         self._flights: dict[str, _Flight] = {}
+        self._epoch = 0
         # Guards check-and-register of a flight (a real lock only in the threaded twin).
         self._flight_lock = new_flight_lock()
         self._closed = False
@@ -261,6 +262,9 @@ class SyncCacheStack:
             raise CacheLayerError(adapter.name, "set") from exc
 
     def _mark_flights(self, predicate: Callable[[str, _Flight], bool]) -> None:
+        # Any write or invalidation moves the epoch: a read that started before it must not
+        # backfill what it read (it may be the value that was just replaced or deleted).
+        self._epoch += 1
         for key, flight in self._flights.items():
             if not flight.invalidated and predicate(key, flight):
                 flight.invalidated = True
@@ -356,6 +360,7 @@ class SyncCacheStack:
             # layer first (a cold burst would otherwise cost one Redis/disk read per caller).
             metrics.misses += 1
             return self._load(key, fetcher, opts)
+        epoch = self._epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
             began = time.perf_counter()
@@ -370,7 +375,7 @@ class SyncCacheStack:
                 self._logger.debug("layercache: %s hit in %s", key, adapter.name)
                 if "hit" in self._events.active:
                     self._events.emit("hit", {"key": key, "layer": adapter.name})
-                if index:
+                if index and self._epoch == epoch:
                     self._backfill(key, entry, layers[:index], adapter.name, now)
                 return entry.value
             metrics.layers[adapter.name].misses += 1
@@ -556,9 +561,8 @@ class SyncCacheStack:
         validate_key(key)
         opts = self._options(options, kwargs)
         self._check_open()
-        flight = self._flights.get(key)
-        if flight is not None:
-            flight.invalidated = True  # an explicit write is newer than the running fetch
+        # An explicit write is newer than a running fetch or read of the key.
+        self._mark_flights(lambda k, _: k == key)
         self._store(key, value, opts, None)
 
     def set_many(self, entries: Iterable[SetEntry]) -> None:
@@ -581,10 +585,9 @@ class SyncCacheStack:
             a.name: [] for a in self._layers
         }
         dropped: dict[str, list[str]] = {a.name: [] for a in self._layers}
+        written = {key for key, _, _ in items}
+        self._mark_flights(lambda k, _: k in written)
         for key, value, opts in items:
-            flight = self._flights.get(key)
-            if flight is not None:
-                flight.invalidated = True
             for adapter, entry in self._entries_for(key, value, opts, now):
                 if entry is None:
                     dropped[adapter.name].append(key)
@@ -728,6 +731,7 @@ class SyncCacheStack:
         results: list[Any] = [_MISS] * len(requests)
         pending = list(range(len(requests)))
         metrics = self._metrics
+        epoch = self._epoch
         for depth, adapter in enumerate(self._layers):
             if not pending:
                 break
@@ -749,7 +753,7 @@ class SyncCacheStack:
                 else:
                     metrics.layers[adapter.name].misses += 1
                     still.append(i)
-            if fills:
+            if fills and self._epoch == epoch:
                 self._backfill_many(fills, self._layers[:depth], now)
             pending = still
         metrics.hits += len(requests) - len(pending)
