@@ -3,7 +3,9 @@
 ``redis_server`` (session) starts one server on a free 127.0.0.1 port; ``redis_clean``
 (function) empties it before each test (and restarts it if a fault test left it stopped);
 ``redis_client`` (function) is a ``redis.asyncio.Redis`` connected to it. ``redis_cluster``
-(session) is a one-node Redis Cluster for cluster-client tests. Without a
+(session) is a one-node Redis Cluster for cluster-client tests. ``redis_proxy`` (function) is a
+``TcpProxy`` (tests/_tcp_proxy.py) in front of the emptied session server, for fault tests:
+latency, cut-offs, recovery. Without a
 ``redis-server`` binary those tests are skipped locally and fail under ``CI=true``.
 """
 
@@ -21,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _redis_server import RedisServer
+from _tcp_proxy import TcpProxy
 
 
 def _redis_binary() -> str:
@@ -92,3 +95,31 @@ async def redis_cluster_client(redis_cluster_server: RedisServer) -> AsyncIterat
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def _redis_proxy_session(redis_server: RedisServer) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(redis_server.host, redis_server.port)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def redis_proxy(redis_clean: RedisServer, _redis_proxy_session: TcpProxy) -> Iterator[TcpProxy]:
+    """A ``TcpProxy`` in front of the (running, emptied) session server: ``url``,
+    ``set_latency(s)``, ``cut("refuse" | "blackhole")``, ``restore()``.
+
+    Reset before and after each test (no latency, no cut, no open connections), and the server
+    is started again if the test stopped it.
+    """
+    proxy = _redis_proxy_session
+    proxy.reset()
+    try:
+        yield proxy
+    finally:
+        proxy.reset()
+        if not redis_clean.is_running:
+            redis_clean.start()

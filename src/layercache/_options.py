@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeAlias
 
 from ._keys import _check_text
 
 __all__ = [
+    "AdaptiveTtl",
     "CacheEntry",
     "CacheEntryRequest",
     "CacheOptions",
@@ -52,6 +53,19 @@ class CacheOptions:
         negative_ttl: Lifetime of a negatively cached ``None`` (defaults to the TTL).
         should_cache: Predicate on the fetched value; ``False`` returns it without storing.
         fetch_timeout: Seconds a fetch may run before its waiters get ``FetchTimeoutError``.
+        fetch_soft_timeout: Seconds after which waiters get a stale value (when one exists)
+            while the fetch goes on in the background and updates the cache.
+        stale_while_revalidate: Seconds past freshness during which the stale value is served
+            at once while one background refresh runs (number or per-layer dict).
+        stale_if_error: Seconds past freshness during which the stale value is served when the
+            fetch fails, times out or its circuit is open (number or per-layer dict).
+        sliding_ttl: A hit resets the TTL in every layer holding the key.
+        refresh_ahead: A fresh hit with at most this many seconds left refreshes in the
+            background.
+        adaptive_ttl: :class:`AdaptiveTtl`: hot keys get longer TTLs on their next write.
+        circuit_breaker: ``CircuitBreaker`` for this fetcher key (``False`` disables the
+            stack default).
+        fetcher_rate_limit: ``RateLimit`` on concurrent fetcher calls.
     """
 
     tags: tuple[str, ...] | None = None
@@ -62,9 +76,60 @@ class CacheOptions:
     negative_ttl: float | None = None
     should_cache: Callable[[Any], bool] | None = None
     fetch_timeout: float | None = None
+    fetch_soft_timeout: float | None = None
+    stale_while_revalidate: PerLayer | None = None
+    stale_if_error: PerLayer | None = None
+    sliding_ttl: bool | None = None
+    refresh_ahead: float | None = None
+    adaptive_ttl: AdaptiveTtl | Mapping[str, Any] | None = None
+    circuit_breaker: Any = None
+    fetcher_rate_limit: Any = None
+    # Derived: whether a hit needs more than "return the value" (sliding, refresh-ahead,
+    # adaptive counting), so the L1 fast path tests one attribute.
+    has_hit_work: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "has_hit_work",
+            bool(self.sliding_ttl or self.refresh_ahead or self.adaptive_ttl),
+        )
 
 
-_OPTION_NAMES = frozenset(f.name for f in fields(CacheOptions))
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptiveTtl:
+    """Longer TTLs for hot keys.
+
+    A key read at least ``hot_after`` times since its last write gets ``step`` more seconds of
+    TTL on its next write for every ``hot_after`` reads, up to ``max_ttl``.
+    """
+
+    hot_after: int = 5
+    step: float = 60
+    max_ttl: float = 3600
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hot_after, bool) or not isinstance(self.hot_after, int):
+            raise ValueError(
+                f"adaptive_ttl hot_after must be a positive int, not {self.hot_after!r}"
+            )
+        if self.hot_after < 1:
+            raise ValueError(
+                f"adaptive_ttl hot_after must be a positive int, not {self.hot_after!r}"
+            )
+        object.__setattr__(self, "step", seconds("adaptive_ttl step", self.step, allow_zero=False))
+        object.__setattr__(
+            self, "max_ttl", seconds("adaptive_ttl max_ttl", self.max_ttl, allow_zero=False)
+        )
+
+    def ttl_for(self, base: float, reads: int) -> float:
+        """The TTL for a key with ``base`` TTL read ``reads`` times since its last write."""
+        if reads < self.hot_after:
+            return base
+        return max(base, min(base + self.step * (reads // self.hot_after), self.max_ttl))
+
+
+_OPTION_NAMES = frozenset(f.name for f in fields(CacheOptions) if f.init)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +231,38 @@ def coerce_options(options: CacheOptions | Mapping[str, Any] | None) -> CacheOpt
             out[name] = value
         elif name == "negative_ttl":
             out[name] = seconds(name, value)
-        elif name == "fetch_timeout":
+        elif name in ("fetch_timeout", "fetch_soft_timeout"):
             out[name] = seconds(name, value, allow_zero=False)
+        elif name in ("stale_while_revalidate", "stale_if_error"):
+            out[name] = _per_layer(name, value)
+        elif name == "sliding_ttl":
+            if not isinstance(value, bool):
+                raise ValueError(f"sliding_ttl must be a bool, not {value!r}")
+            out[name] = value
+        elif name == "refresh_ahead":
+            out[name] = seconds(name, value, allow_zero=False)
+        elif name == "adaptive_ttl":
+            if value is False:
+                continue
+            if value is True:
+                value = AdaptiveTtl()
+            elif isinstance(value, Mapping):
+                unknown = set(value) - {"hot_after", "step", "max_ttl"}
+                if unknown:
+                    raise ValueError(f"unknown adaptive_ttl field(s): {sorted(unknown)}")
+                value = AdaptiveTtl(**value)
+            elif not isinstance(value, AdaptiveTtl):
+                raise ValueError(f"adaptive_ttl must be an AdaptiveTtl or a dict, not {value!r}")
+            out[name] = value
+        elif name == "circuit_breaker":
+            from ._circuit import coerce_circuit_breaker
+
+            # False is kept: it switches off a stack-wide breaker for this call.
+            out[name] = False if value is False else coerce_circuit_breaker(value)
+        elif name == "fetcher_rate_limit":
+            from ._rate_limit_options import coerce_rate_limit
+
+            out[name] = False if value is False else coerce_rate_limit(value)
         elif name == "should_cache":
             if not callable(value):
                 raise ValueError("should_cache must be a callable taking the value")

@@ -72,6 +72,7 @@ def build_entry(
     *,
     tz: _dt.tzinfo = _dt.timezone.utc,
     rng: random.Random | None = None,
+    reads: int = 0,
 ) -> Entry | None:
     """The entry to store in ``layer``, or ``None`` when the TTL says "do not store here"."""
     if options.ttl_policy is not None:
@@ -84,6 +85,9 @@ def build_entry(
         return Entry(value, now, None, tags=options.tags or ())
     if ttl <= 0:
         return None  # "not stored in this layer"; jitter never turns that into a store
+    adaptive = options.adaptive_ttl
+    if reads and adaptive is not None and not isinstance(adaptive, Mapping):
+        ttl = adaptive.ttl_for(ttl, reads)
     jitter = per_layer_value(options.ttl_jitter, layer, None)
     if jitter:
         offset = (rng or random).uniform(-jitter, jitter)
@@ -91,4 +95,14 @@ def build_entry(
         ttl = max(ttl + offset, ttl / 10)
     if ttl <= 0:
         return None
-    return Entry(value, now, now + ttl, tags=options.tags or ())
+    fresh_until = now + ttl
+    stale = per_layer_value(options.stale_while_revalidate, layer, None)
+    error = per_layer_value(options.stale_if_error, layer, None)
+    return Entry(
+        value,
+        now,
+        fresh_until,
+        fresh_until + stale if stale else None,
+        fresh_until + error if error else None,
+        options.tags or (),
+    )

@@ -31,7 +31,8 @@ def test_none_is_no_options() -> None:
 
 def test_empty_dict_gives_all_defaults() -> None:
     options = coerced()
-    assert all(getattr(options, f.name) is None for f in fields(CacheOptions))
+    assert all(getattr(options, f.name) is None for f in fields(CacheOptions) if f.init)
+    assert options.has_hit_work is False
 
 
 def test_dict_and_dataclass_coerce_alike() -> None:

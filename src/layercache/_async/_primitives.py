@@ -21,6 +21,7 @@ __all__ = [
     "gather",
     "gather_settled",
     "launch",
+    "launch_background",
     "new_flight_lock",
     "new_future",
     "wait_future",
@@ -151,3 +152,12 @@ async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float) -> T:
 def new_flight_lock() -> contextlib.nullcontext[None]:
     """No lock is needed on one event loop: check-and-register runs without an await."""
     return contextlib.nullcontext()
+
+
+def launch_background(
+    future: asyncio.Future[Any],
+    thunk: Callable[[], Awaitable[Any]],
+    on_done: Callable[[], None],
+) -> asyncio.Task[None]:
+    """Like :func:`launch`; on asyncio every launch already runs in the background."""
+    return launch(future, thunk, on_done)

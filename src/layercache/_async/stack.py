@@ -17,6 +17,7 @@ import functools
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -25,6 +26,7 @@ from .._events import EventHub
 from .._exceptions import (
     CacheLayerError,
     CacheMissError,
+    CircuitOpenError,
     FetchTimeoutError,
     LayerCacheError,
 )
@@ -41,20 +43,24 @@ from .._metrics import (
     LayerStatus,
     MetricsRecorder,
 )
+from .._circuit import CircuitRegistry
 from .._options import (
+    AdaptiveTtl,
     CacheEntry,
     CacheEntryRequest,
     CacheOptions,
     coerce_options,
     merge_options,
+    seconds,
 )
-from .._policy import build_entry
+from .._policy import build_entry, per_layer_value
 from ._primitives import (
     FlightFuture,
     call_fetcher,
     gather,
     gather_settled,
     launch,
+    launch_background,
     new_flight_lock,
     new_future,
     wait_future,
@@ -62,6 +68,8 @@ from ._primitives import (
     with_timeout,
 )
 from .adapter import LayerAdapter
+from .rate_limit import FetcherLimiter
+from .write_behind import WriteBehindQueue
 from .tag_index import InMemoryTagIndex
 
 __all__ = ["CacheNamespace", "CacheStack"]
@@ -76,6 +84,12 @@ _MISS: Any = object()
 _WRITE_POLICIES = ("strict", "best-effort")
 # How long aclose() lets in-flight fetches finish before cancelling them.
 _CLOSE_GRACE = 5.0
+# Writes and invalidations a degraded layer may miss before it is fenced (cleared on recovery).
+_MAX_MISSED = 10_000
+
+
+class _SoftTimeout(Exception):
+    """Internal: the soft timeout passed while a stale value can be served."""
 
 
 class _Flight:
@@ -129,7 +143,17 @@ class CacheStack:
         negative_ttl: float | _dt.timedelta | None = None,
         fetch_timeout: float | _dt.timedelta | None = 30,
         ttl_jitter: float | Mapping[str, float] | None = None,
+        stale_while_revalidate: float | Mapping[str, float] | None = None,
+        stale_if_error: float | Mapping[str, float] | None = None,
+        fetch_soft_timeout: float | _dt.timedelta | None = None,
+        adaptive_ttl: AdaptiveTtl | Mapping[str, Any] | None = None,
+        circuit_breaker: Any = None,
+        fetcher_rate_limit: Any = None,
+        background_refresh_timeout: float | _dt.timedelta = 30,
+        graceful_degradation: bool | Mapping[str, Any] | None = None,
         write_policy: Literal["strict", "best-effort"] = "strict",
+        write_strategy: Literal["write-through", "write-behind"] = "write-through",
+        write_behind: Mapping[str, Any] | None = None,
         tag_index: Any = None,
         max_tag_index_keys: int = 100_000,
         max_profile_entries: int = 100_000,
@@ -161,6 +185,12 @@ class CacheStack:
                 "negative_ttl": negative_ttl,
                 "fetch_timeout": fetch_timeout,
                 "ttl_jitter": ttl_jitter,
+                "stale_while_revalidate": stale_while_revalidate,
+                "stale_if_error": stale_if_error,
+                "fetch_soft_timeout": fetch_soft_timeout,
+                "adaptive_ttl": adaptive_ttl,
+                "circuit_breaker": circuit_breaker,
+                "fetcher_rate_limit": fetcher_rate_limit,
             }
         )
         assert defaults is not None
@@ -180,6 +210,18 @@ class CacheStack:
         self.max_profile_entries = max_profile_entries
         self._flights: dict[str, _Flight] = {}
         self._epoch = 0
+        self._background = 0
+        self._background_refresh_timeout = seconds(
+            "background_refresh_timeout", background_refresh_timeout, allow_zero=False
+        )
+        self._retry_after = _coerce_degradation(graceful_degradation)
+        # Adaptive TTL: reads per key since its last write, oldest first (bounded).
+        self._reads: OrderedDict[str, int] = OrderedDict()
+        self._circuits = CircuitRegistry(max_entries=max_profile_entries, clock=clock)
+        self._limiter = FetcherLimiter(max_keys=max_profile_entries)
+        self._behind: WriteBehindQueue | None = _write_behind_queue(
+            write_strategy, write_behind, self._flush_behind
+        )
         # Guards check-and-register of a flight (a real lock only in the threaded twin).
         self._flight_lock = new_flight_lock()
         self._closed = False
@@ -272,22 +314,112 @@ class CacheStack:
         operation: str,
         layers: Sequence[LayerAdapter],
         make: Callable[[LayerAdapter], Awaitable[Any]],
+        missed: tuple[str, Any] | None = None,
     ) -> None:
-        """Run one operation on several layers concurrently under the write policy."""
+        """Run one operation on several layers concurrently under the write policy.
+
+        ``missed`` describes what a layer that cannot take part must catch up on when it
+        recovers (graceful degradation): ``("delete", keys)``, ``("pattern", glob)`` or
+        ``("clear", None)``. Degraded layers are skipped (and told), a layer that fails now is
+        degraded (and told); without graceful degradation failures follow the write policy.
+        """
         if not layers:
             return
-        results = await gather_settled([functools.partial(make, a) for a in layers])
-        failures = [r for r in results if isinstance(r, Exception)]
+        targets = list(layers)
+        if self._retry_after is not None:
+            targets = []
+            for adapter in layers:
+                if adapter.degraded_until is not None and not await self._recover(adapter):
+                    if missed is not None:
+                        self._remember(adapter, missed)
+                    continue
+                targets.append(adapter)
+            if not targets:
+                return
+        results = await gather_settled([functools.partial(make, a) for a in targets])
+        failures: list[tuple[LayerAdapter, Exception]] = [
+            (a, r) for a, r in zip(targets, results, strict=True) if isinstance(r, Exception)
+        ]
         if not failures:
             return
-        for failure in failures:
+        for _, failure in failures:
             if not isinstance(failure, LayerCacheError):
                 raise failure  # a programming error, not a layer failure: never swallow it
         self._metrics.write_failures += len(failures)
-        for failure in failures:
+        if self._retry_after is not None:
+            for adapter, failure in failures:
+                self._degrade(adapter, failure, operation)
+                if missed is not None:
+                    self._remember(adapter, missed)
+            return
+        for _, failure in failures:
             self._report(failure, operation=operation)
-        if self._write_policy == "strict" or len(failures) == len(layers):
-            raise failures[0]
+        if self._write_policy == "strict" or len(failures) == len(targets):
+            raise failures[0][1]
+
+    # ------------------------------------------------------------------ degradation
+
+    def _degrade(self, adapter: LayerAdapter, error: Exception, operation: str) -> None:
+        """Skip ``adapter`` until ``retry_after`` from now (graceful degradation)."""
+        assert self._retry_after is not None
+        until = self._clock() + self._retry_after
+        if adapter.degraded_until is None:
+            self._logger.warning(
+                "layercache: layer %s failed during %s (%r); skipping it for %gs",
+                adapter.name,
+                operation,
+                error.__cause__ or error,
+                self._retry_after,
+            )
+        adapter.degraded_until = until
+        self._report(error, layer=adapter.name, operation=operation, degraded_until=until)
+
+    def _remember(self, adapter: LayerAdapter, missed: tuple[str, Any]) -> None:
+        """Record what a degraded layer missed; past the bound, fence it instead."""
+        if adapter.fenced:
+            return
+        if len(adapter.missed) >= _MAX_MISSED:
+            adapter.missed.clear()
+            adapter.fenced = True
+            return
+        adapter.missed.append(missed)
+
+    async def _recover(self, adapter: LayerAdapter) -> bool:
+        """Whether a degraded layer may be used now: probe it once ``retry_after`` passed,
+        replay what it missed, and only then put it back in service."""
+        until = adapter.degraded_until
+        if until is None:
+            return True
+        if adapter.probing or self._clock() < until:
+            return False
+        adapter.probing = True
+        try:
+            await adapter.ping()
+            # Replay in order until nothing is left (operations may arrive meanwhile; they
+            # are still recorded because the layer counts as degraded while probing).
+            if adapter.fenced:
+                await adapter.clear()
+                adapter.fenced = False
+                adapter.missed.clear()
+            while adapter.missed:
+                kind, arg = adapter.missed[0]
+                if kind == "delete":
+                    await adapter.delete_many(list(arg))
+                elif kind == "pattern":
+                    await adapter.delete_matching(arg)
+                else:
+                    await adapter.clear()
+                adapter.missed.popleft()
+        except Exception as exc:
+            assert self._retry_after is not None
+            adapter.degraded_until = self._clock() + self._retry_after
+            self._report(exc, layer=adapter.name, operation="recover")
+            return False
+        finally:
+            adapter.probing = False
+        adapter.degraded_until = None
+        self._logger.warning("layercache: layer %s recovered", adapter.name)
+        return True
 
     # ------------------------------------------------------------------ reads
 
@@ -314,6 +446,7 @@ class CacheStack:
             validate_key(key)
         opts = self._defaults if not kwargs and options is None else self._options(options, kwargs)
         l1 = self._l1
+        stale: tuple[Entry, str] | None = None
         if l1 is not None:
             now = self._clock()
             entry = l1(key, now)
@@ -325,8 +458,11 @@ class CacheStack:
                     self._l1_counters.hits += 1
                     if "hit" in self._events.active:
                         self._events.emit("hit", {"key": key, "layer": self._l1_name})
+                    if opts.has_hit_work:
+                        await self._after_hit(key, entry, fetcher, opts, now)
                     return entry.value
-        value = await self._read_through(key, fetcher, opts, 1 if l1 is not None else 0)
+                stale = (entry, self._l1_name)
+        value = await self._read_through(key, fetcher, opts, 1 if l1 is not None else 0, stale)
         return None if value is _MISS else value
 
     async def get_or_raise(
@@ -344,30 +480,56 @@ class CacheStack:
         return value
 
     async def _read_through(
-        self, key: str, fetcher: Fetcher | None, opts: CacheOptions, start: int
+        self,
+        key: str,
+        fetcher: Fetcher | None,
+        opts: CacheOptions,
+        start: int,
+        stale: tuple[Entry, str] | None,
     ) -> Any:
-        """Lower layers in order, then single-flight fetch. Returns ``_MISS`` on a miss."""
+        """Lower layers in order, then single-flight fetch. Returns ``_MISS`` on a miss.
+
+        ``stale`` is a usable but no longer fresh entry already seen (in L1), kept for
+        stale-while-revalidate, stale-if-error and the soft timeout.
+        """
         self._check_open()
         layers = self._layers
         metrics = self._metrics
         if start == 1:
             self._l1_counters.misses += 1
         running = self._flights.get(key)
-        if fetcher is not None and running is not None and not running.invalidated:
-            # A fetch of this key is already running: join it instead of reading every lower
-            # layer first (a cold burst would otherwise cost one Redis/disk read per caller).
-            metrics.misses += 1
-            return await self._load(key, fetcher, opts)
+        if fetcher is not None and stale is None and running is not None:
+            if not running.invalidated:
+                # A fetch of this key is already running: join it instead of reading every
+                # lower layer first (a cold burst would otherwise cost one read per caller).
+                metrics.misses += 1
+                return await self._fetch_or_stale(key, fetcher, opts, None)
         epoch = self._epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
+            if adapter.degraded_until is not None and not await self._recover(adapter):
+                continue
             began = time.perf_counter()
-            raw = await adapter.read(key)
+            try:
+                if self._behind is not None and not adapter.is_local:
+                    queued, raw = self._queued_read(adapter, key)
+                    if not queued:
+                        raw = await adapter.read(key)
+                else:
+                    raw = await adapter.read(key)
+            except CacheLayerError as exc:
+                if self._retry_after is None:
+                    raise
+                self._degrade(adapter, exc, "get")
+                continue
             if self._metrics_enabled:
                 metrics.observe(adapter.name, time.perf_counter() - began)
             entry = self._entry_or_miss(adapter, key, raw)
+            if entry is None:
+                metrics.layers[adapter.name].misses += 1
+                continue
             now = self._clock()
-            if entry is not None and entry.is_fresh(now):
+            if entry.is_fresh(now):
                 metrics.layers[adapter.name].hits += 1
                 metrics.hits += 1
                 self._logger.debug("layercache: %s hit in %s", key, adapter.name)
@@ -375,14 +537,160 @@ class CacheStack:
                     self._events.emit("hit", {"key": key, "layer": adapter.name})
                 if index and self._epoch == epoch:
                     await self._backfill(key, entry, layers[:index], adapter.name, now)
+                if opts.has_hit_work:
+                    await self._after_hit(key, entry, fetcher, opts, now)
                 return entry.value
             metrics.layers[adapter.name].misses += 1
+            if stale is None and entry.is_usable(now):
+                stale = (entry, adapter.name)
+        now = self._clock()
+        if stale is not None:
+            entry, layer = stale
+            if entry.stale_until is not None and now < entry.stale_until:
+                # Stale-while-revalidate: answer now, refresh once in the background.
+                self._serve_stale(key, "stale-while-revalidate", layer)
+                if fetcher is not None:
+                    self._refresh_in_background(key, fetcher, opts)
+                return entry.value
         metrics.misses += 1
         if "miss" in self._events.active:
             self._events.emit("miss", {"key": key})
         if fetcher is None:
             return _MISS
-        return await self._load(key, fetcher, opts)
+        return await self._fetch_or_stale(key, fetcher, opts, stale)
+
+    def _serve_stale(self, key: str, state: str, layer: str) -> None:
+        self._metrics.stale_hits += 1
+        self._logger.debug("layercache: serving stale %s from %s (%s)", key, layer, state)
+        if "stale_serve" in self._events.active:
+            self._events.emit("stale_serve", {"key": key, "state": state, "layer": layer})
+
+    async def _fetch_or_stale(
+        self,
+        key: str,
+        fetcher: Fetcher,
+        opts: CacheOptions,
+        stale: tuple[Entry, str] | None,
+    ) -> Any:
+        """Fetch through single-flight; fall back to a stale value per the soft timeout and
+        the stale-if-error window."""
+        soft = opts.fetch_soft_timeout if stale is not None else None
+        try:
+            return await self._load(key, fetcher, opts, soft)
+        except _SoftTimeout:
+            assert stale is not None
+            self._serve_stale(key, "soft-timeout", stale[1])
+            return stale[0].value
+        except CacheLayerError:
+            raise
+        except Exception:
+            if stale is not None:
+                entry, layer = stale
+                if entry.error_until is not None and self._clock() < entry.error_until:
+                    self._serve_stale(key, "stale-if-error", layer)
+                    return entry.value
+            raise
+
+    async def _after_hit(
+        self, key: str, entry: Entry, fetcher: Fetcher | None, opts: CacheOptions, now: float
+    ) -> None:
+        """Per-hit work some options ask for: read counting, refresh-ahead, sliding TTL."""
+        if opts.adaptive_ttl is not None:
+            reads = self._reads
+            reads[key] = reads.get(key, 0) + 1
+            reads.move_to_end(key)
+            if len(reads) > self.max_profile_entries:
+                reads.popitem(last=False)  # the least recently read profile: bounded
+        fresh_until = entry.fresh_until
+        if (
+            opts.refresh_ahead is not None
+            and fetcher is not None
+            and fresh_until is not None
+            and fresh_until - now <= opts.refresh_ahead
+        ):
+            self._refresh_in_background(key, fetcher, opts)
+        if opts.sliding_ttl and fresh_until is not None:
+            await self._slide(key, entry, opts, now)
+
+    async def _slide(self, key: str, entry: Entry, opts: CacheOptions, now: float) -> None:
+        """Reset the key's TTL in every layer, skipping negligible extensions."""
+        fresh_until = entry.fresh_until
+        assert fresh_until is not None
+        stale_extra = None if entry.stale_until is None else entry.stale_until - fresh_until
+        error_extra = None if entry.error_until is None else entry.error_until - fresh_until
+        plan: list[tuple[LayerAdapter, Entry]] = []
+        for adapter in self._layers:
+            ttl = per_layer_value(opts.ttl, adapter.name, adapter.default_ttl)
+            if ttl is None or ttl <= 0:
+                continue
+            # Less than a tenth of the TTL used since the last extension: not worth a write.
+            if fresh_until - now > 0.9 * ttl:
+                continue
+            until = now + ttl
+            plan.append(
+                (
+                    adapter,
+                    Entry(
+                        entry.value,
+                        entry.stored_at,
+                        until,
+                        None if stale_extra is None else until + stale_extra,
+                        None if error_extra is None else until + error_extra,
+                        entry.tags,
+                    ),
+                )
+            )
+        if not plan:
+            return
+        fresh = dict((a.name, e) for a, e in plan)
+
+        async def extend(adapter: LayerAdapter) -> None:
+            copy = fresh[adapter.name]
+            await adapter.set(key, copy, copy.storage_ttl(now))
+
+        await self._for_layers("sliding_ttl", [a for a, _ in plan], extend)
+
+    def _refresh_in_background(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> None:
+        """Start one background refresh of ``key`` unless a fetch of it is already running."""
+        if self._closed:
+            return
+        with self._flight_lock:
+            running = self._flights.get(key)
+            if running is not None and not running.invalidated:
+                return
+            flight = _Flight(opts.tags or ())
+            future = new_future()
+            flight.future = future
+            self._flights[key] = flight
+        limit = self._background_refresh_timeout
+        bounded = merge_options(
+            opts,
+            CacheOptions(fetch_timeout=min(opts.fetch_timeout or limit, limit)),
+        )
+        self._background += 1
+
+        def finished() -> None:
+            self._background -= 1
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+        flight.handle = launch_background(
+            future,
+            functools.partial(self._refresh, key, fetcher, bounded, flight),
+            finished,
+        )
+
+    async def _refresh(
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
+    ) -> Any:
+        try:
+            value = await self._fetch_and_store(key, fetcher, opts, flight)
+        except Exception as exc:
+            # A background refresh never surfaces to callers; the stale value stays served.
+            self._logger.debug("layercache: background refresh of %s failed: %r", key, exc)
+            raise
+        self._metrics.refreshes += 1
+        return value
 
     async def _backfill(
         self,
@@ -429,8 +737,14 @@ class CacheStack:
 
     # ------------------------------------------------------------------ fetch
 
-    async def _load(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> Any:
-        """Single-flight: join the key's in-flight fetch or start one."""
+    async def _load(
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, soft: float | None = None
+    ) -> Any:
+        """Single-flight: join the key's in-flight fetch or start one.
+
+        With ``soft`` (a stale value exists), stop waiting after that long with
+        ``_SoftTimeout``; the fetch goes on and stores its value.
+        """
         if not callable(fetcher):
             raise ValueError(f"fetcher must be callable, not {fetcher!r}")
         if not self._stampede_prevention:
@@ -452,7 +766,7 @@ class CacheStack:
             self._metrics.stampede_dedupes += 1
             if "stampede_dedupe" in self._events.active:
                 self._events.emit("stampede_dedupe", {"key": key})
-            return await wait_future(running.future)
+            return await self._wait(running.future, soft)
 
         def finished() -> None:
             if self._flights.get(key) is flight:
@@ -464,7 +778,18 @@ class CacheStack:
             finished,
         )
         # One waiter being cancelled must not cancel the fetch the others share.
-        return await wait_future(future)
+        return await self._wait(future, soft)
+
+    async def _wait(self, future: FlightFuture[Any], soft: float | None) -> Any:
+        if soft is None:
+            return await wait_future(future)
+        began = time.monotonic()
+        try:
+            return await with_timeout(functools.partial(wait_future, future), soft)
+        except TimeoutError as exc:
+            if isinstance(exc, FetchTimeoutError) or time.monotonic() - began < soft:
+                raise  # the fetch's own timeout or error, not the soft deadline
+            raise _SoftTimeout from None
 
     async def _call_fetcher(self, key: str, fetcher: Fetcher, timeout: float | None) -> Any:
         if timeout is None:
@@ -480,9 +805,26 @@ class CacheStack:
     async def _fetch_and_store(
         self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
     ) -> Any:
+        breaker = opts.circuit_breaker or None
+        if breaker is not None and self._circuits.before_fetch(key, breaker) == "reject":
+            raise CircuitOpenError(key)
         self._metrics.fetches += 1
         self._logger.debug("layercache: fetching %s", key)
-        value = await self._call_fetcher(key, fetcher, opts.fetch_timeout)
+        try:
+            limit = opts.fetcher_rate_limit or None
+            if limit is not None:
+                async with self._limiter.slot(key, limit):
+                    value = await self._call_fetcher(key, fetcher, opts.fetch_timeout)
+            else:
+                value = await self._call_fetcher(key, fetcher, opts.fetch_timeout)
+        except BaseException:
+            # Cancellation too: a half-open probe that never finished must re-open the circuit
+            # rather than leave it waiting for a probe forever.
+            if breaker is not None:
+                self._circuits.record_failure(key, breaker)
+            raise
+        if breaker is not None:
+            self._circuits.record_success(key)
         if value is None and not opts.negative_cache:
             return None
         if opts.should_cache is not None and not opts.should_cache(value):
@@ -498,6 +840,8 @@ class CacheStack:
     def _entries_for(
         self, key: str, value: Any, opts: CacheOptions, now: float
     ) -> list[tuple[LayerAdapter, Entry | None]]:
+        # Adaptive TTL: the reads counted since the last write lengthen this write's TTL.
+        reads = self._reads.pop(key, 0) if opts.adaptive_ttl is not None else 0
         return [
             (
                 adapter,
@@ -510,6 +854,7 @@ class CacheStack:
                     now,
                     tz=self._tz,
                     rng=self._rng,
+                    reads=reads,
                 ),
             )
             for adapter in self._layers
@@ -540,10 +885,22 @@ class CacheStack:
             else:
                 assert entry is not None
                 self._direct_write(adapter, key, entry, entry.storage_ttl(now))
-        await self._for_layers("set", remote, write)
+        behind = self._behind
+        if behind is not None:
+            # Write-behind: non-local layers get the write from the queue, in a later batch.
+            queued: dict[str, tuple[Entry, float | None] | None] = {}
+            for adapter, planned in plan:
+                if not adapter.is_local:
+                    queued[adapter.name] = (
+                        None if planned is None else (planned, planned.storage_ttl(now))
+                    )
+            remote = [a for a in remote if a.is_local]
+            skipped = [a for a in skipped if a.is_local]
+            await behind.put(key, ("set", queued))
+        await self._for_layers("set", remote, write, ("delete", (key,)))
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
-            await self._for_layers("set", skipped, drop)
+            await self._for_layers("set", skipped, drop, ("delete", (key,)))
         evicted = await self._tags.record(key, opts.tags or ())
         if evicted:
             await self._delete_everywhere(evicted)
@@ -598,7 +955,20 @@ class CacheStack:
             if dropped[adapter.name]:
                 await adapter.delete_many(dropped[adapter.name])
 
-        await self._for_layers("set_many", self._layers, write)
+        layers: Sequence[LayerAdapter] = self._layers
+        behind = self._behind
+        if behind is not None:
+            remote_names = [a.name for a in layers if not a.is_local]
+            queued: dict[str, dict[str, tuple[Entry, float | None] | None]] = {
+                key: dict.fromkeys(remote_names) for key, _, _ in items
+            }
+            for name in remote_names:
+                for key, entry, ttl in per_layer[name]:
+                    queued[key][name] = (entry, ttl)
+            for key, payload in queued.items():
+                await behind.put(key, ("set", payload))
+            layers = [a for a in layers if a.is_local]
+        await self._for_layers("set_many", layers, write, ("delete", tuple(written)))
         evicted: list[str] = []
         for key, _, opts in items:
             evicted.extend(await self._tags.record(key, opts.tags or ()))
@@ -611,11 +981,58 @@ class CacheStack:
     async def _delete_everywhere(self, keys: Sequence[str]) -> None:
         if not keys:
             return
+        layers: Sequence[LayerAdapter] = self._layers
+        behind = self._behind
+        if behind is not None:
+            # Queued like writes, so a delete after a queued set of the key wins.
+            for key in keys:
+                await behind.put(key, ("delete", None))
+            layers = [a for a in layers if a.is_local]
         if len(keys) == 1:
             key = keys[0]
-            await self._for_layers("delete", self._layers, lambda a: a.delete(key))
+            await self._for_layers("delete", layers, lambda a: a.delete(key), ("delete", (key,)))
         else:
-            await self._for_layers("delete", self._layers, lambda a: a.delete_many(keys))
+            await self._for_layers(
+                "delete", layers, lambda a: a.delete_many(keys), ("delete", tuple(keys))
+            )
+
+    async def _flush_behind(self, batch: list[tuple[str, tuple[str, Any]]]) -> None:
+        """Apply one write-behind batch: one bulk write and one bulk delete per layer."""
+        targets = [a for a in self._layers if not a.is_local]
+        sets: dict[str, list[tuple[str, Entry, float | None]]] = {a.name: [] for a in targets}
+        deletes: dict[str, list[str]] = {a.name: [] for a in targets}
+        for key, (kind, payload) in batch:
+            for adapter in targets:
+                item = payload.get(adapter.name) if kind == "set" else None
+                if item is None:
+                    deletes[adapter.name].append(key)
+                else:
+                    sets[adapter.name].append((key, item[0], item[1]))
+
+        async def apply(adapter: LayerAdapter) -> None:
+            if sets[adapter.name]:
+                await adapter.set_many(sets[adapter.name])
+            if deletes[adapter.name]:
+                await adapter.delete_many(deletes[adapter.name])
+
+        keys = tuple(key for key, _ in batch)
+        try:
+            await self._for_layers("write_behind", targets, apply, ("delete", keys))
+        except LayerCacheError as exc:
+            # No caller is waiting on a background flush: report it (counted already).
+            self._logger.error(
+                "layercache: write-behind flush of %d keys failed: %r", len(keys), exc
+            )
+
+    def _queued_read(self, adapter: LayerAdapter, key: str) -> tuple[bool, Entry | None]:
+        """A pending write-behind operation answers reads of non-local layers first."""
+        assert self._behind is not None
+        op = self._behind.pending(key)
+        if op is None:
+            return False, None
+        kind, payload = op
+        item = payload.get(adapter.name) if kind == "set" else None
+        return True, None if item is None else item[0]
 
     async def delete(self, key: str) -> None:
         """Remove ``key`` from every layer; a fetch of it in flight will not be stored."""
@@ -640,7 +1057,9 @@ class CacheStack:
         """Remove every key from every layer (each layer clears only what it owns)."""
         self._check_open()
         self._mark_flights(lambda _k, _f: True)
-        await self._for_layers("clear", self._layers, lambda a: a.clear())
+        if self._behind is not None:
+            await self._behind.discard(lambda _k: True)
+        await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
         await self._tags.clear()
 
     async def invalidate_by_tag(self, tag: str) -> int:
@@ -689,7 +1108,9 @@ class CacheStack:
         async def purge(adapter: LayerAdapter) -> None:
             counts.append(await adapter.delete_matching(pattern))
 
-        await self._for_layers("invalidate_by_pattern", self._layers, purge)
+        if self._behind is not None:
+            await self._behind.discard(lambda k: regex.fullmatch(k) is not None)
+        await self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
         await self._tags.remove(await self._tags.keys_matching(pattern))
         return max(counts, default=0)
 
@@ -945,8 +1366,8 @@ class CacheStack:
         """Metrics plus the status of every layer."""
         return CacheStats(
             metrics=self.get_metrics(),
-            layers=[LayerStatus(a.name, a.is_local, None) for a in self._layers],
-            background_refreshes=0,
+            layers=[LayerStatus(a.name, a.is_local, a.degraded_until) for a in self._layers],
+            background_refreshes=self._background,
         )
 
     def get_hit_rate(self) -> HitRate:
@@ -981,6 +1402,8 @@ class CacheStack:
         self._closed = True
         handles = [f.handle for f in self._flights.values() if f.handle is not None]
         await wait_launched(handles, _CLOSE_GRACE)
+        if self._behind is not None:
+            await self._behind.aclose()  # nothing queued is lost on a graceful shutdown
         await wait_launched(self._events.pending(), _CLOSE_GRACE)
         errors: list[BaseException] = []
         for adapter in self._layers:
@@ -999,6 +1422,51 @@ class CacheStack:
 
     def __repr__(self) -> str:
         return f"CacheStack([{', '.join(a.name for a in self._layers)}])"
+
+
+def _write_behind_queue(
+    strategy: str,
+    settings: Mapping[str, Any] | None,
+    flush: Callable[[list[tuple[str, tuple[str, Any]]]], Awaitable[None]],
+) -> WriteBehindQueue | None:
+    """Validate ``write_strategy`` / ``write_behind`` and build the queue."""
+    if strategy not in ("write-through", "write-behind"):
+        raise ValueError(
+            f"write_strategy must be 'write-through' or 'write-behind', not {strategy!r}"
+        )
+    if strategy == "write-through":
+        if settings is not None:
+            raise ValueError("write_behind settings need write_strategy='write-behind'")
+        return None
+    options = dict(settings or {})
+    unknown = set(options) - {"batch_size", "flush_interval", "max_queue"}
+    if unknown:
+        raise ValueError(f"unknown write_behind option(s): {sorted(unknown)}")
+    batch_size = options.get("batch_size", 100)
+    max_queue = options.get("max_queue", 10_000)
+    for name, number in (("batch_size", batch_size), ("max_queue", max_queue)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"write_behind {name} must be a positive int, not {number!r}")
+    interval = seconds(
+        "write_behind['flush_interval']", options.get("flush_interval", 0.05), allow_zero=False
+    )
+    return WriteBehindQueue(flush, batch_size, interval, max_queue)
+
+
+def _coerce_degradation(value: bool | Mapping[str, Any] | None) -> float | None:
+    """``graceful_degradation`` → seconds a failed layer is skipped (``None``: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 10.0
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"retry_after"}
+        if unknown:
+            raise ValueError(f"unknown graceful_degradation option(s): {sorted(unknown)}")
+        return seconds(
+            "graceful_degradation['retry_after']", value.get("retry_after", 10), allow_zero=False
+        )
+    raise ValueError(f"graceful_degradation must be a bool or a dict, not {value!r}")
 
 
 def _join(prefix: str, key: str) -> str:

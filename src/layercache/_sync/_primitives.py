@@ -18,6 +18,7 @@ __all__ = [
     "gather",
     "gather_settled",
     "launch",
+    "launch_background",
     "new_flight_lock",
     "new_future",
     "wait_future",
@@ -128,3 +129,21 @@ def with_timeout(thunk: Callable[[], T], timeout: float) -> T:
 def new_flight_lock() -> threading.Lock:
     """Threads race on check-and-register of a flight: a real lock."""
     return threading.Lock()
+
+
+_BACKGROUND_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def launch_background(
+    future: concurrent.futures.Future[Any],
+    thunk: Callable[[], Any],
+    on_done: Callable[[], None],
+) -> concurrent.futures.Future[threading.Thread | None]:
+    """Run ``thunk`` on a thread the stack owns (background refreshes), settling ``future``."""
+    global _BACKGROUND_POOL
+    with _POOL_LOCK:
+        if _BACKGROUND_POOL is None:
+            _BACKGROUND_POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=8, thread_name_prefix="layercache-refresh"
+            )
+    return _BACKGROUND_POOL.submit(launch, future, thunk, on_done)

@@ -9,6 +9,7 @@ Optional methods are looked up here and nowhere else, so the hot path never call
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -80,6 +81,13 @@ class LayerAdapter:
         closer = getattr(layer, "close", None) or getattr(layer, "close", None)
         self._close = bind_method(closer, blocking) if callable(closer) else None
         self.supports = frozenset(self._optional)
+        # Graceful degradation: skipped until this wall time; the writes and invalidations it
+        # missed meanwhile, replayed before it serves again (bounded; on overflow the layer is
+        # "fenced": cleared on recovery, since what it missed is no longer known).
+        self.degraded_until: float | None = None
+        self.missed: deque[tuple[str, Any]] = deque()
+        self.fenced = False
+        self.probing = False
         handler_hook = getattr(layer, "set_error_handler", None)
         self.set_error_handler: Callable[[Any], Any] | None = (
             handler_hook if callable(handler_hook) else None

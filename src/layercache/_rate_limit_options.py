@@ -1,0 +1,96 @@
+"""``fetcher_rate_limit`` options and their error, shared by the asyncio and thread limiters
+(``layercache/_async/rate_limit.py`` and ``layercache/_sync/rate_limit.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal, TypeAlias
+
+from ._exceptions import LayerCacheError
+
+__all__ = ["FetcherQueueFullError", "RateLimit", "RateLimitScope", "coerce_rate_limit"]
+
+RateLimitScope: TypeAlias = Literal["key", "global"]
+_SCOPES = ("key", "global")
+
+
+class FetcherQueueFullError(LayerCacheError):
+    """A fetcher call could not even queue: ``max_queue`` callers already wait for its scope
+    (or the limiter already tracks its maximum number of keys)."""
+
+    def __init__(self, key: str, max_queue: int, message: str | None = None) -> None:
+        super().__init__(key, max_queue, message)
+        self.key = key
+        self.max_queue = max_queue
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.message:
+            return f"fetcher queue full for key {self.key!r}: {self.message}"
+        return f"fetcher queue full for key {self.key!r} ({self.max_queue} callers already wait)"
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """Limit on concurrent fetcher calls.
+
+    Attributes:
+        max_concurrent: Fetcher calls that may run at once in the scope (>= 1).
+        scope: ``"key"`` (per cache key) or ``"global"`` (one limit for the whole stack).
+        max_queue: Callers that may wait for a slot in the scope (>= 0); one more fails
+            with :class:`FetcherQueueFullError`. Waiters are served first come, first served.
+
+    Raises:
+        ValueError: On a value out of range or of the wrong type.
+    """
+
+    max_concurrent: int = 1
+    scope: RateLimitScope = "key"
+    max_queue: int = 1000
+
+    def __post_init__(self) -> None:
+        _count("max_concurrent", self.max_concurrent, 1)
+        _count("max_queue", self.max_queue, 0)
+        if self.scope not in _SCOPES:
+            raise ValueError(f"scope must be 'key' or 'global', not {self.scope!r}")
+
+
+_RATE_LIMIT_FIELDS = frozenset(f.name for f in fields(RateLimit))
+
+
+def coerce_rate_limit(value: object) -> RateLimit | None:
+    """Validate a ``fetcher_rate_limit`` option.
+
+    Args:
+        value: A :class:`RateLimit`, a ``dict`` of its fields, ``True`` (the defaults), or
+            ``None`` / ``False`` (no limit).
+
+    Returns:
+        The options, or ``None`` when fetchers are not limited.
+
+    Raises:
+        ValueError: On a bad field value or a value of another type.
+        TypeError: On a dict with an unknown field name (like ``RateLimit(foo=1)``).
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return RateLimit()
+    if isinstance(value, RateLimit):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - _RATE_LIMIT_FIELDS
+        if unknown:
+            names = ", ".join(sorted(map(str, unknown)))
+            raise TypeError(f"unknown fetcher_rate_limit option(s): {names}")
+        return RateLimit(**value)
+    raise ValueError(
+        f"fetcher_rate_limit must be a RateLimit, a dict, True, False or None, not {value!r}"
+    )
