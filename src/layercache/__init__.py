@@ -10,11 +10,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._async.stack import CacheNamespace, CacheStack
+from ._circuit import CircuitBreaker
 from ._entry import Entry
 from ._exceptions import (
     CacheLayerError,
     CacheMissError,
     CircuitOpenError,
+    FetcherQueueFullError,
     FetchTimeoutError,
     LayerCacheError,
 )
@@ -28,7 +30,8 @@ from ._metrics import (
     LayerMetrics,
     LayerStatus,
 )
-from ._options import CacheEntry, CacheEntryRequest, CacheOptions
+from ._options import AdaptiveTtl, CacheEntry, CacheEntryRequest, CacheOptions
+from ._rate_limit_options import RateLimit
 from ._types import CacheLayer
 from .layers.memory import MemoryLayer
 
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer
 
 __all__ = [
+    "AdaptiveTtl",
     "CacheEntry",
     "CacheEntryRequest",
     "CacheInspectResult",
@@ -49,10 +53,12 @@ __all__ = [
     "CacheOptions",
     "CacheStack",
     "CacheStats",
+    "CircuitBreaker",
     "CircuitOpenError",
     "DiskLayer",
     "Entry",
     "FetchTimeoutError",
+    "FetcherQueueFullError",
     "HitRate",
     "JsonSerializer",
     "LatencySummary",
@@ -63,6 +69,7 @@ __all__ = [
     "MemoryLayer",
     "MsgpackSerializer",
     "PickleSerializer",
+    "RateLimit",
     "RedisLayer",
 ]
 

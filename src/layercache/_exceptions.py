@@ -6,7 +6,8 @@ Tree::
     ├── CacheMissError(key)              get_or_raise found nothing
     ├── CacheLayerError(layer, operation) a layer failed; __cause__ is the driver error
     ├── CircuitOpenError(key)            a fetcher's circuit breaker is open
-    └── FetchTimeoutError(key, timeout)  a fetch outlived fetch_timeout
+    ├── FetchTimeoutError(key, timeout)  a fetch outlived fetch_timeout
+    └── FetcherQueueFullError(key, max_queue) too many callers wait for a rate-limited fetcher
 
 Bad input (keys, patterns, option values) raises the built-in ``ValueError``.
 A fetcher's own exception is never wrapped: it reaches every waiting caller unchanged.
@@ -19,6 +20,7 @@ __all__ = [
     "CacheMissError",
     "CircuitOpenError",
     "FetchTimeoutError",
+    "FetcherQueueFullError",
     "LayerCacheError",
 ]
 
@@ -77,3 +79,19 @@ class FetchTimeoutError(LayerCacheError, TimeoutError):
 
     def __str__(self) -> str:
         return f"fetch for key {self.key!r} timed out after {self.timeout:g}s"
+
+
+class FetcherQueueFullError(LayerCacheError):
+    """A fetcher call could not even queue: ``max_queue`` callers already wait for its scope
+    (or the limiter already tracks its maximum number of keys)."""
+
+    def __init__(self, key: str, max_queue: int, message: str | None = None) -> None:
+        super().__init__(key, max_queue, message)
+        self.key = key
+        self.max_queue = max_queue
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.message:
+            return f"fetcher queue full for key {self.key!r}: {self.message}"
+        return f"fetcher queue full for key {self.key!r} ({self.max_queue} callers already wait)"

@@ -7,28 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal, TypeAlias
 
-from ._exceptions import LayerCacheError
+from ._exceptions import FetcherQueueFullError
 
 __all__ = ["FetcherQueueFullError", "RateLimit", "RateLimitScope", "coerce_rate_limit"]
 
 RateLimitScope: TypeAlias = Literal["key", "global"]
 _SCOPES = ("key", "global")
-
-
-class FetcherQueueFullError(LayerCacheError):
-    """A fetcher call could not even queue: ``max_queue`` callers already wait for its scope
-    (or the limiter already tracks its maximum number of keys)."""
-
-    def __init__(self, key: str, max_queue: int, message: str | None = None) -> None:
-        super().__init__(key, max_queue, message)
-        self.key = key
-        self.max_queue = max_queue
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.message:
-            return f"fetcher queue full for key {self.key!r}: {self.message}"
-        return f"fetcher queue full for key {self.key!r} ({self.max_queue} callers already wait)"
 
 
 def _count(name: str, value: object, minimum: int) -> int:

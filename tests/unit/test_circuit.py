@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import threading
 from typing import Any
 
@@ -213,10 +214,16 @@ def test_single_probe_under_thread_contention(clock: FakeClock) -> None:
                 decisions.append(decision)
 
     threads = [threading.Thread(target=worker) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # Switch threads as often as possible to give a check-then-set race a chance to show.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert decisions.count("probe") == 1
     assert decisions.count("reject") == 16 * 200 - 1
 

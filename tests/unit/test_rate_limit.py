@@ -526,8 +526,95 @@ def test_sync_exception_in_body_releases() -> None:
             slot.__enter__()
 
 
+def test_sync_wider_newcomer_queues_behind_a_narrow_waiter() -> None:
+    limiter = SyncFetcherLimiter()
+    three = RateLimit(max_concurrent=3)
+    order: list[str] = []
+
+    def call(name: str, limit: RateLimit) -> None:
+        with limiter.slot("k", limit):
+            order.append(name)
+
+    with limiter.slot("k", ONE):
+        narrow = threading.Thread(target=call, args=("narrow", ONE))
+        narrow.start()
+        wait_until(lambda: limiter.waiting("k", ONE) == 1)
+        # A slot is free for a max_concurrent=3 caller, but FIFO: it queues.
+        wide = threading.Thread(target=call, args=("wide", three))
+        wide.start()
+        wait_until(lambda: limiter.waiting("k", ONE) == 2)
+        assert order == []
+    # Released: narrow gets the slot, and wide (room for 3) goes along with it.
+    narrow.join(5)
+    wide.join(5)
+    assert sorted(order) == ["narrow", "wide"]
+    assert len(limiter) == 0
+
+
 class Interrupted(Exception):
     pass
+
+
+class _InterruptAfterHandover:
+    """Stands in for a waiter's lock: the blocking acquire succeeds (the slot was handed
+    over), then an interrupt arrives before the waiter returns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    def acquire(self) -> bool:
+        self._lock.acquire()
+        self._calls += 1
+        if self._calls == 2:
+            raise Interrupted
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_sync_waiter_interrupted_after_handover_passes_the_slot_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from layercache._sync import rate_limit
+
+    class Waiter(rate_limit._Waiter):
+        def __init__(self, max_concurrent: int) -> None:
+            super().__init__(max_concurrent)
+            self.lock.release()
+            self.lock = _InterruptAfterHandover()  # type: ignore[assignment]
+            self.lock.acquire()
+
+    limiter = SyncFetcherLimiter()
+    entered: list[str] = []
+    interrupted = threading.Event()
+
+    def victim() -> None:
+        try:
+            with limiter.slot("k", ONE):
+                entered.append("victim")
+        except Interrupted:
+            interrupted.set()
+
+    def later() -> None:
+        with limiter.slot("k", ONE):
+            entered.append("later")
+
+    with limiter.slot("k", ONE):
+        monkeypatch.setattr(rate_limit, "_Waiter", Waiter)
+        first = threading.Thread(target=victim)
+        first.start()
+        wait_until(lambda: limiter.waiting("k", ONE) == 1)
+        monkeypatch.undo()
+        second = threading.Thread(target=later)
+        second.start()
+        wait_until(lambda: limiter.waiting("k", ONE) == 2)
+    first.join(5)
+    second.join(5)
+    assert interrupted.is_set()
+    assert entered == ["later"]
+    assert len(limiter) == 0
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pthread_kill is POSIX")

@@ -133,7 +133,7 @@ class FetcherLimiter:
 
     async def _acquire(self, key: str, limit: RateLimit) -> _Bucket:
         bucket = self._bucket_for(key, limit)
-        if bucket.holders < limit.max_concurrent:
+        if not bucket.waiters and bucket.holders < limit.max_concurrent:
             bucket.holders += 1
             return bucket
         if len(bucket.waiters) >= limit.max_queue:

@@ -23,12 +23,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast, overload
 
+from .._circuit import CircuitRegistry
 from .._entry import Entry
 from .._events import EventHub
 from .._exceptions import (
     CacheLayerError,
     CacheMissError,
     CircuitOpenError,
+    FetcherQueueFullError,
     FetchTimeoutError,
     LayerCacheError,
 )
@@ -45,7 +47,6 @@ from .._metrics import (
     LayerStatus,
     MetricsRecorder,
 )
-from .._circuit import CircuitRegistry
 from .._options import (
     AdaptiveTtl,
     CacheEntry,
@@ -71,8 +72,8 @@ from ._primitives import (
 )
 from .adapter import LayerAdapter
 from .rate_limit import FetcherLimiter
-from .write_behind import WriteBehindQueue
 from .tag_index import InMemoryTagIndex
+from .write_behind import WriteBehindQueue
 
 __all__ = ["SyncCacheNamespace", "SyncCacheStack"]
 
@@ -219,7 +220,12 @@ class SyncCacheStack:
         self._retry_after = _coerce_degradation(graceful_degradation)
         # Adaptive TTL: reads per key since its last write, oldest first (bounded).
         self._reads: OrderedDict[str, int] = OrderedDict()
-        self._circuits = CircuitRegistry(max_entries=max_profile_entries, clock=clock)
+        # A probe outliving its lease is presumed lost; keep the lease above any fetch timeout.
+        self._circuits = CircuitRegistry(
+            max_entries=max_profile_entries,
+            clock=clock,
+            probe_lease=max(60.0, 2 * (defaults.fetch_timeout or 30.0)),
+        )
         self._limiter = FetcherLimiter(max_keys=max_profile_entries)
         self._behind: WriteBehindQueue | None = _write_behind_queue(
             write_strategy, write_behind, self._flush_behind
@@ -500,12 +506,16 @@ class SyncCacheStack:
         if start == 1:
             self._l1_counters.misses += 1
         running = self._flights.get(key)
-        if fetcher is not None and stale is None and running is not None:
-            if not running.invalidated:
-                # A fetch of this key is already running: join it instead of reading every
-                # lower layer first (a cold burst would otherwise cost one read per caller).
-                metrics.misses += 1
-                return self._fetch_or_stale(key, fetcher, opts, None)
+        if (
+            fetcher is not None
+            and stale is None
+            and running is not None
+            and not running.invalidated
+        ):
+            # A fetch of this key is already running: join it instead of reading every
+            # lower layer first (a cold burst would otherwise cost one read per caller).
+            metrics.misses += 1
+            return self._fetch_or_stale(key, fetcher, opts, None)
         epoch = self._epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
@@ -793,12 +803,26 @@ class SyncCacheStack:
                 raise  # the fetch's own timeout or error, not the soft deadline
             raise _SoftTimeout from None
 
-    def _call_fetcher(self, key: str, fetcher: Fetcher, timeout: float | None) -> Any:
+    def _call_fetcher(
+        self, key: str, fetcher: Fetcher, timeout: float | None, limit: Any = None
+    ) -> Any:
+        """Run the fetcher (inside its rate-limit slot, if any) bounded by ``timeout``.
+
+        Waiting for a slot counts against the timeout: a queued caller never waits longer
+        than ``fetch_timeout`` in all.
+        """
+
+        def run() -> Any:
+            if limit is None:
+                return call_fetcher(fetcher)
+            with self._limiter.slot(key, limit):
+                return call_fetcher(fetcher)
+
         if timeout is None:
-            return call_fetcher(fetcher)
+            return run()
         began = time.monotonic()
         try:
-            return with_timeout(functools.partial(call_fetcher, fetcher), timeout)
+            return with_timeout(run, timeout)
         except TimeoutError:
             if time.monotonic() - began >= timeout:
                 raise FetchTimeoutError(key, timeout) from None
@@ -808,22 +832,28 @@ class SyncCacheStack:
         self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
     ) -> Any:
         breaker = opts.circuit_breaker or None
-        if breaker is not None and self._circuits.before_fetch(key, breaker) == "reject":
+        decision = self._circuits.before_fetch(key, breaker) if breaker is not None else None
+        if decision == "reject":
             raise CircuitOpenError(key)
         self._metrics.fetches += 1
         self._logger.debug("layercache: fetching %s", key)
         try:
-            limit = opts.fetcher_rate_limit or None
-            if limit is not None:
-                with self._limiter.slot(key, limit):
-                    value = self._call_fetcher(key, fetcher, opts.fetch_timeout)
-            else:
-                value = self._call_fetcher(key, fetcher, opts.fetch_timeout)
-        except BaseException:
-            # Cancellation too: a half-open probe that never finished must re-open the circuit
-            # rather than leave it waiting for a probe forever.
+            value = self._call_fetcher(
+                key, fetcher, opts.fetch_timeout, opts.fetcher_rate_limit or None
+            )
+        except FetcherQueueFullError:
+            # Local overload says nothing about the origin: not a circuit failure.
+            if decision == "probe":
+                self._circuits.release_probe(key)
+            raise
+        except Exception:
             if breaker is not None:
                 self._circuits.record_failure(key, breaker)
+            raise
+        except BaseException:
+            # Cancelled (or interrupted): not the origin's fault; free the probe slot.
+            if decision == "probe":
+                self._circuits.release_probe(key)
             raise
         if breaker is not None:
             self._circuits.record_success(key)
