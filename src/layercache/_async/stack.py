@@ -218,6 +218,8 @@ class CacheStack:
         self._retry_after = _coerce_degradation(graceful_degradation)
         # Adaptive TTL: reads per key since its last write, oldest first (bounded).
         self._reads: OrderedDict[str, int] = OrderedDict()
+        # Sliding TTL: when each layer last had the key extended (bounded).
+        self._extended: OrderedDict[str, dict[str, float]] = OrderedDict()
         # A probe outliving its lease is presumed lost; keep the lease above any fetch timeout.
         self._circuits = CircuitRegistry(
             max_entries=max_profile_entries,
@@ -321,6 +323,7 @@ class CacheStack:
         layers: Sequence[LayerAdapter],
         make: Callable[[LayerAdapter], Awaitable[Any]],
         missed: tuple[str, Any] | None = None,
+        succeeded_elsewhere: bool = False,
     ) -> None:
         """Run one operation on several layers concurrently under the write policy.
 
@@ -360,7 +363,10 @@ class CacheStack:
             return
         for _, failure in failures:
             self._report(failure, operation=operation)
-        if self._write_policy == "strict" or len(failures) == len(targets):
+        # best-effort: fail only when every layer failed, the synchronously written ones too.
+        if self._write_policy == "strict" or (
+            len(failures) == len(targets) and not succeeded_elsewhere
+        ):
             raise failures[0][1]
 
     # ------------------------------------------------------------------ degradation
@@ -465,7 +471,7 @@ class CacheStack:
                     if "hit" in self._events.active:
                         self._events.emit("hit", {"key": key, "layer": self._l1_name})
                     if opts.has_hit_work:
-                        await self._after_hit(key, entry, fetcher, opts, now)
+                        await self._after_hit(key, entry, fetcher, opts, now, 0)
                     return entry.value
                 stale = (entry, self._l1_name)
         value = await self._read_through(key, fetcher, opts, 1 if l1 is not None else 0, stale)
@@ -504,16 +510,17 @@ class CacheStack:
         if start == 1:
             self._l1_counters.misses += 1
         running = self._flights.get(key)
-        if (
-            fetcher is not None
-            and stale is None
-            and running is not None
-            and not running.invalidated
-        ):
+        if fetcher is not None and running is not None and not running.invalidated:
             # A fetch of this key is already running: join it instead of reading every
-            # lower layer first (a cold burst would otherwise cost one read per caller).
+            # lower layer first (a cold burst would otherwise cost one read per caller, and
+            # during an outage each failed read could start another origin call).
+            if stale is not None:
+                held, held_in = stale
+                if held.stale_until is not None and self._clock() < held.stale_until:
+                    self._serve_stale(key, "stale-while-revalidate", held_in)
+                    return held.value
             metrics.misses += 1
-            return await self._fetch_or_stale(key, fetcher, opts, None)
+            return await self._fetch_or_stale(key, fetcher, opts, stale)
         epoch = self._epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
@@ -548,7 +555,7 @@ class CacheStack:
                 if index and self._epoch == epoch:
                     await self._backfill(key, entry, layers[:index], adapter.name, now)
                 if opts.has_hit_work:
-                    await self._after_hit(key, entry, fetcher, opts, now)
+                    await self._after_hit(key, entry, fetcher, opts, now, index)
                 return entry.value
             metrics.layers[adapter.name].misses += 1
             if stale is None and entry.is_usable(now):
@@ -602,7 +609,13 @@ class CacheStack:
             raise
 
     async def _after_hit(
-        self, key: str, entry: Entry, fetcher: Fetcher | None, opts: CacheOptions, now: float
+        self,
+        key: str,
+        entry: Entry,
+        fetcher: Fetcher | None,
+        opts: CacheOptions,
+        now: float,
+        hit_index: int,
     ) -> None:
         """Per-hit work some options ask for: read counting, refresh-ahead, sliding TTL."""
         if opts.adaptive_ttl is not None:
@@ -620,21 +633,30 @@ class CacheStack:
         ):
             self._refresh_in_background(key, fetcher, opts)
         if opts.sliding_ttl and fresh_until is not None:
-            await self._slide(key, entry, opts, now)
+            await self._slide(key, entry, opts, now, hit_index)
 
-    async def _slide(self, key: str, entry: Entry, opts: CacheOptions, now: float) -> None:
-        """Reset the key's TTL in every layer, skipping negligible extensions."""
+    async def _slide(
+        self, key: str, entry: Entry, opts: CacheOptions, now: float, hit_index: int
+    ) -> None:
+        """Reset the key's TTL in every layer holding it, skipping negligible extensions.
+
+        Each layer is judged by its own TTL: it is rewritten only once a tenth of that TTL has
+        passed since the value was written or last extended there. Layers below the one that
+        answered are extended only if they hold the key (they are not filled by a slide).
+        """
         fresh_until = entry.fresh_until
         assert fresh_until is not None
         stale_extra = None if entry.stale_until is None else entry.stale_until - fresh_until
         error_extra = None if entry.error_until is None else entry.error_until - fresh_until
+        marks = self._extended.get(key, {})
         plan: list[tuple[LayerAdapter, Entry]] = []
-        for adapter in self._layers:
+        for index, adapter in enumerate(self._layers):
             ttl = per_layer_value(opts.ttl, adapter.name, adapter.default_ttl)
             if ttl is None or ttl <= 0:
                 continue
-            # Less than a tenth of the TTL used since the last extension: not worth a write.
-            if fresh_until - now > 0.9 * ttl:
+            if now - max(entry.stored_at, marks.get(adapter.name, 0.0)) < 0.1 * ttl:
+                continue
+            if index > hit_index and await self._peek(adapter, key) is None:
                 continue
             until = now + ttl
             plan.append(
@@ -652,13 +674,19 @@ class CacheStack:
             )
         if not plan:
             return
-        fresh = dict((a.name, e) for a, e in plan)
+        fresh = {a.name: e for a, e in plan}
 
         async def extend(adapter: LayerAdapter) -> None:
             copy = fresh[adapter.name]
             await adapter.set(key, copy, copy.storage_ttl(now))
 
         await self._for_layers("sliding_ttl", [a for a, _ in plan], extend)
+        updated = dict(marks)
+        updated.update(dict.fromkeys(fresh, now))
+        self._extended[key] = updated
+        self._extended.move_to_end(key)
+        if len(self._extended) > self.max_profile_entries:
+            self._extended.popitem(last=False)  # bounded; a lost mark only costs a write
 
     def _refresh_in_background(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> None:
         """Start one background refresh of ``key`` unless a fetch of it is already running."""
@@ -927,7 +955,10 @@ class CacheStack:
             remote = [a for a in remote if a.is_local]
             skipped = [a for a in skipped if a.is_local]
             await behind.put(key, ("set", queued))
-        await self._for_layers("set", remote, write, ("delete", (key,)))
+        wrote_directly = len(remote) < len(writes)
+        await self._for_layers(
+            "set", remote, write, ("delete", (key,)), succeeded_elsewhere=wrote_directly
+        )
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
             await self._for_layers("set", skipped, drop, ("delete", (key,)))
@@ -1184,9 +1215,22 @@ class CacheStack:
         for depth, adapter in enumerate(self._layers):
             if not pending:
                 break
+            if adapter.degraded_until is not None and not await self._recover(adapter):
+                continue
             keys = [requests[i][0] for i in pending]
             began = time.perf_counter()
-            raws = await adapter.get_many(keys)
+            try:
+                raws = await adapter.get_many(keys)
+            except CacheLayerError as exc:
+                if self._retry_after is None:
+                    raise
+                self._degrade(adapter, exc, "get_many")
+                continue
+            if self._behind is not None and not adapter.is_local:
+                for position, key in enumerate(keys):
+                    queued, raw = self._queued_read(adapter, key)
+                    if queued:
+                        raws[position] = raw
             if self._metrics_enabled:
                 metrics.observe(adapter.name, time.perf_counter() - began)
             now = self._clock()
@@ -1246,16 +1290,36 @@ class CacheStack:
         self._check_open()
         now = self._clock()
         for adapter in self._layers:
-            if await adapter.has(key, now):
+            entry = await self._peek(adapter, key)
+            if entry is not None and entry.is_usable(now):
                 return True
         return False
+
+    async def _peek(self, adapter: LayerAdapter, key: str) -> Entry | None:
+        """One layer's entry for the query methods, with the same rules as ``get``: a
+        degraded layer is skipped (or recovered first), a failure degrades it under graceful
+        degradation, and a queued write-behind operation answers before the layer."""
+        if adapter.degraded_until is not None and not await self._recover(adapter):
+            return None
+        if self._behind is not None and not adapter.is_local:
+            queued, raw = self._queued_read(adapter, key)
+            if queued:
+                return raw
+        try:
+            raw = await adapter.get(key)
+        except CacheLayerError as exc:
+            if self._retry_after is None:
+                raise
+            self._degrade(adapter, exc, "get")
+            return None
+        return self._entry_or_miss(adapter, key, raw)
 
     async def _first_entry(self, key: str) -> tuple[list[str], Entry | None]:
         now = self._clock()
         found: list[str] = []
         first: Entry | None = None
         for adapter in self._layers:
-            entry = self._entry_or_miss(adapter, key, await adapter.get(key))
+            entry = await self._peek(adapter, key)
             if entry is not None and entry.is_usable(now):
                 found.append(adapter.name)
                 if first is None:
@@ -1272,7 +1336,7 @@ class CacheStack:
         self._check_open()
         now = self._clock()
         for adapter in self._layers:
-            entry = self._entry_or_miss(adapter, key, await adapter.get(key))
+            entry = await self._peek(adapter, key)
             if entry is not None and entry.is_usable(now):
                 if entry.fresh_until is None:
                     return None

@@ -220,6 +220,8 @@ class SyncCacheStack:
         self._retry_after = _coerce_degradation(graceful_degradation)
         # Adaptive TTL: reads per key since its last write, oldest first (bounded).
         self._reads: OrderedDict[str, int] = OrderedDict()
+        # Sliding TTL: when each layer last had the key extended (bounded).
+        self._extended: OrderedDict[str, dict[str, float]] = OrderedDict()
         # A probe outliving its lease is presumed lost; keep the lease above any fetch timeout.
         self._circuits = CircuitRegistry(
             max_entries=max_profile_entries,
@@ -323,6 +325,7 @@ class SyncCacheStack:
         layers: Sequence[LayerAdapter],
         make: Callable[[LayerAdapter], Any],
         missed: tuple[str, Any] | None = None,
+        succeeded_elsewhere: bool = False,
     ) -> None:
         """Run one operation on several layers concurrently under the write policy.
 
@@ -362,7 +365,10 @@ class SyncCacheStack:
             return
         for _, failure in failures:
             self._report(failure, operation=operation)
-        if self._write_policy == "strict" or len(failures) == len(targets):
+        # best-effort: fail only when every layer failed, the synchronously written ones too.
+        if self._write_policy == "strict" or (
+            len(failures) == len(targets) and not succeeded_elsewhere
+        ):
             raise failures[0][1]
 
     # ------------------------------------------------------------------ degradation
@@ -467,7 +473,7 @@ class SyncCacheStack:
                     if "hit" in self._events.active:
                         self._events.emit("hit", {"key": key, "layer": self._l1_name})
                     if opts.has_hit_work:
-                        self._after_hit(key, entry, fetcher, opts, now)
+                        self._after_hit(key, entry, fetcher, opts, now, 0)
                     return entry.value
                 stale = (entry, self._l1_name)
         value = self._read_through(key, fetcher, opts, 1 if l1 is not None else 0, stale)
@@ -506,16 +512,17 @@ class SyncCacheStack:
         if start == 1:
             self._l1_counters.misses += 1
         running = self._flights.get(key)
-        if (
-            fetcher is not None
-            and stale is None
-            and running is not None
-            and not running.invalidated
-        ):
+        if fetcher is not None and running is not None and not running.invalidated:
             # A fetch of this key is already running: join it instead of reading every
-            # lower layer first (a cold burst would otherwise cost one read per caller).
+            # lower layer first (a cold burst would otherwise cost one read per caller, and
+            # during an outage each failed read could start another origin call).
+            if stale is not None:
+                held, held_in = stale
+                if held.stale_until is not None and self._clock() < held.stale_until:
+                    self._serve_stale(key, "stale-while-revalidate", held_in)
+                    return held.value
             metrics.misses += 1
-            return self._fetch_or_stale(key, fetcher, opts, None)
+            return self._fetch_or_stale(key, fetcher, opts, stale)
         epoch = self._epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
@@ -550,7 +557,7 @@ class SyncCacheStack:
                 if index and self._epoch == epoch:
                     self._backfill(key, entry, layers[:index], adapter.name, now)
                 if opts.has_hit_work:
-                    self._after_hit(key, entry, fetcher, opts, now)
+                    self._after_hit(key, entry, fetcher, opts, now, index)
                 return entry.value
             metrics.layers[adapter.name].misses += 1
             if stale is None and entry.is_usable(now):
@@ -604,7 +611,13 @@ class SyncCacheStack:
             raise
 
     def _after_hit(
-        self, key: str, entry: Entry, fetcher: Fetcher | None, opts: CacheOptions, now: float
+        self,
+        key: str,
+        entry: Entry,
+        fetcher: Fetcher | None,
+        opts: CacheOptions,
+        now: float,
+        hit_index: int,
     ) -> None:
         """Per-hit work some options ask for: read counting, refresh-ahead, sliding TTL."""
         if opts.adaptive_ttl is not None:
@@ -622,21 +635,30 @@ class SyncCacheStack:
         ):
             self._refresh_in_background(key, fetcher, opts)
         if opts.sliding_ttl and fresh_until is not None:
-            self._slide(key, entry, opts, now)
+            self._slide(key, entry, opts, now, hit_index)
 
-    def _slide(self, key: str, entry: Entry, opts: CacheOptions, now: float) -> None:
-        """Reset the key's TTL in every layer, skipping negligible extensions."""
+    def _slide(
+        self, key: str, entry: Entry, opts: CacheOptions, now: float, hit_index: int
+    ) -> None:
+        """Reset the key's TTL in every layer holding it, skipping negligible extensions.
+
+        Each layer is judged by its own TTL: it is rewritten only once a tenth of that TTL has
+        passed since the value was written or last extended there. Layers below the one that
+        answered are extended only if they hold the key (they are not filled by a slide).
+        """
         fresh_until = entry.fresh_until
         assert fresh_until is not None
         stale_extra = None if entry.stale_until is None else entry.stale_until - fresh_until
         error_extra = None if entry.error_until is None else entry.error_until - fresh_until
+        marks = self._extended.get(key, {})
         plan: list[tuple[LayerAdapter, Entry]] = []
-        for adapter in self._layers:
+        for index, adapter in enumerate(self._layers):
             ttl = per_layer_value(opts.ttl, adapter.name, adapter.default_ttl)
             if ttl is None or ttl <= 0:
                 continue
-            # Less than a tenth of the TTL used since the last extension: not worth a write.
-            if fresh_until - now > 0.9 * ttl:
+            if now - max(entry.stored_at, marks.get(adapter.name, 0.0)) < 0.1 * ttl:
+                continue
+            if index > hit_index and self._peek(adapter, key) is None:
                 continue
             until = now + ttl
             plan.append(
@@ -654,13 +676,19 @@ class SyncCacheStack:
             )
         if not plan:
             return
-        fresh = dict((a.name, e) for a, e in plan)
+        fresh = {a.name: e for a, e in plan}
 
         def extend(adapter: LayerAdapter) -> None:
             copy = fresh[adapter.name]
             adapter.set(key, copy, copy.storage_ttl(now))
 
         self._for_layers("sliding_ttl", [a for a, _ in plan], extend)
+        updated = dict(marks)
+        updated.update(dict.fromkeys(fresh, now))
+        self._extended[key] = updated
+        self._extended.move_to_end(key)
+        if len(self._extended) > self.max_profile_entries:
+            self._extended.popitem(last=False)  # bounded; a lost mark only costs a write
 
     def _refresh_in_background(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> None:
         """Start one background refresh of ``key`` unless a fetch of it is already running."""
@@ -929,7 +957,10 @@ class SyncCacheStack:
             remote = [a for a in remote if a.is_local]
             skipped = [a for a in skipped if a.is_local]
             behind.put(key, ("set", queued))
-        self._for_layers("set", remote, write, ("delete", (key,)))
+        wrote_directly = len(remote) < len(writes)
+        self._for_layers(
+            "set", remote, write, ("delete", (key,)), succeeded_elsewhere=wrote_directly
+        )
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
             self._for_layers("set", skipped, drop, ("delete", (key,)))
@@ -1186,9 +1217,22 @@ class SyncCacheStack:
         for depth, adapter in enumerate(self._layers):
             if not pending:
                 break
+            if adapter.degraded_until is not None and not self._recover(adapter):
+                continue
             keys = [requests[i][0] for i in pending]
             began = time.perf_counter()
-            raws = adapter.get_many(keys)
+            try:
+                raws = adapter.get_many(keys)
+            except CacheLayerError as exc:
+                if self._retry_after is None:
+                    raise
+                self._degrade(adapter, exc, "get_many")
+                continue
+            if self._behind is not None and not adapter.is_local:
+                for position, key in enumerate(keys):
+                    queued, raw = self._queued_read(adapter, key)
+                    if queued:
+                        raws[position] = raw
             if self._metrics_enabled:
                 metrics.observe(adapter.name, time.perf_counter() - began)
             now = self._clock()
@@ -1248,16 +1292,36 @@ class SyncCacheStack:
         self._check_open()
         now = self._clock()
         for adapter in self._layers:
-            if adapter.has(key, now):
+            entry = self._peek(adapter, key)
+            if entry is not None and entry.is_usable(now):
                 return True
         return False
+
+    def _peek(self, adapter: LayerAdapter, key: str) -> Entry | None:
+        """One layer's entry for the query methods, with the same rules as ``get``: a
+        degraded layer is skipped (or recovered first), a failure degrades it under graceful
+        degradation, and a queued write-behind operation answers before the layer."""
+        if adapter.degraded_until is not None and not self._recover(adapter):
+            return None
+        if self._behind is not None and not adapter.is_local:
+            queued, raw = self._queued_read(adapter, key)
+            if queued:
+                return raw
+        try:
+            raw = adapter.get(key)
+        except CacheLayerError as exc:
+            if self._retry_after is None:
+                raise
+            self._degrade(adapter, exc, "get")
+            return None
+        return self._entry_or_miss(adapter, key, raw)
 
     def _first_entry(self, key: str) -> tuple[list[str], Entry | None]:
         now = self._clock()
         found: list[str] = []
         first: Entry | None = None
         for adapter in self._layers:
-            entry = self._entry_or_miss(adapter, key, adapter.get(key))
+            entry = self._peek(adapter, key)
             if entry is not None and entry.is_usable(now):
                 found.append(adapter.name)
                 if first is None:
@@ -1274,7 +1338,7 @@ class SyncCacheStack:
         self._check_open()
         now = self._clock()
         for adapter in self._layers:
-            entry = self._entry_or_miss(adapter, key, adapter.get(key))
+            entry = self._peek(adapter, key)
             if entry is not None and entry.is_usable(now):
                 if entry.fresh_until is None:
                     return None
