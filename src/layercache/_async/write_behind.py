@@ -86,6 +86,9 @@ class WriteBehindQueue:
             self._wakeup.clear()
             if self._pending:
                 await self._flush_some(self.batch_size)
+            # Full batches waiting go out at once, not one per interval.
+            while len(self._pending) >= self.batch_size and not self._closed:
+                await self._flush_some(self.batch_size)
 
     async def _flush_some(self, limit: int) -> None:
         async with self._lock:

@@ -81,6 +81,8 @@ class WriteBehindQueue:
             self._wakeup.wait(self.flush_interval)
             self._wakeup.clear()
             self._flush_some(self.batch_size)
+            while len(self._pending) >= self.batch_size and not self._closed:
+                self._flush_some(self.batch_size)
 
     def _flush_some(self, limit: int) -> None:
         with self._flushing:
