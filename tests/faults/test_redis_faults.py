@@ -500,3 +500,144 @@ async def test_write_during_outage_is_not_undone_by_recovery(
         value, _ = await timed(env.cache.get("user:1", env.fetcher("user:1", "refetched")))
         assert value in ("refetched", expected), value
     assert await env.in_redis("user:1") != "v1"
+
+
+async def test_graceful_fences_a_layer_that_missed_too_much(
+    redis_proxy: TcpProxy, make_env: StackFactory
+) -> None:
+    from layercache._async import stack as stack_module
+
+    bound = stack_module._MAX_MISSED
+    env = await make_env(redis_proxy.url, graceful=True, retry_after=QUICK_RETRY_AFTER)
+    await env.cache.set("user:1", "v1")
+    await env.cache.set("bystander", "b")
+
+    redis_proxy.cut("refuse")
+    await asyncio.wait_for(env.cache.delete("user:1"), CALL_BOUND)
+    # More missed operations than the replay log holds: the layer must be fenced instead.
+    for i in range(bound):
+        await env.cache.delete(f"x:{i}")
+    assert await env.in_redis("user:1") == "v1"
+
+    redis_proxy.restore()
+    began = time.perf_counter()
+    consulted = env.redis_counts()
+    while True:
+        env.memory.clear()
+        value, _ = await timed(env.cache.get("user:1"))
+        assert value is None
+        if env.redis_status().degraded_until is None and env.redis_counts() > consulted:
+            break
+        assert time.perf_counter() - began < RECOVERY_BOUND
+        await asyncio.sleep(POLL)
+    # Fenced: cleared on recovery, so even keys nobody touched are gone from Redis.
+    assert await env.in_redis("user:1") is None
+    assert await env.in_redis("bystander") is None
+
+
+# -- the other read paths in graceful mode ---------------------------------------------
+
+
+async def test_graceful_get_many_falls_through_during_an_outage(
+    redis_proxy: TcpProxy, make_env: StackFactory
+) -> None:
+    env = await make_env(redis_proxy.url, graceful=True)
+    await env.cache.set("a", "A")
+    env.memory.clear()
+    redis_proxy.cut("refuse")
+
+    values, _ = await timed(
+        env.cache.get_many([("a", env.fetcher("a")), ("b", env.fetcher("b")), "c"])
+    )
+    assert values == ["fetched:a", "fetched:b", None]
+    assert env.redis_status().degraded_until is not None
+
+
+@pytest.mark.parametrize("query", ["has", "ttl", "inspect"])
+async def test_graceful_queries_do_not_raise_during_an_outage(
+    redis_proxy: TcpProxy, make_env: StackFactory, query: str
+) -> None:
+    env = await make_env(redis_proxy.url, graceful=True)
+    await env.cache.set("a", "A")
+    env.memory.clear()  # only Redis holds it, and Redis is about to be unreachable
+    redis_proxy.cut("refuse")
+
+    # The value cannot be seen while Redis is away; what matters is that no error surfaces.
+    await asyncio.wait_for(getattr(env.cache, query)("a"), CALL_BOUND)
+
+
+READ_PATHS: dict[str, tuple[Callable[[CacheStack], Awaitable[Any]], Any]] = {
+    "get": (lambda cache: cache.get("user:1"), None),
+    "get_many": (lambda cache: cache.get_many(["user:1"]), [None]),
+    "has": (lambda cache: cache.has("user:1"), False),
+    "ttl": (lambda cache: cache.ttl("user:1"), None),
+    "inspect": (lambda cache: cache.inspect("user:1"), None),
+}
+
+
+@pytest.mark.parametrize("read", list(READ_PATHS))
+async def test_no_read_path_sees_a_deleted_value_before_the_replay(
+    redis_proxy: TcpProxy, make_env: StackFactory, read: str
+) -> None:
+    # Redis is reachable again but still degraded (retry_after not over): the delete it
+    # missed has not been replayed yet, so every read path must keep skipping it.
+    env = await make_env(redis_proxy.url, graceful=True, retry_after=RETRY_AFTER)
+    await env.cache.set("user:1", "v1")
+    redis_proxy.cut("refuse")
+    await asyncio.wait_for(env.cache.delete("user:1"), CALL_BOUND)
+    redis_proxy.restore()
+    assert await env.in_redis("user:1") == "v1"  # not replayed yet
+    assert env.redis_status().degraded_until is not None
+
+    env.memory.clear()
+    call, absent = READ_PATHS[read]
+    result = await asyncio.wait_for(call(env.cache), CALL_BOUND)
+    assert result == absent, f"{read} served the deleted value from the degraded layer"
+
+
+# -- write-behind and outages -------------------------------------------------------------
+
+
+async def until_true(condition: Callable[[], Awaitable[bool]], deadline: float, what: str) -> None:
+    """Like :func:`until` for an async condition."""
+    began = time.perf_counter()
+    while not await condition():
+        assert time.perf_counter() - began < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(POLL)
+
+
+@pytest.mark.parametrize("graceful", MODES)
+async def test_write_behind_delete_during_an_outage_is_not_lost(
+    redis_proxy: TcpProxy, make_env: StackFactory, graceful: bool
+) -> None:
+    env = await make_env(
+        redis_proxy.url,
+        graceful=graceful,
+        retry_after=QUICK_RETRY_AFTER,
+        write_strategy="write-behind",
+        write_behind={"batch_size": 100, "flush_interval": 0.02, "max_queue": 10_000},
+    )
+    await env.cache.set("user:1", "v1")
+
+    async def flushed() -> bool:
+        return bool(await env.in_redis("user:1") == "v1")
+
+    await until_true(flushed, RECOVERY_BOUND, "the write-behind flush of v1")
+
+    redis_proxy.cut("refuse")
+    await asyncio.wait_for(env.cache.delete("user:1"), CALL_BOUND)  # queued: returns at once
+    # Wait until the queued delete was tried against the dead Redis (and failed).
+    await until(
+        lambda: env.cache.get_metrics().write_failures > 0,
+        RECOVERY_BOUND,
+        "a failed write-behind flush",
+    )
+    assert await env.in_redis("user:1") == "v1"
+
+    redis_proxy.restore()
+    began = time.perf_counter()
+    while time.perf_counter() - began < QUICK_RETRY_AFTER * 3:
+        env.memory.clear()
+        value, _ = await timed(env.cache.get("user:1"))
+        assert value != "v1", "the delete queued during the outage was lost: v1 came back"
+        await asyncio.sleep(POLL)

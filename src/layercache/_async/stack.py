@@ -87,6 +87,8 @@ _WRITE_POLICIES = ("strict", "best-effort")
 _CLOSE_GRACE = 5.0
 # Writes and invalidations a degraded layer may miss before it is fenced (cleared on recovery).
 _MAX_MISSED = 10_000
+# Keys per bulk delete when a recovered layer catches up.
+_REPLAY_BATCH = 1_000
 
 
 class _SoftTimeout(Exception):
@@ -387,14 +389,22 @@ class CacheStack:
         self._report(error, layer=adapter.name, operation=operation, degraded_until=until)
 
     def _remember(self, adapter: LayerAdapter, missed: tuple[str, Any]) -> None:
-        """Record what a degraded layer missed; past the bound, fence it instead."""
+        """Record what a degraded layer missed; past the bound (in keys), fence it instead."""
         if adapter.fenced:
             return
-        if len(adapter.missed) >= _MAX_MISSED:
+        kind, arg = missed
+        if kind == "clear":
+            # A clear supersedes everything missed before it.
             adapter.missed.clear()
+            adapter.missed_size = 0
+        size = len(arg) if kind == "delete" else 1
+        if adapter.missed_size + size > _MAX_MISSED:
+            adapter.missed.clear()
+            adapter.missed_size = 0
             adapter.fenced = True
             return
         adapter.missed.append(missed)
+        adapter.missed_size += size
 
     async def _recover(self, adapter: LayerAdapter) -> bool:
         """Whether a degraded layer may be used now: probe it once ``retry_after`` passed,
@@ -406,22 +416,37 @@ class CacheStack:
             return False
         adapter.probing = True
         try:
-            await adapter.ping()
+            if not await adapter.ping():
+                raise CacheLayerError(adapter.name, "ping", "the layer reports itself unhealthy")
             # Replay in order until nothing is left (operations may arrive meanwhile; they
             # are still recorded because the layer counts as degraded while probing).
             if adapter.fenced:
                 await adapter.clear()
                 adapter.fenced = False
                 adapter.missed.clear()
+                adapter.missed_size = 0
             while adapter.missed:
                 kind, arg = adapter.missed[0]
                 if kind == "delete":
-                    await adapter.delete_many(list(arg))
-                elif kind == "pattern":
+                    # Consecutive deletes go out together, in bulk calls of bounded size.
+                    keys: list[str] = []
+                    taken = 0
+                    while taken < len(adapter.missed) and adapter.missed[taken][0] == "delete":
+                        keys.extend(adapter.missed[taken][1])
+                        taken += 1
+                        if len(keys) >= _REPLAY_BATCH:
+                            break
+                    for chunk in range(0, len(keys), _REPLAY_BATCH):
+                        await adapter.delete_many(keys[chunk : chunk + _REPLAY_BATCH])
+                    for _ in range(taken):
+                        adapter.missed_size -= len(adapter.missed.popleft()[1])
+                    continue
+                if kind == "pattern":
                     await adapter.delete_matching(arg)
                 else:
                     await adapter.clear()
                 adapter.missed.popleft()
+                adapter.missed_size -= 1
         except Exception as exc:
             assert self._retry_after is not None
             adapter.degraded_until = self._clock() + self._retry_after
@@ -1077,13 +1102,9 @@ class CacheStack:
                 await adapter.delete_many(deletes[adapter.name])
 
         keys = tuple(key for key, _ in batch)
-        try:
-            await self._for_layers("write_behind", targets, apply, ("delete", keys))
-        except LayerCacheError as exc:
-            # No caller is waiting on a background flush: report it (counted already).
-            self._logger.error(
-                "layercache: write-behind flush of %d keys failed: %r", len(keys), exc
-            )
+        # Raises only when the write policy says the batch failed; the queue then keeps it
+        # for a retry (under graceful degradation a down layer remembers it for replay).
+        await self._for_layers("write_behind", targets, apply, ("delete", keys))
 
     def _queued_read(self, adapter: LayerAdapter, key: str) -> tuple[bool, Entry | None]:
         """A pending write-behind operation answers reads of non-local layers first."""
@@ -1496,10 +1517,13 @@ class CacheStack:
         self._closed = True
         handles = [f.handle for f in self._flights.values() if f.handle is not None]
         await wait_launched(handles, _CLOSE_GRACE)
-        if self._behind is not None:
-            await self._behind.aclose()  # nothing queued is lost on a graceful shutdown
-        await wait_launched(self._events.pending(), _CLOSE_GRACE)
         errors: list[BaseException] = []
+        if self._behind is not None:
+            try:
+                await self._behind.aclose()  # nothing queued is lost on a graceful shutdown
+            except LayerCacheError as exc:
+                errors.append(exc)  # reported after the layers are closed
+        await wait_launched(self._events.pending(), _CLOSE_GRACE)
         for adapter in self._layers:
             try:
                 await adapter.close()

@@ -27,8 +27,9 @@ class WriteBehindQueue:
     """A coalescing queue flushed by one background task.
 
     Args:
-        flush: Applies one batch of ``(key, op)`` to the layers; must not raise for layer
-            failures (the stack reports them), a raise is logged and the batch is dropped.
+        flush: Applies one batch of ``(key, op)`` to the layers. When it raises, the batch is
+            put back at the front of the queue (except keys a newer operation superseded)
+            and retried on the next interval: nothing is dropped.
         batch_size: Most operations per flush.
         flush_interval: Seconds a queued operation may wait before a flush starts.
         max_queue: Most pending operations; a writer past it waits for a flush.
@@ -84,11 +85,15 @@ class WriteBehindQueue:
             except asyncio.TimeoutError:
                 pass
             self._wakeup.clear()
-            if self._pending:
-                await self._flush_some(self.batch_size)
-            # Full batches waiting go out at once, not one per interval.
-            while len(self._pending) >= self.batch_size and not self._closed:
-                await self._flush_some(self.batch_size)
+            try:
+                if self._pending:
+                    await self._flush_some(self.batch_size)
+                # Full batches waiting go out at once, not one per interval.
+                while len(self._pending) >= self.batch_size and not self._closed:
+                    await self._flush_some(self.batch_size)
+            except Exception:
+                # Kept for the next interval; the stack has reported the failure.
+                logger.warning("layercache: write-behind flush failed; retrying later")
 
     async def _flush_some(self, limit: int) -> None:
         async with self._lock:
@@ -101,7 +106,8 @@ class WriteBehindQueue:
             try:
                 await self._flush(batch)
             except Exception:
-                logger.exception("layercache: a write-behind flush failed; batch dropped")
+                _requeue(self._pending, batch)
+                raise
             finally:
                 self._inflight = {}
 
@@ -111,10 +117,20 @@ class WriteBehindQueue:
             await self._flush_some(self.batch_size)
 
     async def aclose(self) -> None:
-        """Flush everything and stop the background task."""
-        await self.flush_all()
-        self._closed = True
-        task = self._task
-        if task is not None:
-            self._wakeup.set()
-            await asyncio.gather(task, return_exceptions=True)
+        """Flush everything and stop the background task (a failed flush raises)."""
+        try:
+            await self.flush_all()
+        finally:
+            self._closed = True
+            task = self._task
+            if task is not None:
+                self._wakeup.set()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+def _requeue(pending: OrderedDict[str, PendingOp], batch: list[tuple[str, PendingOp]]) -> None:
+    """Put a failed batch back at the front, in order, unless a newer op replaced a key."""
+    for key, op in reversed(batch):
+        if key not in pending:
+            pending[key] = op
+            pending.move_to_end(key, last=False)

@@ -86,6 +86,7 @@ class LayerAdapter:
         # "fenced": cleared on recovery, since what it missed is no longer known).
         self.degraded_until: float | None = None
         self.missed: deque[tuple[str, Any]] = deque()
+        self.missed_size = 0  # keys (or patterns/clears) in ``missed``: the bound counts these
         self.fenced = False
         self.probing = False
         handler_hook = getattr(layer, "set_error_handler", None)

@@ -80,9 +80,12 @@ class WriteBehindQueue:
         while not self._closed:
             self._wakeup.wait(self.flush_interval)
             self._wakeup.clear()
-            self._flush_some(self.batch_size)
-            while len(self._pending) >= self.batch_size and not self._closed:
+            try:
                 self._flush_some(self.batch_size)
+                while len(self._pending) >= self.batch_size and not self._closed:
+                    self._flush_some(self.batch_size)
+            except Exception:
+                logger.warning("layercache: write-behind flush failed; retrying later")
 
     def _flush_some(self, limit: int) -> None:
         with self._flushing:
@@ -96,7 +99,9 @@ class WriteBehindQueue:
             try:
                 self._flush(batch)
             except Exception:
-                logger.exception("layercache: a write-behind flush failed; batch dropped")
+                with self._state:
+                    _requeue(self._pending, batch)
+                raise
             finally:
                 with self._state:
                     self._inflight = {}
@@ -107,10 +112,20 @@ class WriteBehindQueue:
             self._flush_some(self.batch_size)
 
     def close(self) -> None:
-        """Flush everything and stop the flusher thread."""
-        self.flush_all()
-        self._closed = True
-        self._wakeup.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(5)
+        """Flush everything and stop the flusher thread (a failed flush raises)."""
+        try:
+            self.flush_all()
+        finally:
+            self._closed = True
+            self._wakeup.set()
+            thread = self._thread
+            if thread is not None:
+                thread.join(5)
+
+
+def _requeue(pending: OrderedDict[str, PendingOp], batch: list[tuple[str, PendingOp]]) -> None:
+    """Put a failed batch back at the front, in order, unless a newer op replaced a key."""
+    for key, op in reversed(batch):
+        if key not in pending:
+            pending[key] = op
+            pending.move_to_end(key, last=False)
