@@ -18,9 +18,11 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, TypeAlias
+
+from ._options import coerce_group
 
 __all__ = [
     "CircuitBreaker",
@@ -78,9 +80,6 @@ class CircuitBreaker:
         return cooldown if isinstance(cooldown, float) else _positive_seconds("cooldown", cooldown)
 
 
-_BREAKER_FIELDS = frozenset(f.name for f in fields(CircuitBreaker))
-
-
 def coerce_circuit_breaker(value: object) -> CircuitBreaker | None:
     """Validate a ``circuit_breaker`` option.
 
@@ -95,21 +94,7 @@ def coerce_circuit_breaker(value: object) -> CircuitBreaker | None:
         ValueError: On a bad field value or a value of another type.
         TypeError: On a dict with an unknown field name (like ``CircuitBreaker(foo=1)``).
     """
-    if value is None or value is False:
-        return None
-    if value is True:
-        return CircuitBreaker()
-    if isinstance(value, CircuitBreaker):
-        return value
-    if isinstance(value, Mapping):
-        unknown = set(value) - _BREAKER_FIELDS
-        if unknown:
-            names = ", ".join(sorted(map(str, unknown)))
-            raise TypeError(f"unknown circuit_breaker option(s): {names}")
-        return CircuitBreaker(**value)
-    raise ValueError(
-        f"circuit_breaker must be a CircuitBreaker, a dict, True, False or None, not {value!r}"
-    )
+    return coerce_group("circuit_breaker", CircuitBreaker, value)
 
 
 class _State:

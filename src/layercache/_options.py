@@ -12,7 +12,7 @@ import datetime as _dt
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from ._keys import _check_text
 
@@ -150,6 +150,32 @@ class CacheEntryRequest:
     options: CacheOptions | Mapping[str, Any] | None = None
 
 
+G = TypeVar("G")
+
+
+def coerce_group(name: str, cls: type[G], value: object) -> G | None:
+    """Coerce an option group given as the dataclass ``cls``, a dict of its fields, ``True``
+    (the defaults) or ``None``/``False`` (off).
+
+    Raises:
+        TypeError: A dict names a field ``cls`` does not have (like ``cls(foo=1)`` would).
+        ValueError: A field value is out of range, or ``value`` is of another type.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        allowed = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(value) - allowed
+        if unknown:
+            raise TypeError(f"unknown {name} option(s): {', '.join(sorted(map(str, unknown)))}")
+        return cls(**value)
+    raise ValueError(f"{name} must be a {cls.__name__}, a dict, True, False or None, not {value!r}")
+
+
 def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
     """Coerce a duration (number or ``timedelta``) to non-negative finite seconds."""
     if isinstance(value, _dt.timedelta):
@@ -242,18 +268,9 @@ def coerce_options(options: CacheOptions | Mapping[str, Any] | None) -> CacheOpt
         elif name == "refresh_ahead":
             out[name] = seconds(name, value, allow_zero=False)
         elif name == "adaptive_ttl":
-            if value is False:
-                continue
-            if value is True:
-                value = AdaptiveTtl()
-            elif isinstance(value, Mapping):
-                unknown = set(value) - {"hot_after", "step", "max_ttl"}
-                if unknown:
-                    raise ValueError(f"unknown adaptive_ttl field(s): {sorted(unknown)}")
-                value = AdaptiveTtl(**value)
-            elif not isinstance(value, AdaptiveTtl):
-                raise ValueError(f"adaptive_ttl must be an AdaptiveTtl or a dict, not {value!r}")
-            out[name] = value
+            adaptive = coerce_group(name, AdaptiveTtl, value)
+            if adaptive is not None:
+                out[name] = adaptive
         elif name == "circuit_breaker":
             from ._circuit import coerce_circuit_breaker
 

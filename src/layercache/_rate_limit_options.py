@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from ._exceptions import FetcherQueueFullError
+from ._options import coerce_group
 
 __all__ = ["FetcherQueueFullError", "RateLimit", "RateLimitScope", "coerce_rate_limit"]
 
@@ -46,9 +46,6 @@ class RateLimit:
             raise ValueError(f"scope must be 'key' or 'global', not {self.scope!r}")
 
 
-_RATE_LIMIT_FIELDS = frozenset(f.name for f in fields(RateLimit))
-
-
 def coerce_rate_limit(value: object) -> RateLimit | None:
     """Validate a ``fetcher_rate_limit`` option.
 
@@ -63,18 +60,4 @@ def coerce_rate_limit(value: object) -> RateLimit | None:
         ValueError: On a bad field value or a value of another type.
         TypeError: On a dict with an unknown field name (like ``RateLimit(foo=1)``).
     """
-    if value is None or value is False:
-        return None
-    if value is True:
-        return RateLimit()
-    if isinstance(value, RateLimit):
-        return value
-    if isinstance(value, Mapping):
-        unknown = set(value) - _RATE_LIMIT_FIELDS
-        if unknown:
-            names = ", ".join(sorted(map(str, unknown)))
-            raise TypeError(f"unknown fetcher_rate_limit option(s): {names}")
-        return RateLimit(**value)
-    raise ValueError(
-        f"fetcher_rate_limit must be a RateLimit, a dict, True, False or None, not {value!r}"
-    )
+    return coerce_group("fetcher_rate_limit", RateLimit, value)
