@@ -16,11 +16,12 @@ returns ``None`` on a miss.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from ._entry import Entry
 
-__all__ = ["CacheLayer", "ErrorHandler", "LayerItem", "MaybeAwaitable"]
+__all__ = ["CacheLayer", "ErrorHandler", "InvalidationMessage", "LayerItem", "MaybeAwaitable"]
 
 MaybeAwaitable: TypeAlias = Any
 """``T`` or ``Awaitable[T]``; kept as ``Any`` so sync and async layers both satisfy the protocol."""
@@ -65,3 +66,24 @@ class CacheLayer(Protocol):
     def clear(self) -> MaybeAwaitable:
         """Remove every key this layer owns."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidationMessage:
+    """What one instance tells the others about a change (see ``RedisInvalidationBus``).
+
+    Attributes:
+        source_id: The publishing instance (its own messages are ignored).
+        scope: ``"keys"``, ``"tags"``, ``"pattern"``, ``"clear"`` or ``"generation"``.
+        operation: ``"set"``, ``"delete"``, ``"invalidate"``, ``"clear"`` or ``"bump"``.
+        keys: Keys, tags, ``(pattern,)`` or ``(str(generation),)`` depending on ``scope``.
+        timestamp: Wall time of publication.
+        mode: ``"any"`` or ``"all"`` for ``scope="tags"``.
+    """
+
+    source_id: str
+    scope: str
+    operation: str
+    keys: tuple[str, ...]
+    timestamp: float
+    mode: str = "any"

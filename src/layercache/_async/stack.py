@@ -55,6 +55,7 @@ from .._options import (
     seconds,
 )
 from .._policy import build_entry, per_layer_value
+from .._types import InvalidationMessage
 from ._primitives import (
     FlightFuture,
     call_fetcher,
@@ -89,6 +90,8 @@ _CLOSE_GRACE = 5.0
 _MAX_MISSED = 10_000
 # Keys per bulk delete when a recovered layer catches up.
 _REPLAY_BATCH = 1_000
+# Keys per invalidation message (the bus refuses larger messages).
+_BUS_CHUNK = 1_000
 
 
 class _SoftTimeout(Exception):
@@ -157,6 +160,15 @@ class CacheStack:
         write_policy: Literal["strict", "best-effort"] = "strict",
         write_strategy: Literal["write-through", "write-behind"] = "write-through",
         write_behind: Mapping[str, Any] | None = None,
+        single_flight_coordinator: Any = None,
+        single_flight_lease: float | _dt.timedelta | None = None,
+        single_flight_timeout: float | _dt.timedelta = 5,
+        single_flight_poll: float | _dt.timedelta = 0.05,
+        single_flight_renew_interval: float | _dt.timedelta | None = None,
+        invalidation_bus: Any = None,
+        broadcast_l1_invalidation: bool = False,
+        generation: int | None = None,
+        generation_cleanup: Mapping[str, Any] | bool | None = None,
         tag_index: Any = None,
         max_tag_index_keys: int = 100_000,
         max_profile_entries: int = 100_000,
@@ -232,6 +244,36 @@ class CacheStack:
         self._behind: WriteBehindQueue | None = _write_behind_queue(
             write_strategy, write_behind, self._flush_behind
         )
+        # Distributed coordination (all optional; the Redis components live in
+        # layercache.redis, the stack only talks to their small interfaces).
+        self._coordinator: Any = single_flight_coordinator
+        self._single_flight_timeout = seconds(
+            "single_flight_timeout", single_flight_timeout, allow_zero=False
+        )
+        self._single_flight_poll = seconds(
+            "single_flight_poll", single_flight_poll, allow_zero=False
+        )
+        if single_flight_coordinator is not None:
+            if single_flight_lease is not None:
+                single_flight_coordinator.lease = seconds(
+                    "single_flight_lease", single_flight_lease, allow_zero=False
+                )
+            if single_flight_renew_interval is not None:
+                single_flight_coordinator.renew_interval = seconds(
+                    "single_flight_renew_interval", single_flight_renew_interval, allow_zero=False
+                )
+        if broadcast_l1_invalidation and invalidation_bus is None:
+            raise ValueError("broadcast_l1_invalidation=True needs an invalidation_bus")
+        self._bus: Any = invalidation_bus
+        self._broadcast = bool(broadcast_l1_invalidation)
+        self._bus_started = invalidation_bus is None
+        if generation is not None and (
+            isinstance(generation, bool) or not isinstance(generation, int) or generation < 0
+        ):
+            raise ValueError(f"generation must be a non-negative int or None, not {generation!r}")
+        self._generation: int | None = generation
+        self._cleanup_batch = _cleanup_batch(generation_cleanup)
+        self._cleanups: list[Any] = []
         # Guards check-and-register of a flight (a real lock only in the threaded twin).
         self._flight_lock = new_flight_lock()
         self._closed = False
@@ -311,6 +353,11 @@ class CacheStack:
         except Exception as exc:
             raise CacheLayerError(adapter.name, "set") from exc
 
+    def _render(self, key: str) -> str:
+        """The stored form of a validated key: ``v{N}:key`` under a generation."""
+        generation = self._generation
+        return key if generation is None else f"v{generation}:{key}"
+
     def _mark_flights(self, predicate: Callable[[str, _Flight], bool]) -> None:
         # Any write or invalidation moves the epoch: a read that started before it must not
         # backfill what it read (it may be the value that was just replaced or deleted).
@@ -370,6 +417,171 @@ class CacheStack:
             len(failures) == len(targets) and not succeeded_elsewhere
         ):
             raise failures[0][1]
+
+    # ------------------------------------------------------------------ invalidation bus
+
+    async def _ensure_bus(self) -> None:
+        """Subscribe to the bus on first use (the constructor cannot await)."""
+        if self._bus_started:
+            return
+        self._bus_started = True
+        try:
+            await self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
+        except Exception as exc:
+            self._bus_started = False
+            self._report(exc, operation="bus.start")
+            if self._retry_after is None:
+                raise
+
+    async def _publish(
+        self, scope: str, operation: str, keys: Sequence[str], mode: str = "any"
+    ) -> None:
+        """Tell the other instances (``broadcast_l1_invalidation``); large key sets go out
+        in chunks so each message stays within the bus's bounds."""
+        if not self._broadcast:
+            return
+        await self._ensure_bus()
+        items = list(keys)
+        chunks = [items[i : i + _BUS_CHUNK] for i in range(0, len(items), _BUS_CHUNK)] or [[]]
+        for chunk in chunks:
+            message = InvalidationMessage(
+                source_id=self._bus.source_id,
+                scope=scope,
+                operation=operation,
+                keys=tuple(chunk),
+                timestamp=time.time(),
+                mode=mode,
+            )
+            try:
+                await self._bus.publish(message)
+            except LayerCacheError as exc:
+                self._report(exc, operation="bus.publish")
+                if self._retry_after is None:
+                    raise
+
+    async def _on_bus_message(self, message: InvalidationMessage) -> None:
+        """Another instance changed something: drop it from this instance's local layers."""
+        try:
+            await self._apply_remote(message)
+        except Exception as exc:  # never let one message break the subscriber
+            self._report(exc, operation="bus.apply", scope=message.scope)
+        if "invalidation" in self._events.active:
+            self._events.emit(
+                "invalidation", {"keys": list(message.keys), "source_id": message.source_id}
+            )
+
+    async def _apply_remote(self, message: InvalidationMessage) -> None:
+        local = [a for a in self._layers if a.is_local]
+        scope = message.scope
+        if scope == "keys":
+            keys = list(message.keys)
+            wanted = set(keys)
+            self._mark_flights(lambda k, _: k in wanted)
+            if keys:
+                await self._for_layers("bus", local, lambda a: a.delete_many(keys))
+            if isinstance(self._tags, InMemoryTagIndex):
+                await self._tags.remove(keys)
+        elif scope == "tags":
+            tags = set(message.keys)
+            mode = message.mode
+
+            def hit(_key: str, flight: _Flight) -> bool:
+                if mode == "all":
+                    return tags.issubset(flight.tags)
+                return not tags.isdisjoint(flight.tags)
+
+            self._mark_flights(hit)
+            if isinstance(self._tags, InMemoryTagIndex):
+                # A per-instance index resolves the tags here; a shared index was already
+                # emptied by the publisher, which also sends the resolved keys.
+                found = sorted(await self._tags.keys_for_tags(list(message.keys), mode))
+                if found:
+                    await self._for_layers("bus", local, lambda a: a.delete_many(found))
+                    await self._tags.remove(found)
+        elif scope == "pattern":
+            pattern = message.keys[0]
+            regex = compile_glob(pattern)
+            self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
+            await self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
+            if isinstance(self._tags, InMemoryTagIndex):
+                await self._tags.remove(await self._tags.keys_matching(pattern))
+        elif scope == "clear":
+            self._mark_flights(lambda _k, _f: True)
+            await self._for_layers("bus", local, lambda a: a.clear())
+            if isinstance(self._tags, InMemoryTagIndex):
+                await self._tags.clear()
+        elif scope == "generation":
+            self._adopt_generation(int(message.keys[0]))
+
+    async def _on_bus_reconnect(self) -> None:
+        """The subscriber was cut off and may have missed invalidations: drop local data."""
+        self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
+        self._mark_flights(lambda _k, _f: True)
+        local = [a for a in self._layers if a.is_local]
+        await self._for_layers("bus.reconnect", local, lambda a: a.clear())
+
+    def _on_bus_error(self, error: BaseException, context: dict[str, Any]) -> None:
+        self._report(error, **{"operation": "bus", **context})
+
+    # ------------------------------------------------------------------ generations
+
+    def get_generation(self) -> int | None:
+        """The current key generation (``None`` when generations are off)."""
+        return self._generation
+
+    async def bump_generation(self) -> int:
+        """Move every key to a new generation at once (no scan): old keys become unreachable.
+
+        The new number is stored in Redis when the bus can store it (so every instance and
+        restart agrees) and announced on the bus; ``generation_cleanup`` deletes the old
+        generation's keys in the background in batches.
+        """
+        self._check_open()
+        old = self._generation
+        new = (old or 0) + 1
+        store = getattr(self._bus, "bump_generation", None)
+        if store is not None:
+            new = max(new, int(await store()))
+        self._adopt_generation(new)
+        if self._bus is not None:
+            await self._publish_always("generation", "bump", (str(new),))
+        return new
+
+    def _adopt_generation(self, generation: int) -> None:
+        old = self._generation
+        if old is not None and generation <= old:
+            return
+        self._generation = generation
+        self._mark_flights(lambda _k, _f: True)
+        if old is not None and self._cleanup_batch is not None:
+            self._start_cleanup(old)
+
+    def _start_cleanup(self, generation: int) -> None:
+        """Delete generation ``generation``'s keys in the background (streaming per layer)."""
+        pattern = escape_glob(f"v{generation}:") + "*"
+
+        async def purge() -> int:
+            total = 0
+            for adapter in self._layers:
+                try:
+                    total += await adapter.delete_matching(pattern)
+                except LayerCacheError as exc:
+                    self._report(exc, operation="generation_cleanup", layer=adapter.name)
+            return total
+
+        # Keep a reference: a task nobody holds may be collected before it finishes.
+        self._cleanups = [h for h in self._cleanups if not h.done()]
+        self._cleanups.append(launch_background(new_future(), purge, lambda: None))
+
+    async def _publish_always(self, scope: str, operation: str, keys: Sequence[str]) -> None:
+        """Publish even without ``broadcast_l1_invalidation`` (generations concern keys in
+        every layer, not only L1)."""
+        broadcast = self._broadcast
+        self._broadcast = True
+        try:
+            await self._publish(scope, operation, keys)
+        finally:
+            self._broadcast = broadcast
 
     # ------------------------------------------------------------------ degradation
 
@@ -481,6 +693,8 @@ class CacheStack:
         """
         if not (type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
             validate_key(key)
+        if self._generation is not None:
+            key = self._render(key)
         opts = self._defaults if not kwargs and options is None else self._options(options, kwargs)
         l1 = self._l1
         stale: tuple[Entry, str] | None = None
@@ -530,6 +744,8 @@ class CacheStack:
         stale-while-revalidate, stale-if-error and the soft timeout.
         """
         self._check_open()
+        if not self._bus_started:
+            await self._ensure_bus()
         layers = self._layers
         metrics = self._metrics
         if start == 1:
@@ -882,6 +1098,38 @@ class CacheStack:
     async def _fetch_and_store(
         self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
     ) -> Any:
+        """The origin fetch and the write of its value; across instances when a
+        single-flight coordinator is configured (one instance fetches, the others read the
+        shared layers when it is done)."""
+        coordinator = self._coordinator
+        if coordinator is None:
+            return await self._fetch_and_store_here(key, fetcher, opts, flight)
+        return await coordinator.run(
+            key,
+            functools.partial(self._fetch_and_store_here, key, fetcher, opts, flight),
+            functools.partial(self._read_shared, key),
+            timeout=self._single_flight_timeout,
+            poll=self._single_flight_poll,
+        )
+
+    async def _read_shared(self, key: str) -> tuple[bool, Any]:
+        """A fresh value of ``key`` in a non-local layer (another instance fetched it),
+        backfilled into the layers above it."""
+        layers = self._layers
+        for index, adapter in enumerate(layers):
+            if adapter.is_local:
+                continue
+            entry = await self._peek(adapter, key)
+            now = self._clock()
+            if entry is not None and entry.is_fresh(now):
+                if index:
+                    await self._backfill(key, entry, layers[:index], adapter.name, now)
+                return True, entry.value
+        return False, None
+
+    async def _fetch_and_store_here(
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
+    ) -> Any:
         breaker = opts.circuit_breaker or None
         decision = self._circuits.before_fetch(key, breaker) if breaker is not None else None
         if decision == "reject":
@@ -999,12 +1247,13 @@ class CacheStack:
 
     async def set(self, key: str, value: Any, *, options: OptionsArg = None, **kwargs: Any) -> None:
         """Store ``value`` under ``key`` in every layer (tags replace the key's old tags)."""
-        validate_key(key)
+        key = self._render(validate_key(key))
         opts = self._options(options, kwargs)
         self._check_open()
         # An explicit write is newer than a running fetch or read of the key.
         self._mark_flights(lambda k, _: k == key)
         await self._store(key, value, opts, None)
+        await self._publish("keys", "set", (key,))
 
     async def set_many(self, entries: Iterable[SetEntry]) -> None:
         """Store several values; one bulk write per layer."""
@@ -1017,7 +1266,7 @@ class CacheStack:
                 raw = None
             else:
                 raise ValueError(f"set_many entries are (key, value) or CacheEntry, not {item!r}")
-            items.append((validate_key(key), value, self._options(raw, {})))
+            items.append((self._render(validate_key(key)), value, self._options(raw, {})))
         self._check_open()
         if not items:
             return
@@ -1063,6 +1312,7 @@ class CacheStack:
         if "set" in self._events.active:
             for key, _, _ in items:
                 self._events.emit("set", {"key": key})
+        await self._publish("keys", "set", [key for key, _, _ in items])
 
     async def _delete_everywhere(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -1123,7 +1373,7 @@ class CacheStack:
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         """Remove several keys from every layer."""
-        unique = list(dict.fromkeys(validate_key(k) for k in keys))
+        unique = list(dict.fromkeys(self._render(validate_key(k)) for k in keys))
         self._check_open()
         if not unique:
             return
@@ -1131,6 +1381,7 @@ class CacheStack:
         self._mark_flights(lambda k, _: k in wanted)
         await self._delete_everywhere(unique)
         await self._tags.remove(unique)
+        await self._publish("keys", "delete", unique)
         if "delete" in self._events.active:
             for key in unique:
                 self._events.emit("delete", {"key": key})
@@ -1143,6 +1394,7 @@ class CacheStack:
             await self._behind.discard(lambda _k: True)
         await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
         await self._tags.clear()
+        await self._publish("clear", "clear", ())
 
     async def invalidate_by_tag(self, tag: str) -> int:
         """Delete every key stored with ``tag``; returns how many keys were known."""
@@ -1174,6 +1426,9 @@ class CacheStack:
         ordered = sorted(keys)
         await self._delete_everywhere(ordered)
         await self._tags.remove(ordered)
+        await self._publish("tags", "invalidate", wanted_tags, mode)
+        if ordered:
+            await self._publish("keys", "invalidate", ordered)
         return len(ordered)
 
     async def invalidate_by_pattern(self, pattern: str) -> int:
@@ -1182,6 +1437,8 @@ class CacheStack:
         Returns the number of keys removed from the layer that removed the most.
         """
         _validate_pattern(pattern)
+        if self._generation is not None:
+            pattern = escape_glob(f"v{self._generation}:") + pattern
         regex = compile_glob(pattern)
         self._check_open()
         self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
@@ -1194,6 +1451,7 @@ class CacheStack:
             await self._behind.discard(lambda k: regex.fullmatch(k) is not None)
         await self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
         await self._tags.remove(await self._tags.keys_matching(pattern))
+        await self._publish("pattern", "invalidate", (pattern,))
         return max(counts, default=0)
 
     async def invalidate_by_prefix(self, prefix: str) -> int:
@@ -1213,13 +1471,17 @@ class CacheStack:
         requests: list[tuple[str, Fetcher | None, CacheOptions]] = []
         for item in entries:
             if isinstance(item, str):
-                requests.append((validate_key(item), None, self._defaults))
+                requests.append((self._render(validate_key(item)), None, self._defaults))
             elif isinstance(item, CacheEntryRequest):
                 requests.append(
-                    (validate_key(item.key), item.fetcher, self._options(item.options, {}))
+                    (
+                        self._render(validate_key(item.key)),
+                        item.fetcher,
+                        self._options(item.options, {}),
+                    )
                 )
             elif isinstance(item, tuple) and len(item) == 2:
-                requests.append((validate_key(item[0]), item[1], self._defaults))
+                requests.append((self._render(validate_key(item[0])), item[1], self._defaults))
             else:
                 raise ValueError(
                     f"get_many entries are keys, (key, fetcher) pairs or CacheEntryRequest; "
@@ -1307,7 +1569,7 @@ class CacheStack:
 
     async def has(self, key: str) -> bool:
         """Whether any layer holds a usable (fresh or in-window) value for ``key``."""
-        validate_key(key)
+        key = self._render(validate_key(key))
         self._check_open()
         now = self._clock()
         for adapter in self._layers:
@@ -1353,7 +1615,7 @@ class CacheStack:
         ``None`` when no layer holds it or it never expires; ``0.0`` when only a stale copy
         remains.
         """
-        validate_key(key)
+        key = self._render(validate_key(key))
         self._check_open()
         now = self._clock()
         for adapter in self._layers:
@@ -1366,9 +1628,9 @@ class CacheStack:
 
     async def inspect(self, key: str) -> CacheInspectResult | None:
         """Where ``key`` lives, its remaining windows and tags; ``None`` when absent."""
-        validate_key(key)
+        stored_key = self._render(validate_key(key))
         self._check_open()
-        found, entry = await self._first_entry(key)
+        found, entry = await self._first_entry(stored_key)
         if entry is None:
             return None
         now = self._clock()
@@ -1524,6 +1786,16 @@ class CacheStack:
             except LayerCacheError as exc:
                 errors.append(exc)  # reported after the layers are closed
         await wait_launched(self._events.pending(), _CLOSE_GRACE)
+        await wait_launched(self._cleanups, _CLOSE_GRACE)
+        # The coordination components, then the layers.
+        for component in (self._bus, self._coordinator, self._tags):
+            closer = getattr(component, "aclose", None)
+            if closer is None:
+                continue
+            try:
+                await closer()
+            except LayerCacheError as exc:
+                errors.append(exc)
         for adapter in self._layers:
             try:
                 await adapter.close()
@@ -1533,6 +1805,8 @@ class CacheStack:
             raise errors[0]
 
     async def __aenter__(self) -> CacheStack:
+        if not self._bus_started:
+            await self._ensure_bus()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -1569,6 +1843,23 @@ def _write_behind_queue(
         "write_behind['flush_interval']", options.get("flush_interval", 0.05), allow_zero=False
     )
     return WriteBehindQueue(flush, batch_size, interval, max_queue)
+
+
+def _cleanup_batch(value: Mapping[str, Any] | bool | None) -> int | None:
+    """``generation_cleanup`` → batch size of the background deletion (``None``: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 500
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"batch_size"}
+        if unknown:
+            raise ValueError(f"unknown generation_cleanup option(s): {sorted(unknown)}")
+        size = value.get("batch_size", 500)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"generation_cleanup batch_size must be a positive int, not {size!r}")
+        return size
+    raise ValueError(f"generation_cleanup must be a dict, a bool or None, not {value!r}")
 
 
 def _coerce_degradation(value: bool | Mapping[str, Any] | None) -> float | None:

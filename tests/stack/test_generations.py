@@ -1,0 +1,60 @@
+"""Key generations: every key stored as ``v{N}:key``; bumping invalidates all at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from layercache import CacheStack, MemoryLayer
+
+
+async def wait_until(predicate: object, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.005)
+
+
+async def test_keys_live_under_their_generation_and_a_bump_hides_them() -> None:
+    memory = MemoryLayer()
+    cache = CacheStack([memory], generation=3)
+    await cache.set("user:1", "a")
+    assert memory.keys() == ["v3:user:1"]
+    assert await cache.get("user:1") == "a"
+    assert await cache.get_many(["user:1"]) == ["a"]
+    assert await cache.has("user:1")
+    assert cache.get_generation() == 3
+    assert await cache.bump_generation() == 4
+    assert cache.get_generation() == 4
+    assert await cache.get("user:1") is None
+    assert await cache.get("user:1", lambda: "b") == "b"
+    assert "v4:user:1" in memory.keys()
+    assert "v3:user:1" in memory.keys()  # no cleanup configured: old keys just age out
+
+
+async def test_generation_cleanup_deletes_the_old_generation_in_the_background() -> None:
+    memory = MemoryLayer()
+    cache = CacheStack([memory], generation=1, generation_cleanup={"batch_size": 10})
+    for i in range(50):
+        await cache.set(f"k{i}", i)
+    await cache.bump_generation()
+    await cache.set("k0", "new")
+    await wait_until(lambda: memory.keys() == ["v2:k0"])
+    await cache.aclose()
+
+
+async def test_patterns_and_prefixes_stay_inside_the_current_generation() -> None:
+    memory = MemoryLayer()
+    cache = CacheStack([memory], generation=1)
+    await cache.set("a:1", 1)
+    await cache.set("b:1", 2)
+    assert await cache.invalidate_by_prefix("a:") == 1
+    assert memory.keys() == ["v1:b:1"]
+
+
+@pytest.mark.parametrize("bad", [-1, True, "1", 1.5])
+def test_bad_generation_values_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="generation"):
+        CacheStack([MemoryLayer()], generation=bad)  # type: ignore[arg-type]
