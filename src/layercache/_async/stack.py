@@ -254,14 +254,22 @@ class CacheStack:
             "single_flight_poll", single_flight_poll, allow_zero=False
         )
         if single_flight_coordinator is not None:
-            if single_flight_lease is not None:
-                single_flight_coordinator.lease = seconds(
-                    "single_flight_lease", single_flight_lease, allow_zero=False
+            if single_flight_lease is not None or single_flight_renew_interval is not None:
+                single_flight_coordinator.configure(
+                    lease=None
+                    if single_flight_lease is None
+                    else seconds("single_flight_lease", single_flight_lease, allow_zero=False),
+                    renew_interval=None
+                    if single_flight_renew_interval is None
+                    else seconds(
+                        "single_flight_renew_interval",
+                        single_flight_renew_interval,
+                        allow_zero=False,
+                    ),
                 )
-            if single_flight_renew_interval is not None:
-                single_flight_coordinator.renew_interval = seconds(
-                    "single_flight_renew_interval", single_flight_renew_interval, allow_zero=False
-                )
+            hook = getattr(single_flight_coordinator, "set_error_handler", None)
+            if hook is not None:
+                hook(lambda error, context: self._report(error, **context))
         if broadcast_l1_invalidation and invalidation_bus is None:
             raise ValueError("broadcast_l1_invalidation=True needs an invalidation_bus")
         self._bus: Any = invalidation_bus

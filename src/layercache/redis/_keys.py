@@ -5,7 +5,10 @@ Every Redis key the layer touches is built here, never with f-strings at call si
 
 from __future__ import annotations
 
+import hashlib
+
 from .._glob import escape_glob
+from .._keys import validate_prefix
 
 __all__ = ["encode_key", "prefix_match", "scan_match", "strip_prefix"]
 
@@ -72,3 +75,141 @@ def scan_match(prefix: str, pattern: str) -> bytes:
         star = False
         i += 1
     return _to_bytes("".join(out))
+
+
+# -- RedisTagIndex -------------------------------------------------------------------------------
+#
+# Every key of one tag index starts with ``{prefix}:``. The braces make ``prefix`` the Redis
+# Cluster hash tag, so all of them live in one slot and one Lua script may update a key's tag
+# set, the tag sets and the known-keys shards together (see tag_index.py for the trade-off).
+# The families after ``{prefix}:`` start with distinct literals (``tag:``, ``key:``, ``keys:``,
+# ``expiry``, ``layout``), so no tag or key text can make two families collide.
+
+__all__ += [
+    "tag_index_base",
+    "tag_index_expiry",
+    "tag_index_key_set",
+    "tag_index_key_set_prefix",
+    "tag_index_layout",
+    "tag_index_match",
+    "tag_index_shard",
+    "tag_index_shard_of",
+    "tag_index_shard_prefix",
+    "tag_index_tag_set",
+    "tag_index_tag_set_prefix",
+    "to_member",
+    "from_member",
+]
+
+
+def tag_index_base(prefix: str) -> str:
+    """``{prefix}:``, the hash-tagged start of every key of the tag index at ``prefix``."""
+    return "{" + prefix + "}:"
+
+
+def tag_index_tag_set_prefix(prefix: str) -> bytes:
+    """Start of the tag sets' names (``{prefix}:tag:<tag>`` holds the keys carrying ``tag``)."""
+    return _to_bytes(tag_index_base(prefix) + "tag:")
+
+
+def tag_index_key_set_prefix(prefix: str) -> bytes:
+    """Start of the key sets' names (``{prefix}:key:<key>`` holds the tags of ``key``)."""
+    return _to_bytes(tag_index_base(prefix) + "key:")
+
+
+def tag_index_shard_prefix(prefix: str) -> bytes:
+    """Start of the known-keys shards' names (``{prefix}:keys:<n>``)."""
+    return _to_bytes(tag_index_base(prefix) + "keys:")
+
+
+def tag_index_tag_set(prefix: str, tag: str) -> bytes:
+    """The set of keys carrying ``tag``."""
+    return tag_index_tag_set_prefix(prefix) + _to_bytes(tag)
+
+
+def tag_index_key_set(prefix: str, key: str) -> bytes:
+    """The set of tags of ``key``."""
+    return tag_index_key_set_prefix(prefix) + _to_bytes(key)
+
+
+def tag_index_shard_of(member: bytes, shards: int) -> int:
+    """The known-keys shard of a key (given as its stored bytes).
+
+    The first 32 bits of SHA-1, modulo ``shards``: stable across processes (unlike ``hash()``)
+    and computable inside a Lua script with ``redis.sha1hex``, which the cleanup script does.
+    """
+    return int(hashlib.sha1(member).hexdigest()[:8], 16) % shards
+
+
+def tag_index_shard(prefix: str, number: int) -> bytes:
+    """The known-keys shard number ``number``."""
+    return tag_index_shard_prefix(prefix) + str(number).encode("ascii")
+
+
+def tag_index_expiry(prefix: str) -> bytes:
+    """The sorted set of tagged keys scored by their wall-clock expiry."""
+    return _to_bytes(tag_index_base(prefix) + "expiry")
+
+
+def tag_index_layout(prefix: str) -> bytes:
+    """The string holding the index's known-keys shard count (instances must agree on it)."""
+    return _to_bytes(tag_index_base(prefix) + "layout")
+
+
+def tag_index_match(prefix: str) -> bytes:
+    """``SCAN MATCH`` pattern of every key of the tag index at ``prefix``."""
+    return prefix_match(tag_index_base(prefix))
+
+
+def to_member(text: str) -> bytes:
+    """A key or tag as stored inside a Redis set."""
+    return _to_bytes(text)
+
+
+def from_member(raw: bytes) -> str:
+    """Inverse of :func:`to_member`."""
+    return raw.decode("utf-8", "surrogatepass")
+
+
+# -- invalidation bus -------------------------------------------------------------------------
+
+__all__ += ["invalidation_channel"]
+
+
+def invalidation_channel(channel: str) -> bytes:
+    """The pub/sub channel (plain or sharded) of the invalidation bus named ``channel``.
+
+    The name is used verbatim: every instance that should hear the others must use the same
+    one. In a cluster a sharded channel lives on the node owning its hash slot (``{...}`` hash
+    tags apply as for keys).
+
+    Raises:
+        ValueError: If ``channel`` is empty, too long or contains control characters.
+    """
+    return _to_bytes(validate_prefix(channel))
+
+
+# -- RedisSingleFlightCoordinator ---------------------------------------------------------------
+#
+# The lock of a key is ``prefix:lock:{key}``: the braces make the key itself the Redis Cluster
+# hash tag, so locks of different keys spread over the slots while every script that touches a
+# lock (it touches only that one key) runs on the node owning it. A prefix that contains its own
+# ``{...}`` wins as the hash tag and puts every lock in one slot; that still works. Completion
+# notices go to one plain pub/sub channel per prefix, carrying the key as the message.
+
+__all__ += ["single_flight_channel", "single_flight_lock", "single_flight_message"]
+
+
+def single_flight_lock(prefix: str, key: str) -> bytes:
+    """The lock of ``key`` (``prefix:lock:{key}``)."""
+    return _to_bytes(prefix + ":lock:{" + key + "}")
+
+
+def single_flight_channel(prefix: str) -> bytes:
+    """The pub/sub channel on which holders announce that a fetch finished (``prefix:done``)."""
+    return _to_bytes(prefix + ":done")
+
+
+def single_flight_message(key: str) -> bytes:
+    """The completion notice for ``key`` (the key's bytes)."""
+    return _to_bytes(key)
