@@ -223,3 +223,188 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# -- a real three-master Redis Cluster ----------------------------------------------------------
+
+__all__ += ["RedisCluster3"]
+
+
+class _ClusterNode(RedisServer):
+    """A cluster-enabled server that waits for nobody: ``redis-cli --cluster create`` assigns its
+    slots (the one-node ``RedisServer(cluster=True)`` would take all 16384 itself)."""
+
+    def __init__(self, binary: str, workdir: Path, start_timeout: float) -> None:
+        super().__init__(binary, workdir=workdir, start_timeout=start_timeout, cluster=True)
+
+    def _cluster_ready(self) -> bool:
+        return True
+
+
+class RedisCluster3:
+    """Three ``redis-server --cluster-enabled yes`` masters on free loopback ports, joined by
+    ``redis-cli --cluster create ... --cluster-replicas 0`` (about 5461 slots each).
+
+    Each node has its own working directory and cluster bus port. :meth:`start` returns once
+    every node reports ``cluster_state:ok`` with all 16384 slots assigned and all three nodes
+    known (bounded polling, ``start_timeout``); :meth:`close` stops them all.
+
+    Args:
+        binary: Path of ``redis-server`` (default: found on ``PATH``).
+        cli: Path of ``redis-cli`` (default: next to ``binary``, else found on ``PATH``).
+        workdir: Parent directory for the nodes' directories (default: a new temporary one).
+        start_timeout: Seconds allowed for the whole cluster to come up.
+    """
+
+    size = 3
+
+    def __init__(
+        self,
+        binary: str | None = None,
+        cli: str | None = None,
+        workdir: str | Path | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        found = binary or shutil.which("redis-server")
+        if found is None:
+            raise RedisServerError("redis-server not found on PATH")
+        sibling = Path(found).with_name("redis-cli")
+        found_cli = cli or (str(sibling) if sibling.exists() else shutil.which("redis-cli"))
+        if found_cli is None:
+            raise RedisServerError("redis-cli not found on PATH")
+        self.binary = found
+        self.cli = found_cli
+        self.start_timeout = start_timeout
+        self._own_workdir = workdir is None
+        self.workdir = Path(
+            workdir if workdir is not None else tempfile.mkdtemp(prefix="redis-cluster3-")
+        )
+        self.nodes = [
+            _ClusterNode(found, self._node_dir(i), start_timeout) for i in range(self.size)
+        ]
+
+    def _node_dir(self, index: int) -> Path:
+        path = self.workdir / f"node{index}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @classmethod
+    def launch(cls, **kwargs: object) -> RedisCluster3:
+        """Create and start a cluster."""
+        cluster = cls(**kwargs)  # type: ignore[arg-type]
+        cluster.start()
+        return cluster
+
+    @property
+    def host(self) -> str:
+        """The loopback address every node listens on."""
+        return _HOST
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every master."""
+        return [(node.host, node.port) for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT`` of the first master (a cluster client discovers the rest)."""
+        return f"redis://{_HOST}:{self.nodes[0].port}"
+
+    def async_client(self, **kwargs: object) -> object:
+        """A new ``redis.asyncio.RedisCluster`` on this cluster (the caller closes it).
+
+        ``kwargs`` go to the client (``decode_responses=False`` is redis-py's default). redis-py
+        is imported here so this module stays standard-library only.
+        """
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.startup_nodes],
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def start(self) -> None:
+        """Start the nodes, create the cluster and wait until every node reports it healthy."""
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            for node in self.nodes:
+                node.start()
+            self._create(deadline)
+            self._wait_ok(deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _create(self, deadline: float) -> None:
+        command = [
+            self.cli,
+            "--cluster",
+            "create",
+            *(f"{host}:{port}" for host, port in self.startup_nodes),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
+        try:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RedisServerError("redis-cli --cluster create did not finish in time") from exc
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")
+            raise RedisServerError(f"redis-cli --cluster create failed: {output[-2000:]}")
+
+    def _healthy(self, node: RedisServer) -> bool:
+        info = node.command("CLUSTER", "INFO")
+        return (
+            b"cluster_state:ok" in info
+            and b"cluster_slots_assigned:16384" in info
+            and f"cluster_known_nodes:{self.size}".encode() in info
+        )
+
+    def _wait_ok(self, deadline: float) -> None:
+        delay = 0.01
+        while True:
+            with contextlib.suppress(OSError, RedisServerError):
+                if all(self._healthy(node) for node in self.nodes):
+                    return
+            if time.monotonic() >= deadline:
+                raise RedisServerError(
+                    f"the 3-node cluster was not ok within {self.start_timeout}s: "
+                    + " | ".join(node.log_tail(3) for node in self.nodes)
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def flushall(self) -> None:
+        """Delete every key on every master."""
+        for node in self.nodes:
+            node.flushall()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def close(self) -> None:
+        """Stop every node and remove a temporary working directory."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisCluster3:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

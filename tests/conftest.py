@@ -123,3 +123,55 @@ def redis_proxy(redis_clean: RedisServer, _redis_proxy_session: TcpProxy) -> Ite
         proxy.reset()
         if not redis_clean.is_running:
             redis_clean.start()
+
+
+# -- a real three-master Redis Cluster ----------------------------------------------------------
+
+
+def _redis_cli_binary(server_binary: str) -> str:
+    sibling = Path(server_binary).with_name("redis-cli")
+    found = str(sibling) if sibling.exists() else shutil.which("redis-cli")
+    if found is None:
+        message = "redis-cli is not installed (apt-get install redis-tools)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="session")
+def redis_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis Cluster of three masters on free loopback ports (``RedisCluster3`` in
+    tests/_redis_server.py): ``startup_nodes``, ``url``, ``async_client(**kwargs)`` (a new
+    ``redis.asyncio.RedisCluster``; close it), ``flushall()``. Skipped without ``redis-server``
+    / ``redis-cli`` locally, a failure under ``CI=true``."""
+    from _redis_server import RedisCluster3
+
+    binary = _redis_binary()
+    cluster = RedisCluster3(
+        binary,
+        _redis_cli_binary(binary),
+        workdir=tmp_path_factory.mktemp("redis-cluster3"),
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def redis_cluster3_client(redis_cluster3: Any) -> AsyncIterator[Any]:
+    """A ``redis.asyncio.RedisCluster`` on the (emptied) three-master cluster, initialized.
+
+    ``initialize()`` first: redis-py's asyncio cluster client routes commands sent before it
+    has loaded the slot map to one node, and a concurrent burst of them can fail (see
+    tests/redis/test_redis_layer_cluster3.py).
+    """
+    redis_cluster3.flushall()
+    client = redis_cluster3.async_client()
+    await client.initialize()
+    try:
+        yield client
+    finally:
+        await client.aclose()

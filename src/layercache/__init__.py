@@ -36,8 +36,12 @@ from ._types import CacheLayer
 from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
+    from ._types import InvalidationMessage
     from .layers.disk import DiskLayer
+    from .redis.bus import RedisInvalidationBus
     from .redis.layer import RedisLayer
+    from .redis.single_flight import RedisSingleFlightCoordinator
+    from .redis.tag_index import RedisTagIndex
     from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "FetchTimeoutError",
     "FetcherQueueFullError",
     "HitRate",
+    "InvalidationMessage",
     "JsonSerializer",
     "LatencySummary",
     "LayerCacheError",
@@ -70,7 +75,10 @@ __all__ = [
     "MsgpackSerializer",
     "PickleSerializer",
     "RateLimit",
+    "RedisInvalidationBus",
     "RedisLayer",
+    "RedisSingleFlightCoordinator",
+    "RedisTagIndex",
 ]
 
 __version__ = "0.1.0"
@@ -78,6 +86,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "DiskLayer": "layercache.layers.disk",
     "RedisLayer": "layercache.redis.layer",
+    "RedisSingleFlightCoordinator": "layercache.redis.single_flight",
+    "RedisInvalidationBus": "layercache.redis.bus",
+    "RedisTagIndex": "layercache.redis.tag_index",
+    "InvalidationMessage": "layercache._types",
     "JsonSerializer": "layercache.serializers",
     "MsgpackSerializer": "layercache.serializers",
     "PickleSerializer": "layercache.serializers",

@@ -34,8 +34,14 @@ class InMemoryTagIndex:
                 if not keys:
                     del self._tag_keys[tag]
 
-    async def record(self, key: str, tags: Sequence[str]) -> list[str]:
-        """Replace ``key``'s tags; returns keys evicted to keep the bound (delete them)."""
+    async def record(
+        self, key: str, tags: Sequence[str], expires_at: float | None = None
+    ) -> list[str]:
+        """Replace ``key``'s tags; returns keys evicted to keep the bound (delete them).
+
+        ``expires_at`` (when every copy of the value is gone) is accepted for interface
+        parity with ``RedisTagIndex``; this index is bounded by ``max_keys`` instead.
+        """
         self._unlink(key)
         if not tags:
             return []

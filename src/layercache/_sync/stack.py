@@ -1014,7 +1014,7 @@ class SyncCacheStack:
         if entry.tags:
             # The index may not know this key (written by another process, or before a
             # restart of this one): learn its tags so invalidate_by_tag reaches the copies.
-            evicted = self._tags.record(key, entry.tags)
+            evicted = self._tags.record(key, entry.tags, entry.expires_at)
             if evicted:
                 self._delete_everywhere(evicted)
         self._metrics.backfills += len(targets)
@@ -1245,7 +1245,7 @@ class SyncCacheStack:
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
             self._for_layers("set", skipped, drop, ("delete", (key,)))
-        evicted = self._tags.record(key, opts.tags or ())
+        evicted = self._tags.record(key, opts.tags or (), _latest_expiry(plan))
         if evicted:
             self._delete_everywhere(evicted)
         if flight is not None and flight.invalidated:
@@ -1315,8 +1315,14 @@ class SyncCacheStack:
             layers = [a for a in layers if a.is_local]
         self._for_layers("set_many", layers, write, ("delete", tuple(written)))
         evicted: list[str] = []
+        expiries: dict[str, float | None] = {}
+        for planned in per_layer.values():
+            for key, stored, _ in planned:
+                known = expiries.get(key, 0.0)
+                until = stored.expires_at
+                expiries[key] = None if known is None or until is None else max(known, until)
         for key, _, opts in items:
-            evicted.extend(self._tags.record(key, opts.tags or ()))
+            evicted.extend(self._tags.record(key, opts.tags or (), expiries.get(key)))
         if evicted:
             self._delete_everywhere(evicted)
         if "set" in self._events.active:
@@ -1824,6 +1830,19 @@ class SyncCacheStack:
 
     def __repr__(self) -> str:
         return f"SyncCacheStack([{', '.join(a.name for a in self._layers)}])"
+
+
+def _latest_expiry(plan: Sequence[tuple[Any, Entry | None]]) -> float | None:
+    """The last moment any layer may still hold the value (``None``: some layer never
+    expires it); the shared tag index forgets the key after that."""
+    latest = 0.0
+    for _, entry in plan:
+        if entry is None:
+            continue
+        if entry.expires_at is None:
+            return None
+        latest = max(latest, entry.expires_at)
+    return latest or None
 
 
 def _write_behind_queue(

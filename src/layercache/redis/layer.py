@@ -147,6 +147,11 @@ class RedisLayer:
             self._client = client
             self._owns_client = False
         self._is_cluster = isinstance(self._client, RedisCluster)
+        # A fresh RedisCluster client routes its first commands before it knows the slot
+        # map; a burst of them then races its MOVED-triggered refresh (redis-py 8.1). Load
+        # the slot map once, before the first command.
+        self._cluster_pending = self._is_cluster
+        self._cluster_lock = asyncio.Lock() if self._is_cluster else None
 
     def __repr__(self) -> str:
         return f"RedisLayer(name={self.name!r}, prefix={self.prefix!r}, ttl={self.default_ttl!r})"
@@ -176,6 +181,15 @@ class RedisLayer:
             # Anything else the client raises (a closed loop, a protocol surprise) is still a
             # failure of this layer: the stack relies on that to skip its own wrapper.
             raise CacheLayerError(self.name, operation) from exc
+
+    async def _initialize_cluster(self) -> None:
+        assert self._cluster_lock is not None
+        async with self._cluster_lock:
+            if not self._cluster_pending:
+                return
+            with self._driver_errors("initialize"):
+                await self._client.initialize()
+            self._cluster_pending = False
 
     def _key(self, key: str) -> bytes:
         return encode_key(self.prefix, key)
@@ -223,6 +237,8 @@ class RedisLayer:
         Raises:
             CacheLayerError: If Redis cannot be reached or fails.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         # Inline try (not the _driver_errors context manager): this is the L2 hit path, and a
         # generator-based context manager costs about a microsecond per call.
         try:
@@ -241,6 +257,8 @@ class RedisLayer:
         Raises:
             CacheLayerError: If Redis fails, or the value cannot be serialized.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         if ttl is not None and ttl <= 0:
             with self._driver_errors("set"):
                 await self._client.unlink(self._key(key))
@@ -254,6 +272,8 @@ class RedisLayer:
 
     async def delete(self, key: str) -> None:
         """Remove ``key`` (no error when absent)."""
+        if self._cluster_pending:
+            await self._initialize_cluster()
         with self._driver_errors("delete"):
             await self._client.unlink(self._key(key))
 
@@ -264,6 +284,8 @@ class RedisLayer:
             ValueError: If the prefix is empty and ``allow_unprefixed_clear`` is false.
             CacheLayerError: If Redis fails.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         if not self.prefix and not self.allow_unprefixed_clear:
             raise ValueError(
                 "RedisLayer.clear() with an empty prefix would delete every key of the "
@@ -286,6 +308,8 @@ class RedisLayer:
         Raises:
             CacheLayerError: If Redis fails.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         if not keys:
             return []
         raw_keys = [self._key(k) for k in keys]
@@ -306,6 +330,8 @@ class RedisLayer:
         Raises:
             CacheLayerError: If Redis fails, or a value cannot be serialized.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         if not items:
             return
         encoded = [
@@ -329,6 +355,8 @@ class RedisLayer:
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         """Remove ``keys`` (UNLINK, in batches)."""
+        if self._cluster_pending:
+            await self._initialize_cluster()
         with self._driver_errors("delete_many"):
             for start in range(0, len(keys), _UNLINK_BATCH):
                 await self._unlink([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
@@ -344,6 +372,8 @@ class RedisLayer:
             ValueError: If ``pattern`` is not a valid pattern.
             CacheLayerError: If Redis fails.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         validate_pattern(pattern)
         deleted = 0
         with self._driver_errors("delete_matching"):
@@ -370,6 +400,8 @@ class RedisLayer:
             ValueError: On an invalid pattern or a negative limit.
             CacheLayerError: If Redis fails.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         if pattern is not None:
             validate_pattern(pattern)
         if limit is not None and (isinstance(limit, bool) or limit < 0):
@@ -391,11 +423,15 @@ class RedisLayer:
 
     async def has(self, key: str) -> bool:
         """Whether a value is stored under ``key`` (its content is not checked)."""
+        if self._cluster_pending:
+            await self._initialize_cluster()
         with self._driver_errors("has"):
             return bool(await self._client.exists(self._key(key)))
 
     async def ttl(self, key: str) -> float | None:
         """Remaining storage lifetime of ``key`` in seconds; ``None`` if absent or unexpiring."""
+        if self._cluster_pending:
+            await self._initialize_cluster()
         with self._driver_errors("ttl"):
             remaining = int(await self._client.pttl(self._key(key)))
         # PTTL: -2 absent, -1 no expiry.
@@ -403,6 +439,8 @@ class RedisLayer:
 
     async def size(self) -> int:
         """Number of keys under the prefix (a SCAN; approximate while keys change)."""
+        if self._cluster_pending:
+            await self._initialize_cluster()
         count = 0
         with self._driver_errors("size"):
             async for _ in self._scan(prefix_match(self.prefix)):
@@ -415,6 +453,8 @@ class RedisLayer:
         Raises:
             CacheLayerError: If it does not.
         """
+        if self._cluster_pending:
+            await self._initialize_cluster()
         with self._driver_errors("ping"):
             await self._client.ping()
         return True
