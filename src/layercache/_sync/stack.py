@@ -94,6 +94,8 @@ _MAX_MISSED = 10_000
 _REPLAY_BATCH = 1_000
 # Keys per invalidation message (the bus refuses larger messages).
 _BUS_CHUNK = 1_000
+# Recently changed keys remembered per key (older changes count as "everything changed").
+_MAX_KEY_MARKS = 10_000
 
 
 class _SoftTimeout(Exception):
@@ -227,6 +229,8 @@ class SyncCacheStack:
         self.max_profile_entries = max_profile_entries
         self._flights: dict[str, _Flight] = {}
         self._epoch = 0
+        self._broad_mark = 0
+        self._key_marks: OrderedDict[str, int] = OrderedDict()
         self._background = 0
         self._background_refresh_timeout = seconds(
             "background_refresh_timeout", background_refresh_timeout, allow_zero=False
@@ -363,15 +367,34 @@ class SyncCacheStack:
         except Exception as exc:
             raise CacheLayerError(adapter.name, "set") from exc
 
+    def _changed_since(self, key: str, epoch: int) -> bool:
+        """Whether ``key`` may have been written or invalidated since ``epoch``."""
+        return self._broad_mark > epoch or self._key_marks.get(key, 0) > epoch
+
     def _render(self, key: str) -> str:
         """The stored form of a validated key: ``v{N}:key`` under a generation."""
         generation = self._generation
         return key if generation is None else f"v{generation}:{key}"
 
-    def _mark_flights(self, predicate: Callable[[str, _Flight], bool]) -> None:
-        # Any write or invalidation moves the epoch: a read that started before it must not
-        # backfill what it read (it may be the value that was just replaced or deleted).
+    def _mark_flights(
+        self, predicate: Callable[[str, _Flight], bool], keys: Iterable[str] | None = None
+    ) -> None:
+        """Invalidate running fetches the predicate selects, and record the change so a read
+        that started before it does not backfill what it read (it may be the value that was
+        just replaced or deleted). ``keys`` names the keys changed; without it the change is
+        broad (pattern, tags, clear) and every read in flight is affected."""
         self._epoch += 1
+        epoch = self._epoch
+        if keys is None:
+            self._broad_mark = epoch
+        else:
+            marks = self._key_marks
+            for key in keys:
+                marks[key] = epoch
+                marks.move_to_end(key)
+            while len(marks) > _MAX_KEY_MARKS:
+                marks.popitem(last=False)
+                self._broad_mark = epoch  # forgetting a mark must err on the safe side
         for key, flight in self._flights.items():
             if not flight.invalidated and predicate(key, flight):
                 flight.invalidated = True
@@ -486,7 +509,7 @@ class SyncCacheStack:
         if scope == "keys":
             keys = list(message.keys)
             wanted = set(keys)
-            self._mark_flights(lambda k, _: k in wanted)
+            self._mark_flights(lambda k, _: k in wanted, keys)
             if keys:
                 self._for_layers("bus", local, lambda a: a.delete_many(keys))
             if isinstance(self._tags, InMemoryTagIndex):
@@ -803,7 +826,7 @@ class SyncCacheStack:
                 self._logger.debug("layercache: %s hit in %s", key, adapter.name)
                 if "hit" in self._events.active:
                     self._events.emit("hit", {"key": key, "layer": adapter.name})
-                if index and self._epoch == epoch:
+                if index and not self._changed_since(key, epoch):
                     self._backfill(key, entry, layers[:index], adapter.name, now)
                 if opts.has_hit_work:
                     self._after_hit(key, entry, fetcher, opts, now, index)
@@ -1261,7 +1284,7 @@ class SyncCacheStack:
         opts = self._options(options, kwargs)
         self._check_open()
         # An explicit write is newer than a running fetch or read of the key.
-        self._mark_flights(lambda k, _: k == key)
+        self._mark_flights(lambda k, _: k == key, (key,))
         self._store(key, value, opts, None)
         self._publish("keys", "set", (key,))
 
@@ -1286,7 +1309,7 @@ class SyncCacheStack:
         }
         dropped: dict[str, list[str]] = {a.name: [] for a in self._layers}
         written = {key for key, _, _ in items}
-        self._mark_flights(lambda k, _: k in written)
+        self._mark_flights(lambda k, _: k in written, written)
         for key, value, opts in items:
             for adapter, entry in self._entries_for(key, value, opts, now):
                 if entry is None:
@@ -1394,7 +1417,7 @@ class SyncCacheStack:
         if not unique:
             return
         wanted = set(unique)
-        self._mark_flights(lambda k, _: k in wanted)
+        self._mark_flights(lambda k, _: k in wanted, unique)
         self._delete_everywhere(unique)
         self._tags.remove(unique)
         self._publish("keys", "delete", unique)
@@ -1545,7 +1568,8 @@ class SyncCacheStack:
                 else:
                     metrics.layers[adapter.name].misses += 1
                     still.append(i)
-            if fills and self._epoch == epoch:
+            fills = [(k, e) for k, e in fills if not self._changed_since(k, epoch)]
+            if fills:
                 self._backfill_many(fills, self._layers[:depth], now)
             pending = still
         metrics.hits += len(requests) - len(pending)

@@ -1,0 +1,718 @@
+"""``RedisInvalidationBus``: tells the other instances what changed, over Redis pub/sub.
+
+Wire format: one UTF-8 JSON object per pub/sub message::
+
+    {"v": 1, "source_id": "...", "scope": "keys", "operation": "delete",
+     "keys": ["user:1", "user:2"], "timestamp": 1732460000.123, "mode": "any",
+     "nonce": "<32 hex>", "sig": "<64 hex>"}
+
+``sig`` (only with ``signing_secret``) is HMAC-SHA256 over the canonical bytes of every other
+field (:mod:`layercache._signing`). ``nonce`` makes two otherwise identical messages distinct,
+so the replay memory never mistakes a genuine repeat for a replay. Receivers are strict: any
+other field, a wrong type, an unknown scope/operation/mode or an invalid key rejects the whole
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import re
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test of the layer
+    raise ImportError(
+        "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
+    ) from exc
+
+from .._exceptions import CacheLayerError
+from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
+from .._options import MAX_TAG_LENGTH
+from .._signing import (
+    MessageSigner,
+    ReplayError,
+    ReplayGuard,
+    SignatureError,
+    check_timestamp,
+)
+from .._types import ErrorHandler, InvalidationMessage
+from ._keys import invalidation_channel
+
+__all__ = [
+    "InvalidationMessage",
+    "MODES",
+    "OPERATIONS",
+    "RedisInvalidationBus",
+    "RejectedMessageError",
+    "SCOPES",
+    "WIRE_VERSION",
+]
+
+logger = logging.getLogger("layercache.redis.bus")
+
+RedisClient = aioredis.Redis | RedisCluster
+MessageHandler = Callable[[InvalidationMessage], Awaitable[None]]
+ReconnectHandler = Callable[[], Awaitable[None]]
+
+WIRE_VERSION = 1
+SCOPES = frozenset({"keys", "tags", "pattern", "prefix", "clear", "generation"})
+OPERATIONS = frozenset({"set", "delete", "invalidate", "clear", "bump"})
+MODES = frozenset({"any", "all"})
+
+_FIELDS = frozenset({"v", "source_id", "scope", "operation", "keys", "timestamp", "mode", "nonce"})
+_SIGNATURE_FIELD = "sig"
+_MAX_SOURCE_ID = 256
+_NONCE = re.compile(r"[0-9a-f]{16,64}")
+_GENERATION = re.compile(r"[0-9]{1,19}")
+# Signatures remembered for replay detection (about 180 bytes each, so at most ~18 MB): enough
+# for ~3,000 messages a second within the default 30 s window before the memory forgets early
+# (then it refuses late messages older than what it forgot, see ReplayGuard).
+_REPLAY_MEMORY = 100_000
+# How long one read of the pub/sub connection waits before the loop looks at the clock.
+_MAX_POLL = 1.0
+_SUBSCRIBE_TYPES = frozenset({"subscribe", "ssubscribe"})
+_UNSUBSCRIBE_TYPES = frozenset({"unsubscribe", "sunsubscribe"})
+_DATA_TYPES = frozenset({"message", "smessage"})
+
+
+class RejectedMessageError(ValueError):
+    """A message received on the bus was dropped.
+
+    Attributes:
+        reason: ``"oversized"``, ``"malformed"`` (not JSON), ``"schema"`` (wrong fields,
+            types or values), ``"unsigned"``, ``"forged"`` (signature does not match),
+            ``"stale"`` (timestamp outside the replay window) or ``"replayed"`` (seen before).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"invalidation message dropped ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class _SubscriberLost(ConnectionError):
+    """The subscription ended without a driver error (server-side unsubscribe, silence)."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Delay before reconnect attempt ``attempt`` (0-based): ``min(cap, base * 2**attempt)``
+    with "equal jitter" (between half and all of it), so instances cut off together do not
+    reconnect in lockstep while the delay still grows."""
+    ceiling = min(cap, base * (2.0 ** min(attempt, 62)))
+    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
+
+def _schema_error(detail: str) -> NoReturn:
+    raise RejectedMessageError("schema", detail)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A duplicated field would let two parsers of the same bytes disagree on the message.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate field in JSON object")
+    return result
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def validate_message(message: InvalidationMessage, *, max_keys: int | None = None) -> None:
+    """Check every field of ``message`` (what a receiver accepts).
+
+    Raises:
+        ValueError: On a wrong type, an unknown scope/operation/mode, too many keys, or a key,
+            tag, pattern, prefix or generation that is not valid for its scope.
+    """
+    source_id, scope, operation, keys, timestamp, mode = (
+        message.source_id,
+        message.scope,
+        message.operation,
+        message.keys,
+        message.timestamp,
+        message.mode,
+    )
+    _check_text("source_id", source_id, _MAX_SOURCE_ID)
+    if type(scope) is not str or scope not in SCOPES:
+        raise ValueError(f"scope must be one of {sorted(SCOPES)}, not {scope!r}")
+    if type(operation) is not str or operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {sorted(OPERATIONS)}, not {operation!r}")
+    if type(mode) is not str or mode not in MODES:
+        raise ValueError(f"mode must be 'any' or 'all', not {mode!r}")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        raise ValueError(f"timestamp must be a number, not {type(timestamp).__name__}")
+    if not math.isfinite(timestamp):
+        raise ValueError("timestamp must be finite")
+    if not isinstance(keys, tuple | list):
+        raise ValueError(f"keys must be a tuple of str, not {type(keys).__name__}")
+    if max_keys is not None and len(keys) > max_keys:
+        raise ValueError(f"{len(keys)} keys in one message; the limit is {max_keys}")
+    if scope == "keys":
+        for key in keys:
+            validate_key(key)
+    elif scope == "tags":
+        for tag in keys:
+            _check_text("tag", tag, MAX_TAG_LENGTH)
+    elif scope == "clear":
+        if keys:
+            raise ValueError("a 'clear' message carries no keys")
+    else:
+        if len(keys) != 1:
+            raise ValueError(f"a {scope!r} message carries exactly one value, not {len(keys)}")
+        value = keys[0]
+        if scope == "pattern":
+            validate_pattern(value)
+        elif scope == "prefix":
+            validate_prefix(value)
+        elif type(value) is not str or _GENERATION.fullmatch(value) is None:
+            raise ValueError(f"a generation must be a non-negative integer as text, not {value!r}")
+
+
+class RedisInvalidationBus:
+    """Cross-instance invalidation over Redis pub/sub (sharded pub/sub on a cluster client).
+
+    Every instance publishes what it changed; every other instance drops those entries from its
+    local layers. Messages from this bus's own ``source_id`` are ignored.
+
+    With ``signing_secret`` every published message is signed (HMAC-SHA256) and every received
+    one must be: unsigned, forged, malformed, oversized, stale (timestamp outside
+    ``replay_window``) and replayed (seen before) messages are dropped and reported to
+    ``on_error``; the subscriber carries on. Without a secret anyone who can publish on the
+    channel can invalidate entries (never inject values: the bus carries no values).
+
+    The subscriber is a background task on its own connection. When the connection is lost
+    (an error, a server-side unsubscribe, or no answer to a health-check ``PING`` within
+    ``timeout``) it reconnects with capped exponential backoff and jitter, and after every
+    successful *re*-subscribe awaits ``on_reconnect()``: messages published while it was cut off
+    are lost, so the stack drops its local layers.
+
+    Args:
+        publisher: A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` created with
+            ``decode_responses=False``; used for ``PUBLISH`` (``SPUBLISH`` on a cluster). The
+            bus never closes it.
+        subscriber: The client whose ``pubsub()`` connection receives messages; ``None`` uses
+            ``publisher.pubsub()``, a dedicated connection from the publisher's pool (or the
+            cluster node owning the channel). Must be a cluster client iff ``publisher`` is.
+        channel: Channel name; every instance of one deployment must use the same.
+        signing_secret: Shared secret; ``None`` sends and accepts unsigned messages.
+        replay_window: Seconds a signed message's timestamp may differ from the receiver's
+            clock (both directions: covers transit time and clock skew).
+        max_message_bytes: Larger messages are dropped unread; :meth:`publish` splits key and
+            tag lists so that no message it sends is larger.
+        source_id: This instance's identity (default: host, pid and random bits).
+        max_keys: Keys (or tags) per message at most, on both sides.
+        timeout: Bound in seconds on subscribing, on the answer to a health-check ``PING`` and
+            on one publish.
+        health_check_interval: Seconds of silence after which the subscriber sends a ``PING``
+            (a half-open connection otherwise looks like a quiet channel forever).
+        reconnect_backoff: ``(base, cap)`` of the reconnect delay in seconds.
+
+    Raises:
+        ValueError: On a bad argument.
+    """
+
+    def __init__(
+        self,
+        publisher: RedisClient,
+        subscriber: RedisClient | None = None,
+        *,
+        channel: str = "layercache:invalidation",
+        signing_secret: str | bytes | None = None,
+        replay_window: float = 30.0,
+        max_message_bytes: int = 1_048_576,
+        source_id: str | None = None,
+        max_keys: int = 10_000,
+        timeout: float = 5.0,
+        health_check_interval: float = 5.0,
+        reconnect_backoff: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        for client, role in ((publisher, "publisher"), (subscriber, "subscriber")):
+            if client is None:
+                continue
+            if not isinstance(client, aioredis.Redis | RedisCluster):
+                raise ValueError(
+                    f"{role} must be a redis.asyncio.Redis or RedisCluster, "
+                    f"not {type(client).__name__}"
+                )
+            encoder = getattr(client, "get_encoder", None)
+            if encoder is not None and getattr(encoder(), "decode_responses", False):
+                raise ValueError(f"the {role} must be created with decode_responses=False")
+        self._sharded = isinstance(publisher, RedisCluster)
+        if subscriber is not None and isinstance(subscriber, RedisCluster) != self._sharded:
+            raise ValueError("publisher and subscriber must both be cluster clients, or neither")
+        if self._sharded and not callable(getattr(RedisCluster, "pubsub", None)):
+            # Older redis-py releases have no asyncio cluster pub/sub at all.
+            raise ValueError(
+                "sharded pub/sub needs a redis-py whose asyncio RedisCluster has pubsub()"
+            )
+        self._channel_name = channel
+        self._channel = invalidation_channel(channel)
+        for name, value in (
+            ("replay_window", replay_window),
+            ("timeout", timeout),
+            ("health_check_interval", health_check_interval),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number of seconds, not {value!r}")
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be positive and finite, not {value!r}")
+        for name, count in (("max_message_bytes", max_message_bytes), ("max_keys", max_keys)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be a positive int, not {count!r}")
+        base, cap = reconnect_backoff
+        if not (0 < base <= cap and math.isfinite(cap)):
+            raise ValueError(
+                f"reconnect_backoff must be (base, cap) with 0 < base <= cap, "
+                f"not {reconnect_backoff!r}"
+            )
+        if source_id is None:
+            source_id = f"{socket.gethostname()[:200]}:{os.getpid()}:{secrets.token_hex(8)}"
+        self.source_id: str = _check_text("source_id", source_id, _MAX_SOURCE_ID)
+        self._publisher: Any = publisher
+        self._subscriber: Any = subscriber if subscriber is not None else publisher
+        self._signer = None if signing_secret is None else MessageSigner(signing_secret)
+        self._replay = None if self._signer is None else ReplayGuard(replay_window, _REPLAY_MEMORY)
+        self.replay_window = float(replay_window)
+        self.max_message_bytes = max_message_bytes
+        self.max_keys = max_keys
+        self.timeout = float(timeout)
+        self.health_check_interval = float(health_check_interval)
+        self._backoff = (float(base), float(cap))
+        self._rng = random.Random()
+        self._on_message: MessageHandler | None = None
+        self._on_reconnect: ReconnectHandler | None = None
+        self._on_error: ErrorHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._start_waiter: asyncio.Future[None] | None = None
+        self._subscribed = False
+        self._attempt = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisInvalidationBus(channel={self._channel_name!r}, source_id={self.source_id!r}, "
+            f"signed={self._signer is not None}, sharded={self._sharded})"
+        )
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        """The channel name."""
+        return self._channel_name
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the bus uses sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``: cluster clients)."""
+        return self._sharded
+
+    @property
+    def signed(self) -> bool:
+        """Whether messages are signed and signatures required."""
+        return self._signer is not None
+
+    @property
+    def is_subscribed(self) -> bool:
+        """Whether the subscriber currently holds a confirmed subscription."""
+        return self._subscribed
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(
+        self,
+        on_message: MessageHandler,
+        on_reconnect: ReconnectHandler,
+        on_error: ErrorHandler,
+    ) -> None:
+        """Start the subscriber task and wait until the channel subscription is confirmed.
+
+        ``on_message(message)`` is awaited for each valid message of another instance, one at a
+        time. ``on_reconnect()`` is awaited after each re-subscribe, i.e. every confirmed
+        subscription except the one this call reports as success. ``on_error(exc, context)``
+        receives dropped messages (:class:`RejectedMessageError`, context ``reason``), a lost
+        connection and exceptions raised by the other two callbacks. None of these stop the
+        subscriber.
+
+        Calling ``start`` again replaces the callbacks (and waits again if not subscribed).
+
+        Raises:
+            CacheLayerError: ``("bus", "subscribe")`` if the first attempt to subscribe failed;
+                the subscriber keeps retrying in the background and calls ``on_reconnect`` when
+                it succeeds (this instance ran without invalidations until then).
+            RuntimeError: If the bus was closed.
+        """
+        if self._closed:
+            raise RuntimeError("the invalidation bus is closed")
+        self._on_message, self._on_reconnect, self._on_error = on_message, on_reconnect, on_error
+        if self._subscribed and self._task is not None and not self._task.done():
+            return
+        waiter = self._start_waiter
+        if waiter is None or waiter.done():
+            waiter = self._start_waiter = asyncio.get_running_loop().create_future()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(
+                self._run(), name=f"layercache-bus-subscriber:{self._channel_name}"
+            )
+        await waiter
+
+    async def aclose(self) -> None:
+        """Stop the subscriber (closing its connection). Idempotent; clients are not closed."""
+        self._closed = True
+        self._subscribed = False
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            # Bounded: even a swallowed cancellation ends the loop within one read or one
+            # driver timeout, because it checks _closed.
+            await asyncio.gather(task, return_exceptions=True)
+        waiter, self._start_waiter = self._start_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, message: InvalidationMessage) -> None:
+        """Send ``message`` to every subscribed instance.
+
+        A ``keys`` message, or a ``tags`` message with ``mode="any"``, with more than
+        ``max_keys`` entries (or larger than ``max_message_bytes``) goes out as several
+        messages of the same meaning.
+
+        Raises:
+            ValueError: If the message is invalid, or cannot be split to fit the limits.
+            CacheLayerError: ``("bus", "publish")`` from the driver error if Redis fails or
+                does not answer within ``timeout``.
+        """
+        payloads = self.encode(message)
+        command = "SPUBLISH" if self._sharded else "PUBLISH"
+        try:
+            for payload in payloads:
+                await asyncio.wait_for(
+                    self._publisher.execute_command(command, self._channel, payload),
+                    self.timeout,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise CacheLayerError("bus", "publish") from exc
+
+    def encode(self, message: InvalidationMessage) -> list[bytes]:
+        """The wire payloads :meth:`publish` sends for ``message`` (split as needed).
+
+        Raises:
+            ValueError: If the message is invalid, or cannot be split to fit the limits.
+        """
+        validate_message(message)
+        keys = tuple(message.keys)
+        splittable = message.scope == "keys" or (message.scope == "tags" and message.mode == "any")
+        if not splittable:
+            if len(keys) > self.max_keys:
+                raise ValueError(
+                    f"{len(keys)} {message.scope} in one message; the limit is {self.max_keys}"
+                )
+            payload = self._wire(message, keys)
+            if len(payload) > self.max_message_bytes:
+                raise ValueError(
+                    f"message is {len(payload)} bytes; max_message_bytes is "
+                    f"{self.max_message_bytes}"
+                )
+            return [payload]
+        step = self.max_keys
+        # A stack of chunks, next one last: halved in place when one is too many bytes.
+        pending = [keys[i : i + step] for i in range(0, len(keys), step)] or [()]
+        pending.reverse()
+        payloads: list[bytes] = []
+        while pending:
+            chunk = pending.pop()
+            payload = self._wire(message, chunk)
+            if len(payload) <= self.max_message_bytes:
+                payloads.append(payload)
+            elif len(chunk) > 1:
+                half = len(chunk) // 2
+                pending.extend((chunk[half:], chunk[:half]))
+            else:
+                raise ValueError(
+                    f"a message with the single key {chunk[0][:40]!r}... is {len(payload)} "
+                    f"bytes; max_message_bytes is {self.max_message_bytes}"
+                )
+        return payloads
+
+    def _wire(self, message: InvalidationMessage, keys: Sequence[str]) -> bytes:
+        body: dict[str, Any] = {
+            "v": WIRE_VERSION,
+            "source_id": message.source_id,
+            "scope": message.scope,
+            "operation": message.operation,
+            "keys": list(keys),
+            "timestamp": float(message.timestamp),
+            "mode": message.mode,
+            "nonce": secrets.token_hex(16),
+        }
+        if self._signer is not None:
+            body = self._signer.signed(body)
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+            "utf-8"
+        )
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def decode(self, data: object, *, now: float | None = None) -> InvalidationMessage | None:
+        """Parse and check one received payload.
+
+        Returns ``None`` for this instance's own messages. Each accepted signed message is
+        remembered for replay detection, so decoding the same payload twice fails the second
+        time.
+
+        Raises:
+            RejectedMessageError: If the message must be dropped (see its ``reason``).
+        """
+        if isinstance(data, bytearray | memoryview):
+            data = bytes(data)
+        if not isinstance(data, bytes):
+            raise RejectedMessageError("malformed", f"payload is {type(data).__name__}, not bytes")
+        if len(data) > self.max_message_bytes:
+            raise RejectedMessageError(
+                "oversized", f"{len(data)} bytes; the limit is {self.max_message_bytes}"
+            )
+        try:
+            body = json.loads(
+                data, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+            )
+        except (ValueError, RecursionError) as exc:
+            raise RejectedMessageError("malformed", f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            _schema_error(f"a message is a JSON object, not {type(body).__name__}")
+        # Authenticate before looking further: an unauthenticated sender learns nothing from
+        # how the rest of its message is judged.
+        signature: str | None = None
+        if self._signer is not None:
+            if _SIGNATURE_FIELD not in body:
+                raise RejectedMessageError("unsigned", "a signing secret is set")
+            try:
+                signature = self._signer.verify(body)
+            except SignatureError as exc:
+                raise RejectedMessageError("forged", str(exc)) from None
+        message = self._parse(body)
+        if message.source_id == self.source_id:
+            return None
+        if self._replay is not None:
+            assert signature is not None
+            clock = time.time() if now is None else now
+            try:
+                check_timestamp(message.timestamp, clock, self.replay_window)
+            except ReplayError as exc:
+                raise RejectedMessageError("stale", str(exc)) from None
+            try:
+                # 128 bits of the digest identify a message as well as all 256, in half the
+                # memory.
+                self._replay.check(bytes.fromhex(signature[:32]), message.timestamp, clock)
+            except ReplayError as exc:
+                raise RejectedMessageError("replayed", str(exc)) from None
+        return message
+
+    def _parse(self, body: dict[str, Any]) -> InvalidationMessage:
+        fields = body.keys() - {_SIGNATURE_FIELD}
+        if fields != _FIELDS:
+            missing, extra = sorted(_FIELDS - fields), sorted(fields - _FIELDS)
+            _schema_error(f"missing fields {missing}, unknown fields {extra}")
+        version = body["v"]
+        if type(version) is not int or version != WIRE_VERSION:
+            _schema_error(f"unsupported version {version!r}")
+        nonce = body["nonce"]
+        if type(nonce) is not str or _NONCE.fullmatch(nonce) is None:
+            _schema_error("nonce must be 16 to 64 lowercase hex digits")
+        keys = body["keys"]
+        if type(keys) is not list:
+            _schema_error(f"keys must be a list, not {type(keys).__name__}")
+        if len(keys) > self.max_keys:
+            _schema_error(f"{len(keys)} keys; the limit is {self.max_keys}")
+        if any(type(k) is not str for k in keys):
+            _schema_error("every key must be a string")
+        message = InvalidationMessage(
+            source_id=body["source_id"],
+            scope=body["scope"],
+            operation=body["operation"],
+            keys=tuple(keys),
+            timestamp=body["timestamp"],
+            mode=body["mode"],
+        )
+        try:
+            validate_message(message, max_keys=self.max_keys)
+        except ValueError as exc:
+            _schema_error(str(exc))
+        if type(message.timestamp) is int:  # JSON without a fraction
+            message = InvalidationMessage(
+                source_id=message.source_id,
+                scope=message.scope,
+                operation=message.operation,
+                keys=message.keys,
+                timestamp=float(message.timestamp),
+                mode=message.mode,
+            )
+        return message
+
+    async def _receive(self, data: object) -> None:
+        try:
+            message = self.decode(data)
+        except RejectedMessageError as exc:
+            size = len(data) if isinstance(data, bytes) else None
+            self._report(exc, {"operation": "bus.receive", "reason": exc.reason, "size": size})
+            return
+        if message is None or self._on_message is None:
+            return
+        try:
+            await self._on_message(message)
+        except Exception as exc:
+            self._report(exc, {"operation": "bus.on_message", "scope": message.scope})
+
+    def _report(self, exc: BaseException, context: dict[str, Any]) -> None:
+        context = {"channel": self._channel_name, **context}
+        handler = self._on_error
+        if handler is None:
+            logger.warning("invalidation bus: %s (%s)", exc, context)
+            return
+        try:
+            handler(exc, context)
+        except Exception:
+            # The subscriber must outlive a broken error handler.
+            logger.exception("invalidation bus: the on_error handler raised")
+
+    # -- the subscriber task ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        # Cancellation stops this loop, and so does _closed: a driver call that swallows a
+        # cancellation (asyncio.wait_for can, up to Python 3.11) must not keep it alive.
+        while not self._closed:
+            pubsub: Any = None
+            try:
+                # Connecting (and its handshake) is bounded here: a blackholed server would
+                # otherwise hold a client without socket timeouts forever.
+                pubsub = self._subscriber.pubsub()
+                await asyncio.wait_for(self._subscribe(pubsub), self.timeout)
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._lost(exc)
+            finally:
+                self._subscribed = False
+                if pubsub is not None:
+                    await self._close_pubsub(pubsub)
+            if self._closed:
+                return
+            delay = backoff_delay(self._attempt, *self._backoff, self._rng)
+            self._attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        if self._sharded:
+            # A cluster client learns the slot map on its first command; the pub/sub needs it
+            # to find the node that owns the channel. (Idempotent once initialised.)
+            await self._subscriber.initialize()
+            await pubsub.ssubscribe(self._channel)
+        else:
+            await pubsub.subscribe(self._channel)
+
+    async def _listen(self, pubsub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        poll = min(_MAX_POLL, self.health_check_interval)
+        last_heard = loop.time()
+        ping_sent: float | None = None
+        while not self._closed:
+            # The outer bound catches a read that hangs despite its timeout (a reconnect
+            # attempt inside the driver against a blackholed server).
+            message = await asyncio.wait_for(self._read(pubsub, poll), poll + self.timeout)
+            now = loop.time()
+            if message is None:
+                if ping_sent is not None:
+                    if now - ping_sent > self.timeout:
+                        raise _SubscriberLost(f"no answer to PING within {self.timeout:g}s")
+                elif now - last_heard >= self.health_check_interval:
+                    await asyncio.wait_for(self._ping(pubsub), self.timeout)
+                    ping_sent = now
+                continue
+            last_heard, ping_sent = now, None
+            kind = message.get("type")
+            if kind in _DATA_TYPES:
+                if message.get("channel") == self._channel:
+                    await self._receive(message.get("data"))
+            elif kind in _SUBSCRIBE_TYPES:
+                if message.get("channel") == self._channel:
+                    await self._confirmed()
+            elif kind in _UNSUBSCRIBE_TYPES:
+                # Not asked for: the server dropped us (a slot moved, ACL change). Start over.
+                raise _SubscriberLost(f"the server ended the subscription ({kind})")
+
+    async def _read(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
+        if self._sharded:
+            message = await pubsub.get_sharded_message(timeout=timeout)
+        else:
+            message = await pubsub.get_message(timeout=timeout)
+        return message if isinstance(message, dict) else None
+
+    async def _ping(self, pubsub: Any) -> None:
+        if self._sharded:
+            # A cluster pub/sub holds one connection per node that owns a subscribed channel.
+            for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
+                await node_pubsub.ping()
+        else:
+            await pubsub.ping()
+
+    async def _confirmed(self) -> None:
+        """The subscription is (again) in place."""
+        self._subscribed = True
+        self._attempt = 0
+        waiter = self._start_waiter
+        if waiter is not None and not waiter.done():
+            # The subscription start() is waiting for: nothing can have been missed yet.
+            self._start_waiter = None
+            waiter.set_result(None)
+            return
+        logger.info("invalidation bus %s: subscribed again", self._channel_name)
+        if self._on_reconnect is None:
+            return
+        try:
+            await self._on_reconnect()
+        except Exception as exc:
+            self._report(exc, {"operation": "bus.on_reconnect"})
+
+    def _lost(self, exc: Exception) -> None:
+        waiter = self._start_waiter
+        if waiter is not None and not waiter.done():
+            # start() raises this; the caller reports it, so on_error is not called too.
+            self._start_waiter = None
+            error = CacheLayerError("bus", "subscribe")
+            error.__cause__ = exc
+            waiter.set_exception(error)
+            return
+        if self._subscribed:
+            logger.warning(
+                "invalidation bus %s: connection lost (%r); reconnecting",
+                self._channel_name,
+                exc,
+            )
+            error = CacheLayerError("bus", "subscribe")
+            error.__cause__ = exc
+            self._report(error, {"operation": "bus.subscribe"})
+        else:
+            logger.debug("invalidation bus %s: reconnect failed: %r", self._channel_name, exc)
+
+    async def _close_pubsub(self, pubsub: Any) -> None:
+        try:
+            await asyncio.wait_for(pubsub.aclose(), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("invalidation bus: closing the pub/sub connection failed: %r", exc)
