@@ -74,7 +74,8 @@ class InvalidationMessage:
 
     Attributes:
         source_id: The publishing instance (its own messages are ignored).
-        scope: ``"keys"``, ``"tags"``, ``"pattern"``, ``"clear"`` or ``"generation"``.
+        scope: ``"keys"``, ``"tags"``, ``"pattern"``, ``"prefix"``, ``"clear"`` or
+            ``"generation"``.
         operation: ``"set"``, ``"delete"``, ``"invalidate"``, ``"clear"`` or ``"bump"``.
         keys: Keys, tags, ``(pattern,)`` or ``(str(generation),)`` depending on ``scope``.
         timestamp: Wall time of publication.

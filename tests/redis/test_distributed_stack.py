@@ -216,5 +216,10 @@ async def test_generation_bump_is_announced(redis_clean: Any) -> None:
 
         await wait_until(moved)
         assert await b.get("k") is None
+        # An instance started after the bump finds the generation stored in Redis.
+        late, cl = make(redis_clean.url)
+        async with late:
+            assert late.get_generation() == a.get_generation()
+        await cl.aclose()
     await ca.aclose()
     await cb.aclose()

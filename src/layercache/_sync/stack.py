@@ -460,6 +460,12 @@ class SyncCacheStack:
         self._bus_started = True
         try:
             self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
+            load = getattr(self._bus, "load_generation", None)
+            if self._generation is not None and load is not None:
+                # Bumps announced while this instance was down are in Redis: adopt them.
+                stored = load()
+                if stored is not None:
+                    self._adopt_generation(stored)
         except Exception as exc:
             self._bus_started = False
             self._report(exc, operation="bus.start")
@@ -531,8 +537,10 @@ class SyncCacheStack:
                 if found:
                     self._for_layers("bus", local, lambda a: a.delete_many(found))
                     self._tags.remove(found)
-        elif scope == "pattern":
+        elif scope in ("pattern", "prefix"):
             pattern = message.keys[0]
+            if scope == "prefix":
+                pattern = escape_glob(pattern) + "*"
             regex = compile_glob(pattern)
             self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
             self._for_layers("bus", local, lambda a: a.delete_matching(pattern))

@@ -213,3 +213,11 @@ def single_flight_channel(prefix: str) -> bytes:
 def single_flight_message(key: str) -> bytes:
     """The completion notice for ``key`` (the key's bytes)."""
     return _to_bytes(key)
+
+
+def generation_key(channel: str) -> bytes:
+    """Where the key generation announced on the bus ``channel`` is stored (an integer)."""
+    return (channel + ":generation").encode("utf-8", "surrogatepass")
+
+
+__all__ += ["generation_key"]

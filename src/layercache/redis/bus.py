@@ -47,7 +47,7 @@ from .._signing import (
     check_timestamp,
 )
 from .._types import ErrorHandler, InvalidationMessage
-from ._keys import invalidation_channel
+from ._keys import generation_key, invalidation_channel
 
 __all__ = [
     "InvalidationMessage",
@@ -259,6 +259,7 @@ class RedisInvalidationBus:
             )
         self._channel_name = channel
         self._channel = invalidation_channel(channel)
+        self._channel_name = channel
         for name, value in (
             ("replay_window", replay_window),
             ("timeout", timeout),
@@ -380,6 +381,32 @@ class RedisInvalidationBus:
         waiter, self._start_waiter = self._start_waiter, None
         if waiter is not None and not waiter.done():
             waiter.cancel()
+
+    # -- generations -------------------------------------------------------------------------
+
+    async def bump_generation(self) -> int:
+        """Increment the key generation stored in Redis next to this bus's channel (``INCR``)
+        and return it; the stack announces it on the bus.
+
+        Raises:
+            CacheLayerError: Redis failed.
+        """
+        try:
+            return int(await self._publisher.incr(generation_key(self._channel_name)))
+        except Exception as exc:
+            raise CacheLayerError("bus", "bump_generation") from exc
+
+    async def load_generation(self) -> int | None:
+        """The key generation stored in Redis (``None`` when none was ever bumped).
+
+        Raises:
+            CacheLayerError: Redis failed, or the stored value is not an integer.
+        """
+        try:
+            raw = await self._publisher.get(generation_key(self._channel_name))
+            return None if raw is None else int(raw)
+        except Exception as exc:
+            raise CacheLayerError("bus", "load_generation") from exc
 
     # -- publishing -------------------------------------------------------------------------
 
