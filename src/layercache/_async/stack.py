@@ -580,7 +580,7 @@ class CacheStack:
         new = (old or 0) + 1
         store = getattr(self._bus, "bump_generation", None)
         if store is not None:
-            new = max(new, int(await store()))
+            new = int(await store(new))
         self._adopt_generation(new)
         if self._bus is not None:
             await self._publish_always("generation", "bump", (str(new),))

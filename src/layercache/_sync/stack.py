@@ -582,7 +582,7 @@ class SyncCacheStack:
         new = (old or 0) + 1
         store = getattr(self._bus, "bump_generation", None)
         if store is not None:
-            new = max(new, int(store()))
+            new = int(store(new))
         self._adopt_generation(new)
         if self._bus is not None:
             self._publish_always("generation", "bump", (str(new),))

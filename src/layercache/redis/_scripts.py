@@ -206,3 +206,20 @@ if #ARGV >= 3 then
 end
 return released
 """
+
+
+# --- Key generations (RedisInvalidationBus) ---------------------------------------------------
+
+GENERATION_BUMP = """
+-- KEYS[1]: the generation counter
+-- ARGV[1]: the smallest acceptable new generation (the caller's current one + 1)
+-- Returns: the new generation: the counter incremented, and raised to ARGV[1] if lower,
+--          so instances that started from a configured generation never move backwards.
+local value = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if value < floor then
+  redis.call('SET', KEYS[1], floor)
+  value = floor
+end
+return value
+"""

@@ -48,6 +48,7 @@ from .._signing import (
 )
 from .._types import ErrorHandler, InvalidationMessage
 from ._keys import generation_key, invalidation_channel
+from ._scripts import GENERATION_BUMP
 
 __all__ = [
     "InvalidationMessage",
@@ -258,6 +259,7 @@ class RedisInvalidationBus:
                 "sharded pub/sub needs a redis-py whose asyncio RedisCluster has pubsub()"
             )
         self._channel_name = channel
+        self._generation_script: Any = None
         self._channel = invalidation_channel(channel)
         self._channel_name = channel
         for name, value in (
@@ -384,15 +386,19 @@ class RedisInvalidationBus:
 
     # -- generations -------------------------------------------------------------------------
 
-    async def bump_generation(self) -> int:
-        """Increment the key generation stored in Redis next to this bus's channel (``INCR``)
-        and return it; the stack announces it on the bus.
+    async def bump_generation(self, minimum: int = 1) -> int:
+        """Increment the key generation stored in Redis next to this bus's channel, to at
+        least ``minimum``, and return it (one script: atomic across instances); the stack
+        announces it on the bus.
 
         Raises:
             CacheLayerError: Redis failed.
         """
+        if self._generation_script is None:
+            self._generation_script = self._publisher.register_script(GENERATION_BUMP)
         try:
-            return int(await self._publisher.incr(generation_key(self._channel_name)))
+            key = generation_key(self._channel_name)
+            return int(await self._generation_script(keys=[key], args=[int(minimum)]))
         except Exception as exc:
             raise CacheLayerError("bus", "bump_generation") from exc
 
