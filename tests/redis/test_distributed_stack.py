@@ -34,8 +34,8 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 class Instance:
     """One service instance: its own clients, memory layer and stack."""
 
-    def __init__(self, url: str, name: str) -> None:
-        self.client = aioredis.from_url(url)
+    def __init__(self, url: str, name: str, client: Any = None) -> None:
+        self.client = client if client is not None else aioredis.from_url(url)
         self.memory = MemoryLayer(name="memory")
         self.stack = CacheStack(
             [self.memory, RedisLayer(client=self.client, prefix="app:")],
@@ -56,9 +56,19 @@ class Instance:
         await self.client.aclose()
 
 
-@pytest.fixture
-async def pair(redis_clean: Any) -> AsyncIterator[tuple[Instance, Instance]]:
-    a, b = Instance(redis_clean.url, "a"), Instance(redis_clean.url, "b")
+@pytest.fixture(params=["single", "cluster3"])
+async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Instance, Instance]]:
+    """Two instances on one Redis server, or on a real 3-master Redis Cluster."""
+    if request.param == "single":
+        server = request.getfixturevalue("redis_clean")
+        a, b = Instance(server.url, "a"), Instance(server.url, "b")
+    else:
+        cluster = request.getfixturevalue("redis_cluster3")
+        cluster.flushall()
+        clients = [cluster.async_client(), cluster.async_client()]
+        for client in clients:
+            await client.initialize()
+        a, b = Instance("", "a", clients[0]), Instance("", "b", clients[1])
     async with a.stack, b.stack:  # subscribes both to the bus
         yield a, b
     await a.client.aclose()
