@@ -233,3 +233,43 @@ async def test_generation_bump_is_announced(redis_clean: Any) -> None:
         await cl.aclose()
     await ca.aclose()
     await cb.aclose()
+
+
+async def test_an_instance_cut_off_from_the_bus_drops_its_l1_on_reconnect(
+    redis_clean: Any, redis_proxy: Any
+) -> None:
+    # The subscriber goes through the proxy; cutting it means this instance may miss
+    # invalidations, so after it reconnects its local layers must be empty.
+    client = aioredis.from_url(redis_clean.url)
+    subscriber = aioredis.from_url(redis_proxy.url)
+    memory = MemoryLayer()
+    bus = RedisInvalidationBus(
+        publisher=client,
+        subscriber=subscriber,
+        channel="cut:bus",
+        health_check_interval=0.2,
+        reconnect_backoff=(0.02, 0.2),
+    )
+    stack = CacheStack(
+        [memory, RedisLayer(client=client, prefix="cut:")],
+        invalidation_bus=bus,
+        broadcast_l1_invalidation=True,
+    )
+    async with stack:
+        await stack.set("k", "v")
+        assert memory.get("k") is not None
+        redis_proxy.cut("refuse")
+
+        async def lost() -> bool:
+            return not bus.is_subscribed
+
+        await wait_until(lost)
+        redis_proxy.restore()
+
+        async def dropped() -> bool:
+            return bus.is_subscribed and memory.get("k") is None
+
+        await wait_until(dropped)
+        assert await stack.get("k") == "v"  # still in Redis: the shared layer is untouched
+    await client.aclose()
+    await subscriber.aclose()
