@@ -465,7 +465,8 @@ class CacheStack:
                 if stored is not None:
                     self._adopt_generation(stored)
         except Exception as exc:
-            self._bus_started = False
+            # The bus keeps trying to subscribe by itself (and calls on_reconnect when it
+            # succeeds), so this is reported once, never retried from here.
             self._report(exc, operation="bus.start")
             if self._retry_after is None:
                 raise
