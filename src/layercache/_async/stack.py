@@ -365,6 +365,24 @@ class CacheStack:
         except Exception as exc:
             raise CacheLayerError(adapter.name, "set") from exc
 
+    def _join_or_register(self, key: str, opts: CacheOptions) -> tuple[_Flight | None, _Flight]:
+        """The running fetch of ``key`` to join, or a new flight registered for it.
+
+        Returns ``(running, flight)``: ``running`` is the flight to join (``flight`` then
+        too), or ``None`` when ``flight`` was just registered, before its fetch starts, so
+        every caller from now on joins it. A flight invalidated after it started is never
+        joined: its value is for the callers already waiting, not for a caller who arrives
+        after the delete or invalidation.
+        """
+        with self._flight_lock:
+            running = self._flights.get(key)
+            if running is not None and not running.invalidated:
+                return running, running
+            flight = _Flight(opts.tags or ())
+            flight.future = new_future()
+            self._flights[key] = flight
+            return None, flight
+
     def _changed_since(self, key: str, epoch: int) -> bool:
         """Whether ``key`` may have been written or invalidated since ``epoch``."""
         return self._broad_mark > epoch or self._key_marks.get(key, 0) > epoch
@@ -973,14 +991,11 @@ class CacheStack:
         """Start one background refresh of ``key`` unless a fetch of it is already running."""
         if self._closed:
             return
-        with self._flight_lock:
-            running = self._flights.get(key)
-            if running is not None and not running.invalidated:
-                return
-            flight = _Flight(opts.tags or ())
-            future = new_future()
-            flight.future = future
-            self._flights[key] = flight
+        running, flight = self._join_or_register(key, opts)
+        if running is not None:
+            return
+        assert flight.future is not None
+        future = flight.future
         limit = self._background_refresh_timeout
         bounded = merge_options(
             opts,
@@ -1069,23 +1084,15 @@ class CacheStack:
         if not self._stampede_prevention:
             flight = _Flight(opts.tags or ())
             return await self._fetch_and_store(key, fetcher, opts, flight)
-        with self._flight_lock:
-            running = self._flights.get(key)
-            if running is not None and running.invalidated:
-                # Invalidated after it started: its value is for the callers already waiting,
-                # never for a caller who arrives after the delete or invalidation.
-                running = None
-            if running is None:
-                flight = _Flight(opts.tags or ())
-                future = new_future()
-                # Registered before the fetch starts: every caller from now on joins it.
-                flight.future = future
-                self._flights[key] = flight
+        running, flight = self._join_or_register(key, opts)
         if running is not None and running.future is not None:
             self._metrics.stampede_dedupes += 1
             if "stampede_dedupe" in self._events.active:
                 self._events.emit("stampede_dedupe", {"key": key})
             return await self._wait(running.future, soft)
+
+        future = flight.future
+        assert future is not None
 
         def finished() -> None:
             if self._flights.get(key) is flight:
