@@ -17,7 +17,7 @@ import functools
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -94,6 +94,8 @@ _REPLAY_BATCH = 1_000
 _BUS_CHUNK = 1_000
 # Recently changed keys remembered per key (older changes count as "everything changed").
 _MAX_KEY_MARKS = 10_000
+# Announcements kept while the bus cannot publish, before they collapse into one "clear".
+_MAX_UNSENT = 1_000
 
 
 class _SoftTimeout(Exception):
@@ -227,6 +229,11 @@ class CacheStack:
         self.max_profile_entries = max_profile_entries
         self._flights: dict[str, _Flight] = {}
         self._epoch = 0
+        # Shared tag index health under graceful degradation (see _tag_op).
+        self._tags_down_until: float | None = None
+        self._tags_missed: deque[tuple[str, Any]] = deque()
+        self._tags_fenced = False
+        self._tags_probing = False
         self._broad_mark = 0
         self._key_marks: OrderedDict[str, int] = OrderedDict()
         self._background = 0
@@ -279,6 +286,8 @@ class CacheStack:
         self._bus: Any = invalidation_bus
         self._broadcast = bool(broadcast_l1_invalidation)
         self._bus_started = invalidation_bus is None
+        # Announcements that could not be published (graceful degradation), oldest first.
+        self._unsent: deque[InvalidationMessage] = deque()
         if generation is not None and (
             isinstance(generation, bool) or not isinstance(generation, int) or generation < 0
         ):
@@ -499,8 +508,8 @@ class CacheStack:
         await self._ensure_bus()
         items = list(keys)
         chunks = [items[i : i + _BUS_CHUNK] for i in range(0, len(items), _BUS_CHUNK)] or [[]]
-        for chunk in chunks:
-            message = InvalidationMessage(
+        messages = [
+            InvalidationMessage(
                 source_id=self._bus.source_id,
                 scope=scope,
                 operation=operation,
@@ -508,12 +517,58 @@ class CacheStack:
                 timestamp=time.time(),
                 mode=mode,
             )
+            for chunk in chunks
+        ]
+        if self._unsent:
+            # Older announcements that failed go first, so the others hear them in order.
+            self._unsent.extend(messages)
+            await self._flush_unsent()
+            return
+        for position, message in enumerate(messages):
             try:
                 await self._bus.publish(message)
             except LayerCacheError as exc:
                 self._report(exc, operation="bus.publish")
                 if self._retry_after is None:
                     raise
+                self._keep_unsent(messages[position:])
+                return
+
+    def _keep_unsent(self, messages: Sequence[InvalidationMessage]) -> None:
+        """Graceful degradation: keep announcements that could not be published (bounded;
+        past the bound they collapse into one ``clear``, which is always safe to send)."""
+        self._unsent.extend(messages)
+        if len(self._unsent) > _MAX_UNSENT:
+            self._unsent.clear()
+            self._unsent.append(
+                InvalidationMessage(
+                    source_id=self._bus.source_id,
+                    scope="clear",
+                    operation="clear",
+                    keys=(),
+                    timestamp=time.time(),
+                )
+            )
+
+    async def _flush_unsent(self) -> None:
+        """Publish kept announcements, oldest first, until one fails again."""
+        while self._unsent:
+            message = self._unsent[0]
+            try:
+                await self._bus.publish(
+                    InvalidationMessage(
+                        source_id=message.source_id,
+                        scope=message.scope,
+                        operation=message.operation,
+                        keys=message.keys,
+                        timestamp=time.time(),  # a fresh stamp: receivers refuse stale ones
+                        mode=message.mode,
+                    )
+                )
+            except LayerCacheError as exc:
+                self._report(exc, operation="bus.publish")
+                return
+            self._unsent.popleft()
 
     async def _on_bus_message(self, message: InvalidationMessage) -> None:
         """Another instance changed something: drop it from this instance's local layers."""
@@ -574,6 +629,8 @@ class CacheStack:
     async def _on_bus_reconnect(self) -> None:
         """The subscriber was cut off and may have missed invalidations: drop local data."""
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
+        if self._unsent:
+            await self._flush_unsent()
         self._mark_flights(lambda _k, _f: True)
         local = [a for a in self._layers if a.is_local]
         await self._for_layers("bus.reconnect", local, lambda a: a.clear())
@@ -640,6 +697,89 @@ class CacheStack:
             await self._publish(scope, operation, keys)
         finally:
             self._broadcast = broadcast
+
+    # ------------------------------------------------------------------ tag index health
+
+    async def _forget_tagged_matching(self, pattern: str) -> None:
+        await self._tags.remove(await self._tags.keys_matching(pattern))
+
+    async def _tag_op(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        default: T,
+        missed: tuple[str, Any],
+    ) -> T:
+        """Run a tag index operation under the degradation policy.
+
+        Strict: its failure raises. Graceful: a failing (shared) index is skipped until
+        ``retry_after`` like a layer, what it missed is remembered (bounded) and replayed when
+        it answers again, and the caller gets ``default``: a Redis outage never fails a cache
+        operation through the tag index.
+        """
+        if self._retry_after is None:
+            return await call()
+        if self._tags_down_until is not None and not await self._recover_tags():
+            self._remember_tags(missed)
+            return default
+        try:
+            return await call()
+        except LayerCacheError as exc:
+            self._tags_down_until = self._clock() + self._retry_after
+            self._report(exc, operation=f"tag_index.{operation}")
+            self._remember_tags(missed)
+            return default
+
+    def _remember_tags(self, missed: tuple[str, Any]) -> None:
+        if self._tags_fenced:
+            return
+        if len(self._tags_missed) >= _MAX_MISSED:
+            self._tags_missed.clear()
+            self._tags_fenced = True
+            return
+        self._tags_missed.append(missed)
+
+    async def _recover_tags(self) -> bool:
+        """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
+        back in service. A fenced index (it missed too much to replay) is cleared together
+        with the shared layers whose tags it no longer knows."""
+        assert self._tags_down_until is not None and self._retry_after is not None
+        if self._tags_probing or self._clock() < self._tags_down_until:
+            return False
+        self._tags_probing = True
+        try:
+            if self._tags_fenced:
+                await self._tags.clear()
+                shared = [a for a in self._layers if not a.is_local]
+                await self._for_layers("tag_index.fence", shared, lambda a: a.clear())
+                self._tags_fenced = False
+                self._tags_missed.clear()
+            while self._tags_missed:
+                kind, arg = self._tags_missed[0]
+                if kind == "record":
+                    key, tags, expires = arg
+                    await self._tags.record(key, tags, expires)
+                elif kind == "remove":
+                    await self._tags.remove(arg)
+                elif kind == "invalidate":
+                    tags, mode = arg
+                    keys = sorted(await self._tags.keys_for_tags(list(tags), mode))
+                    if keys:
+                        await self._delete_everywhere(keys)
+                        await self._tags.remove(keys)
+                elif kind == "pattern":
+                    await self._forget_tagged_matching(arg)
+                else:
+                    await self._tags.clear()
+                self._tags_missed.popleft()
+        except LayerCacheError as exc:
+            self._tags_down_until = self._clock() + self._retry_after
+            self._report(exc, operation="tag_index.recover")
+            return False
+        finally:
+            self._tags_probing = False
+        self._tags_down_until = None
+        return True
 
     # ------------------------------------------------------------------ degradation
 
@@ -1059,7 +1199,12 @@ class CacheStack:
         if entry.tags:
             # The index may not know this key (written by another process, or before a
             # restart of this one): learn its tags so invalidate_by_tag reaches the copies.
-            evicted = await self._tags.record(key, entry.tags, entry.expires_at)
+            evicted: list[str] = await self._tag_op(
+                "record",
+                functools.partial(self._tags.record, key, entry.tags, entry.expires_at),
+                [],
+                ("record", (key, entry.tags, entry.expires_at)),
+            )
             if evicted:
                 await self._delete_everywhere(evicted)
         self._metrics.backfills += len(targets)
@@ -1282,7 +1427,13 @@ class CacheStack:
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
             await self._for_layers("set", skipped, drop, ("delete", (key,)))
-        evicted = await self._tags.record(key, opts.tags or (), _latest_expiry(plan))
+        expires = _latest_expiry(plan)
+        evicted: list[str] = await self._tag_op(
+            "record",
+            functools.partial(self._tags.record, key, opts.tags or (), expires),
+            [],
+            ("record", (key, opts.tags or (), expires)),
+        )
         if evicted:
             await self._delete_everywhere(evicted)
         if flight is not None and flight.invalidated:
@@ -1359,7 +1510,15 @@ class CacheStack:
                 until = stored.expires_at
                 expiries[key] = None if known is None or until is None else max(known, until)
         for key, _, opts in items:
-            evicted.extend(await self._tags.record(key, opts.tags or (), expiries.get(key)))
+            until = expiries.get(key)
+            evicted.extend(
+                await self._tag_op(
+                    "record",
+                    functools.partial(self._tags.record, key, opts.tags or (), until),
+                    [],
+                    ("record", (key, opts.tags or (), until)),
+                )
+            )
         if evicted:
             await self._delete_everywhere(evicted)
         if "set" in self._events.active:
@@ -1433,7 +1592,9 @@ class CacheStack:
         wanted = set(unique)
         self._mark_flights(lambda k, _: k in wanted, unique)
         await self._delete_everywhere(unique)
-        await self._tags.remove(unique)
+        await self._tag_op(
+            "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
+        )
         await self._publish("keys", "delete", unique)
         if "delete" in self._events.active:
             for key in unique:
@@ -1446,7 +1607,7 @@ class CacheStack:
         if self._behind is not None:
             await self._behind.discard(lambda _k: True)
         await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
-        await self._tags.clear()
+        await self._tag_op("clear", self._tags.clear, None, ("clear", None))
         await self._publish("clear", "clear", ())
 
     async def invalidate_by_tag(self, tag: str) -> int:
@@ -1465,7 +1626,18 @@ class CacheStack:
         self._check_open()
         if not wanted_tags:
             return 0
-        keys = await self._tags.keys_for_tags(list(wanted_tags), mode)
+        keys: set[str] = await self._tag_op(
+            "keys_for_tags",
+            functools.partial(self._tags.keys_for_tags, list(wanted_tags), mode),
+            set(),
+            ("invalidate", (tuple(wanted_tags), mode)),
+        )
+        if self._tags_down_until is not None:
+            # The index is out of reach: which keys carry the tags is unknown until it comes
+            # back (the invalidation is replayed then). Local layers are cheap to refill, so
+            # drop them now rather than serve a value the caller just invalidated.
+            local = [a for a in self._layers if a.is_local]
+            await self._for_layers("invalidate_by_tags", local, lambda a: a.clear())
         tag_set = set(wanted_tags)
 
         def hit(key: str, flight: _Flight) -> bool:
@@ -1478,7 +1650,10 @@ class CacheStack:
         self._mark_flights(hit)
         ordered = sorted(keys)
         await self._delete_everywhere(ordered)
-        await self._tags.remove(ordered)
+        if ordered:
+            await self._tag_op(
+                "remove", functools.partial(self._tags.remove, ordered), None, ("remove", ordered)
+            )
         await self._publish("tags", "invalidate", wanted_tags, mode)
         if ordered:
             await self._publish("keys", "invalidate", ordered)
@@ -1503,7 +1678,12 @@ class CacheStack:
         if self._behind is not None:
             await self._behind.discard(lambda k: regex.fullmatch(k) is not None)
         await self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
-        await self._tags.remove(await self._tags.keys_matching(pattern))
+        await self._tag_op(
+            "keys_matching",
+            functools.partial(self._forget_tagged_matching, pattern),
+            None,
+            ("pattern", pattern),
+        )
         await self._publish("pattern", "invalidate", (pattern,))
         return max(counts, default=0)
 
@@ -1860,7 +2040,11 @@ class CacheStack:
 
     async def __aenter__(self) -> CacheStack:
         if not self._bus_started:
-            await self._ensure_bus()
+            try:
+                await self._ensure_bus()
+            except BaseException:
+                await self.aclose()  # __aexit__ will not run: stop the bus's retry loop
+                raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

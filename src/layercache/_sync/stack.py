@@ -19,7 +19,7 @@ import functools
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -96,6 +96,8 @@ _REPLAY_BATCH = 1_000
 _BUS_CHUNK = 1_000
 # Recently changed keys remembered per key (older changes count as "everything changed").
 _MAX_KEY_MARKS = 10_000
+# Announcements kept while the bus cannot publish, before they collapse into one "clear".
+_MAX_UNSENT = 1_000
 
 
 class _SoftTimeout(Exception):
@@ -229,6 +231,11 @@ class SyncCacheStack:
         self.max_profile_entries = max_profile_entries
         self._flights: dict[str, _Flight] = {}
         self._epoch = 0
+        # Shared tag index health under graceful degradation (see _tag_op).
+        self._tags_down_until: float | None = None
+        self._tags_missed: deque[tuple[str, Any]] = deque()
+        self._tags_fenced = False
+        self._tags_probing = False
         self._broad_mark = 0
         self._key_marks: OrderedDict[str, int] = OrderedDict()
         self._background = 0
@@ -281,6 +288,8 @@ class SyncCacheStack:
         self._bus: Any = invalidation_bus
         self._broadcast = bool(broadcast_l1_invalidation)
         self._bus_started = invalidation_bus is None
+        # Announcements that could not be published (graceful degradation), oldest first.
+        self._unsent: deque[InvalidationMessage] = deque()
         if generation is not None and (
             isinstance(generation, bool) or not isinstance(generation, int) or generation < 0
         ):
@@ -501,8 +510,8 @@ class SyncCacheStack:
         self._ensure_bus()
         items = list(keys)
         chunks = [items[i : i + _BUS_CHUNK] for i in range(0, len(items), _BUS_CHUNK)] or [[]]
-        for chunk in chunks:
-            message = InvalidationMessage(
+        messages = [
+            InvalidationMessage(
                 source_id=self._bus.source_id,
                 scope=scope,
                 operation=operation,
@@ -510,12 +519,58 @@ class SyncCacheStack:
                 timestamp=time.time(),
                 mode=mode,
             )
+            for chunk in chunks
+        ]
+        if self._unsent:
+            # Older announcements that failed go first, so the others hear them in order.
+            self._unsent.extend(messages)
+            self._flush_unsent()
+            return
+        for position, message in enumerate(messages):
             try:
                 self._bus.publish(message)
             except LayerCacheError as exc:
                 self._report(exc, operation="bus.publish")
                 if self._retry_after is None:
                     raise
+                self._keep_unsent(messages[position:])
+                return
+
+    def _keep_unsent(self, messages: Sequence[InvalidationMessage]) -> None:
+        """Graceful degradation: keep announcements that could not be published (bounded;
+        past the bound they collapse into one ``clear``, which is always safe to send)."""
+        self._unsent.extend(messages)
+        if len(self._unsent) > _MAX_UNSENT:
+            self._unsent.clear()
+            self._unsent.append(
+                InvalidationMessage(
+                    source_id=self._bus.source_id,
+                    scope="clear",
+                    operation="clear",
+                    keys=(),
+                    timestamp=time.time(),
+                )
+            )
+
+    def _flush_unsent(self) -> None:
+        """Publish kept announcements, oldest first, until one fails again."""
+        while self._unsent:
+            message = self._unsent[0]
+            try:
+                self._bus.publish(
+                    InvalidationMessage(
+                        source_id=message.source_id,
+                        scope=message.scope,
+                        operation=message.operation,
+                        keys=message.keys,
+                        timestamp=time.time(),  # a fresh stamp: receivers refuse stale ones
+                        mode=message.mode,
+                    )
+                )
+            except LayerCacheError as exc:
+                self._report(exc, operation="bus.publish")
+                return
+            self._unsent.popleft()
 
     def _on_bus_message(self, message: InvalidationMessage) -> None:
         """Another instance changed something: drop it from this instance's local layers."""
@@ -576,6 +631,8 @@ class SyncCacheStack:
     def _on_bus_reconnect(self) -> None:
         """The subscriber was cut off and may have missed invalidations: drop local data."""
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
+        if self._unsent:
+            self._flush_unsent()
         self._mark_flights(lambda _k, _f: True)
         local = [a for a in self._layers if a.is_local]
         self._for_layers("bus.reconnect", local, lambda a: a.clear())
@@ -642,6 +699,89 @@ class SyncCacheStack:
             self._publish(scope, operation, keys)
         finally:
             self._broadcast = broadcast
+
+    # ------------------------------------------------------------------ tag index health
+
+    def _forget_tagged_matching(self, pattern: str) -> None:
+        self._tags.remove(self._tags.keys_matching(pattern))
+
+    def _tag_op(
+        self,
+        operation: str,
+        call: Callable[[], T],
+        default: T,
+        missed: tuple[str, Any],
+    ) -> T:
+        """Run a tag index operation under the degradation policy.
+
+        Strict: its failure raises. Graceful: a failing (shared) index is skipped until
+        ``retry_after`` like a layer, what it missed is remembered (bounded) and replayed when
+        it answers again, and the caller gets ``default``: a Redis outage never fails a cache
+        operation through the tag index.
+        """
+        if self._retry_after is None:
+            return call()
+        if self._tags_down_until is not None and not self._recover_tags():
+            self._remember_tags(missed)
+            return default
+        try:
+            return call()
+        except LayerCacheError as exc:
+            self._tags_down_until = self._clock() + self._retry_after
+            self._report(exc, operation=f"tag_index.{operation}")
+            self._remember_tags(missed)
+            return default
+
+    def _remember_tags(self, missed: tuple[str, Any]) -> None:
+        if self._tags_fenced:
+            return
+        if len(self._tags_missed) >= _MAX_MISSED:
+            self._tags_missed.clear()
+            self._tags_fenced = True
+            return
+        self._tags_missed.append(missed)
+
+    def _recover_tags(self) -> bool:
+        """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
+        back in service. A fenced index (it missed too much to replay) is cleared together
+        with the shared layers whose tags it no longer knows."""
+        assert self._tags_down_until is not None and self._retry_after is not None
+        if self._tags_probing or self._clock() < self._tags_down_until:
+            return False
+        self._tags_probing = True
+        try:
+            if self._tags_fenced:
+                self._tags.clear()
+                shared = [a for a in self._layers if not a.is_local]
+                self._for_layers("tag_index.fence", shared, lambda a: a.clear())
+                self._tags_fenced = False
+                self._tags_missed.clear()
+            while self._tags_missed:
+                kind, arg = self._tags_missed[0]
+                if kind == "record":
+                    key, tags, expires = arg
+                    self._tags.record(key, tags, expires)
+                elif kind == "remove":
+                    self._tags.remove(arg)
+                elif kind == "invalidate":
+                    tags, mode = arg
+                    keys = sorted(self._tags.keys_for_tags(list(tags), mode))
+                    if keys:
+                        self._delete_everywhere(keys)
+                        self._tags.remove(keys)
+                elif kind == "pattern":
+                    self._forget_tagged_matching(arg)
+                else:
+                    self._tags.clear()
+                self._tags_missed.popleft()
+        except LayerCacheError as exc:
+            self._tags_down_until = self._clock() + self._retry_after
+            self._report(exc, operation="tag_index.recover")
+            return False
+        finally:
+            self._tags_probing = False
+        self._tags_down_until = None
+        return True
 
     # ------------------------------------------------------------------ degradation
 
@@ -1061,7 +1201,12 @@ class SyncCacheStack:
         if entry.tags:
             # The index may not know this key (written by another process, or before a
             # restart of this one): learn its tags so invalidate_by_tag reaches the copies.
-            evicted = self._tags.record(key, entry.tags, entry.expires_at)
+            evicted: list[str] = self._tag_op(
+                "record",
+                functools.partial(self._tags.record, key, entry.tags, entry.expires_at),
+                [],
+                ("record", (key, entry.tags, entry.expires_at)),
+            )
             if evicted:
                 self._delete_everywhere(evicted)
         self._metrics.backfills += len(targets)
@@ -1284,7 +1429,13 @@ class SyncCacheStack:
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
             self._for_layers("set", skipped, drop, ("delete", (key,)))
-        evicted = self._tags.record(key, opts.tags or (), _latest_expiry(plan))
+        expires = _latest_expiry(plan)
+        evicted: list[str] = self._tag_op(
+            "record",
+            functools.partial(self._tags.record, key, opts.tags or (), expires),
+            [],
+            ("record", (key, opts.tags or (), expires)),
+        )
         if evicted:
             self._delete_everywhere(evicted)
         if flight is not None and flight.invalidated:
@@ -1361,7 +1512,15 @@ class SyncCacheStack:
                 until = stored.expires_at
                 expiries[key] = None if known is None or until is None else max(known, until)
         for key, _, opts in items:
-            evicted.extend(self._tags.record(key, opts.tags or (), expiries.get(key)))
+            until = expiries.get(key)
+            evicted.extend(
+                self._tag_op(
+                    "record",
+                    functools.partial(self._tags.record, key, opts.tags or (), until),
+                    [],
+                    ("record", (key, opts.tags or (), until)),
+                )
+            )
         if evicted:
             self._delete_everywhere(evicted)
         if "set" in self._events.active:
@@ -1435,7 +1594,9 @@ class SyncCacheStack:
         wanted = set(unique)
         self._mark_flights(lambda k, _: k in wanted, unique)
         self._delete_everywhere(unique)
-        self._tags.remove(unique)
+        self._tag_op(
+            "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
+        )
         self._publish("keys", "delete", unique)
         if "delete" in self._events.active:
             for key in unique:
@@ -1448,7 +1609,7 @@ class SyncCacheStack:
         if self._behind is not None:
             self._behind.discard(lambda _k: True)
         self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
-        self._tags.clear()
+        self._tag_op("clear", self._tags.clear, None, ("clear", None))
         self._publish("clear", "clear", ())
 
     def invalidate_by_tag(self, tag: str) -> int:
@@ -1467,7 +1628,18 @@ class SyncCacheStack:
         self._check_open()
         if not wanted_tags:
             return 0
-        keys = self._tags.keys_for_tags(list(wanted_tags), mode)
+        keys: set[str] = self._tag_op(
+            "keys_for_tags",
+            functools.partial(self._tags.keys_for_tags, list(wanted_tags), mode),
+            set(),
+            ("invalidate", (tuple(wanted_tags), mode)),
+        )
+        if self._tags_down_until is not None:
+            # The index is out of reach: which keys carry the tags is unknown until it comes
+            # back (the invalidation is replayed then). Local layers are cheap to refill, so
+            # drop them now rather than serve a value the caller just invalidated.
+            local = [a for a in self._layers if a.is_local]
+            self._for_layers("invalidate_by_tags", local, lambda a: a.clear())
         tag_set = set(wanted_tags)
 
         def hit(key: str, flight: _Flight) -> bool:
@@ -1480,7 +1652,10 @@ class SyncCacheStack:
         self._mark_flights(hit)
         ordered = sorted(keys)
         self._delete_everywhere(ordered)
-        self._tags.remove(ordered)
+        if ordered:
+            self._tag_op(
+                "remove", functools.partial(self._tags.remove, ordered), None, ("remove", ordered)
+            )
         self._publish("tags", "invalidate", wanted_tags, mode)
         if ordered:
             self._publish("keys", "invalidate", ordered)
@@ -1505,7 +1680,12 @@ class SyncCacheStack:
         if self._behind is not None:
             self._behind.discard(lambda k: regex.fullmatch(k) is not None)
         self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
-        self._tags.remove(self._tags.keys_matching(pattern))
+        self._tag_op(
+            "keys_matching",
+            functools.partial(self._forget_tagged_matching, pattern),
+            None,
+            ("pattern", pattern),
+        )
         self._publish("pattern", "invalidate", (pattern,))
         return max(counts, default=0)
 
@@ -1862,7 +2042,11 @@ class SyncCacheStack:
 
     def __enter__(self) -> SyncCacheStack:
         if not self._bus_started:
-            self._ensure_bus()
+            try:
+                self._ensure_bus()
+            except BaseException:
+                self.close()  # __exit__ will not run: stop the bus's retry loop
+                raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
