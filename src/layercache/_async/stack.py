@@ -743,7 +743,8 @@ class CacheStack:
         """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
         back in service. A fenced index (it missed too much to replay) is cleared together
         with the shared layers whose tags it no longer knows."""
-        assert self._tags_down_until is not None and self._retry_after is not None
+        assert self._tags_down_until is not None
+        assert self._retry_after is not None
         if self._tags_probing or self._clock() < self._tags_down_until:
             return False
         self._tags_probing = True
