@@ -66,7 +66,11 @@ def test_embedded_demo_shows_layers_timings_and_one_fetch() -> None:
     assert re.search(rf"L1 hit \(memory\)\s+{TIME}", out)
     assert re.search(rf"L2 hit \(disk\) \+ backfill\s+{TIME}", out)
     assert "disk hit: served by disk, backfilled to memory" in out
-    assert "100 concurrent callers of a cold key: 1 origin fetch (99 joined it in flight)" in out
+    # One origin fetch is the claim. How many callers joined the flight rather than finding the
+    # stored value depends on timing (a caller whose disk read ends after the store hits disk).
+    joined = re.search(r"100 concurrent callers of a cold key: 1 origin fetch \((\d+) joined", out)
+    assert joined is not None, out
+    assert 1 <= int(joined.group(1)) <= 99
     # Measured, not invented: an L1 hit is far faster than the 10 ms origin.
     l1 = re.search(rf"L1 hit \(memory\)\s+({TIME})", out)
     assert l1 is not None
