@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._async.stack import CacheNamespace, CacheStack
+from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._circuit import CircuitBreaker
 from ._entry import Entry
 from ._exceptions import (
@@ -79,6 +80,8 @@ __all__ = [
     "RedisLayer",
     "RedisSingleFlightCoordinator",
     "RedisTagIndex",
+    "SyncCacheNamespace",
+    "SyncCacheStack",
 ]
 
 __version__ = "0.1.0"
