@@ -1,0 +1,77 @@
+"""A tiny Flask app with cached views and tag-based invalidation.
+
+Run it (memory only, or with Redis behind the memory layer):
+
+    python examples/flask_app.py
+    LAYERCACHE_URL=redis://127.0.0.1:6379/0 python examples/flask_app.py
+
+then ``curl -i localhost:5000/products/1`` twice (``X-Cache: MISS`` then ``HIT``),
+``curl -X POST localhost:5000/products/1/price -d price=12.5`` (updates and invalidates), and
+``curl -i localhost:5000/products/1`` again (``MISS`` with the new price).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from flask import Flask, abort, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from layercache.integrations.flask import LayerCache
+
+cache = LayerCache()
+
+# The "database": what the cached views read. ``lookups`` counts reads, to show the cache works.
+PRODUCTS: dict[int, dict[str, Any]] = {
+    1: {"id": 1, "name": "teapot", "price": 20.0},
+    2: {"id": 2, "name": "kettle", "price": 35.0},
+}
+lookups = {"count": 0}
+
+
+def _product_tags(req: Any) -> list[str]:
+    return ["products", f"product:{req.view_args['pid']}"]
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the application (tests pass their own ``config``)."""
+    app = Flask(__name__)
+    app.config["LAYERCACHE_TTL"] = 60
+    if os.environ.get("LAYERCACHE_URL"):
+        app.config["LAYERCACHE_URL"] = os.environ["LAYERCACHE_URL"]
+    app.config.update(config or {})
+    cache.init_app(app)
+
+    @app.get("/products")
+    @cache.cached(tags=["products"])
+    def list_products() -> ResponseReturnValue:
+        lookups["count"] += 1
+        return jsonify(sorted(PRODUCTS.values(), key=lambda p: p["id"]))
+
+    @app.get("/products/<int:pid>")
+    @cache.cached(ttl=30, tags=_product_tags)
+    def show_product(pid: int) -> ResponseReturnValue:
+        lookups["count"] += 1
+        product = PRODUCTS.get(pid)
+        if product is None:
+            abort(404)  # not cached: only 2xx responses are
+        return jsonify(product)
+
+    @app.post("/products/<int:pid>/price")
+    def set_price(pid: int) -> ResponseReturnValue:
+        if pid not in PRODUCTS:
+            abort(404)
+        PRODUCTS[pid]["price"] = float(request.form["price"])
+        # Every cached response showing this product (its page and the list) goes at once.
+        dropped = cache.stack.invalidate_by_tags([f"product:{pid}", "products"], mode="any")
+        return jsonify({"invalidated": dropped})
+
+    return app
+
+
+if __name__ == "__main__":
+    application = create_app()
+    atexit.register(cache.close)  # Flask has no shutdown hook: close the stacks at exit
+    application.run()

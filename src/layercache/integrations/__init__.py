@@ -1,0 +1,1 @@
+"""Framework integrations (``layercache.integrations.<name>``); each needs its extra installed."""
