@@ -1,9 +1,18 @@
-"""Generate ``src/layercache/_sync/`` from ``src/layercache/_async/`` (httpcore-style unasync).
+"""Generate the sync twins from their async sources (httpcore-style unasync).
 
-The async orchestration is the single source of truth. This script removes ``async``/``await``,
-unwraps ``Awaitable[X]`` annotations to ``X`` and renames the names in ``RENAMES``; the sync
-primitives (``_sync/_primitives.py``) are hand-written. ``--check`` exits 1 when a generated file
-is stale, and the test command runs it.
+Two jobs, each a source of truth and its generated twin:
+
+* ``src/layercache/_async/`` → ``src/layercache/_sync/`` (the stack orchestration; the sync
+  primitives, ``_sync/_primitives.py``, are hand-written);
+* ``src/layercache/redis/layer.py`` (``RedisLayer``, redis-py's asyncio client) →
+  ``src/layercache/redis/_sync_layer.py`` (``SyncRedisLayer``, redis-py's sync client).
+
+The script removes ``async``/``await``, unwraps ``Awaitable[X]`` annotations to ``X``, applies a
+job's exact replacements (each must match, so a changed source fails loudly instead of producing
+a wrong twin), renames the names in its rename table, and drops the regions between
+``# unasync: begin async-only`` and ``# unasync: end async-only`` (code only the async class
+has, such as the hooks that build its sync twin). ``--check`` exits 1 when a generated file is
+stale, and the test command runs it.
 
 Usage: python scripts/unasync.py [--check]
 """
@@ -15,9 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "src" / "layercache" / "_async"
-TARGET = ROOT / "src" / "layercache" / "_sync"
-GENERATED = ("adapter.py", "stack.py", "tag_index.py")
+PACKAGE = ROOT / "src" / "layercache"
 
 RENAMES = {
     "CacheStack": "SyncCacheStack",
@@ -28,9 +35,85 @@ RENAMES = {
     "asyncio": "threads",
 }
 
+# The Redis layer: redis-py's asyncio package mirrors the sync one name for name.
+REDIS_LAYER_RENAMES = {
+    "redis.asyncio": "redis",
+    "aioredis": "sync_redis",
+    "AsyncIterator": "Iterator",
+    "RedisLayer": "SyncRedisLayer",
+    "aclose": "close",
+}
+
+# Exact text the Redis layer's twin differs in beyond renaming (applied before the renames).
+REDIS_LAYER_REPLACEMENTS = (
+    (
+        "shared cache layer on redis-py's asyncio client",
+        "shared cache layer on redis-py's sync client",
+    ),
+    ("import asyncio\n", "import threading\n"),
+    ("asyncio.Lock()", "threading.Lock()"),
+    # Both names would become ``Iterator``: import it once.
+    (
+        "from collections.abc import AsyncIterator, Iterator, Sequence",
+        "from collections.abc import Iterator, Sequence",
+    ),
+    # Threads raise the builtin TimeoutError (an OSError) and redis-py's own.
+    (
+        "# Everything the driver can raise when the server is down, slow or confused (the event"
+        " loop's\n# TimeoutError is an OSError only from Python 3.11 on).\n_DRIVER_ERRORS: "
+        "tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)",
+        """# Everything the driver can raise when the server is down, slow or confused.
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)""",
+    ),
+    (
+        "    One class for both stacks. ``RedisLayer(client=<redis.Redis or redis.RedisCluster>)``"
+        """ (a
+    sync client) returns a :class:`~layercache.redis.SyncRedisLayer`, the generated sync twin
+    of this class, which :class:`~layercache.SyncCacheStack` calls directly (redis-py's sync
+    client is thread-safe through its connection pool). ``RedisLayer(url=...)`` is this asyncio
+    layer; given to ``SyncCacheStack`` it is swapped, once at construction, for a
+    ``SyncRedisLayer`` with the same URL and options that owns its own sync client (closed by
+    the stack's ``close()``). A ``RedisLayer`` built on an asyncio ``client`` is refused by
+    ``SyncCacheStack`` with a ``TypeError``.
+""",
+        # (Applied before the renames: the text avoids the renamed class name.)
+        """    The sync twin of the asyncio Redis layer (``layercache.redis.layer``), generated from
+    it by ``scripts/unasync.py``: built by the asyncio class when it is given a sync client, and
+    by ``SyncCacheStack`` in place of an asyncio layer built from ``url=``. ``SyncCacheStack``
+    calls its methods directly from the calling threads (redis-py's sync client is thread-safe
+    through its connection pool). It declares ``is_blocking``, so ``CacheStack`` runs it in
+    worker threads.
+""",
+    ),
+    # The sync cluster client loads its slot map in its constructor: nothing to initialize.
+    ("self._cluster_pending = self._is_cluster\n", "self._cluster_pending = False\n"),
+    ("await self._client.initialize()", "pass  # the sync cluster client initializes when built"),
+    # A sync layer blocks on the network: the async stack must run it in a worker thread.
+    (
+        "    # Methods are coroutines (ignored for them); the sync twin blocks and says so, so that"
+        " an\n    # asyncio stack runs it in worker threads.\n    is_blocking = False\n",
+        "    # Methods block on the network: CacheStack runs them in worker threads\n"
+        "    # (SyncCacheStack calls them directly).\n    is_blocking = True\n",
+    ),
+)
+
+# (source, target, renames, replacements) per generated file.
+JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] = (
+    *(
+        (f"_async/{name}", f"_sync/{name}", RENAMES, ())
+        for name in ("adapter.py", "stack.py", "tag_index.py")
+    ),
+    ("redis/layer.py", "redis/_sync_layer.py", REDIS_LAYER_RENAMES, REDIS_LAYER_REPLACEMENTS),
+)
+
 HEADER = (
-    "# DO NOT EDIT: generated from src/layercache/_async/{name} by scripts/unasync.py.\n"
+    "# DO NOT EDIT: generated from src/layercache/{name} by scripts/unasync.py.\n"
     "# Change the async source and run `python scripts/unasync.py`.\n"
+)
+
+_ASYNC_ONLY = re.compile(
+    r"^[ \t]*# unasync: begin async-only\n.*?^[ \t]*# unasync: end async-only\n",
+    re.DOTALL | re.MULTILINE,
 )
 
 
@@ -62,13 +145,22 @@ def _unwrap_awaitable(text: str) -> str:
         i = k
 
 
-def convert(source: str) -> str:
+def convert(
+    source: str,
+    renames: dict[str, str] = RENAMES,
+    replacements: tuple[tuple[str, str], ...] = (),
+) -> str:
     """The sync twin of one async module."""
-    text = re.sub(r"\basync (def|with|for)\b", r"\1", source)
+    text = _ASYNC_ONLY.sub("", source)
+    for old, new in replacements:
+        if old not in text:
+            raise SystemExit(f"unasync: replacement source text not found: {old!r}")
+        text = text.replace(old, new)
+    text = re.sub(r"\basync (def|with|for)\b", r"\1", text)
     text = re.sub(r"\bawait ", "", text)
     text = _unwrap_awaitable(text)
     text = re.sub(r"\bAwaitable, ", "", text)
-    for old, new in RENAMES.items():
+    for old, new in renames.items():
         text = re.sub(rf"\b{re.escape(old)}\b", new, text)
     return text
 
@@ -76,9 +168,10 @@ def convert(source: str) -> str:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale: list[str] = []
-    for name in GENERATED:
-        wanted = HEADER.format(name=name) + convert((SOURCE / name).read_text(encoding="utf-8"))
-        target = TARGET / name
+    for source, name, renames, replacements in JOBS:
+        text = (PACKAGE / source).read_text(encoding="utf-8")
+        wanted = HEADER.format(name=source) + convert(text, renames, replacements)
+        target = PACKAGE / name
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current == wanted:
             continue

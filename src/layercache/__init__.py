@@ -10,7 +10,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._async.stack import CacheNamespace, CacheStack
-from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._circuit import CircuitBreaker
 from ._entry import Entry
 from ._exceptions import (
@@ -33,12 +32,14 @@ from ._metrics import (
 )
 from ._options import AdaptiveTtl, CacheEntry, CacheEntryRequest, CacheOptions
 from ._rate_limit_options import RateLimit
+from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._types import CacheLayer
 from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
     from ._types import InvalidationMessage
     from .layers.disk import DiskLayer
+    from .redis._sync_layer import SyncRedisLayer
     from .redis.bus import RedisInvalidationBus
     from .redis.layer import RedisLayer
     from .redis.single_flight import RedisSingleFlightCoordinator
@@ -82,6 +83,7 @@ __all__ = [
     "RedisTagIndex",
     "SyncCacheNamespace",
     "SyncCacheStack",
+    "SyncRedisLayer",
 ]
 
 __version__ = "0.1.0"
@@ -89,6 +91,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DiskLayer": "layercache.layers.disk",
     "RedisLayer": "layercache.redis.layer",
+    "SyncRedisLayer": "layercache.redis._sync_layer",
     "RedisSingleFlightCoordinator": "layercache.redis.single_flight",
     "RedisInvalidationBus": "layercache.redis.bus",
     "RedisTagIndex": "layercache.redis.tag_index",

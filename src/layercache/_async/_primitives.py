@@ -24,6 +24,7 @@ __all__ = [
     "launch_background",
     "new_flight_lock",
     "new_future",
+    "stack_layer",
     "wait_future",
     "wait_launched",
     "with_timeout",
@@ -52,6 +53,11 @@ def bind_method(fn: Callable[..., Any], blocking: bool) -> Callable[..., Awaitab
         return result
 
     return direct
+
+
+def stack_layer(layer: Any) -> Any:
+    """The layer the asyncio stack calls: the one it was given."""
+    return layer
 
 
 def is_async_callable(fn: Any) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "launch_background",
     "new_flight_lock",
     "new_future",
+    "stack_layer",
     "wait_future",
     "wait_launched",
     "with_timeout",
@@ -42,6 +43,17 @@ def bind_method(fn: Callable[..., Any], blocking: bool) -> Callable[..., Any]:
             "with plain methods (use CacheStack for async layers)"
         )
     return fn
+
+
+def stack_layer(layer: Any) -> Any:
+    """The layer the sync stack calls: a layer's sync twin when it offers one.
+
+    ``RedisLayer(url=...)`` is an asyncio layer; its ``_sync_twin()`` builds the equivalent
+    ``SyncRedisLayer`` (or raises ``TypeError`` when it was built on an asyncio client). Any
+    other layer is used as given (and refused by :func:`bind_method` if its methods are async).
+    """
+    twin = getattr(layer, "_sync_twin", None)
+    return twin() if callable(twin) else layer
 
 
 def is_async_callable(fn: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
-from ._primitives import Cancelled, bind_method, gather, is_async_callable
+from ._primitives import Cancelled, bind_method, gather, is_async_callable, stack_layer
 
 __all__ = ["LayerAdapter"]
 
@@ -37,6 +37,8 @@ class LayerAdapter:
     """A layer with every operation as a coroutine and its capabilities known up front."""
 
     def __init__(self, layer: Any, index: int) -> None:
+        # A layer may hand this stack a twin of itself (RedisLayer(url=...) in SyncCacheStack).
+        layer = stack_layer(layer)
         for attr in ("name", "get", "set", "delete", "clear"):
             if not hasattr(layer, attr):
                 raise TypeError(

@@ -1,5 +1,9 @@
 """``RedisLayer``: a shared cache layer on redis-py's asyncio client (or cluster client)."""
 
+# This module is the single source of the Redis layer's logic: scripts/unasync.py generates
+# _sync_layer.py (SyncRedisLayer, on redis-py's sync client) from it. Code only the async class
+# has sits between "unasync: begin async-only" / "unasync: end async-only" markers.
+
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +34,12 @@ from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
 
+# unasync: begin async-only
+from ._sync_layer import RedisClient as SyncRedisClient
+from ._sync_layer import SyncRedisLayer
+
+# unasync: end async-only
+
 __all__ = ["RedisLayer"]
 
 logger = logging.getLogger("layercache.redis")
@@ -38,8 +48,8 @@ logger = logging.getLogger("layercache.redis")
 _SCAN_COUNT = 1000
 # Keys per UNLINK: bounds both the command size and how long one call holds the server.
 _UNLINK_BATCH = 500
-# Everything the driver can raise when the server is down, slow or confused. (asyncio's
-# TimeoutError is an OSError only from Python 3.11 on.)
+# Everything the driver can raise when the server is down, slow or confused (the event loop's
+# TimeoutError is an OSError only from Python 3.11 on).
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -62,6 +72,15 @@ def _milliseconds(ttl: float) -> int:
 
 class RedisLayer:
     """A cache layer stored in Redis, shared by every process that uses the same prefix.
+
+    One class for both stacks. ``RedisLayer(client=<redis.Redis or redis.RedisCluster>)`` (a
+    sync client) returns a :class:`~layercache.redis.SyncRedisLayer`, the generated sync twin
+    of this class, which :class:`~layercache.SyncCacheStack` calls directly (redis-py's sync
+    client is thread-safe through its connection pool). ``RedisLayer(url=...)`` is this asyncio
+    layer; given to ``SyncCacheStack`` it is swapped, once at construction, for a
+    ``SyncRedisLayer`` with the same URL and options that owns its own sync client (closed by
+    the stack's ``close()``). A ``RedisLayer`` built on an asyncio ``client`` is refused by
+    ``SyncCacheStack`` with a ``TypeError``.
 
     Values are stored as :class:`~layercache._codec.EntryCodec` bytes under ``prefix + key``.
     Bytes under a key that are not such an entry (written by another program, or damaged) read
@@ -91,10 +110,21 @@ class RedisLayer:
     """
 
     is_local = False
+    # Methods are coroutines (ignored for them); the sync twin blocks and says so, so that an
+    # asyncio stack runs it in worker threads.
+    is_blocking = False
     # Every failure leaves this class as CacheLayerError (see _driver_errors), so the stack
     # awaits get() directly on its hot path.
     raises_layer_errors = True
 
+    # unasync: begin async-only
+    def __new__(cls, client: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A ``SyncRedisLayer`` when ``client`` is a sync redis-py client, else a RedisLayer."""
+        if isinstance(client, SyncRedisClient):
+            return SyncRedisLayer(client, *args, **kwargs)
+        return super().__new__(cls)
+
+    # unasync: end async-only
     def __init__(
         self,
         client: RedisClient | None = None,
@@ -117,6 +147,18 @@ class RedisLayer:
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a non-empty str")
         self.name = name
+        self._url = url
+        # What a twin built from the same URL needs (see _sync_twin).
+        self._options: dict[str, Any] = {
+            "ttl": ttl,
+            "prefix": prefix,
+            "serializer": serializer,
+            "compression": compression,
+            "compression_threshold": compression_threshold,
+            "name": name,
+            "allow_unprefixed_clear": allow_unprefixed_clear,
+            "socket_timeout": socket_timeout,
+        }
         self.default_ttl = _coerce_ttl(ttl)
         self.prefix = prefix
         self.allow_unprefixed_clear = allow_unprefixed_clear
@@ -153,6 +195,21 @@ class RedisLayer:
         self._cluster_pending = self._is_cluster
         self._cluster_lock = asyncio.Lock() if self._is_cluster else None
 
+    # unasync: begin async-only
+    def _sync_twin(self) -> SyncRedisLayer:
+        """The layer ``SyncCacheStack`` uses in place of this one (called once, when it is built).
+
+        Raises:
+            TypeError: This layer was built on an asyncio ``client``, which threads cannot use.
+        """
+        if self._url is None:
+            raise TypeError(
+                f"{self!r} was built on an asyncio client; SyncCacheStack needs "
+                "RedisLayer(url=...) or RedisLayer(client=redis.Redis(...)) (a sync client)"
+            )
+        return SyncRedisLayer(url=self._url, **self._options)
+
+    # unasync: end async-only
     def __repr__(self) -> str:
         return f"RedisLayer(name={self.name!r}, prefix={self.prefix!r}, ttl={self.default_ttl!r})"
 

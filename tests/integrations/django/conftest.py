@@ -1,0 +1,28 @@
+"""Django settings for the backend tests: the example project's settings, configured once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("django")
+
+import django
+from django.conf import settings
+
+_EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "django_project"
+sys.path.insert(0, str(_EXAMPLE))
+
+if not settings.configured:
+    from example_site import settings as example_settings
+
+    settings.configure(
+        **{
+            name: getattr(example_settings, name)
+            for name in dir(example_settings)
+            if name.isupper()
+        }
+    )
+    django.setup()
