@@ -39,7 +39,10 @@ in-process cache of objects, do not mutate a value you got back).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,6 +60,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without Django
     ) from exc
 
 from .._async.stack import CacheStack
+from .._codec import CorruptEntryError
+from .._entry import Entry
+from .._exceptions import CacheLayerError
 from .._keys import validate_key
 from .._options import CacheEntry
 from .._sync.stack import SyncCacheStack
@@ -81,6 +87,16 @@ _KNOWN_OPTIONS = frozenset(
 # Keys layercache would refuse (too long, control characters) are stored under a digest; the
 # marker also covers valid keys that happen to start with it, so the mapping stays injective.
 _HASHED = "#sha256:"
+# incr/decr on Redis is an optimistic compare-and-set loop; each lost race re-reads the value.
+# Bounded, with a short jittered back-off so that a burst of writers spreads out instead of
+# colliding again at once (worst case about a second before CacheLayerError).
+_INCR_ATTEMPTS = 200
+_INCR_BACKOFF_CAP = 0.005
+
+
+def _incr_backoff(attempt: int) -> float:
+    # Jitter only spreads retries over time; it needs no cryptographic randomness.
+    return random.random() * min(_INCR_BACKOFF_CAP, 0.0002 * (attempt + 1))
 
 
 def _stack_key(key: str) -> str:
@@ -156,6 +172,7 @@ def _redis_layers(urls: list[str], options: Mapping[str, Any]) -> tuple[list[Any
     }
     sync_layers: list[Any] = []
     async_layers: list[Any] = []
+    # The first URL's layer is the counter authority of incr/decr (see LayerCacheBackend.incr).
     for i, url in enumerate(urls):
         name = "redis" if i == 0 else f"redis{i}"
         sync_layers.append(SyncRedisLayer(url=url, name=name, **shared))
@@ -194,15 +211,25 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
             clock=clock,
         )
         self._caps: dict[str, float | None] = {"memory": memory_ttl}
+        self._memory = memory
         urls = _split_locations(server)
         sync_layers: list[Any] = [memory]
         async_layers: list[Any] = [memory]
+        self._remote_sync: list[Any] = []
+        self._remote_async: list[Any] = []
         if urls:
             remote_sync, remote_async = _redis_layers(urls, options)
             sync_layers += remote_sync
             async_layers += remote_async
+            self._remote_sync = remote_sync
+            self._remote_async = remote_async
             for layer in remote_sync:
                 self._caps[layer.name] = None
+            from ..redis._scripts import COUNTER_COMPARE_AND_SET
+
+            # Registered once per client; redis-py calls it by SHA and reloads on NOSCRIPT.
+            self._cas_sync = remote_sync[0].client.register_script(COUNTER_COMPARE_AND_SET)
+            self._cas_async = remote_async[0].client.register_script(COUNTER_COMPARE_AND_SET)
         self._all_local = not urls
         stack_options: dict[str, Any] = {
             "clock": clock,
@@ -316,8 +343,21 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         return self._stack.has(self._key(key, version))
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
-        """Add ``delta`` to the value, keeping its expiry; ``ValueError`` if ``key`` is absent."""
+        """Add ``delta`` to the value, keeping its expiry and tags; the new value.
+
+        With a Redis ``LOCATION`` the update is atomic across threads and processes: the
+        stored envelope is read, incremented and written back with a compare-and-set on the
+        first Redis layer (retried when another writer got in between), and this process's
+        memory copy is dropped so that its next read sees the Redis value. Other processes'
+        memory layers keep their copy until ``MEMORY_TTL`` passes, as after any write.
+
+        Raises:
+            ValueError: If ``key`` is absent (or expired).
+            CacheLayerError: If Redis fails, or too many writers kept winning the race.
+        """
         stack_key = self._key(key, version)
+        if self._remote_sync:
+            return self._redis_incr(stack_key, key, delta)
         with self._lock:
             box = self._stack.get(stack_key)
             if box is None:
@@ -330,6 +370,56 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
                 raise ValueError(f"Key '{key}' not found")
             self._set(stack_key, new_value, remaining, tags)
             return new_value
+
+    def _incremented(self, stack_key: str, key: Any, raw: Any, delta: int) -> tuple[Any, Entry]:
+        """(new value, new entry) from the bytes ``raw`` read from the first Redis layer.
+
+        Only the value changes: stored_at, the expiry times and the tags are kept as stored.
+        """
+        layer = self._remote_sync[0]
+        entry: Entry | None = None
+        if raw is not None:
+            try:
+                entry = layer.codec.decode(raw)
+            except CorruptEntryError:
+                entry = None  # unreadable bytes hold no number to add to: "not found"
+        if entry is None or not entry.is_fresh(self._clock()):
+            # Redis is the authority: a copy only this process's memory still holds is stale.
+            self._memory.delete(stack_key)
+            raise ValueError(f"Key '{key}' not found")
+        box = entry.value
+        if not isinstance(box, list) or len(box) != 1:
+            raise ValueError(f"Key '{key}' does not hold a value stored by this backend")
+        new_value = box[0] + delta
+        return new_value, dataclasses.replace(entry, value=[new_value])
+
+    def _encode_counter(self, entry: Entry) -> bytes:
+        layer = self._remote_sync[0]
+        try:
+            data: bytes = layer.codec.encode(entry)
+        except Exception as exc:
+            raise CacheLayerError(layer.name, "incr", f"value cannot be serialized: {exc}") from exc
+        return data
+
+    def _redis_incr(self, stack_key: str, key: Any, delta: int) -> Any:
+        layer = self._remote_sync[0]
+        raw_key = layer._key(stack_key)
+        for attempt in range(_INCR_ATTEMPTS):
+            with layer._driver_errors("incr"):
+                raw = layer.client.get(raw_key)
+            new_value, entry = self._incremented(stack_key, key, raw, delta)
+            data = self._encode_counter(entry)
+            with layer._driver_errors("incr"):
+                replaced = self._cas_sync(keys=[raw_key], args=[raw, data])
+            if replaced:
+                self._memory.delete(stack_key)
+                now = self._clock()
+                for other in self._remote_sync[1:]:
+                    # Copies for the other Redis layers; the first one alone is atomic.
+                    other.set(stack_key, entry, entry.storage_ttl(now))
+                return new_value
+            time.sleep(_incr_backoff(attempt))
+        raise CacheLayerError(layer.name, "incr", "too many concurrent writers; gave up")
 
     def decr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Subtract ``delta``; ``ValueError`` if ``key`` is absent."""
@@ -471,18 +561,27 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         return await self._astack.has(self._key(key, version))
 
     async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
-        """Async :meth:`incr`."""
+        """Async :meth:`incr` (atomic across processes with a Redis ``LOCATION``)."""
         if self._all_local:
             return self.incr(key, delta, version)
         stack_key = self._key(key, version)
-        box = await self._astack.get(stack_key)
-        if box is None:
-            raise ValueError(f"Key '{key}' not found")
-        new_value = box[0] + delta
-        info = await self._astack.inspect(stack_key)
-        remaining = info.fresh_ttl if info is not None else None
-        await self._aset(stack_key, new_value, remaining, info.tags if info else ())
-        return new_value
+        layer = self._remote_async[0]
+        raw_key = layer._key(stack_key)
+        for attempt in range(_INCR_ATTEMPTS):
+            with layer._driver_errors("incr"):
+                raw = await layer.client.get(raw_key)
+            new_value, entry = self._incremented(stack_key, key, raw, delta)
+            data = self._encode_counter(entry)
+            with layer._driver_errors("incr"):
+                replaced = await self._cas_async(keys=[raw_key], args=[raw, data])
+            if replaced:
+                self._memory.delete(stack_key)
+                now = self._clock()
+                for other in self._remote_async[1:]:
+                    await other.set(stack_key, entry, entry.storage_ttl(now))
+                return new_value
+            await asyncio.sleep(_incr_backoff(attempt))
+        raise CacheLayerError(layer.name, "incr", "too many concurrent writers; gave up")
 
     async def adecr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Async :meth:`decr`."""

@@ -223,3 +223,32 @@ if value < floor then
 end
 return value
 """
+
+
+# --- LayerCacheBackend.incr / decr (Django integration) ----------------------------------------
+#
+# The stored value is an EntryCodec envelope, which Lua cannot decode, so the backend reads the
+# bytes, computes the new envelope in Python and commits it with this compare-and-set. It
+# touches one key, so it runs on a cluster as well as on a single server.
+
+COUNTER_COMPARE_AND_SET = """
+-- Replace a value only if it still holds the bytes the caller read, keeping its expiry.
+-- KEYS[1]  the stored entry
+-- ARGV[1]  the bytes the caller read
+-- ARGV[2]  the new bytes
+-- Returns 1 when the value was replaced; 0 when the key is gone or holds other bytes (another
+-- writer won: the caller reads again).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+-- PTTL (not SET KEEPTTL) so that servers older than Redis 6 keep the expiry too.
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+elseif ttl == -1 then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  return 0
+end
+return 1
+"""
