@@ -33,11 +33,10 @@ from ._metrics import (
 from ._options import AdaptiveTtl, CacheEntry, CacheEntryRequest, CacheOptions
 from ._rate_limit_options import RateLimit
 from ._sync.stack import SyncCacheNamespace, SyncCacheStack
-from ._types import CacheLayer
+from ._types import CacheLayer, InvalidationMessage
 from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
-    from ._types import InvalidationMessage
     from .layers.disk import DiskLayer
     from .redis._sync_layer import SyncRedisLayer
     from .redis.bus import RedisInvalidationBus
@@ -95,7 +94,6 @@ _LAZY = {
     "RedisSingleFlightCoordinator": "layercache.redis.single_flight",
     "RedisInvalidationBus": "layercache.redis.bus",
     "RedisTagIndex": "layercache.redis.tag_index",
-    "InvalidationMessage": "layercache._types",
     "JsonSerializer": "layercache.serializers",
     "MsgpackSerializer": "layercache.serializers",
     "PickleSerializer": "layercache.serializers",

@@ -499,11 +499,18 @@ class CacheStack:
                 raise
 
     async def _publish(
-        self, scope: str, operation: str, keys: Sequence[str], mode: str = "any"
+        self,
+        scope: str,
+        operation: str,
+        keys: Sequence[str],
+        mode: str = "any",
+        *,
+        always: bool = False,
     ) -> None:
-        """Tell the other instances (``broadcast_l1_invalidation``); large key sets go out
-        in chunks so each message stays within the bus's bounds."""
-        if not self._broadcast:
+        """Tell the other instances (``broadcast_l1_invalidation``, or ``always`` for what
+        concerns every layer, such as a generation bump); large key sets go out in chunks so
+        each message stays within the bus's bounds."""
+        if not (self._broadcast or always):
             return
         await self._ensure_bus()
         items = list(keys)
@@ -659,7 +666,7 @@ class CacheStack:
             new = int(await store(new))
         self._adopt_generation(new)
         if self._bus is not None:
-            await self._publish_always("generation", "bump", (str(new),))
+            await self._publish("generation", "bump", (str(new),), always=True)
         return new
 
     def _adopt_generation(self, generation: int) -> None:
@@ -687,16 +694,6 @@ class CacheStack:
         # Keep a reference: a task nobody holds may be collected before it finishes.
         self._cleanups = [h for h in self._cleanups if not h.done()]
         self._cleanups.append(launch_background(new_future(), purge, lambda: None))
-
-    async def _publish_always(self, scope: str, operation: str, keys: Sequence[str]) -> None:
-        """Publish even without ``broadcast_l1_invalidation`` (generations concern keys in
-        every layer, not only L1)."""
-        broadcast = self._broadcast
-        self._broadcast = True
-        try:
-            await self._publish(scope, operation, keys)
-        finally:
-            self._broadcast = broadcast
 
     # ------------------------------------------------------------------ tag index health
 

@@ -82,7 +82,6 @@ class LayerAdapter:
                 self._optional[attr] = bind_method(fn, blocking)
         closer = getattr(layer, "close", None) or getattr(layer, "close", None)
         self._close = bind_method(closer, blocking) if callable(closer) else None
-        self.supports = frozenset(self._optional)
         # Graceful degradation: skipped until this wall time; the writes and invalidations it
         # missed meanwhile, replayed before it serves again (bounded; on overflow the layer is
         # "fenced": cleared on recovery, since what it missed is no longer known).
@@ -164,15 +163,6 @@ class LayerAdapter:
         if keys:
             self.delete_many(keys)
         return len(keys)
-
-    def has(self, key: str, now: float) -> bool:
-        """Whether a usable entry is stored, judged by the stack's clock.
-
-        Deliberately a read of the entry rather than the layer's own ``has`` (``EXISTS``):
-        the stack's clock decides freshness, so ``has`` always agrees with ``get``.
-        """
-        entry = self.get(key)
-        return isinstance(entry, Entry) and entry.is_usable(now)
 
     def ping(self) -> bool:
         """Probe the layer (``ping`` when it has one, else a read of a probe key)."""
