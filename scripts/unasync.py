@@ -1,26 +1,33 @@
 """Generate the sync twins from their async sources (httpcore-style unasync).
 
-Two jobs, each a source of truth and its generated twin:
+The jobs, each a source of truth and its generated twin:
 
 * ``src/layercache/_async/`` → ``src/layercache/_sync/`` (the stack orchestration; the sync
   primitives, ``_sync/_primitives.py``, are hand-written);
 * ``src/layercache/redis/layer.py`` (``RedisLayer``, redis-py's asyncio client) →
-  ``src/layercache/redis/_sync_layer.py`` (``SyncRedisLayer``, redis-py's sync client).
+  ``src/layercache/redis/_sync_layer.py`` (``SyncRedisLayer``, redis-py's sync client), and the
+  coordination components the same way: ``bus.py``, ``single_flight.py`` and ``tag_index.py`` →
+  ``_sync_bus.py``, ``_sync_single_flight.py`` and ``_sync_tag_index.py``.
 
 The script removes ``async``/``await``, unwraps ``Awaitable[X]`` annotations to ``X``, applies a
 job's exact replacements (each must match, so a changed source fails loudly instead of producing
 a wrong twin), renames the names in its rename table, and drops the regions between
 ``# unasync: begin async-only`` and ``# unasync: end async-only`` (code only the async class
-has, such as the hooks that build its sync twin). ``--check`` exits 1 when a generated file is
-stale, and the test command runs it.
+has, such as the hooks that build its sync twin). A module-level ``# unasync: begin shared`` /
+``# unasync: end shared`` region (plain code: exceptions, stats, wire checks) becomes, in the
+twin, an import of the names it defines from the async module, so both twins share one class
+(``except RejectedMessageError`` catches either's). ``--check`` exits 1 when a generated file
+is stale, and the test command runs it.
 
 Usage: python scripts/unasync.py [--check]
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +104,38 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutE
     ),
 )
 
+# The Redis coordination components (bus, single-flight coordinator, tag index): the same
+# client renames, plus the twins' own names and primitives.
+COORDINATION_RENAMES = {
+    **{k: v for k, v in REDIS_LAYER_RENAMES.items() if k != "RedisLayer"},
+    "_async": "_sync",
+    "RedisInvalidationBus": "SyncRedisInvalidationBus",
+    "RedisSingleFlightCoordinator": "SyncRedisSingleFlightCoordinator",
+    "RedisTagIndex": "SyncRedisTagIndex",
+}
+_SYNC_LAYER_IMPORT = ("from .layer import RedisClient", "from ._sync_layer import RedisClient")
+# The sync cluster client loads its slot map in its constructor: nothing to initialize.
+_NO_CLUSTER_INIT = (
+    "await self._client.initialize()",
+    "pass  # the sync cluster client initializes when built",
+)
+TAG_INDEX_REPLACEMENTS = (
+    _SYNC_LAYER_IMPORT,
+    _NO_CLUSTER_INIT,
+    ("self._needs_initialize = self._is_cluster", "self._needs_initialize = False"),
+    (
+        "from collections.abc import AsyncIterator, Iterable, Iterator, Sequence",
+        "from collections.abc import Iterable, Iterator, Sequence",
+    ),
+)
+BUS_REPLACEMENTS = (
+    (
+        "await bounded(self._subscriber.initialize(), self.timeout)",
+        "pass  # the sync cluster client initializes when built",
+    ),
+)
+SINGLE_FLIGHT_REPLACEMENTS = (_SYNC_LAYER_IMPORT,)
+
 # (source, target, renames, replacements) per generated file.
 JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] = (
     *(
@@ -104,11 +143,29 @@ JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] =
         for name in ("adapter.py", "stack.py", "tag_index.py")
     ),
     ("redis/layer.py", "redis/_sync_layer.py", REDIS_LAYER_RENAMES, REDIS_LAYER_REPLACEMENTS),
+    (
+        "redis/tag_index.py",
+        "redis/_sync_tag_index.py",
+        COORDINATION_RENAMES,
+        TAG_INDEX_REPLACEMENTS,
+    ),
+    ("redis/bus.py", "redis/_sync_bus.py", COORDINATION_RENAMES, BUS_REPLACEMENTS),
+    (
+        "redis/single_flight.py",
+        "redis/_sync_single_flight.py",
+        COORDINATION_RENAMES,
+        SINGLE_FLIGHT_REPLACEMENTS,
+    ),
 )
 
 HEADER = (
     "# DO NOT EDIT: generated from src/layercache/{name} by scripts/unasync.py.\n"
     "# Change the async source and run `python scripts/unasync.py`.\n"
+)
+
+_SHARED = re.compile(
+    r"^# unasync: begin shared\n(.*?)^# unasync: end shared\n",
+    re.DOTALL | re.MULTILINE,
 )
 
 _ASYNC_ONLY = re.compile(
@@ -145,13 +202,38 @@ def _unwrap_awaitable(text: str) -> str:
         i = k
 
 
+def _import_shared(module: str) -> Callable[[re.Match[str]], str]:
+    """Replace a module-level ``# unasync: begin shared`` region by an import of the names it
+    defines from the async module: plain code (exceptions, stats, wire checks) exists once, and
+    both twins raise and return the very same classes."""
+
+    def replace(match: re.Match[str]) -> str:
+        names: list[str] = []
+        for node in ast.parse(match.group(1)).body:
+            if isinstance(node, ast.ClassDef | ast.FunctionDef):
+                names.append(node.name)
+            elif isinstance(node, ast.Assign):
+                names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.append(node.target.id)
+        body = "".join(f"    {name},\n" for name in names)
+        return f"# Shared with the asyncio twin.\nfrom .{module} import (  # noqa: F401\n{body})\n"
+
+    return replace
+
+
 def convert(
     source: str,
     renames: dict[str, str] = RENAMES,
     replacements: tuple[tuple[str, str], ...] = (),
+    module: str | None = None,
 ) -> str:
-    """The sync twin of one async module."""
+    """The sync twin of one async module (``module``: its name, for shared regions)."""
     text = _ASYNC_ONLY.sub("", source)
+    if module is not None:
+        text = _SHARED.sub(_import_shared(module), text)
+    elif _SHARED.search(text):
+        raise SystemExit("unasync: a shared region needs the job's module name")
     for old, new in replacements:
         if old not in text:
             raise SystemExit(f"unasync: replacement source text not found: {old!r}")
@@ -170,7 +252,8 @@ def main(argv: list[str]) -> int:
     stale: list[str] = []
     for source, name, renames, replacements in JOBS:
         text = (PACKAGE / source).read_text(encoding="utf-8")
-        wanted = HEADER.format(name=source) + convert(text, renames, replacements)
+        module = Path(source).stem if source.startswith("redis/") else None
+        wanted = HEADER.format(name=source) + convert(text, renames, replacements, module)
         target = PACKAGE / name
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current == wanted:

@@ -38,7 +38,10 @@ from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
     from .layers.disk import DiskLayer
+    from .redis._sync_bus import SyncRedisInvalidationBus
     from .redis._sync_layer import SyncRedisLayer
+    from .redis._sync_single_flight import SyncRedisSingleFlightCoordinator
+    from .redis._sync_tag_index import SyncRedisTagIndex
     from .redis.bus import RedisInvalidationBus
     from .redis.layer import RedisLayer
     from .redis.single_flight import RedisSingleFlightCoordinator
@@ -82,7 +85,10 @@ __all__ = [
     "RedisTagIndex",
     "SyncCacheNamespace",
     "SyncCacheStack",
+    "SyncRedisInvalidationBus",
     "SyncRedisLayer",
+    "SyncRedisSingleFlightCoordinator",
+    "SyncRedisTagIndex",
 ]
 
 __version__ = "0.1.0"
@@ -91,6 +97,9 @@ _LAZY = {
     "DiskLayer": "layercache.layers.disk",
     "RedisLayer": "layercache.redis.layer",
     "SyncRedisLayer": "layercache.redis._sync_layer",
+    "SyncRedisInvalidationBus": "layercache.redis._sync_bus",
+    "SyncRedisSingleFlightCoordinator": "layercache.redis._sync_single_flight",
+    "SyncRedisTagIndex": "layercache.redis._sync_tag_index",
     "RedisSingleFlightCoordinator": "layercache.redis.single_flight",
     "RedisInvalidationBus": "layercache.redis.bus",
     "RedisTagIndex": "layercache.redis.tag_index",

@@ -10,29 +10,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
     "Cancelled",
     "FlightFuture",
+    "Signal",
+    "Timeout",
+    "bounded",
+    "check_component",
     "bind_method",
     "call_fetcher",
     "gather",
     "gather_settled",
+    "is_running",
     "launch",
     "launch_background",
     "new_flight_lock",
     "new_future",
+    "new_workers",
+    "spawn",
     "stack_layer",
+    "stop_spawned",
     "wait_future",
     "wait_launched",
+    "wait_signal",
     "with_timeout",
+    "Workers",
 ]
 
 T = TypeVar("T")
 Cancelled = asyncio.CancelledError
 FlightFuture = asyncio.Future
+# What a bounded wait raises (``asyncio.TimeoutError`` is the builtin only from Python 3.11 on).
+Timeout = asyncio.TimeoutError
+# A flag tasks wait on.
+Signal = asyncio.Event
 
 
 def bind_method(fn: Callable[..., Any], blocking: bool) -> Callable[..., Awaitable[Any]]:
@@ -150,7 +164,19 @@ async def call_fetcher(fetcher: Callable[[], Any]) -> Any:
     return result
 
 
-async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float) -> T:
+class Workers:
+    """The threads a sync stack owns; on asyncio, work runs as tasks of the loop instead."""
+
+    async def aclose(self, timeout: float) -> None:
+        """Nothing to stop (the thread twin shuts its pool down)."""
+
+
+def new_workers(name: str) -> Workers:
+    """The stack's workers (see :class:`Workers`)."""
+    return Workers()
+
+
+async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float, workers: Workers) -> T:
     """``await thunk()`` bounded by ``timeout``; raises the builtin ``TimeoutError``."""
     return await asyncio.wait_for(thunk(), timeout)
 
@@ -164,6 +190,63 @@ def launch_background(
     future: asyncio.Future[Any],
     thunk: Callable[[], Awaitable[Any]],
     on_done: Callable[[], None],
+    workers: Workers,
 ) -> asyncio.Task[None]:
     """Like :func:`launch`; on asyncio every launch already runs in the background."""
     return launch(future, thunk, on_done)
+
+
+# -- the Redis coordination components' background work (bus subscriber, single-flight notice
+# listener, lease renewal): a task on this loop here, a daemon thread in the sync twin.
+
+
+def spawn(thunk: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None]:
+    """Run ``thunk()`` in the background (a task on the running loop)."""
+    return asyncio.get_running_loop().create_task(thunk(), name=name)
+
+
+def is_running(handle: asyncio.Task[None] | None) -> bool:
+    """Whether a spawned piece of work is still running."""
+    return handle is not None and not handle.done()
+
+
+async def stop_spawned(handle: asyncio.Task[None], timeout: float) -> None:
+    """Stop spawned work and wait for it to end (cancelled here; ``timeout`` bounds the
+    thread twin's join, which waits for the work to notice its stop flag)."""
+    handle.cancel()
+    # asyncio.wait never raises the task's own CancelledError, so cancelling *this* task while
+    # it waits still propagates instead of being swallowed.
+    await asyncio.wait({handle})
+
+
+async def wait_signal(signal: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``signal``; whether it was set."""
+    if signal.is_set():
+        return True
+    try:
+        await asyncio.wait_for(signal.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
+    """``await awaitable`` bounded by ``timeout`` (raises :data:`Timeout`).
+
+    The thread twin receives the call's result, already computed: a blocking driver call is
+    bounded by the client's socket timeout instead.
+    """
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+def check_component(component: Any, role: str, method: str) -> None:
+    """Refuse a coordination component whose ``method`` is not a coroutine function (a sync
+    component, built on a sync redis-py client, belongs to ``SyncCacheStack``)."""
+    if component is None:
+        return
+    if not inspect.iscoroutinefunction(getattr(component, method, None)):
+        raise TypeError(
+            f"{role} {component!r} is not asyncio-based (its {method}() is not async); "
+            "CacheStack needs components built on redis.asyncio clients "
+            "(use SyncCacheStack for ones built on sync clients)"
+        )

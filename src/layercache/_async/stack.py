@@ -59,12 +59,14 @@ from .._types import InvalidationMessage
 from ._primitives import (
     FlightFuture,
     call_fetcher,
+    check_component,
     gather,
     gather_settled,
     launch,
     launch_background,
     new_flight_lock,
     new_future,
+    new_workers,
     wait_future,
     wait_launched,
     with_timeout,
@@ -224,6 +226,11 @@ class CacheStack:
         self._tags: Any = (
             tag_index if tag_index is not None else InMemoryTagIndex(max_tag_index_keys)
         )
+        # A component built on the other kind of Redis client cannot work here: refuse it now
+        # rather than on the first miss.
+        check_component(single_flight_coordinator, "single_flight_coordinator", "run")
+        check_component(invalidation_bus, "invalidation_bus", "publish")
+        check_component(self._tags, "tag_index", "record")
         self._clock = clock
         self._rng = rng
         self.max_profile_entries = max_profile_entries
@@ -252,6 +259,8 @@ class CacheStack:
             probe_lease=max(60.0, 2 * (defaults.fetch_timeout or 30.0)),
         )
         self._limiter = FetcherLimiter(max_keys=max_profile_entries)
+        # Threads this stack owns in the sync twin (timed fetches, background refreshes).
+        self._workers = new_workers("layercache")
         self._behind: WriteBehindQueue | None = _write_behind_queue(
             write_strategy, write_behind, self._flush_behind
         )
@@ -693,7 +702,7 @@ class CacheStack:
 
         # Keep a reference: a task nobody holds may be collected before it finishes.
         self._cleanups = [h for h in self._cleanups if not h.done()]
-        self._cleanups.append(launch_background(new_future(), purge, lambda: None))
+        self._cleanups.append(launch_background(new_future(), purge, lambda: None, self._workers))
 
     # ------------------------------------------------------------------ tag index health
 
@@ -1150,6 +1159,7 @@ class CacheStack:
             future,
             functools.partial(self._refresh, key, fetcher, bounded, flight),
             finished,
+            self._workers,
         )
 
     async def _refresh(
@@ -1254,7 +1264,7 @@ class CacheStack:
             return await wait_future(future)
         began = time.monotonic()
         try:
-            return await with_timeout(functools.partial(wait_future, future), soft)
+            return await with_timeout(functools.partial(wait_future, future), soft, self._workers)
         except TimeoutError as exc:
             if isinstance(exc, FetchTimeoutError) or time.monotonic() - began < soft:
                 raise  # the fetch's own timeout or error, not the soft deadline
@@ -1279,7 +1289,7 @@ class CacheStack:
             return await run()
         began = time.monotonic()
         try:
-            return await with_timeout(run, timeout)
+            return await with_timeout(run, timeout, self._workers)
         except TimeoutError:
             if time.monotonic() - began >= timeout:
                 raise FetchTimeoutError(key, timeout) from None
@@ -2019,6 +2029,7 @@ class CacheStack:
                 errors.append(exc)  # reported after the layers are closed
         await wait_launched(self._events.pending(), _CLOSE_GRACE)
         await wait_launched(self._cleanups, _CLOSE_GRACE)
+        await self._workers.aclose(_CLOSE_GRACE)
         # The coordination components, then the layers.
         for component in (self._bus, self._coordinator, self._tags):
             closer = getattr(component, "aclose", None)

@@ -7,28 +7,41 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
     "Cancelled",
     "FlightFuture",
+    "Signal",
+    "Timeout",
+    "bounded",
+    "check_component",
     "bind_method",
     "call_fetcher",
     "gather",
     "gather_settled",
+    "is_running",
     "launch",
     "launch_background",
     "new_flight_lock",
     "new_future",
+    "new_workers",
+    "spawn",
     "stack_layer",
+    "stop_spawned",
     "wait_future",
     "wait_launched",
+    "wait_signal",
     "with_timeout",
+    "Workers",
 ]
 
 T = TypeVar("T")
 FlightFuture = concurrent.futures.Future
+Timeout = TimeoutError
+Signal = threading.Event
 
 
 class Cancelled(BaseException):
@@ -105,7 +118,11 @@ def wait_future(future: concurrent.futures.Future[Any]) -> Any:
 
 
 def wait_launched(handles: Sequence[Any], timeout: float) -> None:
-    """Leaders run their fetches in their own threads; nothing to wait for here."""
+    """Wait up to ``timeout`` for work submitted to a stack's workers (background refreshes,
+    generation cleanups); leaders run their own fetches in their threads (no handle)."""
+    pending = [h for h in handles if isinstance(h, concurrent.futures.Future)]
+    if pending:
+        concurrent.futures.wait(pending, timeout)
 
 
 def call_fetcher(fetcher: Callable[[], Any]) -> Any:
@@ -115,23 +132,91 @@ def call_fetcher(fetcher: Callable[[], Any]) -> Any:
     return fetcher()
 
 
-_TIMEOUT_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+class Workers:
+    """The threads one stack owns: fetches bounded by a timeout (a thread cannot be
+    interrupted, so the caller waits on a worker instead) and background refreshes.
+
+    Two pools, created on first use, so a refresh burst never starves timed fetches. Both are
+    bounded; ``close()`` of the stack shuts them down (work already running finishes, queued
+    work is dropped: the stack waited for its refreshes before).
+    """
+
+    # Fetches in flight at once per stack (callers beyond it queue, still bounded by their
+    # timeout), and background refreshes at once.
+    FETCH_THREADS = 32
+    REFRESH_THREADS = 8
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._fetch: concurrent.futures.ThreadPoolExecutor | None = None
+        self._refresh: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def _pool(self, refresh: bool) -> concurrent.futures.ThreadPoolExecutor | None:
+        pool = self._refresh if refresh else self._fetch
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._closed:
+                return None
+            if refresh:
+                if self._refresh is None:
+                    self._refresh = concurrent.futures.ThreadPoolExecutor(
+                        self.REFRESH_THREADS, thread_name_prefix=f"{self._name}-refresh"
+                    )
+                return self._refresh
+            if self._fetch is None:
+                self._fetch = concurrent.futures.ThreadPoolExecutor(
+                    self.FETCH_THREADS, thread_name_prefix=f"{self._name}-fetch"
+                )
+            return self._fetch
+
+    def submit(
+        self, refresh: bool, fn: Callable[..., T], *args: Any
+    ) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` on the fetch pool (or the refresh pool); after ``close()``, in the
+        calling thread (a stack used after close keeps working, without new threads)."""
+        pool = self._pool(refresh)
+        if pool is not None:
+            try:
+                return pool.submit(fn, *args)
+            except RuntimeError:
+                pass  # shut down between the lookup and the submit: run it here
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # handed over like a pool thread would
+            done.set_exception(exc)
+        return done
+
+    def close(self, timeout: float) -> None:
+        """Shut both pools down; running work finishes on its own (a thread cannot be
+        stopped), and ``timeout`` bounds how long this waits for the threads to exit."""
+        with self._lock:
+            self._closed = True
+            pools = [p for p in (self._fetch, self._refresh) if p is not None]
+            self._fetch = self._refresh = None
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for pool in pools:
+            for thread in list(getattr(pool, "_threads", ())):
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def with_timeout(thunk: Callable[[], T], timeout: float) -> T:
+def new_workers(name: str) -> Workers:
+    """The stack's workers (see :class:`Workers`)."""
+    return Workers(name)
+
+
+def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
     """Run ``thunk`` bounded by ``timeout``; raises the builtin ``TimeoutError``.
 
-    A thread cannot be interrupted, so the work runs in a pool thread and the caller stops
-    waiting after ``timeout``; the abandoned work finishes in the background.
+    A thread cannot be interrupted, so the work runs on one of the stack's worker threads and
+    the caller stops waiting after ``timeout``; the abandoned work finishes in the background.
     """
-    global _TIMEOUT_POOL
-    with _POOL_LOCK:
-        if _TIMEOUT_POOL is None:
-            _TIMEOUT_POOL = concurrent.futures.ThreadPoolExecutor(
-                max_workers=32, thread_name_prefix="layercache-fetch"
-            )
-    future = _TIMEOUT_POOL.submit(thunk)
+    future = workers.submit(False, thunk)
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
@@ -143,19 +228,57 @@ def new_flight_lock() -> threading.Lock:
     return threading.Lock()
 
 
-_BACKGROUND_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-
-
 def launch_background(
     future: concurrent.futures.Future[Any],
     thunk: Callable[[], Any],
     on_done: Callable[[], None],
+    workers: Workers,
 ) -> concurrent.futures.Future[threading.Thread | None]:
     """Run ``thunk`` on a thread the stack owns (background refreshes), settling ``future``."""
-    global _BACKGROUND_POOL
-    with _POOL_LOCK:
-        if _BACKGROUND_POOL is None:
-            _BACKGROUND_POOL = concurrent.futures.ThreadPoolExecutor(
-                max_workers=8, thread_name_prefix="layercache-refresh"
-            )
-    return _BACKGROUND_POOL.submit(launch, future, thunk, on_done)
+    return workers.submit(True, launch, future, thunk, on_done)
+
+
+# -- the Redis coordination components' background work: daemon threads. A thread cannot be
+# cancelled, so every loop run this way checks its component's stop flag at least once per
+# poll interval, and stop_spawned joins it for a bounded time.
+
+
+def spawn(thunk: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``thunk()`` on a new daemon thread named ``name``."""
+    thread = threading.Thread(target=thunk, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def is_running(handle: threading.Thread | None) -> bool:
+    """Whether a spawned thread is still running."""
+    return handle is not None and handle.is_alive()
+
+
+def stop_spawned(handle: threading.Thread, timeout: float) -> None:
+    """Wait up to ``timeout`` for a spawned thread that was told to stop (its stop flag set)."""
+    if handle is not threading.current_thread():
+        handle.join(timeout)
+
+
+def wait_signal(signal: threading.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``signal``; whether it was set."""
+    return signal.wait(timeout)
+
+
+def bounded(result: T, timeout: float) -> T:
+    """The result of a call that was already made: a blocking driver call is bounded by the
+    client's socket timeout (the asyncio twin bounds the awaitable by ``timeout``)."""
+    return result
+
+
+def check_component(component: Any, role: str, method: str) -> None:
+    """Refuse a coordination component whose ``method`` is a coroutine function (built on a
+    ``redis.asyncio`` client: it belongs to ``CacheStack``)."""
+    if component is None:
+        return
+    if inspect.iscoroutinefunction(getattr(component, method, None)):
+        raise TypeError(
+            f"{role} {component!r} is asyncio-based (its {method}() is async); SyncCacheStack "
+            "needs components built on sync redis-py clients (redis.Redis, redis.RedisCluster)"
+        )

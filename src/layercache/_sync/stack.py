@@ -61,12 +61,14 @@ from .._types import InvalidationMessage
 from ._primitives import (
     FlightFuture,
     call_fetcher,
+    check_component,
     gather,
     gather_settled,
     launch,
     launch_background,
     new_flight_lock,
     new_future,
+    new_workers,
     wait_future,
     wait_launched,
     with_timeout,
@@ -226,6 +228,11 @@ class SyncCacheStack:
         self._tags: Any = (
             tag_index if tag_index is not None else InMemoryTagIndex(max_tag_index_keys)
         )
+        # A component built on the other kind of Redis client cannot work here: refuse it now
+        # rather than on the first miss.
+        check_component(single_flight_coordinator, "single_flight_coordinator", "run")
+        check_component(invalidation_bus, "invalidation_bus", "publish")
+        check_component(self._tags, "tag_index", "record")
         self._clock = clock
         self._rng = rng
         self.max_profile_entries = max_profile_entries
@@ -254,6 +261,8 @@ class SyncCacheStack:
             probe_lease=max(60.0, 2 * (defaults.fetch_timeout or 30.0)),
         )
         self._limiter = FetcherLimiter(max_keys=max_profile_entries)
+        # Threads this stack owns in the sync twin (timed fetches, background refreshes).
+        self._workers = new_workers("layercache")
         self._behind: WriteBehindQueue | None = _write_behind_queue(
             write_strategy, write_behind, self._flush_behind
         )
@@ -695,7 +704,7 @@ class SyncCacheStack:
 
         # Keep a reference: a task nobody holds may be collected before it finishes.
         self._cleanups = [h for h in self._cleanups if not h.done()]
-        self._cleanups.append(launch_background(new_future(), purge, lambda: None))
+        self._cleanups.append(launch_background(new_future(), purge, lambda: None, self._workers))
 
     # ------------------------------------------------------------------ tag index health
 
@@ -1152,6 +1161,7 @@ class SyncCacheStack:
             future,
             functools.partial(self._refresh, key, fetcher, bounded, flight),
             finished,
+            self._workers,
         )
 
     def _refresh(
@@ -1256,7 +1266,7 @@ class SyncCacheStack:
             return wait_future(future)
         began = time.monotonic()
         try:
-            return with_timeout(functools.partial(wait_future, future), soft)
+            return with_timeout(functools.partial(wait_future, future), soft, self._workers)
         except TimeoutError as exc:
             if isinstance(exc, FetchTimeoutError) or time.monotonic() - began < soft:
                 raise  # the fetch's own timeout or error, not the soft deadline
@@ -1281,7 +1291,7 @@ class SyncCacheStack:
             return run()
         began = time.monotonic()
         try:
-            return with_timeout(run, timeout)
+            return with_timeout(run, timeout, self._workers)
         except TimeoutError:
             if time.monotonic() - began >= timeout:
                 raise FetchTimeoutError(key, timeout) from None
@@ -2021,6 +2031,7 @@ class SyncCacheStack:
                 errors.append(exc)  # reported after the layers are closed
         wait_launched(self._events.pending(), _CLOSE_GRACE)
         wait_launched(self._cleanups, _CLOSE_GRACE)
+        self._workers.close(_CLOSE_GRACE)
         # The coordination components, then the layers.
         for component in (self._bus, self._coordinator, self._tags):
             closer = getattr(component, "close", None)

@@ -15,7 +15,6 @@ message.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -36,6 +35,18 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test 
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
     ) from exc
 
+from .._async._primitives import (
+    Cancelled,
+    Signal,
+    bounded,
+    is_running,
+    new_flight_lock,
+    new_future,
+    spawn,
+    stop_spawned,
+    wait_future,
+    wait_signal,
+)
 from .._exceptions import CacheLayerError
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH
@@ -66,6 +77,7 @@ RedisClient = aioredis.Redis | RedisCluster
 MessageHandler = Callable[[InvalidationMessage], Awaitable[None]]
 ReconnectHandler = Callable[[], Awaitable[None]]
 
+# unasync: begin shared
 WIRE_VERSION = 1
 SCOPES = frozenset({"keys", "tags", "pattern", "prefix", "clear", "generation"})
 OPERATIONS = frozenset({"set", "delete", "invalidate", "clear", "bump"})
@@ -181,6 +193,9 @@ def validate_message(message: InvalidationMessage, *, max_keys: int | None = Non
             raise ValueError(f"a generation must be a non-negative integer as text, not {value!r}")
 
 
+# unasync: end shared
+
+
 class RedisInvalidationBus:
     """Cross-instance invalidation over Redis pub/sub (sharded pub/sub on a cluster client).
 
@@ -224,6 +239,19 @@ class RedisInvalidationBus:
         ValueError: On a bad argument.
     """
 
+    # unasync: begin async-only
+    def __new__(cls, publisher: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A ``SyncRedisInvalidationBus`` when ``publisher`` is a sync redis-py client."""
+        # Imported here: the sync twin imports this module (no cycle at import time).
+        from ._sync_layer import RedisClient as SyncRedisClient
+
+        if isinstance(publisher, SyncRedisClient):
+            from ._sync_bus import SyncRedisInvalidationBus
+
+            return SyncRedisInvalidationBus(publisher, *args, **kwargs)
+        return super().__new__(cls)
+
+    # unasync: end async-only
     def __init__(
         self,
         publisher: RedisClient,
@@ -297,8 +325,13 @@ class RedisInvalidationBus:
         self._on_message: MessageHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
         self._on_error: ErrorHandler | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._start_waiter: asyncio.Future[None] | None = None
+        # The subscriber (a task here, a thread in the sync twin), told to stop by _stopping.
+        self._task: Any = None
+        self._stopping = Signal()
+        self._start_waiter: Any = None
+        # Guards starting the subscriber (a real lock only in the sync twin, where several
+        # threads may call start() at once).
+        self._start_lock = new_flight_lock()
         self._subscribed = False
         self._attempt = 0
         self._closed = False
@@ -359,27 +392,27 @@ class RedisInvalidationBus:
         if self._closed:
             raise RuntimeError("the invalidation bus is closed")
         self._on_message, self._on_reconnect, self._on_error = on_message, on_reconnect, on_error
-        if self._subscribed and self._task is not None and not self._task.done():
-            return
-        waiter = self._start_waiter
-        if waiter is None or waiter.done():
-            waiter = self._start_waiter = asyncio.get_running_loop().create_future()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(
-                self._run(), name=f"layercache-bus-subscriber:{self._channel_name}"
-            )
-        await waiter
+        with self._start_lock:
+            if self._subscribed and is_running(self._task):
+                return
+            waiter = self._start_waiter
+            if waiter is None or waiter.done():
+                waiter = self._start_waiter = new_future()
+            if not is_running(self._task):
+                self._task = spawn(self._run, f"layercache-bus:{self._channel_name}")
+        await wait_future(waiter)
 
     async def aclose(self) -> None:
         """Stop the subscriber (closing its connection). Idempotent; clients are not closed."""
         self._closed = True
         self._subscribed = False
+        self._stopping.set()
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            # Bounded: even a swallowed cancellation ends the loop within one read or one
-            # driver timeout, because it checks _closed.
-            await asyncio.gather(task, return_exceptions=True)
+        if is_running(task):
+            # Bounded: even a swallowed cancellation (or, in the sync twin, a thread that
+            # cannot be cancelled) ends the loop within one read or one driver timeout,
+            # because it checks _closed.
+            await stop_spawned(task, _MAX_POLL + self.timeout)
         waiter, self._start_waiter = self._start_waiter, None
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -432,11 +465,11 @@ class RedisInvalidationBus:
         command = "SPUBLISH" if self._sharded else "PUBLISH"
         try:
             for payload in payloads:
-                await asyncio.wait_for(
+                await bounded(
                     self._publisher.execute_command(command, self._channel, payload),
                     self.timeout,
                 )
-        except asyncio.CancelledError:
+        except Cancelled:
             raise
         except Exception as exc:
             raise CacheLayerError("bus", "publish") from exc
@@ -633,9 +666,9 @@ class RedisInvalidationBus:
                 # Connecting (and its handshake) is bounded here: a blackholed server would
                 # otherwise hold a client without socket timeouts forever.
                 pubsub = self._subscriber.pubsub()
-                await asyncio.wait_for(self._subscribe(pubsub), self.timeout)
+                await self._subscribe(pubsub)
                 await self._listen(pubsub)
-            except asyncio.CancelledError:
+            except Cancelled:
                 raise
             except Exception as exc:
                 self._lost(exc)
@@ -647,33 +680,33 @@ class RedisInvalidationBus:
                 return
             delay = backoff_delay(self._attempt, *self._backoff, self._rng)
             self._attempt += 1
-            await asyncio.sleep(delay)
+            if await wait_signal(self._stopping, delay):
+                return
 
     async def _subscribe(self, pubsub: Any) -> None:
         if self._sharded:
             # A cluster client learns the slot map on its first command; the pub/sub needs it
             # to find the node that owns the channel. (Idempotent once initialised.)
-            await self._subscriber.initialize()
-            await pubsub.ssubscribe(self._channel)
+            await bounded(self._subscriber.initialize(), self.timeout)
+            await bounded(pubsub.ssubscribe(self._channel), self.timeout)
         else:
-            await pubsub.subscribe(self._channel)
+            await bounded(pubsub.subscribe(self._channel), self.timeout)
 
     async def _listen(self, pubsub: Any) -> None:
-        loop = asyncio.get_running_loop()
         poll = min(_MAX_POLL, self.health_check_interval)
-        last_heard = loop.time()
+        last_heard = time.monotonic()
         ping_sent: float | None = None
         while not self._closed:
             # The outer bound catches a read that hangs despite its timeout (a reconnect
             # attempt inside the driver against a blackholed server).
-            message = await asyncio.wait_for(self._read(pubsub, poll), poll + self.timeout)
-            now = loop.time()
+            message = await bounded(self._read(pubsub, poll), poll + self.timeout)
+            now = time.monotonic()
             if message is None:
                 if ping_sent is not None:
                     if now - ping_sent > self.timeout:
                         raise _SubscriberLost(f"no answer to PING within {self.timeout:g}s")
                 elif now - last_heard >= self.health_check_interval:
-                    await asyncio.wait_for(self._ping(pubsub), self.timeout)
+                    await self._ping(pubsub)
                     ping_sent = now
                 continue
             last_heard, ping_sent = now, None
@@ -699,9 +732,9 @@ class RedisInvalidationBus:
         if self._sharded:
             # A cluster pub/sub holds one connection per node that owns a subscribed channel.
             for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
-                await node_pubsub.ping()
+                await bounded(node_pubsub.ping(), self.timeout)
         else:
-            await pubsub.ping()
+            await bounded(pubsub.ping(), self.timeout)
 
     async def _confirmed(self) -> None:
         """The subscription is (again) in place."""
@@ -744,8 +777,8 @@ class RedisInvalidationBus:
 
     async def _close_pubsub(self, pubsub: Any) -> None:
         try:
-            await asyncio.wait_for(pubsub.aclose(), self.timeout)
-        except asyncio.CancelledError:
+            await bounded(pubsub.aclose(), self.timeout)
+        except Cancelled:
             raise
         except Exception as exc:
             logger.debug("invalidation bus: closing the pub/sub connection failed: %r", exc)

@@ -14,7 +14,6 @@ directly (the stack's in-process single-flight still dedupes inside the instance
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -24,6 +23,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .._async._primitives import (
+    Cancelled,
+    Signal,
+    Timeout,
+    bounded,
+    is_running,
+    new_flight_lock,
+    spawn,
+    stop_spawned,
+    wait_signal,
+)
 from .._keys import validate_prefix
 from .._types import ErrorHandler
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
@@ -36,6 +46,8 @@ logger = logging.getLogger("layercache.redis")
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# unasync: begin shared
 
 # A Redis call inside run() is bounded by the time left before the caller's timeout, but never
 # by less than this: a caller with (almost) no time left still gets one real attempt.
@@ -134,6 +146,9 @@ def _new_token() -> bytes:
     return secrets.token_hex(16).encode("ascii")
 
 
+# unasync: end shared
+
+
 class RedisSingleFlightCoordinator:
     """Cross-instance single-flight on a Redis lock: N instances x M callers = 1 origin fetch.
 
@@ -158,6 +173,19 @@ class RedisSingleFlightCoordinator:
             that decodes responses).
     """
 
+    # unasync: begin async-only
+    def __new__(cls, client: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A ``SyncRedisSingleFlightCoordinator`` when ``client`` is a sync redis-py client."""
+        # Imported here: the sync twin imports this module (no cycle at import time).
+        from ._sync_layer import RedisClient as SyncRedisClient
+
+        if isinstance(client, SyncRedisClient):
+            from ._sync_single_flight import SyncRedisSingleFlightCoordinator
+
+            return SyncRedisSingleFlightCoordinator(client, *args, **kwargs)
+        return super().__new__(cls)
+
+    # unasync: end async-only
     def __init__(
         self,
         client: RedisClient,
@@ -192,9 +220,14 @@ class RedisSingleFlightCoordinator:
         self.stats = SingleFlightStats()
         self._error_handler: ErrorHandler | None = None
         # Waiters of this instance, by notice (the key's bytes): each has its own Event.
-        self._waiters: dict[bytes, set[asyncio.Event]] = {}
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed: asyncio.Event | None = None
+        self._waiters: dict[bytes, set[Signal]] = {}
+        # Guards _waiters and starting the listener (a real lock only in the sync twin, where
+        # callers and the listener are threads).
+        self._waiters_lock = new_flight_lock()
+        # The notice listener (a task here, a thread in the sync twin), told to stop by _closing.
+        self._listener: Any = None
+        self._subscribed: Signal | None = None
+        self._closing = Signal()
         self._closed = False
         self._last_warning: dict[str, float] = {}
 
@@ -326,24 +359,28 @@ class RedisSingleFlightCoordinator:
             await self._release(key, lock, token, timeout, notify=False)
             return value
         self.stats.fetches += 1
-        renewer = asyncio.ensure_future(self._renew(key, lock, token))
+        done = Signal()
+
+        async def renew() -> None:
+            await self._renew(key, lock, token, done)
+
+        renewer = spawn(renew, "layercache-lease")
         try:
             result = await fetch()
         except BaseException:
-            await self._stop(renewer)
+            await self._stop(renewer, done)
             # Released and announced, so that a waiter takes over now rather than at expiry.
             await self._release(key, lock, token, timeout, notify=True)
             raise
-        await self._stop(renewer)
+        await self._stop(renewer, done)
         await self._release(key, lock, token, timeout, notify=True)
         return result
 
-    async def _renew(self, key: str, lock: bytes, token: bytes) -> None:
+    async def _renew(self, key: str, lock: bytes, token: bytes, done: Signal) -> None:
         interval = self._renew_interval
-        while True:
-            await asyncio.sleep(interval)
+        while not await wait_signal(done, interval):
             try:
-                renewed = await asyncio.wait_for(
+                renewed = await bounded(
                     self._renew_script(keys=[lock], args=[token, self._lease_ms]), interval
                 )
             except Exception as exc:
@@ -360,12 +397,11 @@ class RedisSingleFlightCoordinator:
                 return
             self.stats.renewals += 1
 
-    @staticmethod
-    async def _stop(task: asyncio.Future[None]) -> None:
-        task.cancel()
-        # asyncio.wait never raises the task's own CancelledError, so a cancellation of *this*
-        # task while waiting still propagates instead of being swallowed.
-        await asyncio.wait({task})
+    async def _stop(self, renewer: Any, done: Signal) -> None:
+        done.set()
+        # A renewal in flight is bounded by the renew interval (the client's socket timeout in
+        # the sync twin): wait that long at most.
+        await stop_spawned(renewer, self._renew_interval + _MIN_CALL_TIME)
 
     async def _release(
         self, key: str, lock: bytes, token: bytes, timeout: float, *, notify: bool
@@ -374,7 +410,7 @@ class RedisSingleFlightCoordinator:
         if notify:
             args += [self._channel, single_flight_message(key)]
         try:
-            released = await asyncio.wait_for(
+            released = await bounded(
                 self._release_script(keys=[lock], args=args), max(timeout, _MIN_CALL_TIME)
             )
         except Exception as exc:
@@ -430,7 +466,7 @@ class RedisSingleFlightCoordinator:
                 acquired, pttl = await self._acquire(lock, token, deadline)
                 if acquired:
                     return _Lead(token)
-        except asyncio.TimeoutError:
+        except Timeout:
             # A Redis call (or read_shared) outlived the caller's timeout.
             self.stats.timeouts += 1
             return _Fetch()
@@ -442,69 +478,71 @@ class RedisSingleFlightCoordinator:
         self.stats.shared_hits += 1
         return _Found(value)
 
-    async def _sleep(self, event: asyncio.Event | None, delay: float) -> None:
+    async def _sleep(self, event: Signal | None, delay: float) -> None:
         if event is None:
-            await asyncio.sleep(delay)
+            # Polling only (beyond the cap of waiting keys): a plain sleep.
+            await wait_signal(Signal(), delay)
             return
-        try:
-            await asyncio.wait_for(event.wait(), delay)
-        except asyncio.TimeoutError:
-            return
-        # Cleared before the next read_shared(): a notice arriving during that read sets it
-        # again, so it is never lost.
-        event.clear()
+        if await wait_signal(event, delay):
+            # Cleared before the next read_shared(): a notice arriving during that read sets
+            # it again, so it is never lost.
+            event.clear()
 
-    def _register(self, notice: bytes) -> asyncio.Event | None:
-        events = self._waiters.get(notice)
-        if events is None:
-            if len(self._waiters) >= _MAX_WAITING_KEYS:
-                # Bounded: a caller beyond the cap still gets its value, by polling.
-                return None
-            events = self._waiters[notice] = set()
-        event = asyncio.Event()
-        events.add(event)
-        return event
+    def _register(self, notice: bytes) -> Signal | None:
+        with self._waiters_lock:
+            events = self._waiters.get(notice)
+            if events is None:
+                if len(self._waiters) >= _MAX_WAITING_KEYS:
+                    # Bounded: a caller beyond the cap still gets its value, by polling.
+                    return None
+                events = self._waiters[notice] = set()
+            event = Signal()
+            events.add(event)
+            return event
 
-    def _unregister(self, notice: bytes, event: asyncio.Event | None) -> None:
+    def _unregister(self, notice: bytes, event: Signal | None) -> None:
         if event is None:
             return
-        events = self._waiters.get(notice)
-        if events is None:
-            return
-        events.discard(event)
-        if not events:
-            del self._waiters[notice]
+        with self._waiters_lock:
+            events = self._waiters.get(notice)
+            if events is None:
+                return
+            events.discard(event)
+            if not events:
+                del self._waiters[notice]
 
     # -- notification subscription -------------------------------------------------------------
 
     async def _ensure_subscribed(self, deadline: float) -> None:
-        if self._closed:
-            return  # closed while this waiter was on its way: poll
-        if self._listener is None or self._listener.done():
-            self._subscribed = asyncio.Event()
-            self._listener = asyncio.ensure_future(self._listen(self._subscribed))
-        subscribed = self._subscribed
+        with self._waiters_lock:
+            if self._closed:
+                return  # closed while this waiter was on its way: poll
+            if not is_running(self._listener):
+                fresh = self._subscribed = Signal()
+
+                async def listen() -> None:
+                    await self._listen(fresh)
+
+                self._listener = spawn(listen, f"layercache-single-flight:{self.prefix}")
+            subscribed = self._subscribed
         assert subscribed is not None
         if subscribed.is_set():
             return
         wait = min(_SUBSCRIBE_WAIT, deadline - time.monotonic())
-        if wait <= 0:
-            return
-        try:
-            await asyncio.wait_for(subscribed.wait(), wait)
-        except asyncio.TimeoutError:
-            # Not subscribed yet (Redis slow or unreachable): poll until it is.
-            return
+        if wait > 0:
+            # Not subscribed in time (Redis slow or unreachable): poll until it is.
+            await wait_signal(subscribed, wait)
 
-    async def _listen(self, subscribed: asyncio.Event) -> None:
+    async def _listen(self, subscribed: Signal) -> None:
         delay = _RECONNECT_MIN
-        while True:
-            pubsub = self._client.pubsub()
+        while not self._closed:
+            client: Any = self._client
+            pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
                 last_seen = time.monotonic()
                 pinged = False
-                while True:
+                while not self._closed:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=False, timeout=_IDLE_TICK
                     )
@@ -527,7 +565,7 @@ class RedisSingleFlightCoordinator:
                         self.stats.subscriptions += 1
                         delay = _RECONNECT_MIN
                         self._wake_all()
-            except asyncio.CancelledError:
+            except Cancelled:
                 raise
             except Exception as exc:
                 subscribed.clear()
@@ -535,27 +573,30 @@ class RedisSingleFlightCoordinator:
                 self._report(exc, None, "subscribe")
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 except Exception:
                     logger.debug("closing the single-flight subscription failed", exc_info=True)
             # Waiters poll meanwhile; jitter keeps many instances from reconnecting in step.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if await wait_signal(self._closing, delay * random.uniform(0.5, 1.0)):
+                return
             delay = min(delay * 2, _RECONNECT_MAX)
 
     def _notify(self, data: object) -> None:
         if not isinstance(data, bytes):
             return
-        events = self._waiters.get(data)
-        if not events:
-            return
-        self.stats.notifications += 1
-        for event in events:
-            event.set()
-
-    def _wake_all(self) -> None:
-        for events in self._waiters.values():
+        with self._waiters_lock:
+            events = self._waiters.get(data)
+            if not events:
+                return
+            self.stats.notifications += 1
             for event in events:
                 event.set()
+
+    def _wake_all(self) -> None:
+        with self._waiters_lock:
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -569,7 +610,7 @@ class RedisSingleFlightCoordinator:
     @staticmethod
     async def _bounded(awaitable: Awaitable[R], deadline: float) -> R:
         limit = max(deadline - time.monotonic(), _MIN_CALL_TIME)
-        return await asyncio.wait_for(awaitable, limit)
+        return await bounded(awaitable, limit)
 
     def _degrade(self, exc: BaseException, key: str, operation: str) -> None:
         self.stats.degraded += 1
@@ -606,10 +647,12 @@ class RedisSingleFlightCoordinator:
 
         Later :meth:`run` calls fetch directly, without coordination.
         """
-        self._closed = True
-        listener, self._listener = self._listener, None
-        if listener is not None and not listener.done():
-            listener.cancel()
-            await asyncio.wait({listener})
+        with self._waiters_lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+        self._closing.set()
+        if is_running(listener):
+            # The listener notices _closed within one idle tick (a thread cannot be cancelled).
+            await stop_spawned(listener, _IDLE_TICK + _MIN_CALL_TIME)
         # Waiters still running fall back to polling until their timeout.
         self._wake_all()

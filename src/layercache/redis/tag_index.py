@@ -123,6 +123,19 @@ class RedisTagIndex:
 
     name = "tag-index"
 
+    # unasync: begin async-only
+    def __new__(cls, client: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A ``SyncRedisTagIndex`` when ``client`` is a sync redis-py client."""
+        # Imported here: the sync twin imports this module (no cycle at import time).
+        from ._sync_layer import RedisClient as SyncRedisClient
+
+        if isinstance(client, SyncRedisClient):
+            from ._sync_tag_index import SyncRedisTagIndex
+
+            return SyncRedisTagIndex(client, *args, **kwargs)
+        return super().__new__(cls)
+
+    # unasync: end async-only
     def __init__(
         self,
         client: RedisClient,

@@ -1,0 +1,566 @@
+# DO NOT EDIT: generated from src/layercache/redis/single_flight.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""``SyncRedisSingleFlightCoordinator``: one origin fetch per cold key across every instance.
+
+The lock of a key is a Redis string set with ``SET NX PX`` to a random token. The caller that
+takes it (the *holder*) runs ``fetch()``, which loads the value and stores it in every layer,
+renewing its lease meanwhile; it then releases the lock with a compare-and-delete script that
+also publishes a completion notice. Every other caller (a *waiter*) waits for that notice on one
+pub/sub subscription shared by the coordinator, polls ``read_shared()`` only as the fallback,
+takes the lock over when it disappears without a value (the holder died or failed), and never
+waits past ``timeout``: then it fetches by itself.
+
+Redis trouble never reaches the caller: the coordinator degrades to calling ``fetch()``
+directly (the stack's in-process single-flight still dedupes inside the instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .._sync._primitives import (
+    Cancelled,
+    Signal,
+    Timeout,
+    bounded,
+    is_running,
+    new_flight_lock,
+    spawn,
+    stop_spawned,
+    wait_signal,
+)
+from .._keys import validate_prefix
+from .._types import ErrorHandler
+from ._keys import single_flight_channel, single_flight_lock, single_flight_message
+from ._scripts import SINGLE_FLIGHT_ACQUIRE, SINGLE_FLIGHT_RELEASE, SINGLE_FLIGHT_RENEW
+from ._sync_layer import RedisClient
+
+__all__ = ["SyncRedisSingleFlightCoordinator", "SingleFlightStats"]
+
+logger = logging.getLogger("layercache.redis")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Shared with the asyncio twin.
+from .single_flight import (  # noqa: F401
+    _MIN_CALL_TIME,
+    _SUBSCRIBE_WAIT,
+    _IDLE_TICK,
+    _PING_AFTER,
+    _DEAD_AFTER,
+    _RECONNECT_MIN,
+    _RECONNECT_MAX,
+    _MAX_WAITING_KEYS,
+    _EXPIRY_MARGIN,
+    _WARN_EVERY,
+    SingleFlightStats,
+    _Fetch,
+    _Lead,
+    _Found,
+    _positive,
+    _new_token,
+)
+
+
+class SyncRedisSingleFlightCoordinator:
+    """Cross-instance single-flight on a Redis lock: N instances x M callers = 1 origin fetch.
+
+    Pass it to ``CacheStack(single_flight_coordinator=...)``; the stack calls :meth:`run` on a
+    miss, after its in-process single-flight. One coordinator serves one event loop.
+
+    Args:
+        client: A ``redis.Redis`` or ``redis.RedisCluster`` created with
+            ``decode_responses=False``. The coordinator does not close it. Its retry settings
+            decide how long a call to a dead server takes; ``run()`` bounds each call by the
+            caller's ``timeout`` anyway.
+        prefix: Start of the lock keys (``prefix:lock:{key}``) and of the notification channel
+            (``prefix:done``). Instances that should coordinate must share it.
+        lease: Lifetime of a lock in seconds. A holder renews it while its fetch runs, so it
+            only matters when the holder dies: waiters take over after at most this long.
+        renew_interval: Seconds between renewals; default ``lease / 3``. Must be below
+            ``lease``.
+
+    Raises:
+        ValueError: On a bad argument (a prefix that is empty, too long or contains control
+            characters, a non-positive lease, a renew interval not below the lease, a client
+            that decodes responses).
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "layercache:singleflight",
+        lease: float = 30.0,
+        renew_interval: float | None = None,
+    ) -> None:
+        validate_prefix(prefix)
+        self._lease = _positive("lease", lease)
+        interval = self._lease / 3 if renew_interval is None else renew_interval
+        self._renew_interval = _positive("renew_interval", interval)
+        if self._renew_interval >= self._lease:
+            raise ValueError(
+                f"renew_interval ({self._renew_interval}) must be shorter than the lease "
+                f"({self._lease}), or the lock expires between renewals"
+            )
+        encoder = getattr(client, "get_encoder", None)
+        if encoder is not None and getattr(encoder(), "decode_responses", False):
+            raise ValueError(
+                "SyncRedisSingleFlightCoordinator needs a client created with decode_responses=False"
+            )
+        self._client = client
+        self.prefix = prefix
+        self._lease_ms = max(1, math.ceil(self._lease * 1000))
+        self._channel = single_flight_channel(prefix)
+        # register_script only computes the SHA: calls go out as EVALSHA, and redis-py loads
+        # the script on NOSCRIPT (a restarted server, another cluster node).
+        self._acquire_script = client.register_script(SINGLE_FLIGHT_ACQUIRE)
+        self._renew_script = client.register_script(SINGLE_FLIGHT_RENEW)
+        self._release_script = client.register_script(SINGLE_FLIGHT_RELEASE)
+        self.stats = SingleFlightStats()
+        self._error_handler: ErrorHandler | None = None
+        # Waiters of this instance, by notice (the key's bytes): each has its own Event.
+        self._waiters: dict[bytes, set[Signal]] = {}
+        # Guards _waiters and starting the listener (a real lock only in the sync twin, where
+        # callers and the listener are threads).
+        self._waiters_lock = new_flight_lock()
+        # The notice listener (a task here, a thread in the sync twin), told to stop by _closing.
+        self._listener: Any = None
+        self._subscribed: Signal | None = None
+        self._closing = Signal()
+        self._closed = False
+        self._last_warning: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncRedisSingleFlightCoordinator(prefix={self.prefix!r}, lease={self._lease!r}, "
+            f"renew_interval={self._renew_interval!r})"
+        )
+
+    def configure(self, *, lease: float | None = None, renew_interval: float | None = None) -> None:
+        """Set the lease and renewal interval (the stack's ``single_flight_lease`` and
+        ``single_flight_renew_interval`` options land here); same checks as the constructor."""
+        new_lease = self._lease if lease is None else _positive("lease", lease)
+        if renew_interval is not None:
+            interval = _positive("renew_interval", renew_interval)
+        elif lease is not None:
+            interval = new_lease / 3
+        else:
+            interval = self._renew_interval
+        if interval >= new_lease:
+            raise ValueError(
+                f"renew_interval ({interval}) must be shorter than the lease ({new_lease}), "
+                "or the lock expires between renewals"
+            )
+        self._lease = new_lease
+        self._renew_interval = interval
+        self._lease_ms = max(1, math.ceil(new_lease * 1000))
+
+    @property
+    def lease(self) -> float:
+        """Lock lifetime in seconds."""
+        return self._lease
+
+    @property
+    def renew_interval(self) -> float:
+        """Seconds between lease renewals of a holder."""
+        return self._renew_interval
+
+    def set_error_handler(self, handler: ErrorHandler | None) -> None:
+        """Call ``handler(exc, context)`` for every Redis failure the coordinator absorbs.
+
+        ``context`` holds ``component`` (``"single_flight"``), ``key`` (or ``None`` for the
+        subscription) and ``operation`` (``acquire``, ``wait``, ``recheck``, ``renew``,
+        ``release`` or ``subscribe``). Without a handler the coordinator only logs.
+        """
+        self._error_handler = handler
+
+    # -- the one entry point -----------------------------------------------------------------
+
+    def run(
+        self,
+        key: str,
+        fetch: Callable[[], T],
+        read_shared: Callable[[], tuple[bool, Any]],
+        *,
+        timeout: float = 5.0,
+        poll: float = 0.05,
+    ) -> T | Any:
+        """Run ``fetch()`` here if no other instance is fetching ``key``; else wait for its value.
+
+        Args:
+            key: The cache key (as stored in the layers).
+            fetch: Loads the value from the origin and stores it in every layer; returns it.
+            read_shared: Returns ``(True, value)`` when the shared layers hold a fresh value for
+                ``key``, else ``(False, None)``.
+            timeout: Longest a waiter waits for another instance before fetching by itself.
+            poll: Seconds between ``read_shared()`` polls, the fallback for a missed notice.
+
+        Returns:
+            The value from ``fetch()``, or the one another instance stored.
+
+        Raises:
+            ValueError: If ``timeout`` is negative or infinite, or ``poll`` not positive.
+            Exception: Whatever ``fetch()`` raised, unchanged (after the lock was released).
+        """
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout < math.inf
+        ):
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+        poll = _positive("poll", poll)
+        if self._closed:
+            self.stats.degraded += 1
+            return fetch()
+        deadline = time.monotonic() + timeout
+        lock = single_flight_lock(self.prefix, key)
+        token = _new_token()
+        try:
+            acquired, pttl = self._acquire(lock, token, deadline)
+        except Exception as exc:
+            self._degrade(exc, key, "acquire")
+            return fetch()
+        if acquired:
+            return self._lead(key, lock, token, fetch, read_shared, deadline, timeout)
+        outcome = self._await_turn(key, lock, read_shared, deadline, poll, pttl)
+        if isinstance(outcome, _Found):
+            return outcome.value
+        if isinstance(outcome, _Lead):
+            self.stats.takeovers += 1
+            return self._lead(key, lock, outcome.token, fetch, read_shared, deadline, timeout)
+        return fetch()
+
+    # -- holder ------------------------------------------------------------------------------
+
+    def _lead(
+        self,
+        key: str,
+        lock: bytes,
+        token: bytes,
+        fetch: Callable[[], T],
+        read_shared: Callable[[], tuple[bool, Any]],
+        deadline: float,
+        timeout: float,
+    ) -> T | Any:
+        self.stats.acquired += 1
+        # Re-check under the lock: another instance may have stored the value and released the
+        # lock between the caller's own lookup and our SET NX. Without this, a late caller
+        # would start a second origin fetch for a key that is already warm.
+        try:
+            found, value = self._bounded(read_shared(), deadline)
+        except Exception as exc:
+            # We hold the lock; fetching is what we would do on a miss anyway.
+            self._report(exc, key, "recheck")
+            found, value = False, None
+        if found:
+            self.stats.shared_hits += 1
+            # Nobody needs a notice: the value is already there for every waiter's next poll.
+            self._release(key, lock, token, timeout, notify=False)
+            return value
+        self.stats.fetches += 1
+        done = Signal()
+
+        def renew() -> None:
+            self._renew(key, lock, token, done)
+
+        renewer = spawn(renew, "layercache-lease")
+        try:
+            result = fetch()
+        except BaseException:
+            self._stop(renewer, done)
+            # Released and announced, so that a waiter takes over now rather than at expiry.
+            self._release(key, lock, token, timeout, notify=True)
+            raise
+        self._stop(renewer, done)
+        self._release(key, lock, token, timeout, notify=True)
+        return result
+
+    def _renew(self, key: str, lock: bytes, token: bytes, done: Signal) -> None:
+        interval = self._renew_interval
+        while not wait_signal(done, interval):
+            try:
+                renewed = bounded(
+                    self._renew_script(keys=[lock], args=[token, self._lease_ms]), interval
+                )
+            except Exception as exc:
+                # The lease is still running; the next renewal may get through.
+                self.stats.renew_failures += 1
+                self._report(exc, key, "renew")
+                continue
+            if not renewed:
+                # The lease ran out (e.g. Redis was unreachable for longer than it) and the lock
+                # is gone or someone else's: another instance may be fetching too. Nothing to
+                # renew any more; our fetch goes on and its value is stored as usual.
+                self.stats.lock_lost += 1
+                self._warn("lock_lost", "single-flight lock of %r was lost during the fetch", key)
+                return
+            self.stats.renewals += 1
+
+    def _stop(self, renewer: Any, done: Signal) -> None:
+        done.set()
+        # A renewal in flight is bounded by the renew interval (the client's socket timeout in
+        # the sync twin): wait that long at most.
+        stop_spawned(renewer, self._renew_interval + _MIN_CALL_TIME)
+
+    def _release(
+        self, key: str, lock: bytes, token: bytes, timeout: float, *, notify: bool
+    ) -> None:
+        args: list[bytes] = [token]
+        if notify:
+            args += [self._channel, single_flight_message(key)]
+        try:
+            released = bounded(
+                self._release_script(keys=[lock], args=args), max(timeout, _MIN_CALL_TIME)
+            )
+        except Exception as exc:
+            # The value is fetched and stored; a lock we could not delete expires with its
+            # lease. Never turn the caller's success into an error.
+            self.stats.release_failures += 1
+            self._report(exc, key, "release")
+            return
+        if not released:
+            self.stats.lock_lost += 1
+            self._warn("lock_lost", "single-flight lock of %r expired before its release", key)
+
+    # -- waiter ------------------------------------------------------------------------------
+
+    def _await_turn(
+        self,
+        key: str,
+        lock: bytes,
+        read_shared: Callable[[], tuple[bool, Any]],
+        deadline: float,
+        poll: float,
+        pttl: int,
+    ) -> _Found | _Lead | _Fetch:
+        self.stats.waits += 1
+        notice = single_flight_message(key)
+        # Registered before the first look at the shared layers, so a notice published after
+        # that look cannot be missed.
+        event = self._register(notice)
+        try:
+            self._ensure_subscribed(deadline)
+            if event is not None:
+                # A (re)subscription wakes every waiter; this one has not looked yet anyway.
+                event.clear()
+            found, value = self._bounded(read_shared(), deadline)
+            while not found:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.stats.timeouts += 1
+                    return _Fetch()
+                delay = min(poll, remaining)
+                if pttl >= 0:
+                    # The holder's lease ends sooner than the next poll: look right after it,
+                    # so a dead holder is replaced promptly even with a long poll interval.
+                    delay = min(delay, pttl / 1000 + _EXPIRY_MARGIN)
+                self._sleep(event, delay)
+                found, value = self._bounded(read_shared(), deadline)
+                if found:
+                    break
+                # The lock is free only if the holder finished without storing a value, failed,
+                # or died: at most one waiter wins this SET NX, so no second fetch races the
+                # first one.
+                token = _new_token()
+                acquired, pttl = self._acquire(lock, token, deadline)
+                if acquired:
+                    return _Lead(token)
+        except Timeout:
+            # A Redis call (or read_shared) outlived the caller's timeout.
+            self.stats.timeouts += 1
+            return _Fetch()
+        except Exception as exc:
+            self._degrade(exc, key, "wait")
+            return _Fetch()
+        finally:
+            self._unregister(notice, event)
+        self.stats.shared_hits += 1
+        return _Found(value)
+
+    def _sleep(self, event: Signal | None, delay: float) -> None:
+        if event is None:
+            # Polling only (beyond the cap of waiting keys): a plain sleep.
+            wait_signal(Signal(), delay)
+            return
+        if wait_signal(event, delay):
+            # Cleared before the next read_shared(): a notice arriving during that read sets
+            # it again, so it is never lost.
+            event.clear()
+
+    def _register(self, notice: bytes) -> Signal | None:
+        with self._waiters_lock:
+            events = self._waiters.get(notice)
+            if events is None:
+                if len(self._waiters) >= _MAX_WAITING_KEYS:
+                    # Bounded: a caller beyond the cap still gets its value, by polling.
+                    return None
+                events = self._waiters[notice] = set()
+            event = Signal()
+            events.add(event)
+            return event
+
+    def _unregister(self, notice: bytes, event: Signal | None) -> None:
+        if event is None:
+            return
+        with self._waiters_lock:
+            events = self._waiters.get(notice)
+            if events is None:
+                return
+            events.discard(event)
+            if not events:
+                del self._waiters[notice]
+
+    # -- notification subscription -------------------------------------------------------------
+
+    def _ensure_subscribed(self, deadline: float) -> None:
+        with self._waiters_lock:
+            if self._closed:
+                return  # closed while this waiter was on its way: poll
+            if not is_running(self._listener):
+                fresh = self._subscribed = Signal()
+
+                def listen() -> None:
+                    self._listen(fresh)
+
+                self._listener = spawn(listen, f"layercache-single-flight:{self.prefix}")
+            subscribed = self._subscribed
+        assert subscribed is not None
+        if subscribed.is_set():
+            return
+        wait = min(_SUBSCRIBE_WAIT, deadline - time.monotonic())
+        if wait > 0:
+            # Not subscribed in time (Redis slow or unreachable): poll until it is.
+            wait_signal(subscribed, wait)
+
+    def _listen(self, subscribed: Signal) -> None:
+        delay = _RECONNECT_MIN
+        while not self._closed:
+            client: Any = self._client
+            pubsub = client.pubsub()
+            try:
+                pubsub.subscribe(self._channel)
+                last_seen = time.monotonic()
+                pinged = False
+                while not self._closed:
+                    message = pubsub.get_message(
+                        ignore_subscribe_messages=False, timeout=_IDLE_TICK
+                    )
+                    now = time.monotonic()
+                    if message is None:
+                        if now - last_seen > _DEAD_AFTER:
+                            raise ConnectionError("the single-flight subscription went silent")
+                        if now - last_seen > _PING_AFTER and not pinged:
+                            pubsub.ping()
+                            pinged = True
+                        continue
+                    last_seen, pinged = now, False
+                    kind = message.get("type")
+                    if kind == "message":
+                        self._notify(message.get("data"))
+                    elif kind == "subscribe":
+                        # Also after redis-py reconnected by itself: notices published while
+                        # we were away are lost, so every waiter looks again now.
+                        subscribed.set()
+                        self.stats.subscriptions += 1
+                        delay = _RECONNECT_MIN
+                        self._wake_all()
+            except Cancelled:
+                raise
+            except Exception as exc:
+                subscribed.clear()
+                self.stats.subscription_errors += 1
+                self._report(exc, None, "subscribe")
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:
+                    logger.debug("closing the single-flight subscription failed", exc_info=True)
+            # Waiters poll meanwhile; jitter keeps many instances from reconnecting in step.
+            if wait_signal(self._closing, delay * random.uniform(0.5, 1.0)):
+                return
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    def _notify(self, data: object) -> None:
+        if not isinstance(data, bytes):
+            return
+        with self._waiters_lock:
+            events = self._waiters.get(data)
+            if not events:
+                return
+            self.stats.notifications += 1
+            for event in events:
+                event.set()
+
+    def _wake_all(self) -> None:
+        with self._waiters_lock:
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _acquire(self, lock: bytes, token: bytes, deadline: float) -> tuple[bool, int]:
+        reply = self._bounded(
+            self._acquire_script(keys=[lock], args=[token, self._lease_ms]), deadline
+        )
+        acquired, pttl = reply
+        return bool(int(acquired)), int(pttl)
+
+    @staticmethod
+    def _bounded(awaitable: R, deadline: float) -> R:
+        limit = max(deadline - time.monotonic(), _MIN_CALL_TIME)
+        return bounded(awaitable, limit)
+
+    def _degrade(self, exc: BaseException, key: str, operation: str) -> None:
+        self.stats.degraded += 1
+        self._report(exc, key, operation)
+
+    def _report(self, exc: BaseException, key: str | None, operation: str) -> None:
+        self._warn(
+            operation,
+            "single-flight %s failed for %r, continuing without it: %r",
+            operation,
+            key,
+            exc,
+        )
+        handler = self._error_handler
+        if handler is None:
+            return
+        try:
+            handler(exc, {"component": "single_flight", "key": key, "operation": operation})
+        except Exception:
+            # A broken handler must not break the fallback it is told about.
+            logger.exception("error handler of the single-flight coordinator raised")
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last_warning.get(kind)
+        if last is None or now - last >= _WARN_EVERY:
+            self._last_warning[kind] = now
+            logger.warning(message, *args)
+        else:
+            logger.debug(message, *args)
+
+    def close(self) -> None:
+        """Stop the notification subscription (the client stays open: it is the caller's).
+
+        Later :meth:`run` calls fetch directly, without coordination.
+        """
+        with self._waiters_lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+        self._closing.set()
+        if is_running(listener):
+            # The listener notices _closed within one idle tick (a thread cannot be cancelled).
+            stop_spawned(listener, _IDLE_TICK + _MIN_CALL_TIME)
+        # Waiters still running fall back to polling until their timeout.
+        self._wake_all()

@@ -1,0 +1,505 @@
+# DO NOT EDIT: generated from src/layercache/redis/tag_index.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""``SyncRedisTagIndex``: the tag index shared by every instance that uses the same Redis and prefix.
+
+Layout (names built in ``_keys.py``), for an index at ``prefix``:
+
+* ``{prefix}:tag:<tag>``  set of the keys carrying ``tag``;
+* ``{prefix}:key:<key>``  set of the tags of ``key``;
+* ``{prefix}:keys:<n>``   known keys, sharded by the first 32 bits of SHA-1 of the key modulo
+  ``known_keys_shards``, so that no single set holds every key and a pattern lookup walks
+  several moderate sets with ``SSCAN``;
+* ``{prefix}:expiry``     sorted set of tagged keys scored by their wall-clock expiry;
+* ``{prefix}:layout``     the shard count the index was created with.
+
+**Cluster strategy: one hash tag.** The braces make ``prefix`` the hash tag of every key, so
+the whole index lives in one slot of a Redis Cluster. That is what lets one Lua script replace a
+key's tags atomically: it reads the key's old tags, removes the key from the tag sets it left,
+adds it to the new ones and updates its shard and expiry, and no other script can interleave.
+Concurrent writers on different instances therefore never leave a key under stale tags, on a
+single server or a cluster alike. The trade-off: one index is served by one master, so its
+memory and its load are not spread over the cluster (a multi-key ``SUNION`` or ``SINTER`` is
+possible for the same reason). An index holds only key and tag names, which is small next to
+the values in the cache; deployments that outgrow one master can give independent parts of
+their key space separate indexes (separate stacks with separate ``prefix`` values hash to
+different slots). Splitting the families over slots would need a cross-slot protocol (a
+key-level lock or an outbox replayed by a repair job) for every write; one slot keeps every
+update a single atomic script. The same layout is used without a cluster, so an index can move
+between the two without migration.
+
+Nothing grows without bound: the tag sets of a key are replaced, not appended to; a key's
+entries are removed when it is deleted or invalidated; a key recorded with an expiry (or with
+``key_ttl``) is forgotten once that moment has passed, a few at a time on every ``record`` and
+in batches by :meth:`SyncRedisTagIndex.cleanup`. Every command and reply is bounded: bulk removals
+run in batches, large tag sets are read with ``SSCAN``, ``clear`` uses ``SCAN`` and ``UNLINK``
+in batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from .._exceptions import CacheLayerError
+from .._glob import glob_match
+from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
+from .._options import MAX_TAG_LENGTH, MAX_TAGS
+from ._keys import (
+    from_member,
+    scan_match,
+    tag_index_expiry,
+    tag_index_key_set,
+    tag_index_key_set_prefix,
+    tag_index_layout,
+    tag_index_match,
+    tag_index_shard,
+    tag_index_shard_of,
+    tag_index_shard_prefix,
+    tag_index_tag_set,
+    tag_index_tag_set_prefix,
+    to_member,
+)
+from ._scripts import TAG_INDEX_CLEANUP, TAG_INDEX_RECORD, TAG_INDEX_REMOVE
+from ._sync_layer import RedisClient
+
+__all__ = ["SyncRedisTagIndex"]
+
+# Keys per remove script call: bounds both the command size and how long one call holds the
+# server (each key costs a few set operations per tag).
+_REMOVE_BATCH = 256
+# Expired keys forgotten by each record() on the way: more than one, so a backlog shrinks while
+# keys are being written, few enough to keep record() cheap.
+_RECORD_SWEEP = 16
+# Most members one SUNION/SINTER reply may carry; bigger results are streamed with SSCAN.
+_REPLY_LIMIT = 10_000
+# Tags per SCARD pipeline, per SUNION/SINTER command and per SMISMEMBER round.
+_TAG_BATCH = 256
+# COUNT hint of SSCAN/SCAN: few round trips, small replies.
+_SCAN_COUNT = 1000
+# Keys per UNLINK in clear().
+_UNLINK_BATCH = 500
+_MAX_SHARDS = 4096
+_MAX_CLEANUP_BATCH = 10_000
+_LAYOUT_ERROR = "LAYERCACHE_LAYOUT"
+
+
+def _raw(value: bytes | str) -> bytes:
+    # The client is checked for decode_responses=False, so replies are bytes; this narrows the
+    # driver's bytes-or-str typing without trusting it blindly.
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SyncRedisTagIndex:
+    """Tag bookkeeping in Redis, shared by every instance using the same ``prefix``.
+
+    It has the methods of the in-process ``InMemoryTagIndex``, so a stack takes it as
+    ``tag_index=``. Unlike the in-process index it never evicts (``record`` returns ``[]``);
+    entries go away when their key is removed or, with an expiry, when it has passed.
+
+    Args:
+        client: A ``redis.Redis`` or ``redis.RedisCluster`` created with
+            ``decode_responses=False`` (the default). The index does not close it.
+        prefix: Names the index; every Redis key of it starts with ``{prefix}:``, so on a
+            cluster the whole index shares one slot (see the module documentation).
+            Must not contain ``{`` or ``}``.
+        known_keys_shards: How many sets the known keys are spread over (1 to 4096). Every
+            instance using the index must use the same number; a mismatch is detected and
+            fails the write with :class:`~layercache.CacheLayerError`.
+        key_ttl: Default lifetime in seconds of a key's entries when ``record`` gets no
+            ``expires_at``; ``None`` keeps such entries until the key is removed.
+
+    Raises:
+        ValueError: On a bad argument.
+    """
+
+    name = "tag-index"
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "layercache:tag-index",
+        known_keys_shards: int = 16,
+        key_ttl: float | None = None,
+    ) -> None:
+        validate_prefix(prefix)
+        if "{" in prefix or "}" in prefix:
+            # The index's own braces make the prefix the cluster hash tag; braces inside it
+            # would change which part of the name Redis hashes.
+            raise ValueError(f"prefix must not contain '{{' or '}}': {prefix!r}")
+        if (
+            isinstance(known_keys_shards, bool)
+            or not isinstance(known_keys_shards, int)
+            or not 1 <= known_keys_shards <= _MAX_SHARDS
+        ):
+            raise ValueError(
+                f"known_keys_shards must be an int from 1 to {_MAX_SHARDS}, "
+                f"not {known_keys_shards!r}"
+            )
+        if key_ttl is not None and (
+            isinstance(key_ttl, bool)
+            or not isinstance(key_ttl, int | float)
+            or not (key_ttl > 0 and math.isfinite(key_ttl))
+        ):
+            raise ValueError(f"key_ttl must be a positive number of seconds or None: {key_ttl!r}")
+        encoder = getattr(client, "get_encoder", None)
+        if encoder is not None and getattr(encoder(), "decode_responses", False):
+            raise ValueError("SyncRedisTagIndex needs a client created with decode_responses=False")
+        self._client = client
+        self.prefix = prefix
+        self.known_keys_shards = known_keys_shards
+        self.key_ttl = None if key_ttl is None else float(key_ttl)
+        self._is_cluster = isinstance(client, RedisCluster)
+        self._needs_initialize = False
+        self._shards_arg = str(known_keys_shards).encode("ascii")
+        self._tag_prefix = tag_index_tag_set_prefix(prefix)
+        self._key_prefix = tag_index_key_set_prefix(prefix)
+        self._shard_prefix = tag_index_shard_prefix(prefix)
+        self._expiry = tag_index_expiry(prefix)
+        self._layout = tag_index_layout(prefix)
+        self._record_script = client.register_script(TAG_INDEX_RECORD)
+        self._remove_script = client.register_script(TAG_INDEX_REMOVE)
+        self._cleanup_script = client.register_script(TAG_INDEX_CLEANUP)
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncRedisTagIndex(prefix={self.prefix!r}, "
+            f"known_keys_shards={self.known_keys_shards}, key_ttl={self.key_ttl!r})"
+        )
+
+    @property
+    def client(self) -> RedisClient:
+        """The underlying redis-py client."""
+        return self._client
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _driver_errors(self, operation: str) -> Iterator[None]:
+        """The one place where driver failures become ``CacheLayerError``."""
+        try:
+            yield
+        except CacheLayerError:
+            raise
+        except ResponseError as exc:
+            if str(exc).startswith(_LAYOUT_ERROR):
+                raise CacheLayerError(
+                    self.name,
+                    operation,
+                    f"{str(exc)[len(_LAYOUT_ERROR) :].strip()} (prefix {self.prefix!r}); "
+                    "every instance must use the same known_keys_shards",
+                ) from exc
+            raise CacheLayerError(self.name, operation) from exc
+        except Exception as exc:
+            # RedisError, OSError, timeouts, and anything else the client raises (redis-py's
+            # cluster client can leak an AttributeError from a connection it closed under a
+            # concurrent command): all failures of the index, none a mistake of the caller.
+            raise CacheLayerError(self.name, operation) from exc
+
+    def _ready(self) -> None:
+        """Let a cluster client learn the slot map before the first command.
+
+        redis-py's asyncio ``RedisCluster`` resolves a command's routing before it initializes
+        itself; a burst of concurrent first commands then goes to one node, comes back MOVED,
+        and the refresh it triggers closes connections other commands are still using. One
+        explicit ``initialize()`` (idempotent, locked inside the client) avoids all of that.
+        """
+        if self._needs_initialize:
+            pass  # the sync cluster client initializes when built
+            self._needs_initialize = False
+
+    def _layout_args(self) -> list[bytes]:
+        return [self._shards_arg, self._tag_prefix, self._key_prefix, self._shard_prefix]
+
+    def _shard_of(self, member: bytes) -> bytes:
+        return tag_index_shard(self.prefix, tag_index_shard_of(member, self.known_keys_shards))
+
+    @staticmethod
+    def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+        if isinstance(tags, str):
+            raise ValueError("tags must be an iterable of str, not a single str")
+        unique = tuple(dict.fromkeys(_check_text("tag", t, MAX_TAG_LENGTH) for t in tags))
+        if len(unique) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags per key; got {len(unique)}")
+        return unique
+
+    def _sscan(self, name: bytes, match: bytes | None = None) -> Iterator[bytes]:
+        for raw in self._client.sscan_iter(name, match=match, count=_SCAN_COUNT):
+            yield raw
+
+    def _cards(self, names: Sequence[bytes]) -> list[int]:
+        cards: list[int] = []
+        for chunk in _chunks(names, _TAG_BATCH):
+            pipe = self._client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.scard(name)
+            cards.extend(int(n) for n in pipe.execute())
+        return cards
+
+    # -- the InMemoryTagIndex methods ---------------------------------------------------------
+
+    def record(
+        self, key: str, tags: Sequence[str], expires_at: float | None = None
+    ) -> list[str]:
+        """Replace ``key``'s tags (atomically: concurrent writers never mix two tag sets).
+
+        No tags forget the key. A few keys whose expiry has passed are forgotten on the way.
+
+        Args:
+            key: The cache key.
+            tags: Its tags now (duplicates are ignored; at most 64).
+            expires_at: Wall-clock time (``time.time()`` seconds) after which no layer holds
+                the value any more and its entries may be dropped; default ``now + key_ttl``,
+                or never without ``key_ttl``.
+
+        Returns:
+            ``[]``: the index never evicts keys to stay bounded.
+
+        Raises:
+            ValueError: On a bad key, tag or expiry.
+            CacheLayerError: If Redis fails, or the index uses another shard count.
+        """
+        validate_key(key)
+        wanted = self._tags(tags)
+        now = time.time()
+        if expires_at is not None and (
+            isinstance(expires_at, bool)
+            or not isinstance(expires_at, int | float)
+            or not math.isfinite(expires_at)
+        ):
+            raise ValueError(f"expires_at must be a finite wall-clock time, not {expires_at!r}")
+        if expires_at is None and self.key_ttl is not None:
+            expires_at = now + self.key_ttl
+        member = to_member(key)
+        keys = [
+            tag_index_key_set(self.prefix, key),
+            self._shard_of(member),
+            self._expiry,
+            self._layout,
+            *(tag_index_tag_set(self.prefix, tag) for tag in wanted),
+        ]
+        args: list[bytes | str] = [
+            member,
+            b"" if expires_at is None else repr(float(expires_at)),
+            repr(now),
+            str(_RECORD_SWEEP),
+            *self._layout_args(),
+            *(to_member(tag) for tag in wanted),
+        ]
+        with self._driver_errors("record"):
+            self._ready()
+            self._record_script(keys=keys, args=args)
+        return []
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Forget ``keys`` (atomically per batch of 256 keys).
+
+        Raises:
+            CacheLayerError: If Redis fails, or the index uses another shard count.
+        """
+        members = list(dict.fromkeys(to_member(k) for k in keys))
+        with self._driver_errors("remove"):
+            self._ready()
+            for chunk in _chunks(members, _REMOVE_BATCH):
+                self._remove_script(
+                    keys=[self._expiry, self._layout], args=[*self._layout_args(), *chunk]
+                )
+
+    def tags_of(self, key: str) -> tuple[str, ...]:
+        """The tags ``key`` was recorded with, sorted (Redis sets keep no order).
+
+        Raises:
+            CacheLayerError: If Redis fails.
+        """
+        with self._driver_errors("tags_of"):
+            self._ready()
+            raw = self._client.smembers(tag_index_key_set(self.prefix, key))
+        return tuple(sorted(from_member(_raw(t)) for t in raw))
+
+    def keys_for_tags(self, tags: Sequence[str], mode: str = "any") -> set[str]:
+        """Keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``.
+
+        Small results come from one ``SUNION``/``SINTER`` per batch of tags; tag sets of more
+        than 10,000 keys, and intersections over many tags, are streamed with ``SSCAN`` (and
+        ``SMISMEMBER``), so no single command or reply is unbounded.
+
+        Raises:
+            ValueError: On a bad ``mode``.
+            CacheLayerError: If Redis fails.
+        """
+        if mode not in ("any", "all"):
+            raise ValueError(f"mode must be 'any' or 'all', not {mode!r}")
+        names = [tag_index_tag_set(self.prefix, t) for t in dict.fromkeys(tags)]
+        if not names:
+            return set()
+        with self._driver_errors("keys_for_tags"):
+            self._ready()
+            if mode == "any":
+                members = self._union(names)
+            else:
+                members = self._intersection(names)
+        return {from_member(m) for m in members}
+
+    def _union(self, names: Sequence[bytes]) -> set[bytes]:
+        result: set[bytes] = set()
+        for chunk in _chunks(names, _TAG_BATCH):
+            cards = self._cards(chunk)
+            group: list[bytes] = []
+            size = 0
+            for name, card in zip(chunk, cards, strict=True):
+                if card == 0:
+                    continue
+                if card > _REPLY_LIMIT:
+                    for raw in self._sscan(name):
+                        result.add(raw)
+                    continue
+                if group and size + card > _REPLY_LIMIT:
+                    result.update(map(_raw, self._client.sunion(group)))
+                    group, size = [], 0
+                group.append(name)
+                size += card
+            if group:
+                result.update(map(_raw, self._client.sunion(group)))
+        return result
+
+    def _intersection(self, names: Sequence[bytes]) -> set[bytes]:
+        cards = self._cards(names)
+        if min(cards) == 0:
+            return set()
+        ordered = [name for _, name in sorted(zip(cards, names, strict=True))]
+        if len(ordered) <= _TAG_BATCH and min(cards) <= _REPLY_LIMIT:
+            # The reply is at most the smallest set.
+            return set(map(_raw, self._client.sinter(ordered)))
+        # Walk the smallest set in pages and keep the members every other set has.
+        smallest, others = ordered[0], ordered[1:]
+        result: set[bytes] = set()
+        page: list[bytes] = []
+        for raw in self._sscan(smallest):
+            page.append(raw)
+            if len(page) >= _SCAN_COUNT:
+                result.update(self._filter_members(page, others))
+                page = []
+        if page:
+            result.update(self._filter_members(page, others))
+        return result
+
+    def _filter_members(self, page: list[bytes], others: Sequence[bytes]) -> list[bytes]:
+        alive = page
+        for chunk in _chunks(others, _TAG_BATCH):
+            if not alive:
+                break
+            pipe = self._client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.smismember(name, alive)
+            replies = pipe.execute()
+            alive = [m for i, m in enumerate(alive) if all(int(r[i]) for r in replies)]
+        return alive
+
+    def keys_matching(self, pattern: str) -> list[str]:
+        """Tagged keys matching the glob ``pattern`` (the semantics of ``layercache._glob``).
+
+        Each known-keys shard is walked with ``SSCAN``; the server-side ``MATCH`` only narrows
+        the candidates, and :func:`~layercache._glob.glob_match` decides.
+
+        Raises:
+            ValueError: On an invalid pattern.
+            CacheLayerError: If Redis fails.
+        """
+        validate_pattern(pattern)
+        match = scan_match("", pattern)
+        # SSCAN may return a member twice while Redis resizes the set; the dict drops repeats.
+        found: dict[str, None] = {}
+        with self._driver_errors("keys_matching"):
+            self._ready()
+            for shard in range(self.known_keys_shards):
+                for raw in self._sscan(tag_index_shard(self.prefix, shard), match):
+                    key = from_member(raw)
+                    if glob_match(pattern, key):
+                        found[key] = None
+        return list(found)
+
+    def clear(self) -> None:
+        """Forget everything: every Redis key under ``{prefix}:`` (SCAN + UNLINK in batches).
+
+        Keys of other prefixes are left alone. Not atomic against writers recording at the
+        same time (like clearing a layer).
+
+        Raises:
+            CacheLayerError: If Redis fails.
+        """
+        with self._driver_errors("clear"):
+            self._ready()
+            batch: list[bytes] = []
+            for raw in self._client.scan_iter(
+                match=tag_index_match(self.prefix), count=_SCAN_COUNT
+            ):
+                batch.append(raw)
+                if len(batch) >= _UNLINK_BATCH:
+                    self._client.unlink(*batch)
+                    batch = []
+            if batch:
+                self._client.unlink(*batch)
+
+    def close(self) -> None:
+        """Nothing to release: the index does not own its client."""
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def cleanup(self, batch_size: int = 500) -> int:
+        """Forget every key whose expiry has passed, ``batch_size`` keys per script call.
+
+        The end time is fixed when the call starts, so it finishes even while keys keep
+        expiring. Run it periodically when keys are recorded with an expiry and written
+        rarely (``record`` already forgets a few expired keys each time).
+
+        Returns:
+            How many keys were forgotten.
+
+        Raises:
+            ValueError: On a bad ``batch_size``.
+            CacheLayerError: If Redis fails, or the index uses another shard count.
+        """
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= _MAX_CLEANUP_BATCH
+        ):
+            raise ValueError(
+                f"batch_size must be an int from 1 to {_MAX_CLEANUP_BATCH}, not {batch_size!r}"
+            )
+        now = repr(time.time())
+        total = 0
+        with self._driver_errors("cleanup"):
+            self._ready()
+            while True:
+                forgotten = int(
+                    self._cleanup_script(
+                        keys=[self._expiry, self._layout],
+                        args=[now, str(batch_size), *self._layout_args()],
+                    )
+                )
+                total += forgotten
+                if forgotten < batch_size:
+                    return total
+
+    def size(self) -> int:
+        """Number of tagged keys (the sum of the known-keys shards' sizes).
+
+        Raises:
+            CacheLayerError: If Redis fails.
+        """
+        names = [tag_index_shard(self.prefix, n) for n in range(self.known_keys_shards)]
+        with self._driver_errors("size"):
+            self._ready()
+            return sum(self._cards(names))
