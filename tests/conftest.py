@@ -2,7 +2,8 @@
 
 ``redis_server`` (session) starts one server on a free 127.0.0.1 port; ``redis_clean``
 (function) empties it before each test (and restarts it if a fault test left it stopped);
-``redis_client`` (function) is a ``redis.asyncio.Redis`` connected to it. ``redis_cluster``
+``redis_client`` (function) is a ``redis.asyncio.Redis`` connected to it
+(``redis_sync_client``: a sync ``redis.Redis``). ``redis_cluster``
 (session) is a one-node Redis Cluster for cluster-client tests. ``redis_proxy`` (function) is a
 ``TcpProxy`` (tests/_tcp_proxy.py) in front of the emptied session server, for fault tests:
 latency, cut-offs, recovery. Without a
@@ -67,6 +68,19 @@ async def redis_client(redis_clean: RedisServer) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def redis_sync_client(redis_clean: RedisServer) -> Iterator[Any]:
+    """A sync ``redis.Redis`` (bytes replies) on the empty session server (the twin of
+    ``redis_client`` in the generated SyncCacheStack suites, tests/generated_sync/)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_clean.url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret")
 DEBUG = True
@@ -12,13 +13,35 @@ INSTALLED_APPS: list[str] = []
 MIDDLEWARE: list[str] = []
 USE_TZ = True
 
+# Set LAYERCACHE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to add a Redis layer shared by every
+# process, with the invalidation bus that keeps their memory layers consistent.
+REDIS_URL = os.environ.get("LAYERCACHE_REDIS_URL", "")
+
+CACHE_OPTIONS: dict[str, Any] = {"MEMORY_MAX_SIZE": 10_000, "MEMORY_TTL": 60}
+if REDIS_URL:
+    from layercache import PickleSerializer
+
+    # Shared by every process of the deployment; keep it out of the code in production.
+    _SECRET = os.environ.get("LAYERCACHE_SECRET", SECRET_KEY)
+    CACHE_OPTIONS.update(
+        {
+            # cache_page stores HttpResponse objects, which JSON cannot hold: signed pickle.
+            "SERIALIZER": PickleSerializer(signing_secret=_SECRET),
+            # A set/delete/clear/incr/tag invalidation in one process drops the other
+            # processes' memory copies at once (Redis pub/sub, signed messages).
+            "INVALIDATION_BUS": {"SIGNING_SECRET": _SECRET},
+            # The tag index already lives in Redis by default ("TAG_INDEX": "redis").
+            # "SINGLE_FLIGHT": True,  # get_or_set(key, callable): one call across processes
+            "GRACEFUL_DEGRADATION": True,  # a Redis outage degrades to memory, never a 500
+        }
+    )
+
 CACHES = {
     "default": {
         "BACKEND": "layercache.integrations.django.LayerCacheBackend",
-        # Set LAYERCACHE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to add a Redis layer.
-        "LOCATION": os.environ.get("LAYERCACHE_REDIS_URL", ""),
+        "LOCATION": REDIS_URL,  # "" = memory only
         "TIMEOUT": 300,
         "KEY_PREFIX": "example",
-        "OPTIONS": {"MEMORY_MAX_SIZE": 10_000, "MEMORY_TTL": 60},
+        "OPTIONS": CACHE_OPTIONS,
     }
 }

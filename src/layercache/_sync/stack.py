@@ -834,6 +834,8 @@ class SyncCacheStack:
         if adapter.probing or self._clock() < until:
             return False
         adapter.probing = True
+        # What the replay changed, to announce again once it is done (see below).
+        replayed: list[tuple[str, str, Sequence[str]]] = []
         try:
             if not adapter.ping():
                 raise CacheLayerError(adapter.name, "ping", "the layer reports itself unhealthy")
@@ -841,6 +843,7 @@ class SyncCacheStack:
             # are still recorded because the layer counts as degraded while probing).
             if adapter.fenced:
                 adapter.clear()
+                replayed.append(("clear", "clear", ()))
                 adapter.fenced = False
                 adapter.missed.clear()
                 adapter.missed_size = 0
@@ -857,13 +860,16 @@ class SyncCacheStack:
                             break
                     for chunk in range(0, len(keys), _REPLAY_BATCH):
                         adapter.delete_many(keys[chunk : chunk + _REPLAY_BATCH])
+                    replayed.append(("keys", "delete", keys))
                     for _ in range(taken):
                         adapter.missed_size -= len(adapter.missed.popleft()[1])
                     continue
                 if kind == "pattern":
                     adapter.delete_matching(arg)
+                    replayed.append(("pattern", "invalidate", (arg,)))
                 else:
                     adapter.clear()
+                    replayed.append(("clear", "clear", ()))
                 adapter.missed.popleft()
                 adapter.missed_size -= 1
         except Exception as exc:
@@ -875,6 +881,13 @@ class SyncCacheStack:
             adapter.probing = False
         adapter.degraded_until = None
         self._logger.warning("layercache: layer %s recovered", adapter.name)
+        if replayed and not adapter.is_local and self._bus is not None:
+            # The other instances heard of these changes when they were made (or when kept
+            # announcements were flushed), possibly before this shared layer had them: a peer
+            # that re-read the key from it in between holds the old value in its L1 again.
+            # Now that the shared layer has caught up, say it once more.
+            for scope, operation, changed in replayed:
+                self._publish(scope, operation, changed)
         return True
 
     # ------------------------------------------------------------------ reads

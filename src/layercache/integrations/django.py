@@ -346,6 +346,7 @@ def _check_options(options: Mapping[str, Any], remote: bool) -> tuple[str, bool]
         raise ImproperlyConfigured(
             f"unknown LayerCacheBackend OPTIONS: {', '.join(sorted(map(str, unknown)))}"
         )
+    _bus_options(options.get("INVALIDATION_BUS"), "")  # its shape, before where it may work
     tag_index = options.get("TAG_INDEX", "redis" if remote else "memory")
     if tag_index not in _TAG_INDEXES:
         raise ImproperlyConfigured(f"TAG_INDEX must be 'redis' or 'memory', not {tag_index!r}")
@@ -502,6 +503,24 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         self._async = self._side(
             self._astack, remote_async, async_extra, asyncio, self._arun_atomic
         )
+        if "invalidation_bus" in sync_extra:
+            self._subscribe()
+
+    def _subscribe(self) -> None:
+        """Subscribe now, before this process caches anything in memory.
+
+        The stack would subscribe on its first read miss or write, but not on reads that
+        never take that path (``get_many``, ``has_key``): their copies would then miss every
+        invalidation. The asyncio stack relies on this subscription too (it only publishes).
+        Under graceful degradation a failure is reported and the bus keeps retrying (it drops
+        the memory layer once subscribed, as it may have missed messages); without it, the
+        failure is raised and the stack closed, so no retrying thread is left behind.
+        """
+        try:
+            self._stack._ensure_bus()
+        except BaseException:
+            self._stack.close()
+            raise
 
     def _side(
         self,

@@ -11,6 +11,7 @@ pytest.importorskip("django")
 
 import django
 from django.conf import settings
+from django_support import FakeClock
 
 _EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "django_project"
 sys.path.insert(0, str(_EXAMPLE))
@@ -26,3 +27,8 @@ if not settings.configured:
         }
     )
     django.setup()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

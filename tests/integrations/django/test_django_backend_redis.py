@@ -11,24 +11,12 @@ from typing import Any
 
 import pytest
 import redis
+from django_support import FakeClock
 
 from layercache import PickleSerializer
 from layercache.integrations.django import LayerCacheBackend
 
 pytestmark = pytest.mark.redis
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

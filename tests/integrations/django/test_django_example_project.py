@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
+
+from layercache.integrations.django import LayerCacheBackend
 
 
 @pytest.fixture
@@ -33,3 +38,40 @@ def test_low_level_api_and_tag_invalidation(client: Client) -> None:
     assert other["lookup"] != first["lookup"]
     assert client.get("/products/invalidate/").json() == {"removed": 2}
     assert client.get("/products/1/").json()["lookup"] > other["lookup"]
+
+
+@pytest.mark.redis
+def test_redis_settings_share_pages_and_invalidate_other_processes(
+    redis_clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from example_site import settings as example_settings
+
+    monkeypatch.setenv("LAYERCACHE_REDIS_URL", redis_clean.url)
+    redis_settings = importlib.reload(example_settings)
+    try:
+        entry = redis_settings.CACHES["default"]
+        assert entry["OPTIONS"]["INVALIDATION_BUS"]
+        params = {name: value for name, value in entry.items() if name != "LOCATION"}
+        other = LayerCacheBackend(entry["LOCATION"], params)  # stands for a second process
+        with override_settings(CACHES=redis_settings.CACHES):
+            try:
+                client = Client()
+                first = client.get("/page/")
+                assert client.get("/page/").content == first.content  # pickled into Redis
+                product = client.get("/products/1/").json()
+                key = "product:1"
+                assert other.get(key) == product
+                other.set(key, {"id": 1, "lookup": -1}, tags=["products"])
+                # The bus dropped this process's memory copy: the view sees the new value.
+                deadline = time.monotonic() + 5
+                while client.get("/products/1/").json()["lookup"] != -1:
+                    assert time.monotonic() < deadline, "the invalidation never arrived"
+                    time.sleep(0.005)
+                # The tag index in Redis knows the key the other process wrote.
+                assert client.get("/products/invalidate/").json() == {"removed": 1}
+            finally:
+                cache.shutdown()
+                other.shutdown()
+    finally:
+        monkeypatch.delenv("LAYERCACHE_REDIS_URL")
+        importlib.reload(example_settings)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from django_support import FakeClock
 
 from layercache.integrations.django import LayerCacheBackend
 
@@ -24,19 +25,6 @@ pytestmark = pytest.mark.redis
 
 THREADS = 8
 PER_THREAD = 100
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def _backend(url: str, clock: FakeClock) -> LayerCacheBackend:
@@ -54,10 +42,9 @@ def backends(redis_clean: Any, clock: FakeClock) -> Iterator[list[LayerCacheBack
 
 
 @pytest.fixture
-def raw(redis_clean: Any) -> Iterator[redis.Redis]:
-    client = redis.Redis(host=redis_clean.host, port=redis_clean.port)
-    yield client
-    client.close()
+def raw(redis_sync_client: Any) -> Any:
+    """A plain redis-py client on the same server, to look behind the backend."""
+    return redis_sync_client
 
 
 def test_threads_across_two_backends_lose_no_increment(
