@@ -445,3 +445,29 @@ async def test_async_stack_refuses_a_sync_component(redis_clean: RedisServer, ki
             CacheStack([MemoryLayer()], **{kind: _component(kind, client)})
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("first_call", ["get_many", "has", "ttl", "inspect"])
+def test_any_first_operation_subscribes_the_bus(redis_clean: RedisServer, first_call: str) -> None:
+    # An instance whose first calls are get_many (which fills its L1) must already be
+    # listening: it used to subscribe only on a miss of get() or on a publish.
+    names = f"app-{uuid.uuid4().hex[:8]}"
+    clients = [redis.Redis(host=redis_clean.host, port=redis_clean.port) for _ in range(2)]
+    writer, reader = (Instance(client, names) for client in clients)
+    try:
+        writer.stack.set("k", 1)
+        assert not reader.bus.is_subscribed
+        if first_call == "get_many":
+            assert reader.stack.get_many(["k"]) == [1]
+        else:
+            getattr(reader.stack, first_call)("k")
+        assert reader.bus.is_subscribed
+        assert reader.stack.get_many(["k"]) == [1]
+        assert reader.in_memory("k")
+        writer.stack.set("k", 2)
+        eventually(lambda: not reader.in_memory("k"))
+        assert reader.stack.get_many(["k"]) == [2]
+    finally:
+        close_all([writer.stack, reader.stack])
+        for client in clients:
+            client.close()

@@ -359,6 +359,14 @@ class CacheStack:
         if self._closed:
             raise RuntimeError("this CacheStack is closed")
 
+    async def _open(self) -> None:
+        """Refuse a closed stack, and subscribe to the bus on first use: every operation that
+        reads or fills a local layer must be listening before it does (an instance that only
+        ever called ``get_many`` would otherwise keep its L1 copies forever)."""
+        self._check_open()
+        if not self._bus_started:
+            await self._ensure_bus()
+
     def _entry_or_miss(self, adapter: LayerAdapter, key: str, raw: Any) -> Entry | None:
         if raw is None or isinstance(raw, Entry):
             return raw
@@ -667,7 +675,7 @@ class CacheStack:
         restart agrees) and announced on the bus; ``generation_cleanup`` deletes the old
         generation's keys in the background in batches.
         """
-        self._check_open()
+        await self._open()
         old = self._generation
         new = (old or 0) + 1
         store = getattr(self._bus, "bump_generation", None)
@@ -961,9 +969,7 @@ class CacheStack:
         ``stale`` is a usable but no longer fresh entry already seen (in L1), kept for
         stale-while-revalidate, stale-if-error and the soft timeout.
         """
-        self._check_open()
-        if not self._bus_started:
-            await self._ensure_bus()
+        await self._open()
         layers = self._layers
         metrics = self._metrics
         if start == 1:
@@ -1468,7 +1474,7 @@ class CacheStack:
         """Store ``value`` under ``key`` in every layer (tags replace the key's old tags)."""
         key = self._render(validate_key(key))
         opts = self._options(options, kwargs)
-        self._check_open()
+        await self._open()
         # An explicit write is newer than a running fetch or read of the key.
         self._mark_flights(lambda k, _: k == key, (key,))
         await self._store(key, value, opts, None)
@@ -1486,7 +1492,7 @@ class CacheStack:
             else:
                 raise ValueError(f"set_many entries are (key, value) or CacheEntry, not {item!r}")
             items.append((self._render(validate_key(key)), value, self._options(raw, {})))
-        self._check_open()
+        await self._open()
         if not items:
             return
         now = self._clock()
@@ -1607,7 +1613,7 @@ class CacheStack:
     async def delete_many(self, keys: Iterable[str]) -> None:
         """Remove several keys from every layer."""
         unique = list(dict.fromkeys(self._render(validate_key(k)) for k in keys))
-        self._check_open()
+        await self._open()
         if not unique:
             return
         wanted = set(unique)
@@ -1623,7 +1629,7 @@ class CacheStack:
 
     async def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
-        self._check_open()
+        await self._open()
         self._mark_flights(lambda _k, _f: True)
         if self._behind is not None:
             await self._behind.discard(lambda _k: True)
@@ -1644,7 +1650,7 @@ class CacheStack:
         tag_list = coerce_options({"tags": list(tags)})
         assert tag_list is not None
         wanted_tags = tag_list.tags or ()
-        self._check_open()
+        await self._open()
         if not wanted_tags:
             return 0
         keys: set[str] = await self._tag_op(
@@ -1689,7 +1695,7 @@ class CacheStack:
         if self._generation is not None:
             pattern = escape_glob(f"v{self._generation}:") + pattern
         regex = compile_glob(pattern)
-        self._check_open()
+        await self._open()
         self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
         counts: list[int] = []
 
@@ -1744,7 +1750,7 @@ class CacheStack:
         for _, fetcher, _ in requests:
             if fetcher is not None and not callable(fetcher):
                 raise ValueError(f"get_many fetchers must be callable, not {fetcher!r}")
-        self._check_open()
+        await self._open()
         results: list[Any] = [_MISS] * len(requests)
         pending = list(range(len(requests)))
         metrics = self._metrics
@@ -1825,7 +1831,7 @@ class CacheStack:
     async def has(self, key: str) -> bool:
         """Whether any layer holds a usable (fresh or in-window) value for ``key``."""
         key = self._render(validate_key(key))
-        self._check_open()
+        await self._open()
         now = self._clock()
         for adapter in self._layers:
             entry = await self._peek(adapter, key)
@@ -1871,7 +1877,7 @@ class CacheStack:
         remains.
         """
         key = self._render(validate_key(key))
-        self._check_open()
+        await self._open()
         now = self._clock()
         for adapter in self._layers:
             entry = await self._peek(adapter, key)
@@ -1884,7 +1890,7 @@ class CacheStack:
     async def inspect(self, key: str) -> CacheInspectResult | None:
         """Where ``key`` lives, its remaining windows and tags; ``None`` when absent."""
         stored_key = self._render(validate_key(key))
-        self._check_open()
+        await self._open()
         found, entry = await self._first_entry(stored_key)
         if entry is None:
             return None

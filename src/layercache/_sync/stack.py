@@ -361,6 +361,14 @@ class SyncCacheStack:
         if self._closed:
             raise RuntimeError("this SyncCacheStack is closed")
 
+    def _open(self) -> None:
+        """Refuse a closed stack, and subscribe to the bus on first use: every operation that
+        reads or fills a local layer must be listening before it does (an instance that only
+        ever called ``get_many`` would otherwise keep its L1 copies forever)."""
+        self._check_open()
+        if not self._bus_started:
+            self._ensure_bus()
+
     def _entry_or_miss(self, adapter: LayerAdapter, key: str, raw: Any) -> Entry | None:
         if raw is None or isinstance(raw, Entry):
             return raw
@@ -669,7 +677,7 @@ class SyncCacheStack:
         restart agrees) and announced on the bus; ``generation_cleanup`` deletes the old
         generation's keys in the background in batches.
         """
-        self._check_open()
+        self._open()
         old = self._generation
         new = (old or 0) + 1
         store = getattr(self._bus, "bump_generation", None)
@@ -963,9 +971,7 @@ class SyncCacheStack:
         ``stale`` is a usable but no longer fresh entry already seen (in L1), kept for
         stale-while-revalidate, stale-if-error and the soft timeout.
         """
-        self._check_open()
-        if not self._bus_started:
-            self._ensure_bus()
+        self._open()
         layers = self._layers
         metrics = self._metrics
         if start == 1:
@@ -1470,7 +1476,7 @@ class SyncCacheStack:
         """Store ``value`` under ``key`` in every layer (tags replace the key's old tags)."""
         key = self._render(validate_key(key))
         opts = self._options(options, kwargs)
-        self._check_open()
+        self._open()
         # An explicit write is newer than a running fetch or read of the key.
         self._mark_flights(lambda k, _: k == key, (key,))
         self._store(key, value, opts, None)
@@ -1488,7 +1494,7 @@ class SyncCacheStack:
             else:
                 raise ValueError(f"set_many entries are (key, value) or CacheEntry, not {item!r}")
             items.append((self._render(validate_key(key)), value, self._options(raw, {})))
-        self._check_open()
+        self._open()
         if not items:
             return
         now = self._clock()
@@ -1609,7 +1615,7 @@ class SyncCacheStack:
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove several keys from every layer."""
         unique = list(dict.fromkeys(self._render(validate_key(k)) for k in keys))
-        self._check_open()
+        self._open()
         if not unique:
             return
         wanted = set(unique)
@@ -1625,7 +1631,7 @@ class SyncCacheStack:
 
     def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
-        self._check_open()
+        self._open()
         self._mark_flights(lambda _k, _f: True)
         if self._behind is not None:
             self._behind.discard(lambda _k: True)
@@ -1646,7 +1652,7 @@ class SyncCacheStack:
         tag_list = coerce_options({"tags": list(tags)})
         assert tag_list is not None
         wanted_tags = tag_list.tags or ()
-        self._check_open()
+        self._open()
         if not wanted_tags:
             return 0
         keys: set[str] = self._tag_op(
@@ -1691,7 +1697,7 @@ class SyncCacheStack:
         if self._generation is not None:
             pattern = escape_glob(f"v{self._generation}:") + pattern
         regex = compile_glob(pattern)
-        self._check_open()
+        self._open()
         self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
         counts: list[int] = []
 
@@ -1746,7 +1752,7 @@ class SyncCacheStack:
         for _, fetcher, _ in requests:
             if fetcher is not None and not callable(fetcher):
                 raise ValueError(f"get_many fetchers must be callable, not {fetcher!r}")
-        self._check_open()
+        self._open()
         results: list[Any] = [_MISS] * len(requests)
         pending = list(range(len(requests)))
         metrics = self._metrics
@@ -1827,7 +1833,7 @@ class SyncCacheStack:
     def has(self, key: str) -> bool:
         """Whether any layer holds a usable (fresh or in-window) value for ``key``."""
         key = self._render(validate_key(key))
-        self._check_open()
+        self._open()
         now = self._clock()
         for adapter in self._layers:
             entry = self._peek(adapter, key)
@@ -1873,7 +1879,7 @@ class SyncCacheStack:
         remains.
         """
         key = self._render(validate_key(key))
-        self._check_open()
+        self._open()
         now = self._clock()
         for adapter in self._layers:
             entry = self._peek(adapter, key)
@@ -1886,7 +1892,7 @@ class SyncCacheStack:
     def inspect(self, key: str) -> CacheInspectResult | None:
         """Where ``key`` lives, its remaining windows and tags; ``None`` when absent."""
         stored_key = self._render(validate_key(key))
-        self._check_open()
+        self._open()
         found, entry = self._first_entry(stored_key)
         if entry is None:
             return None
