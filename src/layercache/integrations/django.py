@@ -37,10 +37,12 @@ Several processes (Redis ``LOCATION`` only):
   ``"invalidation"``), ``SIGNING_SECRET`` (HMAC-sign every message and refuse unsigned ones;
   recommended), ``SOURCE_ID``, ``REPLAY_WINDOW`` and ``TIMEOUT`` (seconds). A ``set``,
   ``delete``, ``clear``, ``incr`` or tag invalidation in one process then drops the other
-  processes' in-process copies within milliseconds, instead of after ``MEMORY_TTL``. Each backend
-  instance subscribes once, on a daemon thread named ``layercache-bus:<channel>`` (started on
-  first use, stopped by :meth:`LayerCacheBackend.shutdown`); the ``a*`` methods share its memory
-  layer, so they publish on the same channel with the same identity but do not subscribe again.
+  processes' in-process copies within milliseconds, instead of after ``MEMORY_TTL``. The process
+  subscribes once per configuration (see below), on a daemon thread named
+  ``layercache-bus:<channel>`` (started when the engine is built, stopped by
+  :meth:`LayerCacheBackend.shutdown`); the ``a*`` methods share its memory layer, so they publish
+  on the same channel with the same identity but do not subscribe again. A ``SOURCE_ID`` set
+  by hand must differ between processes (the default is unique per process).
 - ``TAG_INDEX``: ``"redis"`` (the default with a Redis ``LOCATION``): the tag index lives in
   Redis under ``<PREFIX without its trailing ':'>-tag-index``, shared by every process, so
   ``invalidate_by_tag`` reaches keys other processes stored; ``"memory"``: each process indexes
@@ -50,6 +52,19 @@ Several processes (Redis ``LOCATION`` only):
   others wait for the value to appear, then read it).
 
 A wrong option name or value raises ``ImproperlyConfigured`` when the backend is built.
+
+One engine per process and configuration: Django builds one backend instance per thread (and, in
+async code, per asyncio context). As its ``LocMemCache`` shares one store per ``LOCATION``, every
+instance built in a process with the same ``LOCATION`` and ``OPTIONS`` shares one engine: the
+memory layer (threads share L1 values), the Redis clients, the bus subscription, the tag index,
+the lock that makes memory-only ``incr`` atomic across threads, and the counters' degradation
+state. Options compare by value, except objects such as a serializer instance or a ``CLOCK``,
+which compare by identity (the same object: the same engine). An instance itself keeps only
+``KEY_PREFIX``, ``VERSION``, ``KEY_FUNCTION`` and ``TIMEOUT``. The ``a*`` methods run on an
+asyncio side built on first use once per event loop (a :class:`~layercache.CacheStack` on the
+shared memory layer, with its own redis.asyncio clients, never shared between loops); sync-only
+code never builds one. A process keeps at most 64 engines; building one more shuts down the
+least recently created one (its instances then transparently build it again).
 
 ``incr``/``decr`` with a Redis ``LOCATION`` are atomic across processes: the first Redis layer
 is the authority of counters (compare-and-set on the stored entry). When that Redis is
@@ -64,14 +79,19 @@ unreachable:
   keeps Redis out of service (``retry_after``), ``incr`` does not try it either.
 - without it, ``incr`` raises :class:`~layercache.CacheLayerError`, like every other operation.
 
-The async ``a*`` methods run on a :class:`~layercache.CacheStack` that shares the same layers
-and tag index as the synchronous :class:`~layercache.SyncCacheStack`, instead of Django's default
-of hopping to a worker thread. Values in the memory layer are kept by reference (as with any
-in-process cache of objects, do not mutate a value you got back).
+The async ``a*`` methods run on a :class:`~layercache.CacheStack` (one per event loop) that
+shares the memory layer and tag index of the synchronous :class:`~layercache.SyncCacheStack` and
+reaches the same Redis keys, instead of Django's default of hopping to a worker thread. Values
+in the memory layer are kept by reference (as with any in-process cache of objects, do not mutate
+a value you got back).
 
-Django calls :meth:`LayerCacheBackend.close` after every request; it keeps the backend usable.
-Release the connections and stop the bus thread with :meth:`LayerCacheBackend.shutdown` (and
-:meth:`LayerCacheBackend.ashutdown` when the ``a*`` methods were used) at process shutdown.
+Django calls :meth:`LayerCacheBackend.close` after every request; it keeps the engine open.
+At process shutdown, :meth:`LayerCacheBackend.shutdown` closes the configuration's engine for
+the whole process (stops the bus thread, releases the Redis connections) and removes it from the
+registry; :meth:`LayerCacheBackend.ashutdown` does the same from async code and first awaits the
+close of the running loop's asyncio side (asyncio sides of other loops still running are closed
+on their loop, not awaited; those of finished loops are dropped). Any instance used afterwards
+transparently builds a fresh engine on its next call.
 """
 
 from __future__ import annotations
@@ -85,6 +105,7 @@ import random
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -216,6 +237,7 @@ class _Side:
     def __init__(self, targets: dict[str, Any], counter: Any) -> None:
         self.targets = targets
         self.counter = counter
+        self.stack: Any = targets["stack"]
 
     def prepare(self, call: _Call) -> tuple[Callable[..., Any], Any]:
         """The callable of ``call`` and the context its errors pass through."""
@@ -368,11 +390,18 @@ def _check_options(options: Mapping[str, Any], remote: bool) -> tuple[str, bool]
     return tag_index, single_flight
 
 
-def _redis_layers(urls: list[str], options: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
-    """(sync layers, async layers) for the Redis URLs: the same keys seen through two clients."""
+def _redis_layers(urls: list[str], options: Mapping[str, Any], asyncio_side: bool) -> list[Any]:
+    """The Redis layers of one side (sync, or asyncio): the same keys seen through its clients."""
+    layer_class: Any
     try:
-        from ..redis._sync_layer import SyncRedisLayer
-        from ..redis.layer import RedisLayer
+        if asyncio_side:
+            from ..redis.layer import RedisLayer
+
+            layer_class = RedisLayer
+        else:
+            from ..redis._sync_layer import SyncRedisLayer
+
+            layer_class = SyncRedisLayer
     except ImportError as exc:
         raise ImproperlyConfigured(
             "a Redis LOCATION needs redis-py: pip install 'layercache-py[redis]'"
@@ -383,27 +412,31 @@ def _redis_layers(urls: list[str], options: Mapping[str, Any]) -> tuple[list[Any
         "serializer": options.get("SERIALIZER"),
         "compression": options.get("COMPRESSION"),
     }
-    sync_layers: list[Any] = []
-    async_layers: list[Any] = []
     # The first URL's layer is the counter authority of incr/decr (see LayerCacheBackend.incr).
-    for i, url in enumerate(urls):
-        name = "redis" if i == 0 else f"redis{i}"
-        sync_layers.append(SyncRedisLayer(url=url, name=name, **shared))
-        async_layers.append(RedisLayer(url=url, name=name, **shared))
-    return sync_layers, async_layers
+    return [
+        layer_class(url=url, name="redis" if i == 0 else f"redis{i}", **shared)
+        for i, url in enumerate(urls)
+    ]
 
 
 def _coordination(
-    options: Mapping[str, Any], sync_client: Any, async_client: Any, tag_index: str, flight: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Stack keyword arguments (sync, async) of the Redis coordination components, built on
-    the first Redis layer's clients (decode_responses=False, socket timeouts)."""
+    options: Mapping[str, Any],
+    client: Any,
+    tag_index: str,
+    flight: bool,
+    source_id: str | None = None,
+) -> dict[str, Any]:
+    """Stack keyword arguments of the Redis coordination components of one side, built on the
+    first Redis layer's client (decode_responses=False, socket timeouts).
+
+    The synchronous side is built first (``source_id`` ``None``) and owns the subscription; an
+    asyncio side gets that bus's ``source_id`` and a publish-only bus.
+    """
     prefix = options.get("PREFIX", "layercache:")
     bus_kwargs = _bus_options(options.get("INVALIDATION_BUS"), prefix)
-    sync_kwargs: dict[str, Any] = {}
-    async_kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     if bus_kwargs is None and tag_index != "redis" and not flight:
-        return sync_kwargs, async_kwargs
+        return kwargs
     from ..redis.bus import RedisInvalidationBus
     from ..redis.single_flight import RedisSingleFlightCoordinator
     from ..redis.tag_index import RedisTagIndex
@@ -411,32 +444,513 @@ def _coordination(
     try:
         if bus_kwargs is not None:
             # The factories return the sync twins when given a sync client.
-            bus = RedisInvalidationBus(publisher=sync_client, **bus_kwargs)
-            bus_kwargs["source_id"] = bus.source_id
-            sync_kwargs.update(invalidation_bus=bus, broadcast_l1_invalidation=True)
-            async_bus = RedisInvalidationBus(publisher=async_client, **bus_kwargs)
-            async_kwargs.update(
-                invalidation_bus=_PublishOnlyBus(async_bus), broadcast_l1_invalidation=True
-            )
+            if source_id is None:
+                bus: Any = RedisInvalidationBus(publisher=client, **bus_kwargs)
+            else:
+                bus_kwargs["source_id"] = source_id
+                bus = _PublishOnlyBus(RedisInvalidationBus(publisher=client, **bus_kwargs))
+            kwargs.update(invalidation_bus=bus, broadcast_l1_invalidation=True)
         if tag_index == "redis":
             tags_prefix = _side_prefix(prefix, "tag-index")
-            sync_kwargs["tag_index"] = RedisTagIndex(client=sync_client, prefix=tags_prefix)
-            async_kwargs["tag_index"] = RedisTagIndex(client=async_client, prefix=tags_prefix)
+            kwargs["tag_index"] = RedisTagIndex(client=client, prefix=tags_prefix)
         if flight:
-            flight_prefix = _side_prefix(prefix, "single-flight")
-            sync_kwargs["single_flight_coordinator"] = RedisSingleFlightCoordinator(
-                client=sync_client, prefix=flight_prefix
-            )
-            async_kwargs["single_flight_coordinator"] = RedisSingleFlightCoordinator(
-                client=async_client, prefix=flight_prefix
+            kwargs["single_flight_coordinator"] = RedisSingleFlightCoordinator(
+                client=client, prefix=_side_prefix(prefix, "single-flight")
             )
     except ValueError as exc:
         raise ImproperlyConfigured(f"LayerCacheBackend OPTIONS: {exc}") from exc
-    return sync_kwargs, async_kwargs
+    return kwargs
+
+
+def _side(
+    stack: Any, remote: list[Any], extra: Mapping[str, Any], sleeper: Any, atomic: Any
+) -> _Side:
+    targets: dict[str, Any] = {
+        "stack": stack,
+        "clock": sleeper,
+        "bus": extra.get("invalidation_bus"),
+        "atomic": types.SimpleNamespace(run=atomic),
+    }
+    targets.update((f"redis{i}", layer) for i, layer in enumerate(remote))
+    if remote:
+        from ..redis._scripts import COUNTER_COMPARE_AND_SET
+
+        targets["counter"] = remote[0].client
+        # Registered once per client; redis-py calls it by SHA and reloads on NOSCRIPT.
+        targets["cas"] = remote[0].client.register_script(COUNTER_COMPARE_AND_SET)
+    return _Side(targets, remote[0] if remote else None)
+
+
+# ---------------------------------------------------------------------- the process-wide engine
+#
+# Django's CacheHandler builds one backend per thread (and per asyncio context). Like its
+# LocMemCache, which shares one dict per LOCATION, every backend built with the same
+# configuration shares one engine: the memory layer, the Redis clients, the bus subscription.
+
+# Bound of the registry; past it the least recently created engine is shut down.
+_MAX_ENGINES = 64
+_engines: dict[tuple[str, str], _Engine] = {}  # insertion order = creation order
+_engines_lock = threading.Lock()
+
+
+def _canonical(value: Any) -> str:
+    """A repr of a configuration value that is equal for equal settings.
+
+    Plain data compares by value (dicts whatever their order); any other object (a serializer,
+    a ``CLOCK``) by identity: the same object maps to the same engine, another one to another.
+    The engine keeps the options, so an id in a live key is never reused.
+    """
+    if value is None or isinstance(value, str | bytes | int | float | bool):
+        return repr(value)
+    if isinstance(value, Mapping):
+        items = sorted((_canonical(k), _canonical(v)) for k, v in value.items())
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__}[{', '.join(map(_canonical, value))}]"
+    return f"<{type(value).__module__}.{type(value).__qualname__} at {id(value):#x}>"
+
+
+def _engine_for(location: Any, options: dict[str, Any]) -> _Engine:
+    """The live engine of this configuration, built (and registered) on first use."""
+    key = (_canonical(location), _canonical(options))
+    evicted: list[_Engine] = []
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None and not engine.closed:
+            return engine
+        # Built under the lock: two threads asking at once must not both subscribe.
+        engine = _Engine(key, location, options)
+        _engines[key] = engine
+        while len(_engines) > _MAX_ENGINES:
+            evicted.append(_engines.pop(next(iter(_engines))))
+    for old in evicted:
+        old.shutdown()  # outside the lock: it joins the bus thread
+    return engine
+
+
+class _Engine:
+    """Everything one configuration needs, once per process: the memory layer, the synchronous
+    stack and its Redis clients, the bus subscription, the counter state, and one asyncio side
+    per event loop (built on first use of an ``a*`` method on that loop)."""
+
+    def __init__(self, key: tuple[str, str], location: Any, options: dict[str, Any]) -> None:
+        self.key = key
+        self.closed = False
+        self.options = options  # also keeps alive the objects whose id is in the key
+        urls = _split_locations(location)
+        self.tag_index, self.single_flight = _check_options(options, bool(urls))
+        self.urls = urls
+        clock: Callable[[], float] = options.get("CLOCK") or time.time
+        self.clock = clock
+        memory_ttl = options.get("MEMORY_TTL")
+        # Layers keep values forever by default; every finite Django timeout is passed
+        # explicitly per write, so "TIMEOUT: None" really means forever.
+        self.memory = MemoryLayer(
+            ttl=memory_ttl,
+            max_size=options.get("MEMORY_MAX_SIZE"),
+            eviction=options.get("MEMORY_EVICTION", "lru"),
+            max_bytes=options.get("MEMORY_MAX_BYTES"),
+            clock=clock,
+        )
+        self.caps: dict[str, float | None] = {"memory": memory_ttl}
+        self.retry_after = _retry_after(options.get("GRACEFUL_DEGRADATION"))
+        # incr/decr skip Redis until then after a connection failure (graceful degradation).
+        self.counter_down_until = 0.0
+        self.stack_options: dict[str, Any] = {
+            "clock": clock,
+            "write_policy": options.get("WRITE_POLICY", "strict"),
+            "graceful_degradation": options.get("GRACEFUL_DEGRADATION"),
+        }
+        self.remote_sync: list[Any] = []
+        extra: dict[str, Any] = {}
+        if urls:
+            self.remote_sync = _redis_layers(urls, options, asyncio_side=False)
+            for layer in self.remote_sync:
+                self.caps[layer.name] = None
+            extra = _coordination(
+                options, self.remote_sync[0].client, self.tag_index, self.single_flight
+            )
+        self.all_local = not urls
+        self.stack = SyncCacheStack([self.memory, *self.remote_sync], **self.stack_options, **extra)
+        self.bus: Any = extra.get("invalidation_bus")
+        self._tag_lock = threading.Lock()
+        self._local_tags: Any = None
+        if "tag_index" not in extra:
+            # One in-process index for the sync stack and every asyncio stack, behind one lock.
+            self._local_tags = self.stack._tags
+            self.stack._tags = _LockedTagIndex(self._local_tags, self._tag_lock)
+        # Serialises the read-modify-write operations (add, incr, touch, delete's result).
+        self.lock = threading.RLock()
+        self.sync = _side(self.stack, self.remote_sync, extra, time, self.run_atomic)
+        self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Side] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sides_lock = threading.Lock()
+        if self.bus is not None:
+            self._subscribe()
+
+    def _subscribe(self) -> None:
+        """Subscribe now, before this process caches anything in memory.
+
+        The stack would subscribe on its first read miss or write, but not on reads that
+        never take that path (``get_many``, ``has_key``): their copies would then miss every
+        invalidation. The asyncio stacks rely on this subscription too (they only publish).
+        Under graceful degradation a failure is reported and the bus keeps retrying (it drops
+        the memory layer once subscribed, as it may have missed messages); without it, the
+        failure is raised and the stack closed, so no retrying thread is left behind.
+        """
+        try:
+            self.stack._ensure_bus()
+        except BaseException:
+            self.closed = True
+            self.stack.close()
+            raise
+
+    # ------------------------------------------------------------------ asyncio sides
+
+    def async_side(self) -> _Side:
+        """The running event loop's side (a redis.asyncio client never serves two loops)."""
+        loop = asyncio.get_running_loop()
+        side = self._sides.get(loop)
+        return side if side is not None else self._new_async_side(loop)
+
+    def _new_async_side(self, loop: asyncio.AbstractEventLoop) -> _Side:
+        with self._sides_lock:
+            side = self._sides.get(loop)
+            if side is not None:
+                return side
+            # A side keeps its loop alive (its connections refer to it), so a finished loop's
+            # entry would never leave the weak dictionary by itself (async_to_sync runs every
+            # call on a new loop): forget them here; their connections cannot be used again.
+            for finished in [old for old in self._sides if old.is_closed()]:
+                del self._sides[finished]
+            remote: list[Any] = []
+            extra: dict[str, Any] = {}
+            if self.urls:
+                remote = _redis_layers(self.urls, self.options, asyncio_side=True)
+                source_id = self.bus.source_id if self.bus is not None else None
+                extra = _coordination(
+                    self.options, remote[0].client, self.tag_index, self.single_flight, source_id
+                )
+            if "tag_index" not in extra:
+                extra["tag_index"] = _SharedTagIndex(self._local_tags, self._tag_lock)
+            stack = CacheStack([self.memory, *remote], **self.stack_options, **extra)
+            side = _side(stack, remote, extra, asyncio, self.arun_atomic)
+            self._sides[loop] = side
+            return side
+
+    async def aclose_side(self) -> None:
+        """Close the running loop's side (its Redis connections); the engine stays open."""
+        with self._sides_lock:
+            side = self._sides.pop(asyncio.get_running_loop(), None)
+        if side is not None:
+            await side.stack.aclose()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def shutdown(self) -> None:
+        """Close the engine for the whole process and forget it (idempotent).
+
+        Backends still holding it build a fresh one on their next call. The asyncio sides of
+        loops still running are closed on their own loop (not awaited); those of finished loops
+        are dropped.
+        """
+        with _engines_lock:
+            if self.closed:
+                return
+            self.closed = True
+            if _engines.get(self.key) is self:
+                del _engines[self.key]
+        with self._sides_lock:
+            sides = list(self._sides.items())
+            self._sides.clear()
+        for loop, side in sides:
+            if loop.is_running() and not loop.is_closed():
+                future = asyncio.run_coroutine_threadsafe(side.stack.aclose(), loop)
+                future.add_done_callback(_log_close_failure)
+        self.stack.close()
+
+    # ------------------------------------------------------------------ drivers
+
+    def run(self, steps: _Steps[_T]) -> _T:
+        """Run ``steps`` on the synchronous stack and clients."""
+        side = self.sync
+        reply, failed = None, False
+        while not isinstance(step := _advance(steps, reply, failed), _Done):
+            fn, guard = side.prepare(step)
+            try:
+                with guard:
+                    reply, failed = fn(*step.args, **step.kwargs), False
+            except Exception as exc:
+                reply, failed = exc, True
+        result: _T = step.value
+        return result
+
+    async def arun(self, steps: _Steps[_T]) -> _T:
+        """Run ``steps`` on the running loop's asyncio stack and clients."""
+        side = self.async_side()
+        reply, failed = None, False
+        while not isinstance(step := _advance(steps, reply, failed), _Done):
+            fn, guard = side.prepare(step)
+            try:
+                with guard:
+                    reply = fn(*step.args, **step.kwargs)
+                    reply, failed = (reply if step.plain else await reply), False
+            except Exception as exc:
+                reply, failed = exc, True
+        result: _T = step.value
+        return result
+
+    def run_atomic(self, steps: _Steps[_T]) -> _T:
+        """Run ``steps`` under the engine's lock (every thread's backends share it)."""
+        with self.lock:
+            return self.run(steps)
+
+    async def arun_atomic(self, steps: _Steps[_T]) -> _T:
+        """Async :meth:`run_atomic`."""
+        if self.all_local:
+            # Memory only: no I/O inside, so the thread lock is held for microseconds, and the
+            # operation is atomic against the synchronous callers too.
+            return self.run_atomic(steps)
+        return await self.arun(steps)
+
+    # ------------------------------------------------------------------ timeouts
+
+    def ttl(self, seconds: float | None) -> dict[str, float] | None:
+        """Per-layer TTL option: the Django timeout, capped by a layer's own cap."""
+        if seconds is None:
+            return None  # every layer's default: its cap, or forever
+        return {
+            name: seconds if cap is None else min(seconds, cap) for name, cap in self.caps.items()
+        }
+
+    def write_kwargs(self, seconds: float | None, tags: Iterable[str] | None) -> dict[str, Any]:
+        """The stack's keyword arguments of a write."""
+        kwargs: dict[str, Any] = {}
+        ttl = self.ttl(seconds)
+        if ttl is not None:
+            kwargs["ttl"] = ttl
+        if tags:
+            kwargs["tags"] = list(tags)
+        return kwargs
+
+    # ------------------------------------------------------------------ operations (steps)
+    #
+    # Keys are the stack keys, already made by the backend (its KEY_PREFIX, VERSION, ...);
+    # ``key`` where given is the caller's key, for error messages.
+
+    def write(
+        self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
+    ) -> _Steps[None]:
+        """Store (or, for a timeout <= 0, delete) ``key``."""
+        if seconds is not None and seconds <= 0:
+            yield _Call("stack", "delete", (key,))
+        else:
+            # Values are boxed in a one-item list so that a cached None differs from a miss.
+            yield _Call("stack", "set", (key, [value]), self.write_kwargs(seconds, tags))
+
+    def add(
+        self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
+    ) -> _Steps[bool]:
+        """Store ``value`` if ``key`` is absent."""
+        if (yield _Call("stack", "has", (key,))):
+            return False
+        yield from self.write(key, value, seconds, tags)
+        return True
+
+    def touch(self, key: str, seconds: float | None) -> _Steps[bool]:
+        """Store ``key``'s value again with a new timeout."""
+        info = yield _Call("stack", "inspect", (key,))
+        box = yield _Call("stack", "get", (key,))
+        if box is None:
+            return False
+        yield from self.write(key, box[0], seconds, info.tags if info is not None else ())
+        return True
+
+    def delete(self, key: str) -> _Steps[bool]:
+        """Delete ``key``; whether it was there."""
+        existed: bool = yield _Call("stack", "has", (key,))
+        yield _Call("stack", "delete", (key,))
+        return existed
+
+    def get_many(self, wanted: Mapping[str, Any]) -> _Steps[dict[Any, Any]]:
+        """The values found, by caller's key (``wanted``: stack key -> caller's key)."""
+        if not wanted:
+            return {}
+        boxes = yield _Call("stack", "get_many", (list(wanted),))
+        return {wanted[k]: box[0] for k, box in zip(wanted, boxes, strict=True) if box is not None}
+
+    def set_many(
+        self, items: list[tuple[str, Any]], seconds: float | None, tags: Iterable[str] | None
+    ) -> _Steps[list[Any]]:
+        """Store every (stack key, value)."""
+        if seconds is not None and seconds <= 0:
+            yield _Call("stack", "delete_many", ([k for k, _ in items],))
+            return []
+        kwargs = self.write_kwargs(seconds, tags)
+        yield _Call(
+            "stack", "set_many", ([CacheEntry(k, [v], options=kwargs or None) for k, v in items],)
+        )
+        return []
+
+    def get_or_set(self, stack_key: str, default: Any, seconds: float | None) -> _Steps[Any]:
+        """The cached value, or ``default`` (called if callable) stored with :meth:`add`."""
+        box = yield _Call("stack", "get", (stack_key,))
+        if box is not None:
+            return box[0]
+        if callable(default):
+            if self.single_flight and (seconds is None or seconds > 0):
+                fetch = default
+
+                def boxed() -> list[Any]:
+                    return [fetch()]
+
+                # The stack's single flight: one call of the callable across every process.
+                box = yield _Call(
+                    "stack", "get", (stack_key, boxed), self.write_kwargs(seconds, None)
+                )
+                return box[0]
+            default = default()
+        yield _Call("atomic", "run", (self.add(stack_key, default, seconds, None),))
+        # Another writer may have won the add: return what the cache holds now.
+        box = yield _Call("stack", "get", (stack_key,))
+        return default if box is None else box[0]
+
+    def incr(self, stack_key: str, key: Any, delta: int) -> _Steps[Any]:
+        """Add ``delta`` to the value under ``stack_key``; the new value."""
+        if self.remote_sync:
+            return (yield from self._redis_incr(stack_key, key, delta))
+        box = yield _Call("stack", "get", (stack_key,))
+        if box is None:
+            raise _not_found(key)
+        new_value = box[0] + delta
+        info = yield _Call("stack", "inspect", (stack_key,))
+        remaining = info.fresh_ttl if info is not None else None
+        if remaining is not None and remaining <= 0:
+            raise _not_found(key)
+        yield from self.write(stack_key, new_value, remaining, info.tags if info else ())
+        return new_value
+
+    def _incremented(self, stack_key: str, key: Any, raw: Any, delta: int) -> tuple[Any, Entry]:
+        """(new value, new entry) from the bytes ``raw`` read from the first Redis layer.
+
+        Only the value changes: stored_at, the expiry times and the tags are kept as stored.
+        """
+        layer = self.remote_sync[0]
+        entry: Entry | None = None
+        if raw is not None:
+            try:
+                entry = layer.codec.decode(raw)
+            except CorruptEntryError:
+                entry = None  # unreadable bytes hold no number to add to: "not found"
+        if entry is None or not entry.is_fresh(self.clock()):
+            # Redis is the authority: a copy only this process's memory still holds is stale.
+            self.memory.delete(stack_key)
+            raise _not_found(key)
+        box = entry.value
+        if not isinstance(box, list) or len(box) != 1:
+            raise ValueError(f"Key '{key}' does not hold a value stored by this backend")
+        new_value = box[0] + delta
+        return new_value, dataclasses.replace(entry, value=[new_value])
+
+    def _encode_counter(self, entry: Entry) -> bytes:
+        layer = self.remote_sync[0]
+        try:
+            data: bytes = layer.codec.encode(entry)
+        except Exception as exc:
+            raise CacheLayerError(layer.name, "incr", f"value cannot be serialized: {exc}") from exc
+        return data
+
+    def _counter_down(self, stack_key: str) -> _Steps[bool]:
+        """Graceful degradation: whether the counter authority is out of service (this
+        process saw it fail recently, or the stack is skipping it and cannot recover it yet)."""
+        if self.clock() < self.counter_down_until:
+            return True
+        name = self.remote_sync[0].name
+        for _ in range(2):
+            stats = yield _Call("stack", "get_stats", plain=True)
+            until = next(s.degraded_until for s in stats.layers if s.name == name)
+            if until is None:
+                return False
+            if self.clock() < until:
+                return True
+            # Due for a retry: any query of the key lets the stack probe the layer and replay
+            # what it missed (deletes included) before incr may read a counter there again.
+            yield _Call("stack", "inspect", (stack_key,))
+        return True
+
+    def _counter_call(self, key: Any, call: _Call) -> _Steps[Any]:
+        """A Redis call of incr; under graceful degradation a failure reads as "not found"."""
+        try:
+            return (yield call)
+        except CacheLayerError as exc:
+            if self.retry_after is None or exc.__cause__ is None:
+                raise
+            self.counter_down_until = self.clock() + self.retry_after
+            _logger.warning("layercache: incr could not reach Redis (%r)", exc.__cause__)
+            raise _not_found(key) from exc
+
+    def _after_write(self, call: _Call) -> _Steps[None]:
+        """A follow-up of a counter already written: under graceful degradation a failure is
+        logged, not raised (the increment happened; raising would invite a second one)."""
+        try:
+            yield call
+        except CacheLayerError as exc:
+            if self.retry_after is None:
+                raise
+            _logger.warning("layercache: incr follow-up %s failed (%r)", call.target, exc)
+
+    def _redis_incr(self, stack_key: str, key: Any, delta: int) -> _Steps[Any]:
+        if self.retry_after is not None and (yield from self._counter_down(stack_key)):
+            raise _not_found(key)
+        layer = self.remote_sync[0]
+        raw_key = layer._key(stack_key)  # the same on both sides: same prefix and key codec
+        for attempt in range(_INCR_ATTEMPTS):
+            raw = yield from self._counter_call(
+                key, _Call("counter", "get", (raw_key,), guard="incr")
+            )
+            new_value, entry = self._incremented(stack_key, key, raw, delta)
+            data = self._encode_counter(entry)
+            cas = _Call(
+                "cas", "__call__", (), {"keys": [raw_key], "args": [raw, data]}, guard="incr"
+            )
+            if (yield from self._counter_call(key, cas)):
+                self.memory.delete(stack_key)
+                now = self.clock()
+                for i in range(1, len(self.remote_sync)):
+                    # Copies for the other Redis layers; the first one alone is atomic.
+                    yield from self._after_write(
+                        _Call(f"redis{i}", "set", (stack_key, entry, entry.storage_ttl(now)))
+                    )
+                if self.bus is not None:
+                    message = InvalidationMessage(
+                        source_id=self.bus.source_id,
+                        scope="keys",
+                        operation="set",
+                        keys=(stack_key,),
+                        timestamp=time.time(),
+                    )
+                    yield from self._after_write(_Call("bus", "publish", (message,)))
+                return new_value
+            yield _Call("clock", "sleep", (_incr_backoff(attempt),))
+        raise CacheLayerError(layer.name, "incr", "too many concurrent writers; gave up")
+
+
+def _log_close_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _logger.warning("layercache: closing an asyncio stack failed (%r)", future.exception())
+
+
+# ---------------------------------------------------------------------- the backend
 
 
 class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     """Django cache backend reading an in-process layer first, then Redis (when configured).
+
+    Every backend built with the same ``LOCATION`` and ``OPTIONS`` in one process shares one
+    engine (memory layer, Redis clients, bus subscription), as Django's ``LocMemCache`` shares
+    one store per ``LOCATION``; the instance itself holds only the key prefix, version, key
+    function and default timeout.
 
     Args:
         server: ``LOCATION``: empty for memory only, or Redis URL(s) (a list, or a string
@@ -450,140 +964,24 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
 
     def __init__(self, server: Any, params: Mapping[str, Any]) -> None:
         super().__init__(params)
-        options = dict(params.get("OPTIONS") or {})
-        urls = _split_locations(server)
-        tag_index, single_flight = _check_options(options, bool(urls))
-        clock: Callable[[], float] = options.get("CLOCK") or time.time
-        self._clock = clock
-        memory_ttl = options.get("MEMORY_TTL")
-        # Layers keep values forever by default; every finite Django timeout is passed
-        # explicitly per write, so "TIMEOUT: None" really means forever.
-        memory = MemoryLayer(
-            ttl=memory_ttl,
-            max_size=options.get("MEMORY_MAX_SIZE"),
-            eviction=options.get("MEMORY_EVICTION", "lru"),
-            max_bytes=options.get("MEMORY_MAX_BYTES"),
-            clock=clock,
-        )
-        self._caps: dict[str, float | None] = {"memory": memory_ttl}
-        self._memory = memory
-        self._retry_after = _retry_after(options.get("GRACEFUL_DEGRADATION"))
-        # incr/decr skip Redis until then after a connection failure (graceful degradation).
-        self._counter_down_until = 0.0
-        self._single_flight = single_flight
-        remote_sync: list[Any] = []
-        remote_async: list[Any] = []
-        stack_options: dict[str, Any] = {
-            "clock": clock,
-            "write_policy": options.get("WRITE_POLICY", "strict"),
-            "graceful_degradation": options.get("GRACEFUL_DEGRADATION"),
-        }
-        sync_extra: dict[str, Any] = {}
-        async_extra: dict[str, Any] = {}
-        if urls:
-            remote_sync, remote_async = _redis_layers(urls, options)
-            for layer in remote_sync:
-                self._caps[layer.name] = None
-            sync_extra, async_extra = _coordination(
-                options, remote_sync[0].client, remote_async[0].client, tag_index, single_flight
-            )
-        self._remote_sync = remote_sync
-        self._all_local = not urls
-        self._stack = SyncCacheStack([memory, *remote_sync], **stack_options, **sync_extra)
-        if "tag_index" not in async_extra:
-            # One in-process index for both stacks, behind one lock.
-            tag_lock = threading.Lock()
-            shared_index = self._stack._tags
-            self._stack._tags = _LockedTagIndex(shared_index, tag_lock)
-            async_extra["tag_index"] = _SharedTagIndex(shared_index, tag_lock)
-        self._astack = CacheStack([memory, *remote_async], **stack_options, **async_extra)
-        # Serialises the read-modify-write operations (add, incr, touch, delete's result).
-        self._lock = threading.RLock()
-        self._sync = self._side(self._stack, remote_sync, sync_extra, time, self._run_atomic)
-        self._async = self._side(
-            self._astack, remote_async, async_extra, asyncio, self._arun_atomic
-        )
-        if "invalidation_bus" in sync_extra:
-            self._subscribe()
+        self._location = server
+        self._options = dict(params.get("OPTIONS") or {})
+        self._engine = _engine_for(server, self._options)
 
-    def _subscribe(self) -> None:
-        """Subscribe now, before this process caches anything in memory.
+    def _reopen(self) -> _Engine:
+        """The engine was shut down: the registry's live one (built again if need be)."""
+        engine = self._engine = _engine_for(self._location, self._options)
+        return engine
 
-        The stack would subscribe on its first read miss or write, but not on reads that
-        never take that path (``get_many``, ``has_key``): their copies would then miss every
-        invalidation. The asyncio stack relies on this subscription too (it only publishes).
-        Under graceful degradation a failure is reported and the bus keeps retrying (it drops
-        the memory layer once subscribed, as it may have missed messages); without it, the
-        failure is raised and the stack closed, so no retrying thread is left behind.
-        """
-        try:
-            self._stack._ensure_bus()
-        except BaseException:
-            self._stack.close()
-            raise
+    def _live(self) -> _Engine:
+        engine = self._engine
+        return self._reopen() if engine.closed else engine
 
-    def _side(
-        self,
-        stack: Any,
-        remote: list[Any],
-        extra: Mapping[str, Any],
-        sleeper: Any,
-        atomic: Callable[..., Any],
-    ) -> _Side:
-        targets: dict[str, Any] = {
-            "stack": stack,
-            "clock": sleeper,
-            "bus": extra.get("invalidation_bus"),
-            "atomic": types.SimpleNamespace(run=atomic),
-        }
-        targets.update((f"redis{i}", layer) for i, layer in enumerate(remote))
-        if remote:
-            from ..redis._scripts import COUNTER_COMPARE_AND_SET
-
-            targets["counter"] = remote[0].client
-            # Registered once per client; redis-py calls it by SHA and reloads on NOSCRIPT.
-            targets["cas"] = remote[0].client.register_script(COUNTER_COMPARE_AND_SET)
-        return _Side(targets, remote[0] if remote else None)
-
-    # ------------------------------------------------------------------ drivers
-
-    def _run(self, steps: _Steps[_T]) -> _T:
-        """Run ``steps`` on the synchronous stack and clients."""
-        reply, failed = None, False
-        while not isinstance(step := _advance(steps, reply, failed), _Done):
-            fn, guard = self._sync.prepare(step)
-            try:
-                with guard:
-                    reply, failed = fn(*step.args, **step.kwargs), False
-            except Exception as exc:
-                reply, failed = exc, True
-        result: _T = step.value
-        return result
-
-    async def _arun(self, steps: _Steps[_T]) -> _T:
-        """Run ``steps`` on the asyncio stack and clients."""
-        reply, failed = None, False
-        while not isinstance(step := _advance(steps, reply, failed), _Done):
-            fn, guard = self._async.prepare(step)
-            try:
-                with guard:
-                    reply = fn(*step.args, **step.kwargs)
-                    reply, failed = (reply if step.plain else await reply), False
-            except Exception as exc:
-                reply, failed = exc, True
-        result: _T = step.value
-        return result
-
-    def _run_atomic(self, steps: _Steps[_T]) -> _T:
-        with self._lock:
-            return self._run(steps)
-
-    async def _arun_atomic(self, steps: _Steps[_T]) -> _T:
-        if self._all_local:
-            # Memory only: no I/O inside, so the thread lock is held for microseconds, and the
-            # operation is atomic against the synchronous callers too.
-            return self._run_atomic(steps)
-        return await self._arun(steps)
+    def _engines_to_close(self) -> list[_Engine]:
+        """This instance's engine, and the configuration's live one if another instance has
+        built it again since."""
+        live = _engines.get(self._engine.key)
+        return [self._engine] if live in (None, self._engine) else [self._engine, live]
 
     # ------------------------------------------------------------------ keys and timeouts
 
@@ -597,229 +995,15 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
             timeout = self.default_timeout
         return None if timeout is None else float(timeout)
 
-    def _ttl(self, seconds: float | None) -> dict[str, float] | None:
-        """Per-layer TTL option: the Django timeout, capped by a layer's own cap."""
-        if seconds is None:
-            return None  # every layer's default: its cap, or forever
-        return {
-            name: seconds if cap is None else min(seconds, cap) for name, cap in self._caps.items()
-        }
-
-    def _write_kwargs(self, seconds: float | None, tags: Iterable[str] | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        ttl = self._ttl(seconds)
-        if ttl is not None:
-            kwargs["ttl"] = ttl
-        if tags:
-            kwargs["tags"] = list(tags)
-        return kwargs
-
-    # ------------------------------------------------------------------ operations (steps)
-
-    def _write(
-        self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
-    ) -> _Steps[None]:
-        if seconds is not None and seconds <= 0:
-            yield _Call("stack", "delete", (key,))
-        else:
-            # Values are boxed in a one-item list so that a cached None differs from a miss.
-            yield _Call("stack", "set", (key, [value]), self._write_kwargs(seconds, tags))
-
-    def _add(
-        self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
-    ) -> _Steps[bool]:
-        if (yield _Call("stack", "has", (key,))):
-            return False
-        yield from self._write(key, value, seconds, tags)
-        return True
-
-    def _touch(self, key: str, seconds: float | None) -> _Steps[bool]:
-        info = yield _Call("stack", "inspect", (key,))
-        box = yield _Call("stack", "get", (key,))
-        if box is None:
-            return False
-        yield from self._write(key, box[0], seconds, info.tags if info is not None else ())
-        return True
-
-    def _delete(self, key: str) -> _Steps[bool]:
-        existed: bool = yield _Call("stack", "has", (key,))
-        yield _Call("stack", "delete", (key,))
-        return existed
-
-    def _get_many(self, keys: Iterable[Any], version: int | None) -> _Steps[dict[Any, Any]]:
-        wanted = {self._key(k, version): k for k in keys}
-        if not wanted:
-            return {}
-        boxes = yield _Call("stack", "get_many", (list(wanted),))
-        return {wanted[k]: box[0] for k, box in zip(wanted, boxes, strict=True) if box is not None}
-
-    def _set_many(
-        self,
-        data: Mapping[Any, Any],
-        timeout: Any,
-        version: int | None,
-        tags: Iterable[str] | None,
-    ) -> _Steps[list[Any]]:
-        seconds = self._seconds(timeout)
-        items = [(self._key(k, version), v) for k, v in data.items()]
-        if seconds is not None and seconds <= 0:
-            yield _Call("stack", "delete_many", ([k for k, _ in items],))
-            return []
-        kwargs = self._write_kwargs(seconds, tags)
-        yield _Call(
-            "stack", "set_many", ([CacheEntry(k, [v], options=kwargs or None) for k, v in items],)
-        )
-        return []
-
-    def _get_or_set(self, key: Any, default: Any, timeout: Any, version: int | None) -> _Steps[Any]:
-        stack_key = self._key(key, version)
-        box = yield _Call("stack", "get", (stack_key,))
-        if box is not None:
-            return box[0]
-        seconds = self._seconds(timeout)
-        if callable(default):
-            if self._single_flight and (seconds is None or seconds > 0):
-                fetch = default
-
-                def boxed() -> list[Any]:
-                    return [fetch()]
-
-                # The stack's single flight: one call of the callable across every process.
-                box = yield _Call(
-                    "stack", "get", (stack_key, boxed), self._write_kwargs(seconds, None)
-                )
-                return box[0]
-            default = default()
-        yield _Call("atomic", "run", (self._add(stack_key, default, seconds, None),))
-        # Another writer may have won the add: return what the cache holds now.
-        box = yield _Call("stack", "get", (stack_key,))
-        return default if box is None else box[0]
-
-    def _incr(self, key: Any, delta: int, version: int | None) -> _Steps[Any]:
-        stack_key = self._key(key, version)
-        if self._remote_sync:
-            return (yield from self._redis_incr(stack_key, key, delta))
-        box = yield _Call("stack", "get", (stack_key,))
-        if box is None:
-            raise _not_found(key)
-        new_value = box[0] + delta
-        info = yield _Call("stack", "inspect", (stack_key,))
-        remaining = info.fresh_ttl if info is not None else None
-        if remaining is not None and remaining <= 0:
-            raise _not_found(key)
-        yield from self._write(stack_key, new_value, remaining, info.tags if info else ())
-        return new_value
-
-    def _incremented(self, stack_key: str, key: Any, raw: Any, delta: int) -> tuple[Any, Entry]:
-        """(new value, new entry) from the bytes ``raw`` read from the first Redis layer.
-
-        Only the value changes: stored_at, the expiry times and the tags are kept as stored.
-        """
-        layer = self._remote_sync[0]
-        entry: Entry | None = None
-        if raw is not None:
-            try:
-                entry = layer.codec.decode(raw)
-            except CorruptEntryError:
-                entry = None  # unreadable bytes hold no number to add to: "not found"
-        if entry is None or not entry.is_fresh(self._clock()):
-            # Redis is the authority: a copy only this process's memory still holds is stale.
-            self._memory.delete(stack_key)
-            raise _not_found(key)
-        box = entry.value
-        if not isinstance(box, list) or len(box) != 1:
-            raise ValueError(f"Key '{key}' does not hold a value stored by this backend")
-        new_value = box[0] + delta
-        return new_value, dataclasses.replace(entry, value=[new_value])
-
-    def _encode_counter(self, entry: Entry) -> bytes:
-        layer = self._remote_sync[0]
-        try:
-            data: bytes = layer.codec.encode(entry)
-        except Exception as exc:
-            raise CacheLayerError(layer.name, "incr", f"value cannot be serialized: {exc}") from exc
-        return data
-
-    def _counter_down(self, stack_key: str) -> _Steps[bool]:
-        """Graceful degradation: whether the counter authority is out of service (this
-        backend saw it fail recently, or the stack is skipping it and cannot recover it yet)."""
-        if self._clock() < self._counter_down_until:
-            return True
-        name = self._remote_sync[0].name
-        for _ in range(2):
-            stats = yield _Call("stack", "get_stats", plain=True)
-            until = next(s.degraded_until for s in stats.layers if s.name == name)
-            if until is None:
-                return False
-            if self._clock() < until:
-                return True
-            # Due for a retry: any query of the key lets the stack probe the layer and replay
-            # what it missed (deletes included) before incr may read a counter there again.
-            yield _Call("stack", "inspect", (stack_key,))
-        return True
-
-    def _counter_call(self, key: Any, call: _Call) -> _Steps[Any]:
-        """A Redis call of incr; under graceful degradation a failure reads as "not found"."""
-        try:
-            return (yield call)
-        except CacheLayerError as exc:
-            if self._retry_after is None or exc.__cause__ is None:
-                raise
-            self._counter_down_until = self._clock() + self._retry_after
-            _logger.warning("layercache: incr could not reach Redis (%r)", exc.__cause__)
-            raise _not_found(key) from exc
-
-    def _after_write(self, call: _Call) -> _Steps[None]:
-        """A follow-up of a counter already written: under graceful degradation a failure is
-        logged, not raised (the increment happened; raising would invite a second one)."""
-        try:
-            yield call
-        except CacheLayerError as exc:
-            if self._retry_after is None:
-                raise
-            _logger.warning("layercache: incr follow-up %s failed (%r)", call.target, exc)
-
-    def _redis_incr(self, stack_key: str, key: Any, delta: int) -> _Steps[Any]:
-        if self._retry_after is not None and (yield from self._counter_down(stack_key)):
-            raise _not_found(key)
-        layer = self._remote_sync[0]
-        raw_key = layer._key(stack_key)  # the same on both sides: same prefix and key codec
-        for attempt in range(_INCR_ATTEMPTS):
-            raw = yield from self._counter_call(
-                key, _Call("counter", "get", (raw_key,), guard="incr")
-            )
-            new_value, entry = self._incremented(stack_key, key, raw, delta)
-            data = self._encode_counter(entry)
-            cas = _Call(
-                "cas", "__call__", (), {"keys": [raw_key], "args": [raw, data]}, guard="incr"
-            )
-            if (yield from self._counter_call(key, cas)):
-                self._memory.delete(stack_key)
-                now = self._clock()
-                for i in range(1, len(self._remote_sync)):
-                    # Copies for the other Redis layers; the first one alone is atomic.
-                    yield from self._after_write(
-                        _Call(f"redis{i}", "set", (stack_key, entry, entry.storage_ttl(now)))
-                    )
-                if self._sync.targets["bus"] is not None:
-                    message = InvalidationMessage(
-                        source_id=self._sync.targets["bus"].source_id,
-                        scope="keys",
-                        operation="set",
-                        keys=(stack_key,),
-                        timestamp=time.time(),
-                    )
-                    yield from self._after_write(_Call("bus", "publish", (message,)))
-                return new_value
-            yield _Call("clock", "sleep", (_incr_backoff(attempt),))
-        raise CacheLayerError(layer.name, "incr", "too many concurrent writers; gave up")
-
     # ------------------------------------------------------------------ sync API
 
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         """The cached value, or ``default`` on a miss (a cached ``None`` is returned as is)."""
         # The hot path stays a direct call (no step machinery on an L1 hit).
-        box = self._stack.get(self._key(key, version))
+        engine = self._engine
+        if engine.closed:
+            engine = self._reopen()
+        box = engine.stack.get(self._key(key, version))
         return default if box is None else box[0]
 
     def set(
@@ -832,7 +1016,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         tags: Iterable[str] | None = None,
     ) -> None:
         """Store ``value``; ``tags`` (an extra) makes it reachable by :meth:`invalidate_by_tag`."""
-        self._run(self._write(self._key(key, version), value, self._seconds(timeout), tags))
+        engine = self._live()
+        engine.run(engine.write(self._key(key, version), value, self._seconds(timeout), tags))
 
     def add(
         self,
@@ -844,20 +1029,23 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         tags: Iterable[str] | None = None,
     ) -> bool:
         """Store ``value`` only if ``key`` is absent; whether it was stored."""
+        engine = self._live()
         key = self._key(key, version)
-        return self._run_atomic(self._add(key, value, self._seconds(timeout), tags))
+        return engine.run_atomic(engine.add(key, value, self._seconds(timeout), tags))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         """Give ``key`` a new timeout; whether it existed."""
-        return self._run_atomic(self._touch(self._key(key, version), self._seconds(timeout)))
+        engine = self._live()
+        return engine.run_atomic(engine.touch(self._key(key, version), self._seconds(timeout)))
 
     def delete(self, key: Any, version: int | None = None) -> bool:
         """Remove ``key``; whether it was there."""
-        return self._run_atomic(self._delete(self._key(key, version)))
+        engine = self._live()
+        return engine.run_atomic(engine.delete(self._key(key, version)))
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
         """Whether ``key`` holds an unexpired value."""
-        found: bool = self._stack.has(self._key(key, version))
+        found: bool = self._live().stack.has(self._key(key, version))
         return found
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
@@ -868,7 +1056,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         first Redis layer (retried when another writer got in between), and this process's
         memory copy is dropped so that its next read sees the Redis value. Other processes'
         memory layers drop theirs through ``INVALIDATION_BUS``; without a bus they keep their
-        copy until ``MEMORY_TTL`` passes, as after any write.
+        copy until ``MEMORY_TTL`` passes, as after any write. Memory only, it is atomic across
+        the threads of the process (they share one engine and its lock).
 
         Raises:
             ValueError: If ``key`` is absent (or expired); also while Redis is unreachable
@@ -876,9 +1065,11 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
             CacheLayerError: If Redis fails (without graceful degradation), or too many
                 writers kept winning the race.
         """
-        if self._remote_sync:
-            return self._run(self._incr(key, delta, version))
-        return self._run_atomic(self._incr(key, delta, version))
+        engine = self._live()
+        steps = engine.incr(self._key(key, version), key, delta)
+        if engine.remote_sync:
+            return engine.run(steps)
+        return engine.run_atomic(steps)
 
     def decr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Subtract ``delta``; ``ValueError`` if ``key`` is absent."""
@@ -886,7 +1077,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         """A dict of the keys found (cached ``None`` values included)."""
-        return self._run(self._get_many(keys, version))
+        engine = self._live()
+        return engine.run(engine.get_many({self._key(k, version): k for k in keys}))
 
     def set_many(
         self,
@@ -897,31 +1089,41 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         tags: Iterable[str] | None = None,
     ) -> list[Any]:
         """Store every item; returns the keys that failed (always ``[]``: failures raise)."""
-        return self._run(self._set_many(data, timeout, version, tags))
+        engine = self._live()
+        return engine.run(engine.set_many(*self._items(data, timeout, version), tags))
+
+    def _items(
+        self, data: Mapping[Any, Any], timeout: Any, version: int | None
+    ) -> tuple[list[tuple[str, Any]], float | None]:
+        return [(self._key(k, version), v) for k, v in data.items()], self._seconds(timeout)
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         """Remove several keys."""
-        self._stack.delete_many([self._key(k, version) for k in keys])
+        self._live().stack.delete_many([self._key(k, version) for k in keys])
 
     def clear(self) -> None:
         """Remove every key of this cache (the Redis layer clears only its prefix)."""
-        self._stack.clear()
+        self._live().stack.clear()
 
     def close(self, **kwargs: Any) -> None:
-        """Called by Django at the end of each request: the stacks live as long as the process."""
+        """Called by Django at the end of each request: the engine lives as long as the process."""
 
     def shutdown(self) -> None:
-        """Close the synchronous stack: stop the invalidation bus thread, release the Redis
-        connections (process shutdown, tests).
+        """Close this configuration's engine for the whole process: stop the invalidation bus
+        thread, release the Redis connections (process shutdown, tests).
 
+        Every backend of the same configuration (every thread's) shares the engine; one still
+        used afterwards transparently builds a new one. Asyncio stacks of event loops still
+        running are closed on their loop; :meth:`ashutdown` also awaits the current loop's.
         Django's :meth:`close` runs after every request and must leave the cache usable, so
-        releasing connections is this separate call. Async code calls :meth:`ashutdown` too.
+        releasing connections is this separate call.
         """
-        self._stack.close()
+        for engine in self._engines_to_close():
+            engine.shutdown()
 
     def invalidate_by_tag(self, tag: str) -> int:
         """Delete every key stored with ``tag``; the number of keys removed."""
-        removed: int = self._stack.invalidate_by_tag(tag)
+        removed: int = self._live().stack.invalidate_by_tag(tag)
         return removed
 
     def get_or_set(
@@ -932,13 +1134,19 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         With ``SINGLE_FLIGHT`` a callable ``default`` runs once across every process on a cold
         key; the other callers wait for its value and get it.
         """
-        return self._run(self._get_or_set(key, default, timeout, version))
+        engine = self._live()
+        return engine.run(
+            engine.get_or_set(self._key(key, version), default, self._seconds(timeout))
+        )
 
     # ------------------------------------------------------------------ async API
 
     async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        """Async :meth:`get` on the asyncio stack."""
-        box = await self._astack.get(self._key(key, version))
+        """Async :meth:`get` on the running loop's asyncio stack."""
+        engine = self._engine
+        if engine.closed:
+            engine = self._reopen()
+        box = await engine.async_side().stack.get(self._key(key, version))
         return default if box is None else box[0]
 
     async def aset(
@@ -951,7 +1159,10 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         tags: Iterable[str] | None = None,
     ) -> None:
         """Async :meth:`set`."""
-        await self._arun(self._write(self._key(key, version), value, self._seconds(timeout), tags))
+        engine = self._live()
+        await engine.arun(
+            engine.write(self._key(key, version), value, self._seconds(timeout), tags)
+        )
 
     async def aadd(
         self,
@@ -963,27 +1174,32 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         tags: Iterable[str] | None = None,
     ) -> bool:
         """Async :meth:`add`."""
+        engine = self._live()
         key = self._key(key, version)
-        return await self._arun_atomic(self._add(key, value, self._seconds(timeout), tags))
+        return await engine.arun_atomic(engine.add(key, value, self._seconds(timeout), tags))
 
     async def atouch(
         self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
         """Async :meth:`touch`."""
-        return await self._arun_atomic(self._touch(self._key(key, version), self._seconds(timeout)))
+        engine = self._live()
+        steps = engine.touch(self._key(key, version), self._seconds(timeout))
+        return await engine.arun_atomic(steps)
 
     async def adelete(self, key: Any, version: int | None = None) -> bool:
         """Async :meth:`delete`."""
-        return await self._arun_atomic(self._delete(self._key(key, version)))
+        engine = self._live()
+        return await engine.arun_atomic(engine.delete(self._key(key, version)))
 
     async def ahas_key(self, key: Any, version: int | None = None) -> bool:
         """Async :meth:`has_key`."""
-        found: bool = await self._astack.has(self._key(key, version))
+        found: bool = await self._live().async_side().stack.has(self._key(key, version))
         return found
 
     async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Async :meth:`incr` (atomic across processes with a Redis ``LOCATION``)."""
-        return await self._arun_atomic(self._incr(key, delta, version))
+        engine = self._live()
+        return await engine.arun_atomic(engine.incr(self._key(key, version), key, delta))
 
     async def adecr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Async :meth:`decr`."""
@@ -991,7 +1207,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
 
     async def aget_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         """Async :meth:`get_many`."""
-        return await self._arun(self._get_many(keys, version))
+        engine = self._live()
+        return await engine.arun(engine.get_many({self._key(k, version): k for k in keys}))
 
     async def aset_many(
         self,
@@ -1002,26 +1219,32 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         tags: Iterable[str] | None = None,
     ) -> list[Any]:
         """Async :meth:`set_many`."""
-        return await self._arun(self._set_many(data, timeout, version, tags))
+        engine = self._live()
+        return await engine.arun(engine.set_many(*self._items(data, timeout, version), tags))
 
     async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         """Async :meth:`delete_many`."""
-        await self._astack.delete_many([self._key(k, version) for k in keys])
+        stack = self._live().async_side().stack
+        await stack.delete_many([self._key(k, version) for k in keys])
 
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
-        await self._astack.clear()
+        await self._live().async_side().stack.clear()
 
     async def aclose(self, **kwargs: Any) -> None:
         """Async :meth:`close` (nothing per request)."""
 
     async def ashutdown(self) -> None:
-        """Close the asyncio stack and its Redis connections (on the loop that used them)."""
-        await self._astack.aclose()
+        """Async :meth:`shutdown`: close the running loop's asyncio stack and its Redis
+        connections (on this loop, which they belong to), then the engine."""
+        for engine in self._engines_to_close():
+            await engine.aclose_side()
+            # The engine joins the bus thread: not on the event loop.
+            await asyncio.to_thread(engine.shutdown)
 
     async def ainvalidate_by_tag(self, tag: str) -> int:
         """Async :meth:`invalidate_by_tag`."""
-        removed: int = await self._astack.invalidate_by_tag(tag)
+        removed: int = await self._live().async_side().stack.invalidate_by_tag(tag)
         return removed
 
     async def aget_or_set(
@@ -1029,4 +1252,6 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> Any:
         """Async :meth:`get_or_set` (a callable ``default`` is called synchronously, or in a
         worker thread under ``SINGLE_FLIGHT``)."""
-        return await self._arun(self._get_or_set(key, default, timeout, version))
+        engine = self._live()
+        steps = engine.get_or_set(self._key(key, version), default, self._seconds(timeout))
+        return await engine.arun(steps)

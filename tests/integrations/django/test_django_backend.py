@@ -451,7 +451,9 @@ async def test_async_does_not_hop_threads(cache: LayerCacheBackend) -> None:
     import threading
 
     seen: list[threading.Thread] = []
-    cache._astack.on("set", lambda payload: seen.append(threading.current_thread()))
+    cache._engine.async_side().stack.on(
+        "set", lambda payload: seen.append(threading.current_thread())
+    )
     await cache.aset("k", 1)
     assert seen == [threading.current_thread()]
 

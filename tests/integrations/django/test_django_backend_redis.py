@@ -1,7 +1,8 @@
 """LayerCacheBackend with a Redis LOCATION, against a real redis-server (tests/conftest.py).
 
 Two backends on one server stand for two processes: each has its own memory layer, Redis is
-what they share.
+what they share. Backends with equal settings share one engine in a process, so each "process"
+gets a slightly different real option (``MEMORY_MAX_SIZE``), as two deployments might.
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ from layercache.integrations.django import LayerCacheBackend
 pytestmark = pytest.mark.redis
 
 
+def _process(i: int) -> dict[str, Any]:
+    """Options that make backend ``i`` an engine of its own (another "process")."""
+    return {"MEMORY_MAX_SIZE": 10_000 + i}
+
+
 @pytest.fixture
 def backends(redis_clean: Any, clock: FakeClock) -> Iterator[list[LayerCacheBackend]]:
     made = [
         LayerCacheBackend(
             redis_clean.url,
-            {"TIMEOUT": 300, "OPTIONS": {"CLOCK": clock, "PREFIX": "dj:", "MEMORY_TTL": 30}},
+            {
+                "TIMEOUT": 300,
+                "OPTIONS": {**_process(i), "CLOCK": clock, "PREFIX": "dj:", "MEMORY_TTL": 30},
+            },
         )
-        for _ in range(2)
+        for i in range(2)
     ]
     yield made
     for backend in made:
@@ -67,7 +76,7 @@ def test_expiry_memory_cap_and_zero_timeout(
     assert one.get("k") is None
     one.set("z", "v")
     two.set("z", "v", 0)
-    one._stack.layers[0].clear()  # forget one's L1: Redis must not hold it any more
+    one._engine.stack.layers[0].clear()  # forget one's L1: Redis must not hold it any more
     assert one.get("z") is None
 
 
@@ -95,7 +104,7 @@ async def test_async_over_redis(backends: list[LayerCacheBackend]) -> None:
     assert await two.aget_many(["k", "n", "x"]) == {"k": "v", "n": 3}
     # one's memory layer still holds n=1 (no invalidation bus); Redis has 3.
     assert await one.aget("n") == 1
-    one._astack.layers[0].clear()
+    one._engine.async_side().stack.layers[0].clear()
     assert await one.aget("n") == 3
     assert await two.atouch("k", 0) is True
     assert await two.aget("k") is None
@@ -105,7 +114,10 @@ async def test_async_over_redis(backends: list[LayerCacheBackend]) -> None:
 
 def test_pickle_serializer_for_arbitrary_objects(redis_clean: Any, clock: FakeClock) -> None:
     options = {"CLOCK": clock, "SERIALIZER": PickleSerializer(signing_secret="s3cret")}
-    one, two = (LayerCacheBackend(redis_clean.url, {"OPTIONS": options}) for _ in range(2))
+    one, two = (
+        LayerCacheBackend(redis_clean.url, {"OPTIONS": {**options, **_process(i)}})
+        for i in range(2)
+    )
     try:
         one.set("t", (1, {2, 3}))
         assert two.get("t") == (1, {2, 3})

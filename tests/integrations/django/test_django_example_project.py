@@ -52,7 +52,11 @@ def test_redis_settings_share_pages_and_invalidate_other_processes(
         entry = redis_settings.CACHES["default"]
         assert entry["OPTIONS"]["INVALIDATION_BUS"]
         params = {name: value for name, value in entry.items() if name != "LOCATION"}
-        other = LayerCacheBackend(entry["LOCATION"], params)  # stands for a second process
+        # Stands for a second process: equal settings would share this process's engine, so it
+        # gets a bus identity of its own, as another process has.
+        bus = {**params["OPTIONS"]["INVALIDATION_BUS"], "SOURCE_ID": "other-process"}
+        params["OPTIONS"] = {**params["OPTIONS"], "INVALIDATION_BUS": bus}
+        other = LayerCacheBackend(entry["LOCATION"], params)
         with override_settings(CACHES=redis_settings.CACHES):
             try:
                 client = Client()

@@ -10,14 +10,13 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from django_support import FakeClock
+from django_support import FakeClock, in_threads
 
 from layercache.integrations.django import LayerCacheBackend
 
@@ -27,15 +26,21 @@ THREADS = 8
 PER_THREAD = 100
 
 
-def _backend(url: str, clock: FakeClock) -> LayerCacheBackend:
-    return LayerCacheBackend(
-        url, {"TIMEOUT": 300, "OPTIONS": {"CLOCK": clock, "PREFIX": "dj:", "MEMORY_TTL": 30}}
-    )
+def _backend(url: str, clock: FakeClock, process: int = 0) -> LayerCacheBackend:
+    # Equal settings share one engine per process: a distinct MEMORY_MAX_SIZE makes each
+    # backend stand for another process.
+    options = {
+        "CLOCK": clock,
+        "PREFIX": "dj:",
+        "MEMORY_TTL": 30,
+        "MEMORY_MAX_SIZE": 10_000 + process,
+    }
+    return LayerCacheBackend(url, {"TIMEOUT": 300, "OPTIONS": options})
 
 
 @pytest.fixture
 def backends(redis_clean: Any, clock: FakeClock) -> Iterator[list[LayerCacheBackend]]:
-    made = [_backend(redis_clean.url, clock) for _ in range(2)]
+    made = [_backend(redis_clean.url, clock, process=i) for i in range(2)]
     yield made
     for backend in made:
         backend.shutdown()
@@ -52,26 +57,12 @@ def test_threads_across_two_backends_lose_no_increment(
 ) -> None:
     one, two = backends
     one.set("n", 0, timeout=300, tags=["counters"])
-    results: list[list[int]] = [[] for _ in range(THREADS)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(THREADS)
 
-    def work(i: int) -> None:
+    def work(i: int) -> list[int]:
         backend = backends[i % 2]
-        try:
-            start.wait(timeout=10)
-            for _ in range(PER_THREAD):
-                results[i].append(backend.incr("n"))
-        except BaseException as exc:
-            errors.append(exc)
+        return [backend.incr("n") for _ in range(PER_THREAD)]
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    results = in_threads(THREADS, work)
     total = THREADS * PER_THREAD
     # Every increment saw a distinct previous value: none was lost or applied twice.
     assert sorted(v for r in results for v in r) == list(range(1, total + 1))
@@ -79,7 +70,7 @@ def test_threads_across_two_backends_lose_no_increment(
     assert two.get("n") == total
     # The expiry and the tags survived the read-modify-write cycles.
     assert 0 < raw.pttl("dj::1:n") <= 300_000
-    assert one._stack.inspect(":1:n").tags == ("counters",)
+    assert one._engine.stack.inspect(":1:n").tags == ("counters",)
     assert one.invalidate_by_tag("counters") == 1
     assert raw.exists("dj::1:n") == 0
 

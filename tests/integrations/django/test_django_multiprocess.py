@@ -2,7 +2,9 @@
 redis-server (tests/conftest.py).
 
 Two backends in one process stand for two processes: each has its own memory layer, its own
-Redis clients and its own bus (its own source_id). One test runs a real second process.
+Redis clients and its own bus. Backends with equal settings share one engine per process, so
+each "process" gets its own ``SOURCE_ID`` (as two processes have). One test runs a real second
+process.
 """
 
 from __future__ import annotations
@@ -29,13 +31,9 @@ SECRET = "bus-test-secret"
 MEMORY_TTL = 300
 
 
-def _options(channel: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "PREFIX": "djmp:",
-        "MEMORY_TTL": MEMORY_TTL,
-        "INVALIDATION_BUS": {"CHANNEL": channel, "SIGNING_SECRET": SECRET},
-        **extra,
-    }
+def _options(channel: str, process: str = "one", **extra: Any) -> dict[str, Any]:
+    bus = {"CHANNEL": channel, "SIGNING_SECRET": SECRET, "SOURCE_ID": f"djmp-{process}"}
+    return {"PREFIX": "djmp:", "MEMORY_TTL": MEMORY_TTL, "INVALIDATION_BUS": bus, **extra}
 
 
 def _bus_threads(channel: str) -> list[threading.Thread]:
@@ -54,7 +52,7 @@ def channel(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def pair(redis_clean: Any, channel: str) -> Iterator[tuple[LayerCacheBackend, LayerCacheBackend]]:
     one = LayerCacheBackend(redis_clean.url, {"TIMEOUT": 300, "OPTIONS": _options(channel)})
-    two = LayerCacheBackend(redis_clean.url, {"TIMEOUT": 300, "OPTIONS": _options(channel)})
+    two = LayerCacheBackend(redis_clean.url, {"TIMEOUT": 300, "OPTIONS": _options(channel, "two")})
     try:
         yield one, two
     finally:
@@ -66,7 +64,7 @@ class Heard:
 
     def __init__(self, backend: LayerCacheBackend) -> None:
         self.keys: list[list[str]] = []
-        backend._stack.on("invalidation", lambda payload: self.keys.append(payload["keys"]))
+        backend._engine.stack.on("invalidation", lambda payload: self.keys.append(payload["keys"]))
 
     def settle(self, count: int) -> None:
         """Wait until ``count`` messages arrived in all (a late one would drop a warmed copy)."""
@@ -76,7 +74,7 @@ class Heard:
 def _warm(backend: LayerCacheBackend, key: str, expected: Any) -> None:
     """Read ``key`` into ``backend``'s memory layer (the first read also subscribes it)."""
     assert backend.get(key) == expected
-    assert backend._memory.get(backend._key(key, None)) is not None
+    assert backend._engine.memory.get(backend._key(key, None)) is not None
 
 
 def _shutdown(*backends: LayerCacheBackend) -> None:
@@ -151,15 +149,15 @@ def test_invalidate_by_tag_reaches_keys_another_process_stored(
     assert one.invalidate_by_tag("products") == 2
     assert one.get("p1") is None
     assert one.get("p2") is None
-    assert eventually(lambda: two._memory.get(two._key("p2", None)) is None)
+    assert eventually(lambda: two._engine.memory.get(two._key("p2", None)) is None)
     assert two.get("p2") is None
     assert one.get("other") == "c"
 
 
 def test_memory_tag_index_only_knows_its_own_keys(redis_clean: Any, channel: str) -> None:
     one, two = (
-        LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel, TAG_INDEX="memory")})
-        for _ in range(2)
+        LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel, p, TAG_INDEX="memory")})
+        for p in ("one", "two")
     )
     try:
         two.set("p", 1, tags=["products"])
@@ -187,15 +185,15 @@ async def test_async_side_publishes_with_the_sync_identity(
         assert await one.aincr("n") == 2
         assert eventually(lambda: two.get("n") == 2)
         # One subscription per backend: the asyncio stack only publishes, as the sync bus.
-        assert one._astack._bus.source_id == one._stack._bus.source_id
-        assert one._stack._bus.source_id != two._stack._bus.source_id
+        assert one._engine.async_side().stack._bus.source_id == one._engine.stack._bus.source_id
+        assert one._engine.stack._bus.source_id != two._engine.stack._bus.source_id
         assert len(_bus_threads(channel)) == 2
         # one's own announcements never come back to it: it only hears two.
         two.set("from-two", "s")
         heard_one.settle(1)
         assert heard_one.keys == [[one._key("from-two", None)]]
-        assert one._memory.get(one._key("n", None)) is None  # aincr dropped its own copy
-        assert one._memory.get(one._key("k", None)) is not None
+        assert one._engine.memory.get(one._key("n", None)) is None  # aincr dropped its own copy
+        assert one._engine.memory.get(one._key("k", None)) is not None
     finally:
         await one.ashutdown()
         await two.ashutdown()
@@ -213,8 +211,8 @@ def test_shutdown_stops_the_bus_thread(redis_clean: Any, channel: str) -> None:
 
 def test_single_flight_fetches_once_across_processes(redis_clean: Any, channel: str) -> None:
     one, two = (
-        LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel, SINGLE_FLIGHT=True)})
-        for _ in range(2)
+        LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel, p, SINGLE_FLIGHT=True)})
+        for p in ("one", "two")
     )
     calls: list[str] = []
     started = threading.Event()
@@ -254,8 +252,8 @@ async def test_async_single_flight_fetches_once_across_processes(
     redis_clean: Any, channel: str
 ) -> None:
     one, two = (
-        LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel, SINGLE_FLIGHT=True)})
-        for _ in range(2)
+        LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel, p, SINGLE_FLIGHT=True)})
+        for p in ("one", "two")
     )
     calls: list[int] = []
     second_fetch = threading.Event()
