@@ -4,12 +4,12 @@ memory+redis (real ``redis-server`` from tests/conftest.py), every layer on one 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from freshness_support import BuildStack, Env, RecordingWrapper
+from freshness_support import BuildStack, Env, RecordingWrapper, release_open_gates
 
 from layercache import CacheStack, DiskLayer, MemoryLayer
 from layercache.testing import ManualClock
@@ -17,6 +17,13 @@ from layercache.testing import ManualClock
 STACK_KINDS = ["memory", "memory+disk", "memory+redis"]
 REDIS_PREFIX = "lc-fresh:"
 _IDS = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def release_gates() -> Iterator[None]:
+    """Release every Gate the test left held (it failed before its own ``release()``)."""
+    yield
+    release_open_gates()
 
 
 @pytest.fixture
@@ -84,6 +91,7 @@ async def _factory(
         return env
 
     yield build
+    release_open_gates()
     for env in built:
         await env.cache.aclose()
 
@@ -118,5 +126,6 @@ async def closing() -> AsyncIterator[list[CacheStack]]:
     """Stacks a test builds by hand (user layers): appended ones are closed afterwards."""
     stacks: list[CacheStack] = []
     yield stacks
+    release_open_gates()
     for cache in stacks:
         await cache.aclose()

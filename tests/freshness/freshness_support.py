@@ -1,19 +1,20 @@
 """Helpers of the freshness and resilience tests (imported as a plain module).
 
-Fetchers here are controlled by ``asyncio.Event``s, never by sleeps: a test releases a fetch
-when it wants it to finish, and waits for background work with bounded polling
-(:func:`eventually`).
+Fetchers here are controlled by ``Event``s (tests/_twins_async.py, threads in the generated sync
+twin), never by sleeps: a test releases a fetch when it wants it to finish, and waits for
+background work with bounded polling (:func:`eventually`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from _twins_async import Cancelled, Event, pause, wait_event
+from _twins_async import within as within
 from layercache import CacheStack, Entry
 from layercache._glob import glob_match
 from layercache.testing import ManualClock
@@ -21,12 +22,24 @@ from layercache.testing import ManualClock
 # Bound of every wait for background work; generous, a passing test never gets near it.
 DEADLINE = 3.0
 
+# Every Gate made by the running test: released when it ends (conftest.py), so a test failing
+# before its own release() leaves no fetch blocked (a blocked thread would outlive the test).
+OPEN_GATES: list[Gate] = []
+
+
+def release_open_gates() -> None:
+    """Release every Gate still held (at the end of a test, before its stacks are closed)."""
+    while OPEN_GATES:
+        OPEN_GATES.pop().release()
+
 
 async def lcall(layer: Any, method: str, *args: Any) -> Any:
     """Call a layer method directly (sync or async), bypassing the stack."""
     result = getattr(layer, method)(*args)
+    # unasync: begin async-only
     if inspect.isawaitable(result):
         result = await result
+    # unasync: end async-only
     return result
 
 
@@ -36,7 +49,7 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.001)
+        await pause(0.001)
 
 
 async def eventually_async(
@@ -47,23 +60,11 @@ async def eventually_async(
     while not await predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
-async def within(awaitable: Any, what: str, timeout: float = DEADLINE) -> Any:
-    """Await ``awaitable`` but fail (instead of hanging) when it takes longer than ``timeout``."""
-    # Not asyncio.wait_for: its TimeoutError would be confused with FetchTimeoutError (a
-    # TimeoutError subclass) raised by the awaited operation itself.
-    task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        task.cancel()
-        raise AssertionError(f"{what} did not finish within {timeout}s")
-    return task.result()
+        await pause(0.001)
 
 
 class Gate:
-    """An ``async`` fetcher that blocks on an ``asyncio.Event`` until the test releases it.
+    """An ``async`` fetcher that blocks on an ``Event`` until the test releases it.
 
     ``fetch`` is a bound coroutine method, so the stack awaits it on the loop (no worker
     thread). Every call records itself and sets ``started``; released calls return ``value``
@@ -76,17 +77,18 @@ class Gate:
         self.calls = 0
         self.finished = 0
         self.cancelled = 0
-        self.started = asyncio.Event()
-        self._released = asyncio.Event()
+        self.started = Event()
+        self._released = Event()
         if not hold:
             self._released.set()
+        OPEN_GATES.append(self)
 
     async def fetch(self) -> Any:
         self.calls += 1
         self.started.set()
         try:
             await self._released.wait()
-        except asyncio.CancelledError:
+        except Cancelled:
             self.cancelled += 1
             raise
         self.finished += 1
@@ -98,7 +100,7 @@ class Gate:
         self._released.set()
 
     async def wait_started(self) -> None:
-        await within(self.started.wait(), "the fetcher to be called")
+        await wait_event(self.started)
 
 
 class Failing:

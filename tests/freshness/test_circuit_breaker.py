@@ -8,13 +8,13 @@ re-opens it. Stack-wide or per operation, as a ``CircuitBreaker`` or a dict.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from freshness_support import BuildStack, EventLog, Failing, Gate, Value, within
 
 import layercache
+from _twins_async import join_all, spawn
 from layercache import CircuitOpenError, FetchTimeoutError, LayerCacheError
 from layercache._circuit import CircuitBreaker
 
@@ -154,7 +154,7 @@ async def test_fetch_timeouts_count_as_failures(build_memory: BuildStack) -> Non
     never = Gate("never")
     for _ in range(2):
         with pytest.raises(FetchTimeoutError):
-            await within(env.cache.get("k", never.fetch, fetch_timeout=0.02), "a fetch")
+            await within(spawn(env.cache.get, "k", never.fetch, fetch_timeout=0.02), "a fetch")
     with pytest.raises(CircuitOpenError):
         await env.cache.get("k", never.fetch, fetch_timeout=0.02)
     assert never.calls == 2
@@ -170,10 +170,10 @@ async def test_only_one_probe_goes_through_when_half_open(build_memory: BuildSta
     await _fail(env.cache, "k", failing.fetch, 1)
     env.clock.advance(10.1)
     probe = Gate("v")
-    first = asyncio.create_task(env.cache.get("k", probe.fetch))
+    first = spawn(env.cache.get, "k", probe.fetch)
     await probe.wait_started()
-    others = await asyncio.gather(
-        *(env.cache.get("k", probe.fetch) for _ in range(5)), return_exceptions=True
+    others = await join_all(
+        [spawn(env.cache.get, "k", probe.fetch) for _ in range(5)], return_exceptions=True
     )
     assert all(isinstance(o, CircuitOpenError) for o in others), others
     assert probe.calls == 1

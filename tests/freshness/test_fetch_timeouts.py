@@ -7,7 +7,6 @@ the waiters while the fetch finishes in the background and updates the cache.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from freshness_support import (
     within,
 )
 
+from _twins_async import join_all, settles_within, spawn
 from layercache import FetchTimeoutError, LayerCacheError
 
 SIE: dict[str, Any] = {"ttl": 10, "stale_if_error": 100}
@@ -30,14 +30,10 @@ async def test_fetch_timeout_fails_every_waiter(build_stack: BuildStack) -> None
     env = await build_stack()
     log = EventLog(env.cache, "stampede_dedupe")
     never = Gate("never")
-    waiters = [
-        asyncio.create_task(env.cache.get("k", never.fetch, fetch_timeout=0.1)) for _ in range(5)
-    ]
+    waiters = [spawn(env.cache.get, "k", never.fetch, fetch_timeout=0.1) for _ in range(5)]
     await never.wait_started()
     await eventually(lambda: len(log.of("stampede_dedupe")) == 4, "4 waiters to join")
-    results = await within(
-        asyncio.gather(*waiters, return_exceptions=True), "the timed-out waiters"
-    )
+    results = await join_all(waiters, return_exceptions=True)
     for result in results:
         assert isinstance(result, FetchTimeoutError), result
         assert isinstance(result, LayerCacheError)
@@ -47,7 +43,7 @@ async def test_fetch_timeout_fails_every_waiter(build_stack: BuildStack) -> None
     # Nothing holds the key now: the next call fetches again, and nothing was cached.
     assert await env.cache.get("k") is None
     good = Value("v")
-    assert await within(env.cache.get("k", good.fetch, fetch_timeout=0.1), "a fetch") == "v"
+    assert await within(spawn(env.cache.get, "k", good.fetch, fetch_timeout=0.1), "a fetch") == "v"
     assert good.calls == 1
     assert await env.cache.get("k") == "v"
     never.release()
@@ -57,14 +53,14 @@ async def test_stack_wide_fetch_timeout(build_memory: BuildStack) -> None:
     env = await build_memory(fetch_timeout=0.05)
     never = Gate("never")
     with pytest.raises(FetchTimeoutError) as info:
-        await within(env.cache.get("k", never.fetch), "a fetch")
+        await within(spawn(env.cache.get, "k", never.fetch), "a fetch")
     assert info.value.timeout == 0.05
     # A per-call value overrides the stack default.
     slow = Gate("v")
-    task = asyncio.create_task(env.cache.get("k2", slow.fetch, fetch_timeout=5))
+    task = spawn(env.cache.get, "k2", slow.fetch, fetch_timeout=5)
     await slow.wait_started()
-    done, _ = await asyncio.wait({task}, timeout=0.2)  # four stack timeouts long
-    assert not done, "the per-call fetch_timeout=5 was ignored"
+    # Four stack timeouts long.
+    assert not await settles_within(task, 0.2), "the per-call fetch_timeout=5 was ignored"
     slow.release()
     assert await within(task, "the fetch") == "v"
     never.release()
@@ -89,11 +85,10 @@ async def test_soft_timeout_serves_stale_while_the_fetch_goes_on(build_stack: Bu
     env.clock.advance(15)  # stale, inside the error window (not a stale-while-revalidate one)
     gate = Gate("v2")
     readers = [
-        asyncio.create_task(env.cache.get("k", gate.fetch, fetch_soft_timeout=0.05, **SIE))
-        for _ in range(5)
+        spawn(env.cache.get, "k", gate.fetch, fetch_soft_timeout=0.05, **SIE) for _ in range(5)
     ]
     await gate.wait_started()
-    results = await within(asyncio.gather(*readers), "the soft timeout", timeout=2.0)
+    results = await join_all(readers, timeout=2.0)
     assert results == ["v1"] * 5
     assert gate.calls == 1
     assert gate.finished == 0, "the waiters did not wait for the fetch"
@@ -128,10 +123,12 @@ async def test_soft_timeout_does_nothing_without_a_stale_value(build_stack: Buil
     env = await build_stack()
     log = EventLog(env.cache, "stale_serve")
     gate = Gate("v")
-    task = asyncio.create_task(env.cache.get("cold", gate.fetch, fetch_soft_timeout=0.05))
+    task = spawn(env.cache.get, "cold", gate.fetch, fetch_soft_timeout=0.05)
     await gate.wait_started()
-    done, _ = await asyncio.wait({task}, timeout=0.25)  # five soft timeouts
-    assert not done, f"the soft timeout ended a read with no stale value: {task.result()!r}"
+    # Five soft timeouts.
+    assert not await settles_within(task, 0.25), (
+        f"the soft timeout ended a read with no stale value: {task.result()!r}"
+    )
     gate.release()
     assert await within(task, "the fetch") == "v"
     assert log.of("stale_serve") == []
@@ -147,7 +144,8 @@ async def test_soft_timeout_then_failing_fetch_keeps_the_stale_value(
     gate.error = RuntimeError("origin down")
     assert (
         await within(
-            env.cache.get("k", gate.fetch, fetch_soft_timeout=0.05, **SIE), "the soft timeout"
+            spawn(env.cache.get, "k", gate.fetch, fetch_soft_timeout=0.05, **SIE),
+            "the soft timeout",
         )
         == "v1"
     )

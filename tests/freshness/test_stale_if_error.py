@@ -7,7 +7,6 @@ propagates unchanged; a layer failure (``CacheLayerError``) is never masked by a
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from freshness_support import (
     within,
 )
 
+from _twins_async import join_all, spawn
 from layercache import CacheLayerError, CacheStack, FetchTimeoutError, MemoryLayer
 from layercache.testing import ManualClock
 
@@ -63,7 +63,7 @@ async def test_timed_out_fetch_serves_the_stale_value(build_stack: BuildStack) -
     env.clock.advance(15)
     never = Gate("never")
     value = await within(
-        env.cache.get("k", never.fetch, fetch_timeout=0.05, **SIE), "a timed-out fetch"
+        spawn(env.cache.get, "k", never.fetch, fetch_timeout=0.05, **SIE), "a timed-out fetch"
     )
     assert value == "v1"
     assert log.states() == ["stale-if-error"]
@@ -77,11 +77,11 @@ async def test_every_waiter_gets_the_stale_value(build_stack: BuildStack) -> Non
     log = EventLog(env.cache, "stampede_dedupe")
     gate = Gate()
     gate.error = OriginError("db down")
-    readers = [asyncio.create_task(env.cache.get("k", gate.fetch, **SIE)) for _ in range(10)]
+    readers = [spawn(env.cache.get, "k", gate.fetch, **SIE) for _ in range(10)]
     await gate.wait_started()
     await eventually(lambda: len(log.of("stampede_dedupe")) == 9, "9 readers to join the fetch")
     gate.release()
-    assert await within(asyncio.gather(*readers), "the waiters") == ["v1"] * 10
+    assert await join_all(readers) == ["v1"] * 10
     assert gate.calls == 1
 
 
@@ -97,7 +97,7 @@ async def test_outside_every_window_the_error_propagates_unchanged(build_stack: 
     assert info.value is error, "the fetcher's exception must propagate unchanged"
     never = Gate("never")
     with pytest.raises(FetchTimeoutError) as timeout:
-        await within(env.cache.get("k", never.fetch, fetch_timeout=0.05, **SIE), "a fetch")
+        await within(spawn(env.cache.get, "k", never.fetch, fetch_timeout=0.05, **SIE), "a fetch")
     assert (timeout.value.key, timeout.value.timeout) == ("k", 0.05)
     never.release()
     # A cold key has no stale value at all.

@@ -8,7 +8,6 @@ in the foreground.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from freshness_support import (
@@ -21,6 +20,7 @@ from freshness_support import (
     within,
 )
 
+from _twins_async import join_all, spawn
 from layercache import CacheStack, Entry
 
 # Fresh for 10 s, then served stale (with a refresh) for 100 s more.
@@ -37,10 +37,9 @@ async def test_stale_value_returned_at_once_with_exactly_one_refresh(
     gate = Gate("v2")
 
     # 50 concurrent stale readers, the fetcher blocked: every read still returns at once.
-    results = await within(
-        asyncio.gather(*(env.cache.get("k", gate.fetch, **SWR) for _ in range(50))),
-        "50 stale reads with a blocked fetcher",
-        timeout=2.0,
+    # 50 stale reads with a blocked fetcher.
+    results = await join_all(
+        [spawn(env.cache.get, "k", gate.fetch, **SWR) for _ in range(50)], timeout=2.0
     )
     assert results == ["v1"] * 50
     await gate.wait_started()
@@ -56,7 +55,7 @@ async def test_stale_value_returned_at_once_with_exactly_one_refresh(
     assert metrics.refreshes == 0, "counted before the refresh completed"
 
     # Still stale while the refresh runs: more readers neither wait nor start another one.
-    assert await within(env.cache.get("k", gate.fetch, **SWR), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", gate.fetch, **SWR), "a stale read") == "v1"
     assert gate.calls == 1
 
     refreshed_at = env.clock()
@@ -86,7 +85,7 @@ async def test_stale_value_only_in_lower_layer(build_layered: BuildStack) -> Non
     env.clock.advance(20)  # memory's copy is gone (15 s), the lower one is inside its window
     assert env.memory.get("k") is None
     gate = Gate("v2")
-    assert await within(env.cache.get("k", gate.fetch, **opts), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", gate.fetch, **opts), "a stale read") == "v1"
     assert [(e["state"], e["layer"]) for e in log.of("stale_serve")] == [
         ("stale-while-revalidate", lower)
     ]
@@ -115,14 +114,14 @@ async def test_foreground_fetch_joins_the_running_refresh(build_stack: BuildStac
     await env.cache.set("k", "v1", **SWR)
     env.clock.advance(15)
     gate = Gate("v2")
-    assert await within(env.cache.get("k", gate.fetch, **SWR), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", gate.fetch, **SWR), "a stale read") == "v1"
     await gate.wait_started()
 
     # Behind the stack's back the value disappears: the next reader needs a foreground fetch,
     # and it must share the refresh already running instead of calling its own fetcher.
     await env.drop_from_layers("k")
     other = Value("from-foreground")
-    task = asyncio.create_task(env.cache.get("k", other.fetch, **SWR))
+    task = spawn(env.cache.get, "k", other.fetch, **SWR)
     await eventually(lambda: bool(log.of("stampede_dedupe")) or task.done(), "the join")
     assert not task.done(), "the foreground read did not wait for the running refresh"
     gate.release()
@@ -138,13 +137,13 @@ async def test_stale_read_does_not_refresh_while_a_foreground_fetch_runs(
 ) -> None:
     env = await build_memory()
     gate = Gate("v2")
-    foreground = asyncio.create_task(env.cache.get("k", gate.fetch, **SWR))
+    foreground = spawn(env.cache.get, "k", gate.fetch, **SWR)
     await gate.wait_started()
     # A stale copy appears (say, restored from a snapshot) while the cold fetch runs.
     now = env.clock()
     env.memory.set("k", Entry("old", now - 20, now - 5, now + 100), None)
     other = Value("from-refresh")
-    assert await within(env.cache.get("k", other.fetch, **SWR), "a stale read") == "old"
+    assert await within(spawn(env.cache.get, "k", other.fetch, **SWR), "a stale read") == "old"
     assert env.cache.get_stats().background_refreshes == 0
     assert other.calls == 0, "a second fetch of the key started beside the running one"
     gate.release()
@@ -161,7 +160,7 @@ async def test_failing_refresh_never_surfaces_and_stale_stays_served(
     env.clock.advance(15)
     gate = Gate("v2")
     gate.error = RuntimeError("origin down")
-    assert await within(env.cache.get("k", gate.fetch, **SWR), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", gate.fetch, **SWR), "a stale read") == "v1"
     await gate.wait_started()
     gate.release()
     await eventually(lambda: gate.finished == 1, "the refresh to fail")
@@ -172,7 +171,7 @@ async def test_failing_refresh_never_surfaces_and_stale_stays_served(
     assert env.cache.get_metrics().refreshes == 0
     # The failed refresh left nothing behind: the next stale read refreshes again.
     good = Value("v3")
-    assert await within(env.cache.get("k", good.fetch, **SWR), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", good.fetch, **SWR), "a stale read") == "v1"
     await eventually(lambda: env.cache.get_stats().background_refreshes == 0, "the refresh")
     assert good.calls == 1
     assert await env.cache.get("k") == "v3"
@@ -183,7 +182,7 @@ async def test_refresh_is_bounded_by_background_refresh_timeout(build_stack: Bui
     await env.cache.set("k", "v1", **SWR)
     env.clock.advance(15)
     never = Gate("never")  # never released
-    assert await within(env.cache.get("k", never.fetch, **SWR), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", never.fetch, **SWR), "a stale read") == "v1"
     await never.wait_started()
     assert env.cache.get_stats().background_refreshes == 1
     await eventually(
@@ -194,7 +193,7 @@ async def test_refresh_is_bounded_by_background_refresh_timeout(build_stack: Bui
     assert await env.cache.get("k") == "v1", "the stale value must survive a timed-out refresh"
     # The key is not held by the abandoned refresh: a new one runs and lands.
     good = Value("v2")
-    assert await within(env.cache.get("k", good.fetch, **SWR), "a stale read") == "v1"
+    assert await within(spawn(env.cache.get, "k", good.fetch, **SWR), "a stale read") == "v1"
     await eventually(lambda: env.cache.get_stats().background_refreshes == 0, "the refresh")
     assert good.calls == 1
     assert await env.cache.get("k") == "v2"
@@ -207,7 +206,7 @@ async def test_past_the_window_the_read_fetches_in_the_foreground(build_stack: B
     await env.cache.set("k", "v1", **SWR)
     env.clock.advance(111)  # past fresh (10) + window (100)
     gate = Gate("v2")
-    task = asyncio.create_task(env.cache.get("k", gate.fetch, **SWR))
+    task = spawn(env.cache.get, "k", gate.fetch, **SWR)
     await gate.wait_started()
     assert not task.done(), "past the window the reader must wait for the fetch"
     gate.release()
@@ -225,7 +224,7 @@ async def test_stack_default_window(clock: Any, closing: list[CacheStack]) -> No
     await cache.set("k", "v1")
     clock.advance(25)
     gate = Gate("v2")
-    assert await within(cache.get("k", gate.fetch), "a stale read") == "v1"
+    assert await within(spawn(cache.get, "k", gate.fetch), "a stale read") == "v1"
     await gate.wait_started()
     gate.release()
     await eventually(lambda: cache.get_stats().background_refreshes == 0, "the refresh")

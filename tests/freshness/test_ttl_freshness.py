@@ -6,13 +6,13 @@ clock shared by the stack, the memory layer and the disk layer.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
 import pytest
 from freshness_support import BuildStack, EventLog, Gate, Value, eventually, lcall, within
 
+from _twins_async import join_all, spawn
 from layercache._options import AdaptiveTtl
 from layercache.testing import ManualClock
 
@@ -148,16 +148,14 @@ async def test_refresh_ahead_refreshes_once_near_expiry(build_stack: BuildStack)
     env.clock.advance(10)  # 15 s left: one background refresh, readers do not wait
     assert await env.cache.get("k", **opts) == "v1", "no fetcher: nothing to refresh with"
     assert env.cache.get_stats().background_refreshes == 0
-    results = await within(
-        asyncio.gather(*(env.cache.get("k", gate.fetch, **opts) for _ in range(20))),
-        "20 reads with a blocked refresh",
-    )
+    # 20 reads with a blocked refresh.
+    results = await join_all([spawn(env.cache.get, "k", gate.fetch, **opts) for _ in range(20)])
     assert results == ["v1"] * 20
     await gate.wait_started()
     assert gate.calls == 1
     assert env.cache.get_stats().background_refreshes == 1
     env.clock.advance(1)
-    assert await within(env.cache.get("k", gate.fetch, **opts), "a read") == "v1"
+    assert await within(spawn(env.cache.get, "k", gate.fetch, **opts), "a read") == "v1"
     assert gate.calls == 1, "a second refresh started while the first was running"
 
     refreshed_at = env.clock()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from _twins_async import Event, join, join_all, pause, spawn
 from layercache import (
     CacheStack,
     Entry,
@@ -24,7 +25,7 @@ class RemoteDict:
     def __init__(self) -> None:
         self.data: dict[str, Entry] = {}
         self.calls: list[tuple[str, Any]] = []
-        self.gate: asyncio.Event | None = None
+        self.gate: Any = None  # an Event (tests/_twins_async.py) holding the writes
 
     async def _maybe_wait(self) -> None:
         if self.gate is not None:
@@ -65,11 +66,11 @@ class RemoteDict:
 
 
 async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = time.monotonic() + timeout
     while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
+        if time.monotonic() > deadline:
             raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.005)
+        await pause(0.005)
 
 
 def behind_stack(remote: RemoteDict, **settings: Any) -> CacheStack:
@@ -150,7 +151,7 @@ async def test_write_behind_settings_are_validated() -> None:
 async def test_global_rate_limit_bounds_concurrent_fetchers_across_keys() -> None:
     cache = CacheStack([MemoryLayer()])
     running = peak = 0
-    release = asyncio.Event()
+    release = Event()
 
     async def fetch() -> int:
         nonlocal running, peak
@@ -161,29 +162,27 @@ async def test_global_rate_limit_bounds_concurrent_fetchers_across_keys() -> Non
         return 1
 
     limit = RateLimit(max_concurrent=2, scope="global")
-    tasks = [
-        asyncio.create_task(cache.get(f"k{i}", fetch, fetcher_rate_limit=limit)) for i in range(10)
-    ]
+    tasks = [spawn(cache.get, f"k{i}", fetch, fetcher_rate_limit=limit) for i in range(10)]
     await wait_until(lambda: running == 2)
     release.set()
-    assert await asyncio.gather(*tasks) == [1] * 10
+    assert await join_all(tasks) == [1] * 10
     assert peak == 2
 
 
 async def test_a_full_fetcher_queue_fails_fast() -> None:
     cache = CacheStack([MemoryLayer()])
-    release = asyncio.Event()
+    release = Event()
 
     async def fetch() -> int:
         await release.wait()
         return 1
 
     limit = {"max_concurrent": 1, "scope": "global", "max_queue": 1}
-    first = asyncio.create_task(cache.get("a", fetch, fetcher_rate_limit=limit))
-    second = asyncio.create_task(cache.get("b", fetch, fetcher_rate_limit=limit))
+    first = spawn(cache.get, "a", fetch, fetcher_rate_limit=limit)
+    second = spawn(cache.get, "b", fetch, fetcher_rate_limit=limit)
     await wait_until(lambda: cache._limiter.waiting("b", RateLimit(**limit)) == 1)  # type: ignore[arg-type]
     with pytest.raises(FetcherQueueFullError):
         await cache.get("c", fetch, fetcher_rate_limit=limit)
     release.set()
-    assert await first == 1
-    assert await second == 1
+    assert await join(first) == 1
+    assert await join(second) == 1

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from _twins_async import pause
 from layercache import CacheStack, Entry
 from layercache._glob import glob_match
 from layercache.testing import ManualClock
@@ -20,8 +20,10 @@ from layercache.testing import ManualClock
 async def lcall(layer: Any, method: str, *args: Any) -> Any:
     """Call a layer method directly (sync or async), bypassing the stack."""
     result = getattr(layer, method)(*args)
+    # unasync: begin async-only
     if inspect.isawaitable(result):
         result = await result
+    # unasync: end async-only
     return result
 
 
@@ -31,7 +33,7 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.001)
+        await pause(0.001)
 
 
 class Counter:
@@ -170,11 +172,11 @@ class AsyncRecordingLayer:
         return self.inner.calls
 
     async def get(self, key: str) -> Entry | None:
-        await asyncio.sleep(0)
+        await pause(0)
         return self.inner.get(key)
 
     async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
-        await asyncio.sleep(0)
+        await pause(0)
         self.inner.set(key, entry, ttl)
 
     async def delete(self, key: str) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
 from stack_support import ABSENT, StackEnv, eventually
 
+from _twins_async import Event, join, spawn, wait_event
 from layercache import CacheStack
 
 Invalidate = Callable[[CacheStack], Awaitable[object]]
@@ -30,8 +30,8 @@ class HeldFetch:
 
     def __init__(self, value: object) -> None:
         self.value = value
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
+        self.started = Event()
+        self.release = Event()
         self.calls = 0
 
     async def __call__(self) -> object:
@@ -44,11 +44,11 @@ class HeldFetch:
 @pytest.mark.parametrize("operation", list(INVALIDATIONS))
 async def test_invalidation_during_fetch_is_not_undone(env: StackEnv, operation: str) -> None:
     fetch = HeldFetch({"name": "stale"})
-    task = asyncio.create_task(env.cache.get("user:1", fetch, tags=["users", "tenant:a"]))
-    await asyncio.wait_for(fetch.started.wait(), 2)
+    task = spawn(env.cache.get, "user:1", fetch, tags=["users", "tenant:a"])
+    await wait_event(fetch.started, 2)
     await INVALIDATIONS[operation](env.cache)
     fetch.release.set()
-    assert await task == {"name": "stale"}, "the in-flight fetch must still return its value"
+    assert await join(task) == {"name": "stale"}, "the in-flight fetch must still return its value"
     assert await env.layer_values("user:1") == [ABSENT] * len(env.layers), (
         f"a fetch in flight across {operation} stored its value"
     )
@@ -67,11 +67,11 @@ async def test_refetch_of_an_expired_tagged_key_is_not_undone(
     await env.cache.set("user:1", "old", ttl=5, tags=["users", "tenant:a"])
     env.clock.advance(6)
     fetch = HeldFetch("refetched")
-    task = asyncio.create_task(env.cache.get("user:1", fetch, tags=["users", "tenant:a"]))
-    await asyncio.wait_for(fetch.started.wait(), 2)
+    task = spawn(env.cache.get, "user:1", fetch, tags=["users", "tenant:a"])
+    await wait_event(fetch.started, 2)
     await INVALIDATIONS[operation](env.cache)
     fetch.release.set()
-    assert await task == "refetched"
+    assert await join(task) == "refetched"
     assert await env.cache.get("user:1") is None
     for value in await env.layer_values("user:1"):
         assert value != "refetched", f"the refetch survived {operation}"
@@ -79,25 +79,25 @@ async def test_refetch_of_an_expired_tagged_key_is_not_undone(
 
 async def test_explicit_set_during_fetch_wins(env: StackEnv) -> None:
     fetch = HeldFetch("from-fetch")
-    task = asyncio.create_task(env.cache.get("k", fetch))
-    await asyncio.wait_for(fetch.started.wait(), 2)
+    task = spawn(env.cache.get, "k", fetch)
+    await wait_event(fetch.started, 2)
     await env.cache.set("k", "explicit")
     fetch.release.set()
-    assert await task == "from-fetch"
+    assert await join(task) == "from-fetch"
     assert await env.layer_values("k") == ["explicit"] * len(env.layers)
     assert await env.cache.get("k") == "explicit"
 
 
 async def test_invalidation_of_other_keys_does_not_block_storing(env: StackEnv) -> None:
     fetch = HeldFetch("kept")
-    task = asyncio.create_task(env.cache.get("post:1", fetch, tags=["posts"]))
-    await asyncio.wait_for(fetch.started.wait(), 2)
+    task = spawn(env.cache.get, "post:1", fetch, tags=["posts"])
+    await wait_event(fetch.started, 2)
     await env.cache.delete("post:2")
     await env.cache.invalidate_by_tag("users")
     await env.cache.invalidate_by_pattern("user:*")
     await env.cache.invalidate_by_prefix("post:1:")
     fetch.release.set()
-    assert await task == "kept"
+    assert await join(task) == "kept"
     assert await env.layer_values("post:1") == ["kept"] * len(env.layers)
 
 
@@ -105,20 +105,20 @@ async def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: St
     # Read-your-invalidation: the application updates its database, deletes the key, then reads
     # it again. That read must not be served by a fetch that started before the delete.
     old = HeldFetch("before-delete")
-    first = asyncio.create_task(env.cache.get("k", old))
-    await asyncio.wait_for(old.started.wait(), 2)
+    first = spawn(env.cache.get, "k", old)
+    await wait_event(old.started, 2)
     await env.cache.delete("k")
     new = HeldFetch("after-delete")
     new.release.set()
-    second = asyncio.create_task(env.cache.get("k", new))
+    second = spawn(env.cache.get, "k", new)
     # Wait until the second read either started its own fetch or joined the old one.
     await eventually(
         lambda: new.calls == 1 or env.cache.get_metrics().stampede_dedupes == 1,
         "the second read to reach the single-flight",
     )
     old.release.set()
-    assert await first == "before-delete"
-    assert await second == "after-delete", "a read issued after delete() got pre-delete data"
+    assert await join(first) == "before-delete"
+    assert await join(second) == "after-delete", "a read issued after delete() got pre-delete data"
     assert new.calls == 1
     assert await env.cache.get("k") == "after-delete"
 
@@ -126,8 +126,6 @@ async def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: St
 async def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
     # The lower layer answers a read with the old value, but a delete completes while that
     # read is in flight: the old value must not be copied into the memory layer afterwards.
-    import asyncio as _asyncio
-
     from layercache import CacheStack, Entry, MemoryLayer
 
     class SlowLayer:
@@ -135,8 +133,8 @@ async def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
 
         def __init__(self) -> None:
             self.data: dict[str, Entry] = {}
-            self.reading = _asyncio.Event()
-            self.release = _asyncio.Event()
+            self.reading = Event()
+            self.release = Event()
 
         async def get(self, key: str) -> Entry | None:
             entry = self.data.get(key)
@@ -157,9 +155,9 @@ async def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
     cache = CacheStack([memory, slow])
     await cache.set("k", "old")
     memory.clear()
-    reader = _asyncio.create_task(cache.get("k"))
-    await _asyncio.wait_for(slow.reading.wait(), 5)
+    reader = spawn(cache.get, "k")
+    await wait_event(slow.reading, 5)
     slow.release.set()  # the read already holds the old entry object
     await cache.delete("k")
-    assert await reader == "old"  # the caller gets what it read...
+    assert await join(reader) == "old"  # the caller gets what it read...
     assert memory.get("k") is None  # ...but it is not backfilled after the delete

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 
 import pytest
 
+from _twins_async import pause
 from layercache import CacheStack, MemoryLayer
 
 
 async def wait_until(predicate: object, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
+        if time.monotonic() > deadline:
             raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.005)
+        await pause(0.005)
 
 
 async def test_keys_live_under_their_generation_and_a_bump_hides_them() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from stack_support import EventLog, StackEnv, eventually, lcall
 
+from _twins_async import Event, join_all, pause, spawn
 from layercache import (
     CacheMetrics,
     CacheStack,
@@ -36,6 +37,8 @@ async def test_event_payloads(env: StackEnv) -> None:
     assert [e["event"] for e in log.events] == ["miss", "set", "hit", "delete"]
 
 
+# unasync: begin async-only
+# A coroutine handler needs the event loop: the sync stack cannot run one.
 async def test_async_handlers_are_run(memory_env: StackEnv) -> None:
     seen = asyncio.Event()
     payloads: list[dict[str, Any]] = []
@@ -48,6 +51,9 @@ async def test_async_handlers_are_run(memory_env: StackEnv) -> None:
     await memory_env.cache.get("absent")
     await asyncio.wait_for(seen.wait(), 2)
     assert payloads[0]["key"] == "absent"
+
+
+# unasync: end async-only
 
 
 async def test_off_and_unsubscribe(memory_env: StackEnv) -> None:
@@ -93,21 +99,21 @@ async def test_raising_handlers_never_break_operations(env: StackEnv) -> None:
     await eventually(lambda: len(good) >= 1, "the good handler after a raising one")
     # Let any task of the async handler finish before the loop closes.
     for _ in range(5):
-        await asyncio.sleep(0)
+        await pause(0)
 
 
 async def test_stampede_dedupe_event(memory_env: StackEnv) -> None:
     log = EventLog(memory_env.cache, "stampede_dedupe")
-    release = asyncio.Event()
+    release = Event()
 
     async def fetch() -> str:
         await release.wait()
         return "v"
 
-    tasks = [asyncio.create_task(memory_env.cache.get("hot", fetch)) for _ in range(3)]
+    tasks = [spawn(memory_env.cache.get, "hot", fetch) for _ in range(3)]
     await eventually(lambda: len(log.of("stampede_dedupe")) == 2, "two dedupe events")
     release.set()
-    assert await asyncio.gather(*tasks) == ["v"] * 3
+    assert await join_all(tasks) == ["v"] * 3
     assert all(e["key"] == "hot" for e in log.of("stampede_dedupe"))
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from stack_support import Counter, EventLog, RecordingLayer, StackEnv, lcall
 
+from _twins_async import ASYNC, coroutine_function, pause
 from layercache import (
     CacheEntryRequest,
     CacheInspectResult,
@@ -39,9 +38,33 @@ async def test_get_accepts_sync_and_async_fetchers(env: StackEnv) -> None:
 
     assert await env.cache.get("sync", lambda: {"sync": True}) == {"sync": True}
     assert await env.cache.get("async", async_fetch) == [1, 2, 3]
+
+
+# unasync: begin async-only
+# A plain callable returning an awaitable: only the asyncio stack can await what it returns.
+async def test_a_fetcher_returning_an_awaitable_is_awaited(env: StackEnv) -> None:
+    async def async_fetch() -> list[int]:
+        return [1, 2, 3]
+
     # A plain callable returning an awaitable is awaited, not cached as a coroutine object.
     assert await env.cache.get("lambda", lambda: async_fetch()) == [1, 2, 3]
     assert await env.cache.get("lambda") == [1, 2, 3]
+
+
+# unasync: end async-only
+
+
+async def test_a_coroutine_function_fetcher(env: StackEnv) -> None:
+    # A real ``async def`` in both flavours: the asyncio stack awaits it; the sync stack cannot
+    # and refuses it with a TypeError (nothing fetched, nothing stored).
+    fetch = coroutine_function([1, 2, 3])
+    if ASYNC:
+        assert await env.cache.get("coro", fetch) == [1, 2, 3]
+        assert await env.in_layers("coro") == [layer.name for layer in env.layers]
+    else:
+        with pytest.raises(TypeError, match="async"):
+            await env.cache.get("coro", fetch)
+        assert await env.in_layers("coro") == []
 
 
 async def test_get_or_raise(env: StackEnv) -> None:
@@ -169,7 +192,7 @@ async def test_lower_layer_hit_backfills_upper_layers(layered: StackEnv) -> None
     layered.cache.reset_metrics()
     assert await layered.cache.get("bf") == {"deep": True}
     assert (await layered.layer_values("bf"))[0] == {"deep": True}, "L1 was not backfilled"
-    await asyncio.sleep(0)
+    await pause(0)
     assert [e["layer"] for e in log.of("hit")] == [layered.lower_name]
     backfills = log.of("backfill")
     assert len(backfills) == 1
@@ -179,7 +202,7 @@ async def test_lower_layer_hit_backfills_upper_layers(layered: StackEnv) -> None
     assert layered.cache.get_metrics().backfills == 1
     # The next read is an L1 hit.
     assert await layered.cache.get("bf") == {"deep": True}
-    await asyncio.sleep(0)
+    await pause(0)
     assert [e["layer"] for e in log.of("hit")] == [layered.lower_name, "memory"]
 
 

@@ -8,14 +8,16 @@ import threading
 import pytest
 from stack_support import StackEnv, eventually
 
+from _twins_async import Event, join_all, spawn, wait_event
+
 
 class Boom(Exception):
     pass
 
 
 async def test_hundred_concurrent_callers_cause_one_fetch(env: StackEnv) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
+    started = Event()
+    release = Event()
     fetches = 0
 
     async def fetch() -> dict[str, str]:
@@ -25,13 +27,13 @@ async def test_hundred_concurrent_callers_cause_one_fetch(env: StackEnv) -> None
         await release.wait()
         return {"value": "shared"}
 
-    tasks = [asyncio.create_task(env.cache.get("cold", fetch)) for _ in range(100)]
-    await asyncio.wait_for(started.wait(), 2)
+    tasks = [spawn(env.cache.get, "cold", fetch) for _ in range(100)]
+    await wait_event(started, 2)
     await eventually(
         lambda: env.cache.get_metrics().stampede_dedupes == 99, "99 callers to join the fetch"
     )
     release.set()
-    results = await asyncio.gather(*tasks)
+    results = await join_all(tasks)
     assert results == [{"value": "shared"}] * 100
     assert fetches == 1
     metrics = env.cache.get_metrics()
@@ -41,7 +43,7 @@ async def test_hundred_concurrent_callers_cause_one_fetch(env: StackEnv) -> None
 
 
 async def test_distinct_keys_fetch_independently(memory_env: StackEnv) -> None:
-    release = asyncio.Event()
+    release = Event()
     fetched: list[str] = []
 
     def make(key: str):  # type: ignore[no-untyped-def]
@@ -52,12 +54,14 @@ async def test_distinct_keys_fetch_independently(memory_env: StackEnv) -> None:
 
         return fetch
 
-    tasks = [asyncio.create_task(memory_env.cache.get(k, make(k))) for k in ("a", "b", "c")]
+    tasks = [spawn(memory_env.cache.get, k, make(k)) for k in ("a", "b", "c")]
     await eventually(lambda: len(fetched) == 3, "three independent fetches")
     release.set()
-    assert await asyncio.gather(*tasks) == ["a", "b", "c"]
+    assert await join_all(tasks) == ["a", "b", "c"]
 
 
+# unasync: begin async-only
+# The event loop's own thread and its responsiveness: there is no loop in the sync stack.
 async def test_sync_fetcher_runs_off_the_loop_thread(env: StackEnv) -> None:
     loop_thread = threading.get_ident()
     fetch_threads: list[int] = []
@@ -71,7 +75,7 @@ async def test_sync_fetcher_runs_off_the_loop_thread(env: StackEnv) -> None:
         release.wait(3)
         return "from-thread"
 
-    task = asyncio.create_task(env.cache.get("sync", blocking_fetch))
+    task = spawn(env.cache.get, "sync", blocking_fetch)
     await eventually(started.is_set, "the sync fetcher to start")
     # The loop is responsive while the fetcher blocks: other cache operations complete.
     await asyncio.wait_for(env.cache.set("other", 1), 2)
@@ -81,6 +85,9 @@ async def test_sync_fetcher_runs_off_the_loop_thread(env: StackEnv) -> None:
     assert await asyncio.wait_for(task, 3) == "from-thread"
     assert fetch_threads
     assert fetch_threads[0] != loop_thread, "the sync fetcher ran on the event-loop thread"
+
+
+# unasync: end async-only
 
 
 async def test_sync_fetchers_are_deduplicated_too(memory_env: StackEnv) -> None:
@@ -93,18 +100,18 @@ async def test_sync_fetchers_are_deduplicated_too(memory_env: StackEnv) -> None:
         release.wait(3)
         return 42
 
-    tasks = [asyncio.create_task(memory_env.cache.get("k", fetch)) for _ in range(20)]
+    tasks = [spawn(memory_env.cache.get, "k", fetch) for _ in range(20)]
     await eventually(lambda: calls == 1, "the fetch to start")
     await eventually(
         lambda: memory_env.cache.get_metrics().stampede_dedupes == 19, "19 joined callers"
     )
     release.set()
-    assert await asyncio.gather(*tasks) == [42] * 20
+    assert await join_all(tasks) == [42] * 20
     assert calls == 1
 
 
 async def test_fetcher_exception_reaches_every_waiter_and_is_not_cached(env: StackEnv) -> None:
-    release = asyncio.Event()
+    release = Event()
     boom = Boom("origin down")
     calls = 0
 
@@ -114,12 +121,12 @@ async def test_fetcher_exception_reaches_every_waiter_and_is_not_cached(env: Sta
         await release.wait()
         raise boom
 
-    tasks = [asyncio.create_task(env.cache.get("flaky", failing)) for _ in range(10)]
+    tasks = [spawn(env.cache.get, "flaky", failing) for _ in range(10)]
     await eventually(
         lambda: env.cache.get_metrics().stampede_dedupes == 9, "9 callers to join the fetch"
     )
     release.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await join_all(tasks, return_exceptions=True)
     assert calls == 1
     for result in results:
         assert result is boom, f"a waiter got {result!r}, not the fetcher's own exception"
@@ -139,6 +146,8 @@ async def test_sync_fetcher_exception_propagates_unchanged(memory_env: StackEnv)
     assert await memory_env.cache.get("k", lambda: 1) == 1
 
 
+# unasync: begin async-only
+# Cancelling a waiting task: a thread blocked in the sync stack cannot be cancelled.
 async def test_cancelling_one_waiter_does_not_cancel_the_fetch(env: StackEnv) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
@@ -154,9 +163,9 @@ async def test_cancelling_one_waiter_does_not_cancel_the_fetch(env: StackEnv) ->
         outcome.append("finished")
         return "survivor"
 
-    leader = asyncio.create_task(env.cache.get("k", fetch))
+    leader = spawn(env.cache.get, "k", fetch)
     await asyncio.wait_for(started.wait(), 2)
-    followers = [asyncio.create_task(env.cache.get("k", fetch)) for _ in range(3)]
+    followers = [spawn(env.cache.get, "k", fetch) for _ in range(3)]
     await eventually(lambda: env.cache.get_metrics().stampede_dedupes == 3, "followers to join")
     leader.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -170,9 +179,12 @@ async def test_cancelling_one_waiter_does_not_cancel_the_fetch(env: StackEnv) ->
     assert await env.cache.get("k") == "survivor", "the fetched value was not stored"
 
 
+# unasync: end async-only
+
+
 async def test_stampede_prevention_off_fetches_per_caller(build_stack) -> None:  # type: ignore[no-untyped-def]
     env: StackEnv = await build_stack(stampede_prevention=False)
-    release = asyncio.Event()
+    release = Event()
     calls = 0
 
     async def fetch() -> int:
@@ -181,29 +193,28 @@ async def test_stampede_prevention_off_fetches_per_caller(build_stack) -> None: 
         await release.wait()
         return calls
 
-    tasks = [asyncio.create_task(env.cache.get("k", fetch)) for _ in range(5)]
+    tasks = [spawn(env.cache.get, "k", fetch) for _ in range(5)]
     await eventually(lambda: calls == 5, "five independent fetches")
     release.set()
-    await asyncio.gather(*tasks)
+    await join_all(tasks)
 
 
 async def test_fetch_timeout_fails_every_waiter_and_leaves_no_state(memory_env: StackEnv) -> None:
     from layercache import FetchTimeoutError
 
-    never = asyncio.Event()
+    never = Event()
 
     async def hung() -> str:
         await never.wait()
         return "never"
 
-    tasks = [
-        asyncio.create_task(memory_env.cache.get("slow", hung, fetch_timeout=0.05))
-        for _ in range(3)
-    ]
-    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+    tasks = [spawn(memory_env.cache.get, "slow", hung, fetch_timeout=0.05) for _ in range(3)]
+    results = await join_all(tasks, return_exceptions=True, timeout=2)
     for result in results:
         assert isinstance(result, FetchTimeoutError), result
         assert result.key == "slow"
         assert result.timeout == pytest.approx(0.05)
     assert await memory_env.cache.get("slow") is None
     assert await memory_env.cache.get("slow", lambda: "ok", fetch_timeout=1) == "ok"
+    # Let the abandoned fetch end (in the sync twin it blocks a pool thread until then).
+    never.set()

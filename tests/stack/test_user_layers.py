@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from stack_support import AsyncRecordingLayer, EventLog, MinimalLayer, RecordingLayer, lcall
 
+from _twins_async import ASYNC, coroutine_function
 from layercache import CacheStack, MemoryLayer
 from layercache.testing import ManualClock
 
@@ -31,6 +32,20 @@ async def test_user_layer_full_flow(clock: ManualClock, layer_class: Any) -> Non
         await cache.set("c", 1)
         await cache.clear()
         assert await lcall(user, "get", "c") is None
+
+
+async def test_a_layer_with_async_methods(clock: ManualClock) -> None:
+    # A real ``async def get`` in both flavours: the asyncio stack awaits it; the sync stack
+    # cannot, and refuses the layer when it is built.
+    layer = MinimalLayer("async-get")
+    layer.get = coroutine_function(None)  # type: ignore[method-assign]
+    if ASYNC:
+        async with CacheStack([MemoryLayer(clock=clock), layer], clock=clock) as cache:
+            assert await cache.get("k") is None
+            assert await cache.get("k", lambda: 1) == 1
+    else:
+        with pytest.raises(TypeError, match="async"):
+            CacheStack([MemoryLayer(clock=clock), layer], clock=clock)
 
 
 async def test_minimal_user_layer(clock: ManualClock) -> None:

@@ -7,6 +7,7 @@ import inspect
 import pytest
 from stack_support import StackEnv
 
+from _twins_async import ASYNC
 from layercache import CacheNamespace
 
 
@@ -18,7 +19,7 @@ async def test_wrap_bare_async_function(env: StackEnv) -> None:
         return {"id": user_id}
 
     get_user = env.cache.wrap("user", find_user)
-    assert inspect.iscoroutinefunction(get_user)
+    assert inspect.iscoroutinefunction(get_user) is ASYNC
     assert get_user.__name__ == "find_user"
     assert await get_user(123) == {"id": 123}
     assert await get_user(123) == {"id": 123}
@@ -35,7 +36,7 @@ async def test_wrap_sync_function_is_a_coroutine_function(env: StackEnv) -> None
         return name.upper()
 
     cached = env.cache.wrap("load", load)
-    assert inspect.iscoroutinefunction(cached)
+    assert inspect.iscoroutinefunction(cached) is ASYNC
     assert await cached("x") == "X"
     assert await cached("x") == "X"
     assert calls == ["x"]
@@ -51,7 +52,7 @@ async def test_wrap_as_decorator_with_options(env: StackEnv) -> None:
         calls += 1
         return f"{day}-{region}"
 
-    assert inspect.iscoroutinefunction(report)
+    assert inspect.iscoroutinefunction(report) is ASYNC
     assert await report(1, region="us") == "1-us"
     assert await report(1, region="us") == "1-us"
     assert calls == 1
@@ -67,7 +68,7 @@ async def test_wrap_sync_decorator(env: StackEnv) -> None:
     def square(n: int) -> int:
         return n * n
 
-    assert inspect.iscoroutinefunction(square)
+    assert inspect.iscoroutinefunction(square) is ASYNC
     assert await square(4) == 16
     assert await env.cache.get("sq:4") == 16
 

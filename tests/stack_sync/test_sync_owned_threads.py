@@ -3,6 +3,9 @@ bounded pools, and close() leaves none of them behind."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 from sync_stack_support import Held, wait_until
@@ -11,15 +14,19 @@ from layercache import MemoryLayer, SyncCacheStack
 from layercache.testing import ManualClock
 
 
-def _stack_threads() -> list[str]:
+def _stack_threads(before: set[threading.Thread] | None = None) -> list[str]:
+    """Worker threads alive now (started after ``before``: other tests' stacks may have
+    abandoned fetches still blocked in theirs)."""
     return [
         t.name
         for t in threading.enumerate()
         if t.name.startswith(("layercache-fetch", "layercache-refresh"))
+        and (before is None or t not in before)
     ]
 
 
 def test_timed_fetches_and_refreshes_run_on_the_stacks_threads_and_stop_on_close() -> None:
+    before = set(threading.enumerate())
     clock = ManualClock()
     cache = SyncCacheStack([MemoryLayer(ttl=60, clock=clock)], clock=clock, fetch_timeout=5)
     seen: list[str] = []
@@ -37,11 +44,11 @@ def test_timed_fetches_and_refreshes_run_on_the_stacks_threads_and_stop_on_close
     # Stale: served at once while a background refresh runs on the refresh pool.
     assert cache.get("k", refresh, ttl=10, stale_while_revalidate=60) == "v1"
     wait_until(refresh.started.is_set, "the background refresh to start")
-    assert any(name.startswith("layercache-refresh") for name in _stack_threads())
+    assert any(name.startswith("layercache-refresh") for name in _stack_threads(before))
     refresh.release.set()
     wait_until(lambda: cache.get("k") == "v2", "the refreshed value")
     cache.close()
-    assert _stack_threads() == [], "close() left worker threads running"
+    assert _stack_threads(before) == [], "close() left worker threads running"
 
 
 def test_two_stacks_have_separate_workers() -> None:
@@ -58,3 +65,25 @@ def test_two_stacks_have_separate_workers() -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_fetch_abandoned_after_its_timeout_does_not_keep_the_process_alive() -> None:
+    # A fetcher that never returns is abandoned by its caller after fetch_timeout; its worker
+    # thread is a daemon, so the interpreter still exits (ThreadPoolExecutor's would be joined).
+    script = textwrap.dedent(
+        """
+        import threading
+        from layercache import FetchTimeoutError, MemoryLayer, SyncCacheStack
+
+        cache = SyncCacheStack([MemoryLayer()], fetch_timeout=0.2)
+        try:
+            cache.get("k", threading.Event().wait)
+        except FetchTimeoutError:
+            print("timed out", flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "timed out"

@@ -34,6 +34,7 @@ __all__ = [
     "stack_layer",
     "stop_spawned",
     "wait_future",
+    "wait_future_for",
     "wait_launched",
     "wait_signal",
     "with_timeout",
@@ -45,6 +46,8 @@ Cancelled = asyncio.CancelledError
 FlightFuture = asyncio.Future
 # What a bounded wait raises (``asyncio.TimeoutError`` is the builtin only from Python 3.11 on).
 Timeout = asyncio.TimeoutError
+# From Python 3.11 on asyncio's TimeoutError is the builtin one; on 3.10 it is its own class.
+_TIMEOUT_IS_BUILTIN: bool = issubclass(asyncio.TimeoutError, TimeoutError)
 # A flag tasks wait on.
 Signal = asyncio.Event
 
@@ -141,6 +144,17 @@ async def wait_future(future: asyncio.Future[Any]) -> Any:
     return await asyncio.shield(future)
 
 
+async def wait_future_for(future: asyncio.Future[Any], timeout: float) -> Any:
+    """:func:`wait_future` for at most ``timeout`` seconds (then the builtin ``TimeoutError``;
+    the future goes on for the others)."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout)
+    except asyncio.TimeoutError:
+        if _TIMEOUT_IS_BUILTIN:
+            raise
+        raise TimeoutError from None
+
+
 async def wait_launched(handles: Sequence[asyncio.Task[Any]], timeout: float) -> None:
     """Wait up to ``timeout`` for launched work, then cancel what is left."""
     if not handles:
@@ -178,7 +192,14 @@ def new_workers(name: str) -> Workers:
 
 async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float, workers: Workers) -> T:
     """``await thunk()`` bounded by ``timeout``; raises the builtin ``TimeoutError``."""
-    return await asyncio.wait_for(thunk(), timeout)
+    try:
+        return await asyncio.wait_for(thunk(), timeout)
+    except asyncio.TimeoutError:
+        # Python 3.10's asyncio.TimeoutError is its own class (from 3.11 on it is the builtin,
+        # and a TimeoutError the thunk raised itself passes through unchanged).
+        if _TIMEOUT_IS_BUILTIN:
+            raise
+        raise TimeoutError from None
 
 
 def new_flight_lock() -> contextlib.nullcontext[None]:

@@ -68,6 +68,7 @@ from ._primitives import (
     new_future,
     new_workers,
     wait_future,
+    wait_future_for,
     wait_launched,
     with_timeout,
 )
@@ -1270,11 +1271,13 @@ class CacheStack:
             if self._flights.get(key) is flight:
                 del self._flights[key]
 
-        flight.handle = launch(
-            future,
-            functools.partial(self._fetch_and_store, key, fetcher, opts, flight),
-            finished,
-        )
+        fetch = functools.partial(self._fetch_and_store, key, fetcher, opts, flight)
+        if soft is None:
+            flight.handle = launch(future, fetch, finished)
+        else:
+            # The soft timeout must be able to end this caller's wait while the fetch goes on:
+            # on a worker (the threaded twin's launch() would run it in this very thread).
+            flight.handle = launch_background(future, fetch, finished, self._workers)
         # One waiter being cancelled must not cancel the fetch the others share.
         return await self._wait(future, soft)
 
@@ -1283,7 +1286,7 @@ class CacheStack:
             return await wait_future(future)
         began = time.monotonic()
         try:
-            return await with_timeout(functools.partial(wait_future, future), soft, self._workers)
+            return await wait_future_for(future, soft)
         except TimeoutError as exc:
             if isinstance(exc, FetchTimeoutError) or time.monotonic() - began < soft:
                 raise  # the fetch's own timeout or error, not the soft deadline

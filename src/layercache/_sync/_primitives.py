@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "stack_layer",
     "stop_spawned",
     "wait_future",
+    "wait_future_for",
     "wait_launched",
     "wait_signal",
     "with_timeout",
@@ -117,6 +119,23 @@ def wait_future(future: concurrent.futures.Future[Any]) -> Any:
     return future.result()
 
 
+def wait_future_for(future: concurrent.futures.Future[Any], timeout: float) -> Any:
+    """:func:`wait_future` for at most ``timeout`` seconds (then the builtin ``TimeoutError``)."""
+    return _result_within(future, timeout)
+
+
+def _result_within(future: concurrent.futures.Future[T], timeout: float) -> T:
+    """``future.result(timeout)``, telling a timeout of the wait (the builtin ``TimeoutError``,
+    raised here) from a ``TimeoutError`` the work raised itself (passed through unchanged:
+    from Python 3.11 on both are the same class)."""
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError as exc:
+        if future.done() and not future.cancelled() and future.exception() is exc:
+            raise
+        raise TimeoutError from None
+
+
 def wait_launched(handles: Sequence[Any], timeout: float) -> None:
     """Wait up to ``timeout`` for work submitted to a stack's workers (background refreshes,
     generation cleanups); leaders run their own fetches in their threads (no handle)."""
@@ -132,13 +151,92 @@ def call_fetcher(fetcher: Callable[[], Any]) -> Any:
     return fetcher()
 
 
+class _DaemonPool:
+    """A bounded pool of daemon threads, started as work arrives.
+
+    Not ``ThreadPoolExecutor``: its threads are joined when the interpreter exits, so one fetch
+    that never returns (abandoned by its caller after ``fetch_timeout``) would keep the process
+    from ever exiting.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Any, Any] | None]
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
+        """Queue ``fn(*args)``; ``None`` once the pool is shut down."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                return None
+            self._queue.put((future, fn, args))
+            # Each piece of work claims an idle thread or starts one, so none waits behind a
+            # slow fetch while the pool has room (at the bound, it waits for a free thread).
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _work(self) -> None:
+        # A new thread was started for work already queued: it is not idle before that.
+        started = True
+        while True:
+            if not started:
+                with self._lock:
+                    self._idle += 1  # claimed (decremented) by the submit of its next work
+            started = False
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, timeout: float) -> None:
+        """Drop queued work, stop the threads once their current work ends; wait up to
+        ``timeout`` for that (a thread still busy after it is abandoned: it is a daemon)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class Workers:
     """The threads one stack owns: fetches bounded by a timeout (a thread cannot be
     interrupted, so the caller waits on a worker instead) and background refreshes.
 
-    Two pools, created on first use, so a refresh burst never starves timed fetches. Both are
-    bounded; ``close()`` of the stack shuts them down (work already running finishes, queued
-    work is dropped: the stack waited for its refreshes before).
+    Two pools of daemon threads, created on first use, so a refresh burst never starves timed
+    fetches. Both are bounded; ``close()`` of the stack shuts them down (work already running
+    finishes, queued work is dropped: the stack waited for its refreshes before).
     """
 
     # Fetches in flight at once per stack (callers beyond it queue, still bounded by their
@@ -147,42 +245,17 @@ class Workers:
     REFRESH_THREADS = 8
 
     def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._fetch: concurrent.futures.ThreadPoolExecutor | None = None
-        self._refresh: concurrent.futures.ThreadPoolExecutor | None = None
-        self._closed = False
-
-    def _pool(self, refresh: bool) -> concurrent.futures.ThreadPoolExecutor | None:
-        pool = self._refresh if refresh else self._fetch
-        if pool is not None:
-            return pool
-        with self._lock:
-            if self._closed:
-                return None
-            if refresh:
-                if self._refresh is None:
-                    self._refresh = concurrent.futures.ThreadPoolExecutor(
-                        self.REFRESH_THREADS, thread_name_prefix=f"{self._name}-refresh"
-                    )
-                return self._refresh
-            if self._fetch is None:
-                self._fetch = concurrent.futures.ThreadPoolExecutor(
-                    self.FETCH_THREADS, thread_name_prefix=f"{self._name}-fetch"
-                )
-            return self._fetch
+        self._fetch = _DaemonPool(self.FETCH_THREADS, f"{name}-fetch")
+        self._refresh = _DaemonPool(self.REFRESH_THREADS, f"{name}-refresh")
 
     def submit(
         self, refresh: bool, fn: Callable[..., T], *args: Any
     ) -> concurrent.futures.Future[T]:
         """Run ``fn(*args)`` on the fetch pool (or the refresh pool); after ``close()``, in the
-        calling thread (a stack used after close keeps working, without new threads)."""
-        pool = self._pool(refresh)
-        if pool is not None:
-            try:
-                return pool.submit(fn, *args)
-            except RuntimeError:
-                pass  # shut down between the lookup and the submit: run it here
+        calling thread (work racing the shutdown still runs, without new threads)."""
+        future = (self._refresh if refresh else self._fetch).submit(fn, *args)
+        if future is not None:
+            return future
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
         try:
             done.set_result(fn(*args))
@@ -191,18 +264,10 @@ class Workers:
         return done
 
     def close(self, timeout: float) -> None:
-        """Shut both pools down; running work finishes on its own (a thread cannot be
-        stopped), and ``timeout`` bounds how long this waits for the threads to exit."""
-        with self._lock:
-            self._closed = True
-            pools = [p for p in (self._fetch, self._refresh) if p is not None]
-            self._fetch = self._refresh = None
-        for pool in pools:
-            pool.shutdown(wait=False, cancel_futures=True)
+        """Shut both pools down, waiting up to ``timeout`` in all for their threads."""
         deadline = time.monotonic() + timeout
-        for pool in pools:
-            for thread in list(getattr(pool, "_threads", ())):
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self._fetch.shutdown(timeout)
+        self._refresh.shutdown(max(0.0, deadline - time.monotonic()))
 
 
 def new_workers(name: str) -> Workers:
@@ -216,11 +281,7 @@ def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
     A thread cannot be interrupted, so the work runs on one of the stack's worker threads and
     the caller stops waiting after ``timeout``; the abandoned work finishes in the background.
     """
-    future = workers.submit(False, thunk)
-    try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        raise TimeoutError from None
+    return _result_within(workers.submit(False, thunk), timeout)
 
 
 def new_flight_lock() -> threading.Lock:

@@ -1,0 +1,195 @@
+# DO NOT EDIT: generated from tests/freshness/test_write_behind_and_limits.py
+# by scripts/unasync_tests.py. Change the async source and run
+# `python scripts/unasync_tests.py`.
+"""Write-behind (issue 3 point 8) and fetcher rate limiting through the stack (point 9)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from _twins_sync import Event, join, join_all, pause, spawn
+from layercache import (
+    Entry,
+    FetcherQueueFullError,
+    MemoryLayer,
+    RateLimit,
+    SyncCacheStack,
+)
+
+
+class RemoteDict:
+    """A non-local async layer that records every call and can hold its writes."""
+
+    name, default_ttl, is_local = "remote", 300, False
+
+    def __init__(self) -> None:
+        self.data: dict[str, Entry] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.gate: Any = None  # an Event (tests/_twins_sync.py) holding the writes
+
+    def _maybe_wait(self) -> None:
+        if self.gate is not None:
+            self.gate.wait()
+
+    def get(self, key: str) -> Entry | None:
+        return self.data.get(key)
+
+    def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        self._maybe_wait()
+        self.calls.append(("set", key))
+        self.data[key] = entry
+
+    def set_many(self, items: list[tuple[str, Entry, float | None]]) -> None:
+        self._maybe_wait()
+        self.calls.append(("set_many", [k for k, _, _ in items]))
+        for key, entry, _ in items:
+            self.data[key] = entry
+
+    def delete(self, key: str) -> None:
+        self.calls.append(("delete", key))
+        self.data.pop(key, None)
+
+    def delete_many(self, keys: list[str]) -> None:
+        self._maybe_wait()
+        self.calls.append(("delete_many", list(keys)))
+        for key in keys:
+            self.data.pop(key, None)
+
+    def clear(self) -> None:
+        self.calls.append(("clear", None))
+        self.data.clear()
+
+    def keys(self, pattern: str | None = None) -> list[str]:
+        from layercache._glob import glob_match
+
+        return [k for k in self.data if pattern is None or glob_match(pattern, k)]
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        pause(0.005)
+
+
+def behind_stack(remote: RemoteDict, **settings: Any) -> SyncCacheStack:
+    config = {"batch_size": 100, "flush_interval": 0.02, "max_queue": 1000, **settings}
+    return SyncCacheStack(
+        [MemoryLayer(), remote], write_strategy="write-behind", write_behind=config
+    )
+
+
+def test_writes_reach_the_local_layer_at_once_and_the_remote_in_batches() -> None:
+    remote = RemoteDict()
+    cache = behind_stack(remote, batch_size=10, flush_interval=60)
+    for i in range(25):
+        cache.set(f"k{i}", i)
+    # Local at once; the remote got two full batches of 10 (the size trigger), not 25 writes.
+    assert cache.get("k24") == 24
+    wait_until(lambda: len(remote.data) >= 20)
+    batches = [c for c in remote.calls if c[0] == "set_many"]
+    assert all(len(keys) == 10 for _, keys in batches)
+    assert not [c for c in remote.calls if c[0] == "set"]
+    cache.close()  # flushes the last 5
+    assert sorted(remote.data) == sorted(f"k{i}" for i in range(25))
+
+
+def test_a_delete_queued_after_a_set_wins() -> None:
+    remote = RemoteDict()
+    cache = behind_stack(remote, flush_interval=60)
+    cache.set("k", "v")
+    cache.delete("k")
+    cache.close()
+    assert "k" not in remote.data
+    # The set never reached the remote layer at all: the queue kept only the delete.
+    assert not any(c[0] == "set_many" and "k" in c[1] for c in remote.calls)
+
+
+def test_reads_see_queued_writes_and_deletes_before_they_land() -> None:
+    remote = RemoteDict()
+    remote.data["old"] = Entry("stale", 0.0, None)
+    cache = behind_stack(remote, flush_interval=60)
+    cache.delete("old")
+    # The remote still holds it, but the queued delete answers first: no resurrection.
+    assert "old" in remote.data
+    assert cache.get("old") is None
+    cache.set("new", "v")
+    cache.layers[0].clear()  # memory lost it: the queued write answers for the remote
+    assert cache.get("new") == "v"
+    assert cache.get_many(["old", "new"]) == [None, "v"]
+    cache.close()
+
+
+def test_clear_drops_what_it_supersedes() -> None:
+    remote = RemoteDict()
+    cache = behind_stack(remote, flush_interval=60)
+    cache.set("a:1", 1)
+    cache.set("b:1", 2)
+    cache.invalidate_by_prefix("a:")
+    cache.close()
+    assert "a:1" not in remote.data
+    assert remote.data["b:1"].value == 2
+
+
+def test_a_full_queue_makes_the_writer_wait_and_loses_nothing() -> None:
+    remote = RemoteDict()
+    cache = behind_stack(remote, batch_size=5, flush_interval=60, max_queue=5)
+    for i in range(23):
+        cache.set(f"k{i}", i)
+    cache.close()
+    assert sorted(remote.data) == sorted(f"k{i}" for i in range(23))
+
+
+def test_write_behind_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        SyncCacheStack(
+            [MemoryLayer()], write_strategy="write-behind", write_behind={"batch_size": 0}
+        )
+    with pytest.raises(ValueError, match="write_strategy"):
+        SyncCacheStack([MemoryLayer()], write_strategy="later")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="need write_strategy"):
+        SyncCacheStack([MemoryLayer()], write_behind={"batch_size": 1})
+
+
+def test_global_rate_limit_bounds_concurrent_fetchers_across_keys() -> None:
+    cache = SyncCacheStack([MemoryLayer()])
+    running = peak = 0
+    release = Event()
+
+    def fetch() -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        release.wait()
+        running -= 1
+        return 1
+
+    limit = RateLimit(max_concurrent=2, scope="global")
+    tasks = [spawn(cache.get, f"k{i}", fetch, fetcher_rate_limit=limit) for i in range(10)]
+    wait_until(lambda: running == 2)
+    release.set()
+    assert join_all(tasks) == [1] * 10
+    assert peak == 2
+
+
+def test_a_full_fetcher_queue_fails_fast() -> None:
+    cache = SyncCacheStack([MemoryLayer()])
+    release = Event()
+
+    def fetch() -> int:
+        release.wait()
+        return 1
+
+    limit = {"max_concurrent": 1, "scope": "global", "max_queue": 1}
+    first = spawn(cache.get, "a", fetch, fetcher_rate_limit=limit)
+    second = spawn(cache.get, "b", fetch, fetcher_rate_limit=limit)
+    wait_until(lambda: cache._limiter.waiting("b", RateLimit(**limit)) == 1)  # type: ignore[arg-type]
+    with pytest.raises(FetcherQueueFullError):
+        cache.get("c", fetch, fetcher_rate_limit=limit)
+    release.set()
+    assert join(first) == 1
+    assert join(second) == 1

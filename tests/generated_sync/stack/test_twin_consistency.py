@@ -1,0 +1,164 @@
+# DO NOT EDIT: generated from tests/stack/test_consistency.py
+# by scripts/unasync_tests.py. Change the async source and run
+# `python scripts/unasync_tests.py`.
+"""A fetch in flight across an invalidation returns its value but never stores it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from twin_stack_support import ABSENT, StackEnv, eventually
+
+from _twins_sync import Event, join, spawn, wait_event
+from layercache import SyncCacheStack
+
+Invalidate = Callable[[SyncCacheStack], object]
+
+INVALIDATIONS: dict[str, Invalidate] = {
+    "delete": lambda c: c.delete("user:1"),
+    "delete_many": lambda c: c.delete_many(["other", "user:1"]),
+    "clear": lambda c: c.clear(),
+    "tag": lambda c: c.invalidate_by_tag("users"),
+    "tags_any": lambda c: c.invalidate_by_tags(["nope", "users"], mode="any"),
+    "tags_all": lambda c: c.invalidate_by_tags(["users", "tenant:a"], mode="all"),
+    "pattern": lambda c: c.invalidate_by_pattern("user:*"),
+    "prefix": lambda c: c.invalidate_by_prefix("user:"),
+    "namespace_clear": lambda c: c.namespace("user").clear(),
+}
+
+
+class HeldFetch:
+    """A fetcher that blocks until released (no sleeps) and records that it ran."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        self.started = Event()
+        self.release = Event()
+        self.calls = 0
+
+    def __call__(self) -> object:
+        self.calls += 1
+        self.started.set()
+        self.release.wait()
+        return self.value
+
+
+@pytest.mark.parametrize("operation", list(INVALIDATIONS))
+def test_invalidation_during_fetch_is_not_undone(env: StackEnv, operation: str) -> None:
+    fetch = HeldFetch({"name": "stale"})
+    task = spawn(env.cache.get, "user:1", fetch, tags=["users", "tenant:a"])
+    wait_event(fetch.started, 2)
+    INVALIDATIONS[operation](env.cache)
+    fetch.release.set()
+    assert join(task) == {"name": "stale"}, "the in-flight fetch must still return its value"
+    assert env.layer_values("user:1") == [ABSENT] * len(env.layers), (
+        f"a fetch in flight across {operation} stored its value"
+    )
+    # Nothing is left in flight: the next call fetches anew and stores.
+    fresh = HeldFetch({"name": "fresh"})
+    fresh.release.set()
+    assert env.cache.get("user:1", fresh) == {"name": "fresh"}
+    assert fresh.calls == 1
+    assert env.layer_values("user:1") == [{"name": "fresh"}] * len(env.layers)
+
+
+@pytest.mark.parametrize("operation", ["tag", "pattern", "prefix"])
+def test_refetch_of_an_expired_tagged_key_is_not_undone(env: StackEnv, operation: str) -> None:
+    env.cache.set("user:1", "old", ttl=5, tags=["users", "tenant:a"])
+    env.clock.advance(6)
+    fetch = HeldFetch("refetched")
+    task = spawn(env.cache.get, "user:1", fetch, tags=["users", "tenant:a"])
+    wait_event(fetch.started, 2)
+    INVALIDATIONS[operation](env.cache)
+    fetch.release.set()
+    assert join(task) == "refetched"
+    assert env.cache.get("user:1") is None
+    for value in env.layer_values("user:1"):
+        assert value != "refetched", f"the refetch survived {operation}"
+
+
+def test_explicit_set_during_fetch_wins(env: StackEnv) -> None:
+    fetch = HeldFetch("from-fetch")
+    task = spawn(env.cache.get, "k", fetch)
+    wait_event(fetch.started, 2)
+    env.cache.set("k", "explicit")
+    fetch.release.set()
+    assert join(task) == "from-fetch"
+    assert env.layer_values("k") == ["explicit"] * len(env.layers)
+    assert env.cache.get("k") == "explicit"
+
+
+def test_invalidation_of_other_keys_does_not_block_storing(env: StackEnv) -> None:
+    fetch = HeldFetch("kept")
+    task = spawn(env.cache.get, "post:1", fetch, tags=["posts"])
+    wait_event(fetch.started, 2)
+    env.cache.delete("post:2")
+    env.cache.invalidate_by_tag("users")
+    env.cache.invalidate_by_pattern("user:*")
+    env.cache.invalidate_by_prefix("post:1:")
+    fetch.release.set()
+    assert join(task) == "kept"
+    assert env.layer_values("post:1") == ["kept"] * len(env.layers)
+
+
+def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: StackEnv) -> None:
+    # Read-your-invalidation: the application updates its database, deletes the key, then reads
+    # it again. That read must not be served by a fetch that started before the delete.
+    old = HeldFetch("before-delete")
+    first = spawn(env.cache.get, "k", old)
+    wait_event(old.started, 2)
+    env.cache.delete("k")
+    new = HeldFetch("after-delete")
+    new.release.set()
+    second = spawn(env.cache.get, "k", new)
+    # Wait until the second read either started its own fetch or joined the old one.
+    eventually(
+        lambda: new.calls == 1 or env.cache.get_metrics().stampede_dedupes == 1,
+        "the second read to reach the single-flight",
+    )
+    old.release.set()
+    assert join(first) == "before-delete"
+    assert join(second) == "after-delete", "a read issued after delete() got pre-delete data"
+    assert new.calls == 1
+    assert env.cache.get("k") == "after-delete"
+
+
+def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
+    # The lower layer answers a read with the old value, but a delete completes while that
+    # read is in flight: the old value must not be copied into the memory layer afterwards.
+    from layercache import Entry, MemoryLayer, SyncCacheStack
+
+    class SlowLayer:
+        name, default_ttl, is_local = "slow", 300, False
+
+        def __init__(self) -> None:
+            self.data: dict[str, Entry] = {}
+            self.reading = Event()
+            self.release = Event()
+
+        def get(self, key: str) -> Entry | None:
+            entry = self.data.get(key)
+            self.reading.set()
+            self.release.wait()
+            return entry
+
+        def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+            self.data[key] = entry
+
+        def delete(self, key: str) -> None:
+            self.data.pop(key, None)
+
+        def clear(self) -> None:
+            self.data.clear()
+
+    memory, slow = MemoryLayer(), SlowLayer()
+    cache = SyncCacheStack([memory, slow])
+    cache.set("k", "old")
+    memory.clear()
+    reader = spawn(cache.get, "k")
+    wait_event(slow.reading, 5)
+    slow.release.set()  # the read already holds the old entry object
+    cache.delete("k")
+    assert join(reader) == "old"  # the caller gets what it read...
+    assert memory.get("k") is None  # ...but it is not backfilled after the delete
