@@ -28,6 +28,7 @@ from layercache import (
     RedisTagIndex,
     SyncCacheStack,
 )
+from polling import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -36,15 +37,6 @@ DEADLINE = 10.0
 # failed tag index write, each bounded by the client's 0.25 s timeouts, with room for a slow
 # machine.
 MAX_GET = 3.0
-
-
-def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.01)
 
 
 def fragile_client(port: int, timeout: float = 0.25) -> redis.Redis:

@@ -23,20 +23,12 @@ from _redis_server import RedisServer
 from _tcp_proxy import TcpProxy
 from layercache import CacheLayerError, InvalidationMessage, RedisInvalidationBus
 from layercache._signing import MessageSigner
+from polling import eventually
 
 pytestmark = pytest.mark.redis
 
 SECRET = "sync-bus-secret-0123456789abcdef"
 DEADLINE = 10.0
-
-
-def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
 
 
 def bus_threads(channel: str) -> list[threading.Thread]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -28,29 +27,12 @@ from layercache import (
     RedisTagIndex,
     SyncCacheStack,
 )
+from polling import eventually, eventually_async
 
 pytestmark = pytest.mark.redis
 
 SECRET = "sync-distributed-secret"
 DEADLINE = 10.0
-
-
-def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
-
-
-async def eventually_async(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """``eventually`` for async tests (sleeps on the loop, never blocks it)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.005)
 
 
 def components(client: Any, names: str) -> dict[str, Any]:

@@ -30,23 +30,16 @@ from layercache import (
     SyncCacheStack,
 )
 from layercache.redis._keys import single_flight_lock
+from polling import eventually
 
 pytestmark = pytest.mark.redis
 
 DEADLINE = 10.0
 
 
-def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
-
-
-# The coordination components' own threads. (The stack's process-wide worker pools,
-# "layercache-fetch_N" and "layercache-refresh_N", outlive any one stack by design.)
+# The coordination components' own threads. (The stack's worker pools, "layercache-fetch_N"
+# and "layercache-refresh_N", are checked by tests/stack_sync/test_sync_owned_threads.py;
+# other tests' abandoned fetches may still hold threads of that name here.)
 _COMPONENT_THREADS = ("layercache-bus", "layercache-single-flight", "layercache-lease")
 
 

@@ -29,19 +29,11 @@ from layercache import (
     RedisTagIndex,
     SyncCacheStack,
 )
+from polling import eventually
 
 pytestmark = pytest.mark.redis
 
 DEADLINE = 10.0
-
-
-def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
 
 
 def wait_past(moment: float) -> None:
