@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,29 +247,43 @@ def convert(
     return text
 
 
-def main(argv: list[str]) -> int:
-    check = "--check" in argv
+def write_or_check(
+    wanted: dict[Path, str], check: bool, command: str, leftovers: Iterable[Path] = ()
+) -> int:
+    """Write the generated files (and delete ``leftovers``), or with ``check`` report every
+    stale one and return 1. Shared by this script and scripts/unasync_tests.py."""
     stale: list[str] = []
+    for path in sorted(leftovers):
+        if check:
+            stale.append(f"{path.relative_to(ROOT)} (left over)")
+        else:
+            path.unlink()
+            print(f"removed {path.relative_to(ROOT)}")
+    for path, text in wanted.items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if check:
+            stale.append(str(path.relative_to(ROOT)))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print(f"stale generated files (run `{command}`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    wanted: dict[Path, str] = {}
     for source, name, renames, replacements in JOBS:
         text = (PACKAGE / source).read_text(encoding="utf-8")
         module = Path(source).stem if source.startswith("redis/") else None
-        wanted = HEADER.format(name=source) + convert(text, renames, replacements, module)
-        target = PACKAGE / name
-        current = target.read_text(encoding="utf-8") if target.exists() else None
-        if current == wanted:
-            continue
-        if check:
-            stale.append(str(target.relative_to(ROOT)))
-        else:
-            target.write_text(wanted, encoding="utf-8")
-            print(f"wrote {target.relative_to(ROOT)}")
-    if stale:
-        print(
-            "stale generated files (run `python scripts/unasync.py`): " + ", ".join(stale),
-            file=sys.stderr,
+        wanted[PACKAGE / name] = HEADER.format(name=source) + convert(
+            text, renames, replacements, module
         )
-        return 1
-    return 0
+    return write_or_check(wanted, "--check" in argv, "python scripts/unasync.py")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from unasync import convert  # noqa: E402  (scripts/ is not a package)
+from unasync import convert, write_or_check  # noqa: E402  (scripts/ is not a package)
 
 TESTS = ROOT / "tests"
 OUT = TESTS / "generated_sync"
@@ -107,33 +107,11 @@ def wanted_files() -> dict[Path, str]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
     wanted = wanted_files()
-    stale: list[str] = []
-    existing = {p for p in OUT.rglob("*.py")} if OUT.exists() else set()
-    for path in sorted(existing - set(wanted)):
-        if check:
-            stale.append(f"{path.relative_to(ROOT)} (left over)")
-        else:
-            path.unlink()
-            print(f"removed {path.relative_to(ROOT)}")
-    for path, text in wanted.items():
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
-            continue
-        if check:
-            stale.append(str(path.relative_to(ROOT)))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print(
-            "stale generated tests (run `python scripts/unasync_tests.py`): " + ", ".join(stale),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    existing = set(OUT.rglob("*.py")) if OUT.exists() else set()
+    return write_or_check(
+        wanted, "--check" in argv, "python scripts/unasync_tests.py", existing - set(wanted)
+    )
 
 
 if __name__ == "__main__":
