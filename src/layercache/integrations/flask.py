@@ -28,20 +28,53 @@ Configuration read by ``init_app`` when no ``stack`` is given:
 - ``LAYERCACHE_MAX_BODY_SIZE``: larger response bodies are served but not cached. Default 8 MiB.
 - ``LAYERCACHE_STACK_OPTIONS``: a mapping of extra ``SyncCacheStack`` keyword arguments.
 
+Several processes (gunicorn workers; ``LAYERCACHE_URL`` only), as the Django backend's options
+of the same names:
+
+- ``LAYERCACHE_INVALIDATION_BUS``: ``True``, or a dict with any of ``CHANNEL`` (default
+  ``"layercache-<LAYERCACHE_PREFIX>-invalidation"``), ``SIGNING_SECRET`` (HMAC-sign every message
+  and refuse unsigned ones; recommended), ``SOURCE_ID`` (default: unique per process; one set by
+  hand must differ between processes), ``REPLAY_WINDOW`` and ``TIMEOUT`` (seconds). A write,
+  delete or tag invalidation in one worker then drops the other workers' in-process copies
+  within milliseconds, instead of after their TTL. Each process subscribes on its first use of
+  the stack, on a daemon thread named ``layercache-bus:<channel>``.
+- ``LAYERCACHE_TAG_INDEX``: ``"redis"`` (the default with a URL): the tag index lives in Redis
+  under ``layercache-<LAYERCACHE_PREFIX>-tag-index``, shared by every worker, so
+  ``ext.invalidate_by_tag(tag)`` drops responses other workers cached; ``"memory"``: each
+  worker knows only the keys it stored itself.
+- ``LAYERCACHE_SINGLE_FLIGHT``: ``True``: a cold cached view renders once across every worker
+  (a Redis lock under ``layercache-<LAYERCACHE_PREFIX>-single-flight``; the others wait for the
+  response to appear in Redis, then serve it). Default ``False``.
+
+These Redis names are outside the Redis layer's ``layercache:`` prefix, so ``stack.clear()``
+never deletes them. They cannot be combined with the same components passed through
+``LAYERCACHE_STACK_OPTIONS``; a wrong value, an unknown ``LAYERCACHE_INVALIDATION_BUS`` key or any
+of them without ``LAYERCACHE_URL`` raises ``ValueError`` in ``init_app``.
+
+Fork safety (``gunicorn --preload`` imports the application, then forks the workers): threads
+and pub/sub connections do not survive ``fork()``. A stack the extension built remembers the
+process that built it; the first use in another process (a forked worker) builds a fresh stack
+there (empty memory layer, own Redis connections, own bus subscription and listener threads),
+and the inherited one is left alone (it belongs to the parent). A stack passed to the
+constructor is the caller's: it is used as is in every process.
+
 Flask has no application-shutdown hook (``teardown_appcontext`` runs after every request), so
 the extension registers nothing per request: call ``ext.close()`` when the process shuts down
-(e.g. from ``atexit`` or your WSGI server's worker-exit hook) to close the stacks it built. A
-stack passed in by the caller is the caller's to close.
+(e.g. from ``atexit`` or your WSGI server's worker-exit hook) to close the stacks it built in
+that process (it stops their bus and single-flight threads). A stack passed in by the caller
+is the caller's to close.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import os
 import threading
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 try:
@@ -67,6 +100,23 @@ DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _CREDENTIAL_HEADERS = ("Authorization", "Cookie")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# LAYERCACHE_INVALIDATION_BUS dict keys -> RedisInvalidationBus arguments (the Django backend's
+# INVALIDATION_BUS keys; upper case like every Flask configuration key).
+_BUS_OPTIONS = {
+    "CHANNEL": "channel",
+    "SIGNING_SECRET": "signing_secret",
+    "SOURCE_ID": "source_id",
+    "REPLAY_WINDOW": "replay_window",
+    "TIMEOUT": "timeout",
+}
+_TAG_INDEXES = ("redis", "memory")
+# Stack options the coordination keys set: given both ways, which one wins would be a guess.
+_COORDINATION_OPTIONS = {
+    "invalidation_bus": "LAYERCACHE_INVALIDATION_BUS",
+    "broadcast_l1_invalidation": "LAYERCACHE_INVALIDATION_BUS",
+    "tag_index": "LAYERCACHE_TAG_INDEX",
+    "single_flight_coordinator": "LAYERCACHE_SINGLE_FLIGHT",
+}
 # Characters kept verbatim when re-quoting the decoded path: the RFC 3986 path characters.
 # Re-quoting keeps keys printable (``request.path`` is percent-decoded and may hold controls).
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
@@ -88,10 +138,118 @@ def _is_cacheable_value(value: Any) -> bool:
     return value is not _UNCACHEABLE
 
 
+class _Plan:
+    """What building an application's stack needs, checked once by ``init_app``; a forked
+    worker builds its own stack from it."""
+
+    __slots__ = ("bus", "max_size", "options", "prefix", "single_flight", "tag_index", "ttl", "url")
+
+    def __init__(self, config: Mapping[str, Any], ttl: float | None, prefix: str) -> None:
+        max_size = config.get("LAYERCACHE_MEMORY_MAX_SIZE", DEFAULT_MEMORY_MAX_SIZE)
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"LAYERCACHE_MEMORY_MAX_SIZE must be a positive int, not {max_size!r}")
+        options = config.get("LAYERCACHE_STACK_OPTIONS") or {}
+        if not isinstance(options, Mapping):
+            raise ValueError("LAYERCACHE_STACK_OPTIONS must be a mapping of SyncCacheStack options")
+        url = config.get("LAYERCACHE_URL") or None
+        if url is not None and (not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES)):
+            raise ValueError(f"LAYERCACHE_URL must be a Redis URL (redis://...), not {url!r}")
+        self.ttl = ttl
+        self.prefix = prefix
+        self.max_size: int = max_size
+        self.options: dict[str, Any] = dict(options)
+        self.url: str | None = url
+        self.bus = _bus_options(config.get("LAYERCACHE_INVALIDATION_BUS"), prefix)
+        tag_index = config.get("LAYERCACHE_TAG_INDEX")
+        if tag_index is None:
+            # An explicit tag_index stack option keeps working as before.
+            tag_index = "redis" if url and "tag_index" not in self.options else "memory"
+        elif tag_index not in _TAG_INDEXES:
+            raise ValueError(f"LAYERCACHE_TAG_INDEX must be 'redis' or 'memory', not {tag_index!r}")
+        self.tag_index: str = tag_index
+        single_flight = config.get("LAYERCACHE_SINGLE_FLIGHT", False)
+        if not isinstance(single_flight, bool):
+            raise ValueError(
+                f"LAYERCACHE_SINGLE_FLIGHT must be True or False, not {single_flight!r}"
+            )
+        self.single_flight = single_flight
+        wanted = [
+            name
+            for name, on in (
+                ("LAYERCACHE_INVALIDATION_BUS", self.bus is not None),
+                ("LAYERCACHE_TAG_INDEX='redis'", tag_index == "redis"),
+                ("LAYERCACHE_SINGLE_FLIGHT", single_flight),
+            )
+            if on
+        ]
+        if wanted and url is None:
+            raise ValueError(f"{', '.join(wanted)} needs a LAYERCACHE_URL")
+        for option, key in _COORDINATION_OPTIONS.items():
+            if option in self.options and config.get(key) not in (None, False):
+                raise ValueError(
+                    f"LAYERCACHE_STACK_OPTIONS[{option!r}] conflicts with {key}: set one of them"
+                )
+
+    def build(self) -> SyncCacheStack:
+        """A new stack (no thread started: the bus subscribes on the stack's first use)."""
+        layers: list[Any] = [MemoryLayer(ttl=self.ttl, max_size=self.max_size)]
+        extra: dict[str, Any] = {}
+        if self.url is not None:
+            # Imported here: a memory-only application does not need the redis extra.
+            from ..redis._sync_layer import SyncRedisLayer
+
+            redis_ttl: float | None = self.ttl if self.ttl is not None else DEFAULT_TTL
+            # The sync layer itself (not RedisLayer, which SyncCacheStack would swap for one):
+            # the coordination components share its sync client.
+            redis = SyncRedisLayer(url=self.url, ttl=redis_ttl)
+            layers.append(redis)
+            try:
+                extra = self._coordination(redis.client)
+            except BaseException:
+                redis.close()
+                raise
+        return SyncCacheStack(layers, **self.options, **extra)
+
+    def _coordination(self, client: Any) -> dict[str, Any]:
+        """Stack keyword arguments of the Redis coordination components, on the Redis layer's
+        client (decode_responses=False, socket timeouts): none of them owns a connection
+        besides the bus's pub/sub one, which it closes."""
+        kwargs: dict[str, Any] = {}
+        if self.bus is None and self.tag_index != "redis" and not self.single_flight:
+            return kwargs
+        from ..redis.bus import RedisInvalidationBus
+        from ..redis.single_flight import RedisSingleFlightCoordinator
+        from ..redis.tag_index import RedisTagIndex
+
+        if self.bus is not None:
+            # The factories return the sync twins when given a sync client.
+            bus = RedisInvalidationBus(publisher=client, **self.bus)
+            kwargs.update(invalidation_bus=bus, broadcast_l1_invalidation=True)
+        if self.tag_index == "redis":
+            kwargs["tag_index"] = RedisTagIndex(
+                client=client, prefix=_side_name(self.prefix, "tag-index")
+            )
+        if self.single_flight:
+            kwargs["single_flight_coordinator"] = RedisSingleFlightCoordinator(
+                client=client, prefix=_side_name(self.prefix, "single-flight")
+            )
+        return kwargs
+
+
 class _AppState:
     """What ``init_app`` stores in ``app.extensions["layercache"]``."""
 
-    __slots__ = ("extension", "max_body_size", "prefix", "stack", "ttl")
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "_pid",
+        "_stack",
+        "extension",
+        "max_body_size",
+        "plan",
+        "prefix",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -101,12 +259,48 @@ class _AppState:
         ttl: float | None,
         prefix: str,
         max_body_size: int,
+        plan: _Plan | None,
     ) -> None:
         self.extension = extension
-        self.stack = stack
+        self._stack = stack
+        self._pid = os.getpid()
+        self.plan = plan  # None: the caller's stack, used as is in every process
         self.ttl = ttl
         self.prefix = prefix
         self.max_body_size = max_body_size
+        self._lock = threading.Lock()
+        _fork_aware.add(self)
+
+    @property
+    def stack(self) -> SyncCacheStack:
+        """This process's stack: a forked worker builds its own on first use."""
+        if self.plan is None or self._pid == os.getpid():
+            return self._stack
+        with self._lock:
+            pid = os.getpid()
+            if self._pid != pid:
+                # The inherited stack's threads did not survive the fork and its pub/sub
+                # connection is the parent's: never use (nor close) it here.
+                self._stack = self.extension._build(self.plan)
+                self._pid = pid
+            return self._stack
+
+    def _after_fork_in_child(self) -> None:
+        # A lock some other thread held at fork() time stays held forever in the child.
+        self._lock = threading.Lock()
+
+
+# Every live state and extension, to renew their locks in a forked child.
+_fork_aware: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for item in list(_fork_aware):
+        item._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LayerCache:
@@ -131,8 +325,10 @@ class LayerCache:
             )
         self._stack = stack
         self._app = app
-        self._owned: list[SyncCacheStack] = []
+        # The stacks built from configuration, with the pid of the process that built them.
+        self._owned: list[tuple[int, SyncCacheStack]] = []
         self._lock = threading.Lock()
+        _fork_aware.add(self)
         if app is not None:
             self.init_app(app)
 
@@ -141,8 +337,14 @@ class LayerCache:
     def init_app(self, app: Flask) -> None:
         """Attach the extension to ``app`` (builds its stack from ``app.config`` if needed).
 
+        The stack is built here (so configuration errors surface now) but starts no thread
+        and opens no connection: each process subscribes to the invalidation bus on its first
+        use of the stack, and a forked worker builds its own stack (see the module
+        documentation).
+
         Raises:
-            ValueError: an invalid configuration value.
+            ValueError: an invalid configuration value (including a coordination option
+                without ``LAYERCACHE_URL``).
             RuntimeError: ``app`` already has a layercache extension.
         """
         if EXTENSION_NAME in app.extensions:
@@ -157,13 +359,24 @@ class LayerCache:
                 f"LAYERCACHE_MAX_BODY_SIZE must be a non-negative int, not {max_body_size!r}"
             )
         stack = self._stack
+        plan: _Plan | None = None
         if stack is None:
-            stack = _build_stack(config, ttl)
-            with self._lock:
-                self._owned.append(stack)
+            plan = _Plan(config, ttl, prefix)
+            stack = self._build(plan)
         app.extensions[EXTENSION_NAME] = _AppState(
-            self, stack, ttl=ttl, prefix=prefix, max_body_size=max_body_size
+            self, stack, ttl=ttl, prefix=prefix, max_body_size=max_body_size, plan=plan
         )
+
+    def _build(self, plan: _Plan) -> SyncCacheStack:
+        """A stack built from configuration, closed by :meth:`close` in this process."""
+        stack = plan.build()
+        with self._lock:
+            self._owned.append((os.getpid(), stack))
+        return stack
+
+    def _after_fork_in_child(self) -> None:
+        # A lock some other thread held at fork() time stays held forever in the child.
+        self._lock = threading.Lock()
 
     @property
     def stack(self) -> SyncCacheStack:
@@ -175,15 +388,39 @@ class LayerCache:
         """
         return self._state().stack
 
-    def close(self) -> None:
-        """Close the stacks this extension built from configuration. Idempotent.
+    def invalidate_by_tag(self, tag: str) -> int:
+        """Drop every cached response (and value) stored with ``tag``, in every worker when
+        ``LAYERCACHE_TAG_INDEX`` is ``"redis"``; the current application's stack.
 
-        A stack passed to the constructor belongs to the caller and is left open.
+        Returns:
+            How many keys carried the tag.
+        """
+        return self.stack.invalidate_by_tag(tag)
+
+    def invalidate_by_tags(self, tags: Iterable[str], mode: Literal["any", "all"] = "any") -> int:
+        """Drop what carries any (``mode="any"``) or all (``"all"``) of ``tags``; see
+        :meth:`invalidate_by_tag`.
+
+        Returns:
+            How many keys were dropped.
+        """
+        return self.stack.invalidate_by_tags(tags, mode)
+
+    def close(self) -> None:
+        """Close the stacks this extension built from configuration in this process (their bus
+        subscription, single-flight listener and Redis connections). Idempotent.
+
+        Stacks inherited from a parent process (``fork()``) are forgotten, not closed: their
+        threads and connections belong to the parent. A stack passed to the constructor
+        belongs to the caller and is left open.
         """
         with self._lock:
             owned, self._owned = self._owned, []
+        pid = os.getpid()
         errors: list[BaseException] = []
-        for stack in owned:
+        for built_in, stack in owned:
+            if built_in != pid:
+                continue
             try:
                 stack.close()
             except Exception as exc:  # close the others before reporting
@@ -338,24 +575,31 @@ def _config_ttl(value: Any) -> float | None:
     return float(value)
 
 
-def _build_stack(config: Mapping[str, Any], ttl: float | None) -> SyncCacheStack:
-    max_size = config.get("LAYERCACHE_MEMORY_MAX_SIZE", DEFAULT_MEMORY_MAX_SIZE)
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-        raise ValueError(f"LAYERCACHE_MEMORY_MAX_SIZE must be a positive int, not {max_size!r}")
-    options = config.get("LAYERCACHE_STACK_OPTIONS") or {}
-    if not isinstance(options, Mapping):
-        raise ValueError("LAYERCACHE_STACK_OPTIONS must be a mapping of SyncCacheStack options")
-    layers: list[Any] = [MemoryLayer(ttl=ttl, max_size=max_size)]
-    url = config.get("LAYERCACHE_URL")
-    if url:
-        if not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"LAYERCACHE_URL must be a Redis URL (redis://...), not {url!r}")
-        # Imported here: a memory-only application does not need the redis extra.
-        from layercache import RedisLayer
+def _side_name(prefix: str, what: str) -> str:
+    # Outside the Redis layer's "layercache:" prefix, so clear() and key scans never meet the
+    # coordination keys; scoped by LAYERCACHE_PREFIX like the cached views.
+    return f"layercache-{prefix}-{what}"
 
-        redis_ttl: float | None = ttl if ttl is not None else DEFAULT_TTL
-        layers.append(RedisLayer(url=url, ttl=redis_ttl))
-    return SyncCacheStack(layers, **dict(options))
+
+def _bus_options(value: Any, prefix: str) -> dict[str, Any] | None:
+    """``LAYERCACHE_INVALIDATION_BUS`` -> bus keyword arguments (``None``: no bus)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"LAYERCACHE_INVALIDATION_BUS must be True, False or a dict, not {value!r}"
+        )
+    unknown = set(value) - set(_BUS_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown LAYERCACHE_INVALIDATION_BUS keys: {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(sorted(_BUS_OPTIONS))})"
+        )
+    kwargs = {_BUS_OPTIONS[name]: item for name, item in value.items()}
+    kwargs.setdefault("channel", _side_name(prefix, "invalidation"))
+    return kwargs
 
 
 def _request_key(prefix: str, req: Request, key_resolver: Callable[[Request], str] | None) -> str:

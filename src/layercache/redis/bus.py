@@ -211,7 +211,7 @@ class RedisInvalidationBus:
     The subscriber is a background task on its own connection. When the connection is lost
     (an error, a server-side unsubscribe, or no answer to a health-check ``PING`` within
     ``timeout``) it reconnects with capped exponential backoff and jitter, and after every
-    successful *re*-subscribe awaits ``on_reconnect()``: messages published while it was cut off
+    successful *re*-subscribe calls ``on_reconnect()``: messages published while it was cut off
     are lost, so the stack drops its local layers.
 
     Args:
@@ -283,9 +283,7 @@ class RedisInvalidationBus:
             raise ValueError("publisher and subscriber must both be cluster clients, or neither")
         if self._sharded and not callable(getattr(RedisCluster, "pubsub", None)):
             # Older redis-py releases have no asyncio cluster pub/sub at all.
-            raise ValueError(
-                "sharded pub/sub needs a redis-py whose asyncio RedisCluster has pubsub()"
-            )
+            raise ValueError("sharded pub/sub needs a redis-py whose RedisCluster has pubsub()")
         self._channel_name = channel
         self._generation_script: Any = None
         self._channel = invalidation_channel(channel)
@@ -374,8 +372,8 @@ class RedisInvalidationBus:
     ) -> None:
         """Start the subscriber task and wait until the channel subscription is confirmed.
 
-        ``on_message(message)`` is awaited for each valid message of another instance, one at a
-        time. ``on_reconnect()`` is awaited after each re-subscribe, i.e. every confirmed
+        ``on_message(message)`` is called (awaited) for each valid message of another instance,
+        one at a time. ``on_reconnect()`` is called after each re-subscribe, i.e. every confirmed
         subscription except the one this call reports as success. ``on_error(exc, context)``
         receives dropped messages (:class:`RejectedMessageError`, context ``reason``), a lost
         connection and exceptions raised by the other two callbacks. None of these stop the
