@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import pytest
@@ -185,18 +186,20 @@ async def test_cancelling_one_waiter_does_not_cancel_the_fetch(env: StackEnv) ->
 async def test_stampede_prevention_off_fetches_per_caller(build_stack) -> None:  # type: ignore[no-untyped-def]
     env: StackEnv = await build_stack(stampede_prevention=False)
     release = Event()
-    calls = 0
+    numbers = itertools.count(1)  # next() is atomic: safe from the twin's threads too
+    started: list[int] = []
 
     async def fetch() -> int:
-        nonlocal calls
-        calls += 1
+        number = next(numbers)
+        started.append(number)
         await release.wait()
-        return calls
+        return number
 
     tasks = [spawn(env.cache.get, "k", fetch) for _ in range(5)]
-    await eventually(lambda: calls == 5, "five independent fetches")
+    await eventually(lambda: len(started) == 5, "five independent fetches")
     release.set()
-    await join_all(tasks)
+    # Every caller got its own fetch's value: none was shared.
+    assert sorted(await join_all(tasks)) == [1, 2, 3, 4, 5]
 
 
 async def test_fetch_timeout_fails_every_waiter_and_leaves_no_state(memory_env: StackEnv) -> None:

@@ -8,10 +8,11 @@ import sys
 import textwrap
 import threading
 
-from sync_stack_support import Held, wait_until
+from sync_stack_support import Held
 
 from layercache import MemoryLayer, SyncCacheStack
 from layercache.testing import ManualClock
+from polling import eventually
 
 
 def _stack_threads(before: set[threading.Thread] | None = None) -> list[str]:
@@ -43,10 +44,10 @@ def test_timed_fetches_and_refreshes_run_on_the_stacks_threads_and_stop_on_close
     refresh = Held("v2")
     # Stale: served at once while a background refresh runs on the refresh pool.
     assert cache.get("k", refresh, ttl=10, stale_while_revalidate=60) == "v1"
-    wait_until(refresh.started.is_set, "the background refresh to start")
+    eventually(refresh.started.is_set, what="the background refresh to start")
     assert any(name.startswith("layercache-refresh") for name in _stack_threads(before))
     refresh.release.set()
-    wait_until(lambda: cache.get("k") == "v2", "the refreshed value")
+    eventually(lambda: cache.get("k") == "v2", what="the refreshed value")
     cache.close()
     assert _stack_threads(before) == [], "close() left worker threads running"
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -117,18 +118,20 @@ def test_sync_fetcher_exception_propagates_unchanged(memory_env: StackEnv) -> No
 def test_stampede_prevention_off_fetches_per_caller(build_stack) -> None:  # type: ignore[no-untyped-def]
     env: StackEnv = build_stack(stampede_prevention=False)
     release = Event()
-    calls = 0
+    numbers = itertools.count(1)  # next() is atomic: safe from the twin's threads too
+    started: list[int] = []
 
     def fetch() -> int:
-        nonlocal calls
-        calls += 1
+        number = next(numbers)
+        started.append(number)
         release.wait()
-        return calls
+        return number
 
     tasks = [spawn(env.cache.get, "k", fetch) for _ in range(5)]
-    eventually(lambda: calls == 5, "five independent fetches")
+    eventually(lambda: len(started) == 5, "five independent fetches")
     release.set()
-    join_all(tasks)
+    # Every caller got its own fetch's value: none was shared.
+    assert sorted(join_all(tasks)) == [1, 2, 3, 4, 5]
 
 
 def test_fetch_timeout_fails_every_waiter_and_leaves_no_state(memory_env: StackEnv) -> None:
