@@ -453,3 +453,31 @@ def test_any_first_operation_subscribes_the_bus(redis_clean: RedisServer, first_
         close_all([writer.stack, reader.stack])
         for client in clients:
             client.close()
+
+
+def test_clear_keeps_the_shared_generation(redis_clean: RedisServer) -> None:
+    # Default channel and layer prefix: the stored generation used to live at
+    # "layercache:invalidation:generation", inside the layer's "layercache:" prefix, so clear()
+    # deleted it and an instance started later went back to the old generation.
+    clients = [redis.Redis(host=redis_clean.host, port=redis_clean.port) for _ in range(2)]
+
+    def make(client: Any) -> SyncCacheStack:
+        return SyncCacheStack(
+            [MemoryLayer(ttl=60), RedisLayer(client=client)],
+            invalidation_bus=RedisInvalidationBus(publisher=client, health_check_interval=0.25),
+            generation=1,
+        )
+
+    first = make(clients[0])
+    later = None
+    try:
+        first.set("k", 1)
+        assert first.bump_generation() == 2
+        first.clear()
+        later = make(clients[1])
+        later.__enter__()  # loads the stored generation
+        assert later.get_generation() == 2
+    finally:
+        close_all([s for s in (first, later) if s is not None])
+        for client in clients:
+            client.close()

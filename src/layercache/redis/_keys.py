@@ -215,9 +215,16 @@ def single_flight_message(key: str) -> bytes:
     return _to_bytes(key)
 
 
+# Not "<channel>:generation": the default channel ("layercache:invalidation") starts with the
+# default layer prefix ("layercache:"), so a stack's clear() (SCAN prefix* + UNLINK) deleted the
+# shared counter, and an instance started afterwards went back to an older generation.
+GENERATION_KEY_PREFIX = "layercache-generation:"
+
+
 def generation_key(channel: str) -> bytes:
-    """Where the key generation announced on the bus ``channel`` is stored (an integer)."""
-    return (channel + ":generation").encode("utf-8", "surrogatepass")
+    """Where the key generation announced on the bus ``channel`` is stored (an integer):
+    ``layercache-generation:<channel>``, outside every layer prefix that ends with ``:``."""
+    return (GENERATION_KEY_PREFIX + channel).encode("utf-8", "surrogatepass")
 
 
 __all__ += ["generation_key"]
