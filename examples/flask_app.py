@@ -8,6 +8,11 @@ Run it (memory only, or with Redis behind the memory layer):
 then ``curl -i localhost:5000/products/1`` twice (``X-Cache: MISS`` then ``HIT``),
 ``curl -X POST localhost:5000/products/1/price -d price=12.5`` (updates and invalidates), and
 ``curl -i localhost:5000/products/1`` again (``MISS`` with the new price).
+
+With ``LAYERCACHE_URL`` the app also turns on what several worker processes need (e.g.
+``LAYERCACHE_URL=... gunicorn -w 4 --preload 'flask_app:create_app()'``): the invalidation bus
+(signed with ``LAYERCACHE_SECRET`` when set), the tag index in Redis and single flight, so an
+invalidation in one worker reaches every worker's memory layer and a cold page renders once.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["LAYERCACHE_TTL"] = 60
     if os.environ.get("LAYERCACHE_URL"):
         app.config["LAYERCACHE_URL"] = os.environ["LAYERCACHE_URL"]
+        # Several workers: tell the others about invalidations (sign them when a secret is
+        # set), index tags in Redis (the default with a URL), render a cold page once.
+        secret = os.environ.get("LAYERCACHE_SECRET")
+        app.config["LAYERCACHE_INVALIDATION_BUS"] = {"SIGNING_SECRET": secret} if secret else True
+        app.config["LAYERCACHE_TAG_INDEX"] = "redis"
+        app.config["LAYERCACHE_SINGLE_FLIGHT"] = True
     app.config.update(config or {})
     cache.init_app(app)
 
@@ -64,8 +75,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         if pid not in PRODUCTS:
             abort(404)
         PRODUCTS[pid]["price"] = float(request.form["price"])
-        # Every cached response showing this product (its page and the list) goes at once.
-        dropped = cache.stack.invalidate_by_tags([f"product:{pid}", "products"], mode="any")
+        # Every cached response showing this product (its page and the list) goes at once, in
+        # every worker when the app runs with Redis.
+        dropped = cache.invalidate_by_tags([f"product:{pid}", "products"], mode="any")
         return jsonify({"invalidated": dropped})
 
     return app

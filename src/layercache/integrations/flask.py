@@ -192,23 +192,22 @@ class _Plan:
 
     def build(self) -> SyncCacheStack:
         """A new stack (no thread started: the bus subscribes on the stack's first use)."""
-        layers: list[Any] = [MemoryLayer(ttl=self.ttl, max_size=self.max_size)]
-        extra: dict[str, Any] = {}
-        if self.url is not None:
-            # Imported here: a memory-only application does not need the redis extra.
-            from ..redis._sync_layer import SyncRedisLayer
+        memory = MemoryLayer(ttl=self.ttl, max_size=self.max_size)
+        if self.url is None:
+            return SyncCacheStack([memory], **self.options)
+        # Imported here: a memory-only application does not need the redis extra.
+        from ..redis._sync_layer import SyncRedisLayer
 
-            redis_ttl: float | None = self.ttl if self.ttl is not None else DEFAULT_TTL
-            # The sync layer itself (not RedisLayer, which SyncCacheStack would swap for one):
-            # the coordination components share its sync client.
-            redis = SyncRedisLayer(url=self.url, ttl=redis_ttl)
-            layers.append(redis)
-            try:
-                extra = self._coordination(redis.client)
-            except BaseException:
-                redis.close()
-                raise
-        return SyncCacheStack(layers, **self.options, **extra)
+        redis_ttl: float | None = self.ttl if self.ttl is not None else DEFAULT_TTL
+        # The sync layer itself (not RedisLayer, which SyncCacheStack would swap for one): the
+        # coordination components share its sync client.
+        redis = SyncRedisLayer(url=self.url, ttl=redis_ttl)
+        try:
+            extra = self._coordination(redis.client)
+            return SyncCacheStack([memory, redis], **self.options, **extra)
+        except BaseException:
+            redis.close()  # its connection pool (nothing is connected yet)
+            raise
 
     def _coordination(self, client: Any) -> dict[str, Any]:
         """Stack keyword arguments of the Redis coordination components, on the Redis layer's
@@ -223,7 +222,10 @@ class _Plan:
 
         if self.bus is not None:
             # The factories return the sync twins when given a sync client.
-            bus = RedisInvalidationBus(publisher=client, **self.bus)
+            try:
+                bus = RedisInvalidationBus(publisher=client, **self.bus)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"LAYERCACHE_INVALIDATION_BUS: {exc}") from exc
             kwargs.update(invalidation_bus=bus, broadcast_l1_invalidation=True)
         if self.tag_index == "redis":
             kwargs["tag_index"] = RedisTagIndex(
@@ -483,7 +485,7 @@ class LayerCache:
         Args:
             ttl: Lifetime in seconds (default: ``LAYERCACHE_TTL``).
             tags: Tags stored with the response, or a callable ``(request) -> tags``;
-                ``ext.stack.invalidate_by_tag(tag)`` drops every response carrying one.
+                ``ext.invalidate_by_tag(tag)`` drops every response carrying one.
             key_resolver: ``(request) -> str`` appended to the key.
             cache_authenticated: Also cache responses to requests carrying credentials.
             statuses: Status codes that may be cached (default: 200-299).
