@@ -354,7 +354,8 @@ async def demo(url: str) -> None:
         await a.cache.clear()
         client = make_client(url)
         try:
-            await client.delete(f"{app}:invalidation:generation", f"{app}:fake-database")
+            # The shared generation lives outside the cache's prefix (clear() keeps it).
+            await client.delete(f"layercache-generation:{app}:invalidation", f"{app}:fake-database")
         finally:
             await client.aclose()
     print("ok: both instances closed cleanly")
