@@ -30,8 +30,15 @@ one run:
    (lookup, delete from both layers, removal from the index): median of 3, on the single server
    and on the three-master cluster.
 
-``--quick`` shrinks every figure (a smoke run of well under a minute); ``--json PATH`` writes the
-results too. Options: ``--skip-cluster``, ``--only singleflight,propagation,tags``.
+Each scenario runs for both stack kinds (``--kinds async,sync``, the default): ``CacheStack`` on
+``redis.asyncio`` clients, and ``SyncCacheStack`` on sync ``redis.Redis`` clients with the sync
+twins of the same components (the classes return them when given a sync client). The sync
+single-flight callers are 25 threads per process, released together by a ``threading.Barrier``
+after the same Redis barrier; propagation also runs across kinds (async A -> sync B, sync A ->
+async B: the wire is shared). The report shows sync/async ratios from the same run.
+
+``--quick`` shrinks every figure (a smoke run of under a minute); ``--json PATH`` writes the
+results too. Options: ``--skip-cluster``, ``--only singleflight,propagation,tags``, ``--kinds``.
 """
 
 from __future__ import annotations
@@ -40,13 +47,16 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +64,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 SCENARIOS = ("singleflight", "propagation", "tags")
+# "async": CacheStack on redis.asyncio clients; "sync": SyncCacheStack on redis.Redis clients
+# (the same component classes return their sync twins when given a sync client).
+KINDS = ("async", "sync")
+# Writer -> reader pairs of the propagation scenario (the wire is shared).
+PAIRS = (("async", "async"), ("sync", "sync"), ("async", "sync"), ("sync", "async"))
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,71 @@ def _child_env() -> dict[str, str]:
         p for p in (str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH")) if p
     )
     return env
+
+
+# -- one code path for both stack kinds -----------------------------------------------------------
+
+
+async def _resolve(value: Any) -> Any:
+    """What a stack call gave: an async stack's awaitable is awaited, a sync result returned.
+
+    The sync stack's calls block this process's event loop while they run, which is what a
+    sync caller does anyway; nothing else runs on the loop meanwhile.
+    """
+    return await value if inspect.isawaitable(value) else value
+
+
+def _redis_client(url: str, kind: str) -> Any:
+    """A redis-py client of the stack kind (sync calls are bounded by the socket timeout)."""
+    import redis
+    import redis.asyncio
+
+    if kind == "sync":
+        return redis.Redis.from_url(url, socket_timeout=5)
+    return redis.asyncio.Redis.from_url(url)
+
+
+def _stack_class(kind: str) -> Any:
+    from layercache import CacheStack, SyncCacheStack
+
+    return SyncCacheStack if kind == "sync" else CacheStack
+
+
+async def _close(resource: Any) -> None:
+    """``aclose()`` an asyncio stack or client, ``close()`` a sync one."""
+    aclose = getattr(resource, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    else:
+        resource.close()
+
+
+@contextlib.asynccontextmanager
+async def _opened(stack: Any) -> AsyncIterator[Any]:
+    """``async with`` a CacheStack, ``with`` a SyncCacheStack (which starts its bus)."""
+    if hasattr(stack, "__aenter__"):
+        async with stack:
+            yield stack
+    else:
+        with stack:
+            yield stack
+
+
+async def _concurrently(call: Callable[[], Any], n: int, pool: ThreadPoolExecutor | None) -> Any:
+    """``n`` concurrent ``call()``: coroutines gathered, or (with ``pool``) ``n`` threads.
+
+    The threads wait on a ``threading.Barrier`` so they start together, as the coroutines do.
+    """
+    if pool is None:
+        return await asyncio.gather(*(call() for _ in range(n)))
+    barrier = threading.Barrier(n)
+
+    def released() -> Any:
+        barrier.wait(60)
+        return call()
+
+    loop = asyncio.get_running_loop()
+    return await asyncio.gather(*(loop.run_in_executor(pool, released) for _ in range(n)))
 
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
@@ -136,44 +216,64 @@ async def _wait_for_list(
 # -- 1. cross-process single-flight -------------------------------------------------------------
 
 
+def _origin(kind: str, client: Any, counter: str, key: str, delay: float) -> Callable[[], Any]:
+    """The slow origin (``delay`` seconds), counting its calls in Redis, of the stack ``kind``."""
+    result = {"key": key, "from": os.getpid()}
+    if kind == "async":
+
+        async def origin() -> dict[str, Any]:
+            await client.incr(counter)
+            await asyncio.sleep(delay)  # the origin's latency
+            return result
+
+        return origin
+
+    def sync_origin() -> dict[str, Any]:
+        client.incr(counter)
+        time.sleep(delay)
+        return result
+
+    return sync_origin
+
+
 async def _single_flight_worker(args: argparse.Namespace) -> None:
-    """One instance: a stack per process, ``callers`` concurrent gets per released round."""
+    """One instance: a stack per process, ``callers`` concurrent gets per released round.
+
+    The sync stack's callers are ``callers`` threads (a pool kept across rounds); the barrier
+    with the parent and the reports go through an asyncio client in both kinds.
+    """
     import redis.asyncio
 
-    from layercache import CacheStack, MemoryLayer, RedisLayer, RedisSingleFlightCoordinator
+    from layercache import MemoryLayer, RedisLayer, RedisSingleFlightCoordinator
 
     run_id: str = args.run_id
-    client = redis.asyncio.Redis.from_url(args.url)
+    client = _redis_client(args.url, args.kind)
+    control = client if args.kind == "async" else redis.asyncio.Redis.from_url(args.url)
+    pool = ThreadPoolExecutor(args.callers) if args.kind == "sync" else None
     coordinator = (
         RedisSingleFlightCoordinator(client=client, prefix=f"{run_id}:sf")
         if args.coordinated
         else None
     )
-    cache = CacheStack(
+    cache = _stack_class(args.kind)(
         [MemoryLayer(ttl=60), RedisLayer(client=client, prefix=f"{run_id}:cache:", ttl=60)],
         single_flight_coordinator=coordinator,
         single_flight_timeout=10,
     )
     try:
-        async with cache:
+        async with _opened(cache):
             # A warm pool, as in a running service: the first round would otherwise also
             # measure opening a connection per concurrent caller.
-            await asyncio.gather(*(client.ping() for _ in range(args.callers + 2)))
+            await _concurrently(client.ping, args.callers, pool)
             for round_no in range(args.rounds):
                 key = f"product:{round_no}"
-                counter = f"{run_id}:fetches:{round_no}"
-
-                async def origin(counter: str = counter, key: str = key) -> dict[str, Any]:
-                    await client.incr(counter)
-                    await asyncio.sleep(args.delay)  # the origin's latency
-                    return {"key": key, "from": os.getpid()}
-
-                await client.rpush(f"{run_id}:ready:{round_no}", os.getpid())
-                if await client.blpop([f"{run_id}:go:{round_no}"], timeout=60) is None:
+                origin = _origin(args.kind, client, f"{run_id}:fetches:{round_no}", key, args.delay)
+                await control.rpush(f"{run_id}:ready:{round_no}", os.getpid())
+                if await control.blpop([f"{run_id}:go:{round_no}"], timeout=60) is None:
                     raise SystemExit("the parent never released the barrier")
                 start = time.time()
-                values = await asyncio.gather(
-                    *(cache.get(key, origin) for _ in range(args.callers))
+                values = await _concurrently(
+                    lambda key=key, origin=origin: cache.get(key, origin), args.callers, pool
                 )
                 end = time.time()
                 report = {
@@ -184,13 +284,21 @@ async def _single_flight_worker(args: argparse.Namespace) -> None:
                     "calls": len(values),
                     "stats": None if coordinator is None else dataclasses.asdict(coordinator.stats),
                 }
-                await client.rpush(f"{run_id}:done:{round_no}", json.dumps(report))
+                await control.rpush(f"{run_id}:done:{round_no}", json.dumps(report))
     finally:
-        await client.aclose()
+        if pool is not None:
+            pool.shutdown()
+        await _close(client)
+        if control is not client:
+            await control.aclose()
 
 
-async def single_flight(url: str, settings: Settings, coordinated: bool) -> dict[str, Any]:
+async def single_flight(
+    url: str, settings: Settings, coordinated: bool, kind: str = "async"
+) -> dict[str, Any]:
     """``settings.processes`` instances x ``settings.callers`` callers on a cold key.
+
+    ``kind`` "sync": SyncCacheStack instances whose callers are threads.
 
     Returns:
         Per measured run: origin fetches and wall time (release to the last return), and
@@ -217,6 +325,8 @@ async def single_flight(url: str, settings: Settings, coordinated: bool) -> dict
         str(settings.callers),
         "--delay",
         str(settings.origin_delay),
+        "--kind",
+        kind,
     ]
     if coordinated:
         worker_args.append("--coordinated")
@@ -263,6 +373,7 @@ async def single_flight(url: str, settings: Settings, coordinated: bool) -> dict
         await client.aclose()
     walls = [r["wall"] for r in runs]
     return {
+        "kind": kind,
         "coordinated": coordinated,
         "processes": settings.processes,
         "callers": settings.callers,
@@ -278,11 +389,11 @@ async def single_flight(url: str, settings: Settings, coordinated: bool) -> dict
 # -- 2. invalidation propagation between two processes -------------------------------------------
 
 
-def _propagation_stack(client: Any, run_id: str) -> Any:
+def _propagation_stack(client: Any, run_id: str, kind: str) -> Any:
     """One instance of the propagation scenario (same configuration in both processes)."""
-    from layercache import CacheStack, MemoryLayer, RedisInvalidationBus, RedisLayer
+    from layercache import MemoryLayer, RedisInvalidationBus, RedisLayer
 
-    return CacheStack(
+    return _stack_class(kind)(
         [MemoryLayer(ttl=600), RedisLayer(client=client, prefix=f"{run_id}:cache:", ttl=600)],
         invalidation_bus=RedisInvalidationBus(
             publisher=client, channel=f"{run_id}:invalidation", signing_secret=SECRET
@@ -295,31 +406,38 @@ async def _invalidator_worker(args: argparse.Namespace) -> None:
     """Instance A: after the go signal, deletes or overwrites one key every ``interval``."""
     import redis.asyncio
 
-    client = redis.asyncio.Redis.from_url(args.url)
+    client = _redis_client(args.url, args.kind)
+    control = client if args.kind == "async" else redis.asyncio.Redis.from_url(args.url)
     calls: list[tuple[str, float, float]] = []
     try:
-        async with _propagation_stack(client, args.run_id) as stack:
-            await client.rpush(f"{args.run_id}:ready", os.getpid())
-            if await client.blpop([f"{args.run_id}:go"], timeout=60) is None:
+        async with _opened(_propagation_stack(client, args.run_id, args.kind)) as stack:
+            await control.rpush(f"{args.run_id}:ready", os.getpid())
+            if await control.blpop([f"{args.run_id}:go"], timeout=60) is None:
                 raise SystemExit("the parent never released the barrier")
             for operation in args.operations.split(","):
                 for i in range(args.count):
                     key = f"{operation}:{i}"
                     began = time.time()
                     if operation == "delete":
-                        await stack.delete(key)
+                        await _resolve(stack.delete(key))
                     else:
-                        await stack.set(key, {"version": 2})
+                        await _resolve(stack.set(key, {"version": 2}))
                     calls.append((key, began, time.time()))
                     await asyncio.sleep(args.interval)  # pacing, not synchronisation
     finally:
-        await client.aclose()
+        await _close(client)
+        if control is not client:
+            await control.aclose()
     sys.stdout.write(json.dumps(calls))
     sys.stdout.flush()
 
 
-async def propagation(url: str, settings: Settings) -> dict[str, Any]:
+async def propagation(
+    url: str, settings: Settings, writer: str = "async", reader: str = "async"
+) -> dict[str, Any]:
     """Delay from A's ``delete``/``set`` to the key leaving B's memory layer.
+
+    ``writer`` and ``reader`` are the stack kinds of A (the other process) and B (this one).
 
     Raises:
         RuntimeError: If the worker fails, or an invalidation does not arrive in time.
@@ -331,31 +449,36 @@ async def propagation(url: str, settings: Settings) -> dict[str, Any]:
     run_id = f"bench-inv-{uuid.uuid4().hex[:8]}"
     operations = ("delete", "set")
     count = settings.invalidations
-    client = redis.asyncio.Redis.from_url(url)
-    stack = _propagation_stack(client, run_id)
+    client = _redis_client(url, reader)
+    control = client if reader == "async" else redis.asyncio.Redis.from_url(url)
+    stack = _propagation_stack(client, run_id, reader)
     memory = stack.layers[0]
     keys = {f"{op}:{i}" for op in operations for i in range(count)}
     gone_at: dict[str, float] = {}
     errors: list[Any] = []
     all_gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
     def on_invalidation(payload: dict[str, Any]) -> None:
+        # A sync stack calls this on its bus thread: the event is set through the loop.
         now = time.time()
         for key in payload["keys"]:
             if key in keys and key not in gone_at and memory.get(key) is None:
                 gone_at[key] = now
         if len(gone_at) == len(keys):
-            all_gone.set()
+            loop.call_soon_threadsafe(all_gone.set)
 
     process: asyncio.subprocess.Process | None = None
     try:
-        async with stack:
+        async with _opened(stack):
             stack.on("error", errors.append)
             # B holds every key in its memory layer (and Redis) before A starts.
             ordered = sorted(keys)
             for start in range(0, len(ordered), 1000):
-                await stack.set_many(
-                    CacheEntry(k, {"version": 1}) for k in ordered[start : start + 1000]
+                await _resolve(
+                    stack.set_many(
+                        CacheEntry(k, {"version": 1}) for k in ordered[start : start + 1000]
+                    )
                 )
             if any(memory.get(k) is None for k in keys):
                 raise RuntimeError("the memory layer did not keep every key")
@@ -373,9 +496,11 @@ async def propagation(url: str, settings: Settings) -> dict[str, Any]:
                 str(settings.interval),
                 "--operations",
                 ",".join(operations),
+                "--kind",
+                writer,
             )
-            await _wait_for_list(client, f"{run_id}:ready", 1, [process])
-            await client.rpush(f"{run_id}:go", "go")
+            await _wait_for_list(control, f"{run_id}:ready", 1, [process])
+            await control.rpush(f"{run_id}:go", "go")
             assert process.stdout is not None
             output = await asyncio.wait_for(process.stdout.read(), 300)
             if await asyncio.wait_for(process.wait(), 30) != 0:
@@ -389,7 +514,9 @@ async def propagation(url: str, settings: Settings) -> dict[str, Any]:
     finally:
         if process is not None:
             await _reap([process])
-        await client.aclose()
+        await _close(client)
+        if control is not client:
+            await control.aclose()
     if errors:
         raise RuntimeError(f"the stack reported an error: {errors[0]!r}")
     calls: list[list[Any]] = json.loads(output)
@@ -400,6 +527,8 @@ async def propagation(url: str, settings: Settings) -> dict[str, Any]:
         durations = sorted((ended - began) * 1000 for _, began, ended in mine)
         rows.append(
             {
+                "writer": writer,
+                "reader": reader,
                 "operation": operation,
                 "count": len(delays),
                 "p50_ms": _percentile(delays, 0.50),
@@ -415,14 +544,16 @@ async def propagation(url: str, settings: Settings) -> dict[str, Any]:
 
 
 async def tag_invalidation(
-    make_client: Callable[[], Awaitable[Any]], settings: Settings
+    make_client: Callable[[], Awaitable[Any]], settings: Settings, kind: str = "async"
 ) -> dict[str, Any]:
     """``invalidate_by_tag`` over ``settings.tag_keys`` keys, ``settings.tag_runs`` times.
+
+    ``make_client`` gives a client of ``kind`` (sync: a SyncCacheStack and the sync index).
 
     Raises:
         RuntimeError: If the invalidation does not remove exactly the tagged keys.
     """
-    from layercache import CacheEntry, CacheStack, MemoryLayer, RedisLayer, RedisTagIndex
+    from layercache import CacheEntry, MemoryLayer, RedisLayer, RedisTagIndex
 
     count = settings.tag_keys
     writes: list[float] = []
@@ -433,38 +564,44 @@ async def tag_invalidation(
         prefix = f"bench-tags-{run}-{uuid.uuid4().hex[:6]}"
         index = RedisTagIndex(client=client, prefix=f"{prefix}:tag-index")
         redis_layer = RedisLayer(client=client, prefix=f"{prefix}:", ttl=600)
-        stack = CacheStack([MemoryLayer(ttl=600, max_size=count * 2), redis_layer], tag_index=index)
+        stack = _stack_class(kind)(
+            [MemoryLayer(ttl=600, max_size=count * 2), redis_layer], tag_index=index
+        )
         keys = [f"item:{i}" for i in range(count)]
         try:
             started = time.perf_counter()
             for start in range(0, count, 1000):
-                await stack.set_many(
-                    CacheEntry(k, {"id": i}, {"tags": ["bulk", f"group:{i % 10}"]})
-                    for i, k in enumerate(keys[start : start + 1000], start)
+                await _resolve(
+                    stack.set_many(
+                        CacheEntry(k, {"id": i}, {"tags": ["bulk", f"group:{i % 10}"]})
+                        for i, k in enumerate(keys[start : start + 1000], start)
+                    )
                 )
             writes.append(time.perf_counter() - started)
-            await stack.set("other", "stays", tags=["other"])
+            await _resolve(stack.set("other", "stays", tags=["other"]))
 
             started = time.perf_counter()
-            found = await index.keys_for_tags(["bulk"])
+            found = await _resolve(index.keys_for_tags(["bulk"]))
             lookups.append(time.perf_counter() - started)
             if found != set(keys):
                 raise RuntimeError(f"keys_for_tags found {len(found)} of {count} keys")
 
             started = time.perf_counter()
-            removed = await stack.invalidate_by_tag("bulk")
+            removed = await _resolve(stack.invalidate_by_tag("bulk"))
             invalidations.append(time.perf_counter() - started)
             if removed != count:
                 raise RuntimeError(f"invalidate_by_tag removed {removed} of {count} keys")
-            if await redis_layer.size() != 1 or await stack.get("item:7") is not None:
+            survivors = await _resolve(redis_layer.size())
+            if survivors != 1 or await _resolve(stack.get("item:7")) is not None:
                 raise RuntimeError("tagged keys survived the invalidation")
-            if await stack.get("other") != "stays":
+            if await _resolve(stack.get("other")) != "stays":
                 raise RuntimeError("an untagged key was invalidated")
-            await stack.clear()
+            await _resolve(stack.clear())
         finally:
-            await stack.aclose()
-            await client.aclose()
+            await _close(stack)
+            await _close(client)
     return {
+        "kind": kind,
         "keys": count,
         "runs": settings.tag_runs,
         "invalidate_median": statistics.median(invalidations),
@@ -492,6 +629,14 @@ def _redis_cluster3() -> Iterator[Any]:
 # -- report ------------------------------------------------------------------------------------
 
 
+_STACK_NAMES = {"async": "CacheStack", "sync": "SyncCacheStack"}
+
+
+def _ratio(value: float, baseline: float | None) -> str:
+    """``value / baseline`` as ``0.00x`` (empty without an async baseline in the same run)."""
+    return f"{value / baseline:.2f}x" if baseline else ""
+
+
 def _markdown(document: dict[str, Any]) -> str:
     results = document["results"]
     settings = document["settings"]
@@ -499,68 +644,94 @@ def _markdown(document: dict[str, Any]) -> str:
     if results.get("single_flight"):
         sf = results["single_flight"]
         first = sf[0]
+        baseline = {r["coordinated"]: r["wall_median"] for r in sf if r["kind"] == "async"}
         out += [
             f"### Cross-process single-flight: {first['processes']} processes x "
             f"{first['callers']} concurrent callers, cold key, "
             f"{first['origin_delay'] * 1000:.0f} ms origin",
             "",
             f"Wall time: from the release of every process to the last caller's return; "
-            f"median of {settings['single_flight_runs']} runs.",
+            f"median of {settings['single_flight_runs']} runs. The sync callers are threads "
+            "started together by a `threading.Barrier`.",
             "",
-            "| configuration | origin fetches per run | wall time median (ms) | min … max (ms) |",
-            "| --- | --- | ---: | ---: |",
+            "| configuration | origin fetches per run | wall time median (ms) | min … max (ms) "
+            "| sync/async |",
+            "| --- | --- | ---: | ---: | ---: |",
         ]
         for row in sf:
+            stack = _STACK_NAMES[row["kind"]]
+            if row["kind"] == "sync":
+                stack += f" ({row['callers']} threads)"
             name = (
-                "CacheStack + RedisSingleFlightCoordinator"
+                f"{stack} + RedisSingleFlightCoordinator"
                 if row["coordinated"]
-                else "CacheStack, no coordinator (in-process single-flight only)"
+                else f"{stack}, no coordinator (in-process single-flight only)"
             )
+            ratio = _ratio(row["wall_median"], baseline.get(row["coordinated"]))
             out.append(
                 f"| {name} | {', '.join(str(f) for f in row['fetches'])} "
                 f"| {row['wall_median'] * 1000:.1f} "
-                f"| {row['wall_min'] * 1000:.1f} … {row['wall_max'] * 1000:.1f} |"
+                f"| {row['wall_min'] * 1000:.1f} … {row['wall_max'] * 1000:.1f} "
+                f"| {ratio if row['kind'] == 'sync' else ''} |"
             )
         out.append("")
     if results.get("propagation"):
         prop = results["propagation"]
+        baseline = {
+            r["operation"]: r["p50_ms"]
+            for r in prop["rows"]
+            if (r.get("writer", "async"), r.get("reader", "async")) == ("async", "async")
+        }
         out += [
             "### Invalidation propagation between two processes (signed bus)",
             "",
-            "| path | invalidations | p50 (ms) | p99 (ms) | max (ms) | A's call p50 (ms) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "A is the writing process, B the one whose `MemoryLayer` must lose the key. "
+            "The last column is p50 over the async → async p50 of the same operation.",
+            "",
+            "| path | invalidations | p50 (ms) | p99 (ms) | max (ms) | A's call p50 (ms) "
+            "| p50 / async p50 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in prop["rows"]:
+            writer = _STACK_NAMES[row.get("writer", "async")]
+            reader = _STACK_NAMES[row.get("reader", "async")]
             out.append(
-                f"| A `{row['operation']}()` → key gone from B's `MemoryLayer` "
-                f"| {row['count']} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} "
-                f"| {row['max_ms']:.3f} | {row['call_p50_ms']:.3f} |"
+                f"| {writer} A `{row['operation']}()` → key gone from {reader} B's "
+                f"`MemoryLayer` | {row['count']} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} "
+                f"| {row['max_ms']:.3f} | {row['call_p50_ms']:.3f} "
+                f"| {_ratio(row['p50_ms'], baseline.get(row['operation']))} |"
             )
         raw = prop.get("raw_bus")
         if raw:
             out.append(
-                f"| raw bus (bench.bus_latency: publish → `on_message`, signed, 1 key) "
+                f"| raw bus (bench.bus_latency: publish → `on_message`, signed, 1 key, async) "
                 f"| {raw['count']} | {raw['p50_ms']:.3f} | {raw['p99_ms']:.3f} "
-                f"| {raw['max_ms']:.3f} | |"
+                f"| {raw['max_ms']:.3f} | | |"
             )
         out.append("")
     if results.get("tags"):
         first = results["tags"][0]
+        baseline = {
+            r["backend"]: r["invalidate_median"] for r in results["tags"] if r["kind"] == "async"
+        }
         out += [
             f"### Tag invalidation of {first['keys']:,} tagged keys "
-            f"(CacheStack[MemoryLayer, RedisLayer] + RedisTagIndex)",
+            f"([MemoryLayer, RedisLayer] + RedisTagIndex)",
             "",
             f"Median of {first['runs']} runs.",
             "",
-            "| Redis | `invalidate_by_tag` (ms) | all runs (ms) | `keys_for_tags` (ms) "
-            "| writing the keys (`set_many`, s) |",
-            "| --- | ---: | --- | ---: | ---: |",
+            "| stack | Redis | `invalidate_by_tag` (ms) | all runs (ms) | `keys_for_tags` (ms) "
+            "| writing the keys (`set_many`, s) | sync/async |",
+            "| --- | --- | ---: | --- | ---: | ---: | ---: |",
         ]
         for row in results["tags"]:
             runs = ", ".join(f"{t * 1000:.0f}" for t in row["invalidate_all"])
+            ratio = _ratio(row["invalidate_median"], baseline.get(row["backend"]))
             out.append(
-                f"| {row['backend']} | {row['invalidate_median'] * 1000:.1f} | {runs} "
-                f"| {row['lookup_median'] * 1000:.1f} | {row['write_median']:.2f} |"
+                f"| {_STACK_NAMES[row['kind']]} | {row['backend']} "
+                f"| {row['invalidate_median'] * 1000:.1f} | {runs} "
+                f"| {row['lookup_median'] * 1000:.1f} | {row['write_median']:.2f} "
+                f"| {ratio if row['kind'] == 'sync' else ''} |"
             )
         out.append("")
     return "\n".join(out)
@@ -570,42 +741,62 @@ def _markdown(document: dict[str, Any]) -> str:
 
 
 async def _measure(
-    url: str, cluster: Any, settings: Settings, scenarios: Sequence[str]
+    url: str, cluster: Any, settings: Settings, scenarios: Sequence[str], kinds: Sequence[str]
 ) -> dict[str, Any]:
+    import redis
     import redis.asyncio
+    from redis.cluster import ClusterNode
 
     results: dict[str, Any] = {}
     if "singleflight" in scenarios:
         results["single_flight"] = []
         for coordinated in (True, False):
-            _log(f"single-flight, coordinator={'yes' if coordinated else 'no'}")
-            results["single_flight"].append(await single_flight(url, settings, coordinated))
+            for kind in kinds:
+                _log(f"single-flight, {kind}, coordinator={'yes' if coordinated else 'no'}")
+                results["single_flight"].append(
+                    await single_flight(url, settings, coordinated, kind)
+                )
     if "propagation" in scenarios:
         from bench import bus_latency
 
-        _log(f"propagation: {settings.invalidations} deletes + {settings.invalidations} sets")
-        results["propagation"] = await propagation(url, settings)
+        rows: list[dict[str, Any]] = []
+        for writer, reader in PAIRS:
+            if writer in kinds and reader in kinds:
+                _log(
+                    f"propagation {writer} -> {reader}: {settings.invalidations} deletes "
+                    f"+ {settings.invalidations} sets"
+                )
+                rows += (await propagation(url, settings, writer, reader))["rows"]
+        results["propagation"] = {"rows": rows}
         _log(f"raw bus: {settings.invalidations} signed single-key messages")
         results["propagation"]["raw_bus"] = await bus_latency.measure(
             url, count=settings.invalidations, signed=True, interval=settings.interval
         )
     if "tags" in scenarios:
+        results["tags"] = []
+        for kind in kinds:
 
-        async def single() -> Any:
-            return redis.asyncio.Redis.from_url(url)
+            async def single(kind: str = kind) -> Any:
+                return _redis_client(url, kind)
 
-        _log(f"tags: {settings.tag_keys} keys on a single server")
-        results["tags"] = [{"backend": "single server", **await tag_invalidation(single, settings)}]
-        if cluster is not None:
+            _log(f"tags, {kind}: {settings.tag_keys} keys on a single server")
+            results["tags"].append(
+                {"backend": "single server", **await tag_invalidation(single, settings, kind)}
+            )
+        for kind in kinds if cluster is not None else ():
 
-            async def clustered() -> Any:
+            async def clustered(kind: str = kind) -> Any:
+                if kind == "sync":
+                    # The sync client reads the slot map when it is built.
+                    nodes = [ClusterNode(host, port) for host, port in cluster.startup_nodes]
+                    return redis.RedisCluster(startup_nodes=nodes, socket_timeout=5)
                 client = cluster.async_client()
                 await client.initialize()  # see docs/distributed.md, "Start-up"
                 return client
 
-            _log(f"tags: {settings.tag_keys} keys on a 3-master cluster")
+            _log(f"tags, {kind}: {settings.tag_keys} keys on a 3-master cluster")
             results["tags"].append(
-                {"backend": "3-master cluster", **await tag_invalidation(clustered, settings)}
+                {"backend": "3-master cluster", **await tag_invalidation(clustered, settings, kind)}
             )
     return results
 
@@ -620,6 +811,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    kinds = tuple(args.kinds.split(","))
+    if set(kinds) - set(KINDS):
+        raise SystemExit(f"--kinds takes a subset of {','.join(KINDS)}")
     with contextlib.ExitStack() as exits:
         server = exits.enter_context(redis_server())
         _log(f"redis-server on {server.host}:{server.port}")
@@ -627,7 +821,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "tags" in scenarios and not args.skip_cluster:
             cluster = exits.enter_context(_redis_cluster3())
             _log(f"3-master cluster on {cluster.startup_nodes}")
-        results = asyncio.run(_measure(server.url, cluster, settings, scenarios))
+        results = asyncio.run(_measure(server.url, cluster, settings, scenarios, kinds))
     document: dict[str, Any] = {
         "environment": environment(),
         "settings": dataclasses.asdict(settings),
@@ -649,6 +843,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--only", metavar="LIST", help=f"subset of {','.join(SCENARIOS)}")
     parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        metavar="LIST",
+        help="stack kinds: async (CacheStack), sync (SyncCacheStack); default both",
+    )
+    parser.add_argument(
         "--skip-cluster", action="store_true", help="no 3-master cluster rows (needs redis-cli)"
     )
     # The worker processes' arguments.
@@ -662,6 +862,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--interval", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--operations", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", choices=KINDS, default="async", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

@@ -129,6 +129,7 @@ from .._options import CacheEntry
 from .._sync.stack import SyncCacheStack
 from .._types import InvalidationMessage
 from ..layers.memory import MemoryLayer
+from ._coordination import TAG_INDEXES, bus_kwargs, coordination_kwargs
 
 __all__ = ["LayerCacheBackend"]
 
@@ -152,15 +153,6 @@ _KNOWN_OPTIONS = frozenset(
         "SINGLE_FLIGHT",
     }
 )
-# INVALIDATION_BUS dict keys -> RedisInvalidationBus arguments.
-_BUS_OPTIONS = {
-    "CHANNEL": "channel",
-    "SIGNING_SECRET": "signing_secret",
-    "SOURCE_ID": "source_id",
-    "REPLAY_WINDOW": "replay_window",
-    "TIMEOUT": "timeout",
-}
-_TAG_INDEXES = ("redis", "memory")
 # Keys layercache would refuse (too long, control characters) are stored under a digest; the
 # marker also covers valid keys that happen to start with it, so the mapping stays injective.
 _HASHED = "#sha256:"
@@ -344,21 +336,10 @@ def _side_prefix(prefix: str, what: str) -> str:
 
 def _bus_options(value: Any, prefix: str) -> dict[str, Any] | None:
     """``INVALIDATION_BUS`` -> bus keyword arguments (``None``: no bus)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise ImproperlyConfigured(f"INVALIDATION_BUS must be True, False or a dict, not {value!r}")
-    unknown = set(value) - set(_BUS_OPTIONS)
-    if unknown:
-        raise ImproperlyConfigured(
-            f"unknown INVALIDATION_BUS keys: {', '.join(sorted(map(str, unknown)))} "
-            f"(known: {', '.join(sorted(_BUS_OPTIONS))})"
-        )
-    kwargs = {_BUS_OPTIONS[name]: item for name, item in value.items()}
-    kwargs.setdefault("channel", f"{prefix}invalidation")
-    return kwargs
+    try:
+        return bus_kwargs(value, "INVALIDATION_BUS", f"{prefix}invalidation")
+    except ValueError as exc:
+        raise ImproperlyConfigured(str(exc)) from exc
 
 
 def _check_options(options: Mapping[str, Any], remote: bool) -> tuple[str, bool]:
@@ -370,7 +351,7 @@ def _check_options(options: Mapping[str, Any], remote: bool) -> tuple[str, bool]
         )
     _bus_options(options.get("INVALIDATION_BUS"), "")  # its shape, before where it may work
     tag_index = options.get("TAG_INDEX", "redis" if remote else "memory")
-    if tag_index not in _TAG_INDEXES:
+    if tag_index not in TAG_INDEXES:
         raise ImproperlyConfigured(f"TAG_INDEX must be 'redis' or 'memory', not {tag_index!r}")
     single_flight = options.get("SINGLE_FLIGHT", False)
     if not isinstance(single_flight, bool):
@@ -433,33 +414,19 @@ def _coordination(
     asyncio side gets that bus's ``source_id`` and a publish-only bus.
     """
     prefix = options.get("PREFIX", "layercache:")
-    bus_kwargs = _bus_options(options.get("INVALIDATION_BUS"), prefix)
-    kwargs: dict[str, Any] = {}
-    if bus_kwargs is None and tag_index != "redis" and not flight:
-        return kwargs
-    from ..redis.bus import RedisInvalidationBus
-    from ..redis.single_flight import RedisSingleFlightCoordinator
-    from ..redis.tag_index import RedisTagIndex
-
+    bus = _bus_options(options.get("INVALIDATION_BUS"), prefix)
+    if bus is not None and source_id is not None:
+        bus["source_id"] = source_id
     try:
-        if bus_kwargs is not None:
-            # The factories return the sync twins when given a sync client.
-            if source_id is None:
-                bus: Any = RedisInvalidationBus(publisher=client, **bus_kwargs)
-            else:
-                bus_kwargs["source_id"] = source_id
-                bus = _PublishOnlyBus(RedisInvalidationBus(publisher=client, **bus_kwargs))
-            kwargs.update(invalidation_bus=bus, broadcast_l1_invalidation=True)
-        if tag_index == "redis":
-            tags_prefix = _side_prefix(prefix, "tag-index")
-            kwargs["tag_index"] = RedisTagIndex(client=client, prefix=tags_prefix)
-        if flight:
-            kwargs["single_flight_coordinator"] = RedisSingleFlightCoordinator(
-                client=client, prefix=_side_prefix(prefix, "single-flight")
-            )
+        return coordination_kwargs(
+            client,
+            bus=bus,
+            tag_index_prefix=_side_prefix(prefix, "tag-index") if tag_index == "redis" else None,
+            single_flight_prefix=_side_prefix(prefix, "single-flight") if flight else None,
+            wrap_bus=None if source_id is None else _PublishOnlyBus,
+        )
     except ValueError as exc:
         raise ImproperlyConfigured(f"LayerCacheBackend OPTIONS: {exc}") from exc
-    return kwargs
 
 
 def _side(

@@ -87,6 +87,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 from .._keys import validate_key, validate_prefix
 from .._sync.stack import SyncCacheStack
 from ..layers.memory import MemoryLayer
+from ._coordination import TAG_INDEXES, bus_kwargs, coordination_kwargs
 
 __all__ = ["LayerCache"]
 
@@ -100,16 +101,6 @@ DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _CREDENTIAL_HEADERS = ("Authorization", "Cookie")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-# LAYERCACHE_INVALIDATION_BUS dict keys -> RedisInvalidationBus arguments (the Django backend's
-# INVALIDATION_BUS keys; upper case like every Flask configuration key).
-_BUS_OPTIONS = {
-    "CHANNEL": "channel",
-    "SIGNING_SECRET": "signing_secret",
-    "SOURCE_ID": "source_id",
-    "REPLAY_WINDOW": "replay_window",
-    "TIMEOUT": "timeout",
-}
-_TAG_INDEXES = ("redis", "memory")
 # Stack options the coordination keys set: given both ways, which one wins would be a guess.
 _COORDINATION_OPTIONS = {
     "invalidation_bus": "LAYERCACHE_INVALIDATION_BUS",
@@ -164,7 +155,7 @@ class _Plan:
         if tag_index is None:
             # An explicit tag_index stack option keeps working as before.
             tag_index = "redis" if url and "tag_index" not in self.options else "memory"
-        elif tag_index not in _TAG_INDEXES:
+        elif tag_index not in TAG_INDEXES:
             raise ValueError(f"LAYERCACHE_TAG_INDEX must be 'redis' or 'memory', not {tag_index!r}")
         self.tag_index: str = tag_index
         single_flight = config.get("LAYERCACHE_SINGLE_FLIGHT", False)
@@ -213,29 +204,18 @@ class _Plan:
         """Stack keyword arguments of the Redis coordination components, on the Redis layer's
         client (decode_responses=False, socket timeouts): none of them owns a connection
         besides the bus's pub/sub one, which it closes."""
-        kwargs: dict[str, Any] = {}
-        if self.bus is None and self.tag_index != "redis" and not self.single_flight:
-            return kwargs
-        from ..redis.bus import RedisInvalidationBus
-        from ..redis.single_flight import RedisSingleFlightCoordinator
-        from ..redis.tag_index import RedisTagIndex
-
-        if self.bus is not None:
-            # The factories return the sync twins when given a sync client.
-            try:
-                bus = RedisInvalidationBus(publisher=client, **self.bus)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"LAYERCACHE_INVALIDATION_BUS: {exc}") from exc
-            kwargs.update(invalidation_bus=bus, broadcast_l1_invalidation=True)
-        if self.tag_index == "redis":
-            kwargs["tag_index"] = RedisTagIndex(
-                client=client, prefix=_side_name(self.prefix, "tag-index")
+        redis_tags = self.tag_index == "redis"
+        try:
+            return coordination_kwargs(
+                client,
+                bus=self.bus,
+                tag_index_prefix=_side_name(self.prefix, "tag-index") if redis_tags else None,
+                single_flight_prefix=(
+                    _side_name(self.prefix, "single-flight") if self.single_flight else None
+                ),
             )
-        if self.single_flight:
-            kwargs["single_flight_coordinator"] = RedisSingleFlightCoordinator(
-                client=client, prefix=_side_name(self.prefix, "single-flight")
-            )
-        return kwargs
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"LAYERCACHE_INVALIDATION_BUS: {exc}") from exc
 
 
 class _AppState:
@@ -585,23 +565,7 @@ def _side_name(prefix: str, what: str) -> str:
 
 def _bus_options(value: Any, prefix: str) -> dict[str, Any] | None:
     """``LAYERCACHE_INVALIDATION_BUS`` -> bus keyword arguments (``None``: no bus)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise ValueError(
-            f"LAYERCACHE_INVALIDATION_BUS must be True, False or a dict, not {value!r}"
-        )
-    unknown = set(value) - set(_BUS_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown LAYERCACHE_INVALIDATION_BUS keys: {', '.join(sorted(map(str, unknown)))} "
-            f"(known: {', '.join(sorted(_BUS_OPTIONS))})"
-        )
-    kwargs = {_BUS_OPTIONS[name]: item for name, item in value.items()}
-    kwargs.setdefault("channel", _side_name(prefix, "invalidation"))
-    return kwargs
+    return bus_kwargs(value, "LAYERCACHE_INVALIDATION_BUS", _side_name(prefix, "invalidation"))
 
 
 def _request_key(prefix: str, req: Request, key_resolver: Callable[[Request], str] | None) -> str:
