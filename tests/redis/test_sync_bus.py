@@ -487,6 +487,32 @@ def test_start_reports_an_unreachable_server_and_keeps_trying(
     assert recorder.reconnects == 1
 
 
+def test_start_is_bounded_even_on_a_client_without_socket_timeouts(
+    make_bus: BusFactory, make_client: ClientFactory, redis_proxy: TcpProxy
+) -> None:
+    # A blackholed server and a client with no socket timeouts: the subscriber thread hangs in
+    # the driver, but start() (and so the first operation of a stack) still returns in time.
+    hanging = make_client(
+        port=redis_proxy.port,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=None,
+        socket_connect_timeout=None,
+    )
+    bus = make_bus(subscriber=hanging, reconnect_backoff=(0.02, 0.2), timeout=0.5)
+    recorder = Recorder()
+    redis_proxy.cut("blackhole")
+    began = time.monotonic()
+    with pytest.raises(CacheLayerError) as raised:
+        recorder.start(bus)
+    assert time.monotonic() - began < 5.0  # 2 x timeout + one read slice, with room
+    assert (raised.value.layer, raised.value.operation) == ("bus", "subscribe")
+    # Restoring resets the connection the thread hung on; it reconnects by itself, and that
+    # late first subscription counts as a reconnect (the stack drops its local layers).
+    redis_proxy.restore()
+    eventually(lambda: recorder.reconnects == 1)
+    assert bus.is_subscribed
+
+
 # -- closing -----------------------------------------------------------------------------------
 
 

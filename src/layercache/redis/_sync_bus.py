@@ -46,7 +46,7 @@ from .._sync._primitives import (
     new_future,
     spawn,
     stop_spawned,
-    wait_future,
+    wait_future_for,
     wait_signal,
 )
 from .._exceptions import CacheLayerError
@@ -294,7 +294,19 @@ class SyncRedisInvalidationBus:
                 waiter = self._start_waiter = new_future()
             if not is_running(self._task):
                 self._task = spawn(self._run, f"layercache-bus:{self._channel_name}")
-        wait_future(waiter)
+        try:
+            # Each step of subscribing is bounded by ``timeout`` already; this bounds the
+            # whole wait too, even when a driver call ignores its bound (in the sync twin: a
+            # client built without socket timeouts against a blackholed server).
+            wait_future_for(waiter, 2 * self.timeout + _MAX_POLL)
+        except TimeoutError as exc:
+            if self._start_waiter is waiter:
+                # The subscription that finally succeeds is then a re-subscribe: the stack
+                # drops its local layers (it ran without invalidations until then).
+                self._start_waiter = None
+            raise CacheLayerError(
+                "bus", "subscribe", f"not subscribed within {2 * self.timeout + _MAX_POLL:g}s"
+            ) from exc
 
     def close(self) -> None:
         """Stop the subscriber (closing its connection). Idempotent; clients are not closed."""
