@@ -55,7 +55,13 @@ def policy_ttl(policy: Any, key: str, value: Any, now: float, tz: _dt.tzinfo) ->
             candidate = wall.replace(fold=fold)
             stamp = candidate.timestamp()
             shown = _dt.datetime.fromtimestamp(stamp, tz)
-            if stamp > now and shown.replace(tzinfo=None) == wall.replace(tzinfo=None):
+            if stamp <= now:
+                continue
+            exists = shown.replace(tzinfo=None) == wall.replace(tzinfo=None)
+            # A wall hour skipped in part (Lord Howe springs from 02:00 to 02:30) starts at
+            # the transition itself: the first instant whose clock shows that hour.
+            starts_hour = _dt.datetime.fromtimestamp(stamp - 1, tz).hour != shown.hour
+            if exists or starts_hour:
                 best = stamp if best is None else min(best, stamp)
     if best is None:  # pragma: no cover - no zone skips three hours at once
         return 3600.0

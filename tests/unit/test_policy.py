@@ -230,7 +230,8 @@ def test_until_midnight_is_the_next_local_midnight(now: float, zone: str) -> Non
 def test_next_hour_without_dst(now: float, zone: str) -> None:
     tz = ZoneInfo(zone)
     ttl = policy_ttl("next-hour", "k", 1, now, tz)
-    assert 0 < ttl <= 3600
+    # An hour lasts 90 minutes where Lord Howe falls back half an hour (01:00 to 02:00 LHST).
+    assert 0 < ttl <= (5400 if zone == "Australia/Lord_Howe" else 3600)
     assert now + ttl == _next_boundary(now, tz, "next-hour")
 
 
@@ -245,13 +246,18 @@ WHOLE_HOUR_DST_ZONES = DST_ZONES
 @example(now=utc("2024-10-27T00:00:40"), zone="Europe/Berlin")
 @example(now=utc("2024-11-03T05:00:01"), zone="America/New_York")
 @example(now=utc("2024-04-07T02:30:00"), zone="America/Santiago")
+# Lord Howe springs forward half an hour (02:00 -> 02:30): hour 02 starts at the change.
+@example(now=utc("2024-10-05T14:30:00"), zone="Australia/Lord_Howe")
+@example(now=utc("2024-10-05T15:00:00"), zone="Australia/Lord_Howe")
+@example(now=utc("2024-04-06T14:00:00"), zone="Australia/Lord_Howe")  # the 90-minute hour
 # Second pass, and the skipped hour.
 @example(now=utc("2024-10-27T01:30:00"), zone="Europe/Berlin")
 @example(now=utc("2024-03-31T00:59:59"), zone="Europe/Berlin")
 def test_next_hour_with_dst(now: float, zone: str) -> None:
     tz = ZoneInfo(zone)
     ttl = policy_ttl("next-hour", "k", 1, now, tz)
-    assert 0 < ttl <= 3600
+    # An hour lasts 90 minutes where Lord Howe falls back half an hour (01:00 to 02:00 LHST).
+    assert 0 < ttl <= (5400 if zone == "Australia/Lord_Howe" else 3600)
     assert now + ttl == _next_boundary(now, tz, "next-hour")
 
 
