@@ -42,6 +42,11 @@ _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _COMPRESSION_EXTRA = "pip install 'layercache-py[compression]'"
 
 
+class UnserializableValueError(TypeError):
+    """The serializer cannot encode a value: the caller's error, not a failure of the layer
+    (the stack passes it through unchanged and never degrades a layer for it)."""
+
+
 class CorruptEntryError(ValueError):
     """Stored bytes are not a valid entry (foreign, damaged, truncated, or too large)."""
 
@@ -142,18 +147,23 @@ class EntryCodec:
         """Encode ``entry`` (header + possibly compressed serialized body).
 
         Raises:
-            TypeError: If the entry's value cannot be serialized.
+            UnserializableValueError: If the entry's value cannot be serialized.
         """
-        body = self.serializer.dumps(
-            [
-                entry.value,
-                entry.stored_at,
-                entry.fresh_until,
-                entry.stale_until,
-                entry.error_until,
-                list(entry.tags),
-            ]
-        )
+        try:
+            body = self.serializer.dumps(
+                [
+                    entry.value,
+                    entry.stored_at,
+                    entry.fresh_until,
+                    entry.stale_until,
+                    entry.error_until,
+                    list(entry.tags),
+                ]
+            )
+        except Exception as exc:
+            raise UnserializableValueError(
+                f"the value cannot be serialized by {type(self.serializer).__name__}: {exc!r}"
+            ) from exc
         method = _NONE
         if self._compression_id != _NONE and len(body) >= self.compression_threshold:
             packed = self._compress(body)

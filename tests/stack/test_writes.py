@@ -158,3 +158,24 @@ async def test_invalidate_by_prefix(env: StackEnv) -> None:
     await _all_absent(env, "🎉x", "🎉y")
     assert await env.layer_values("user:2") == ["user:2"] * len(env.layers)
     assert ABSENT not in await env.layer_values("ab")
+
+
+async def test_a_value_the_lower_layer_cannot_serialize_is_the_callers_error(
+    build_layered,  # type: ignore[no-untyped-def]
+) -> None:
+    # A TypeError for the caller, not a failure of the layer: even under graceful degradation
+    # the layer stays in service (a later write reaches it), and no layer keeps the rejected
+    # value, so every reader goes on reading the old one.
+    env: StackEnv = await build_layered(graceful_degradation=True)
+    lower = env.layers[1].name
+    await env.cache.set("k", "old")
+    await env.cache.set_many([("m", "old")])
+    with pytest.raises(TypeError, match="cannot be serialized"):
+        await env.cache.set("k", object())
+    with pytest.raises(TypeError, match="cannot be serialized"):
+        await env.cache.set_many([("m", object()), ("other", "fine")])
+    for key in ("k", "m"):
+        assert await env.in_layers(key) == [lower]
+        assert await env.cache.get(key) == "old"
+    await env.cache.set("after", "good")
+    assert await env.in_layers("after") == [layer.name for layer in env.layers]

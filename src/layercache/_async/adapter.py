@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
+from .._codec import UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
 from ._primitives import Cancelled, bind_method, gather, is_async_callable, stack_layer
@@ -97,8 +98,8 @@ class LayerAdapter:
         """Run ``fn`` and translate driver failures into ``CacheLayerError``."""
         try:
             return await fn(*args)
-        except LayerCacheError:
-            raise
+        except (LayerCacheError, UnserializableValueError):
+            raise  # already translated, or the caller's value at fault (not the layer)
         except Cancelled:
             raise
         except Exception as exc:

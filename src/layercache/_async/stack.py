@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast, overload
 
 from .._circuit import CircuitRegistry
@@ -1423,10 +1423,18 @@ class CacheStack:
         skipped = [a for a, e in plan if e is None]
         by_name = {a.name: e for a, e in writes}
 
+        rejected: set[str] = set()
+
         async def write(adapter: LayerAdapter) -> None:
             entry = by_name[adapter.name]
             assert entry is not None
-            await adapter.set(key, entry, entry.storage_ttl(now))
+            try:
+                await adapter.set(key, entry, entry.storage_ttl(now))
+            except LayerCacheError:
+                raise
+            except Exception:
+                rejected.add(adapter.name)
+                raise
 
         async def drop(adapter: LayerAdapter) -> None:
             await adapter.delete(key)
@@ -1451,9 +1459,15 @@ class CacheStack:
             skipped = [a for a in skipped if a.is_local]
             await behind.put(key, ("set", queued))
         wrote_directly = len(remote) < len(writes)
-        await self._for_layers(
-            "set", remote, write, ("delete", (key,)), succeeded_elsewhere=wrote_directly
-        )
+        try:
+            await self._for_layers(
+                "set", remote, write, ("delete", (key,)), succeeded_elsewhere=wrote_directly
+            )
+        except LayerCacheError:
+            raise
+        except Exception:
+            await self._forget_rejected([key], rejected)
+            raise
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
             await self._for_layers("set", skipped, drop, ("delete", (key,)))
@@ -1512,9 +1526,17 @@ class CacheStack:
                 else:
                     per_layer[adapter.name].append((key, entry, entry.storage_ttl(now)))
 
+        rejected: set[str] = set()
+
         async def write(adapter: LayerAdapter) -> None:
-            if per_layer[adapter.name]:
-                await adapter.set_many(per_layer[adapter.name])
+            try:
+                if per_layer[adapter.name]:
+                    await adapter.set_many(per_layer[adapter.name])
+            except LayerCacheError:
+                raise
+            except Exception:
+                rejected.add(adapter.name)
+                raise
             if dropped[adapter.name]:
                 await adapter.delete_many(dropped[adapter.name])
 
@@ -1531,7 +1553,13 @@ class CacheStack:
             for key, payload in queued.items():
                 await behind.put(key, ("set", payload))
             layers = [a for a in layers if a.is_local]
-        await self._for_layers("set_many", layers, write, ("delete", tuple(written)))
+        try:
+            await self._for_layers("set_many", layers, write, ("delete", tuple(written)))
+        except LayerCacheError:
+            raise
+        except Exception:
+            await self._forget_rejected(sorted(written), rejected)
+            raise
         evicted: list[str] = []
         expiries: dict[str, float | None] = {}
         for planned in per_layer.values():
@@ -1555,6 +1583,19 @@ class CacheStack:
             for key, _, _ in items:
                 self._events.emit("set", {"key": key})
         await self._publish("keys", "set", [key for key, _, _ in items])
+
+    async def _forget_rejected(self, keys: Sequence[str], rejected: Collection[str]) -> None:
+        """A layer refused the value itself (it cannot serialize it: the caller's error, not a
+        layer failure, so no layer is degraded for it). The layers that refused keep what they
+        had; the others (the memory layer, written first) drop the keys, so every reader, in
+        this instance and the others, goes on reading the value the refusing layer holds, as
+        if the write had not happened."""
+        layers = [a for a in self._layers if a.name not in rejected]
+        for adapter in layers:
+            try:
+                await adapter.delete_many(list(keys))
+            except LayerCacheError as exc:
+                self._report(exc, operation="set.rollback", layer=adapter.name)
 
     async def _delete_everywhere(self, keys: Sequence[str]) -> None:
         if not keys:

@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
     ) from exc
 
-from .._codec import CorruptEntryError, EntryCodec
+from .._codec import CorruptEntryError, EntryCodec, UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError
 from .._glob import glob_match
@@ -201,7 +201,7 @@ class SyncRedisLayer:
         """The one place where driver failures become ``CacheLayerError``."""
         try:
             yield
-        except CacheLayerError:
+        except (CacheLayerError, UnserializableValueError):
             raise
         except _DRIVER_ERRORS as exc:
             raise CacheLayerError(self.name, operation) from exc
@@ -243,10 +243,13 @@ class SyncRedisLayer:
     def _encode(self, entry: Entry, operation: str) -> bytes:
         try:
             return self._codec.encode(entry)
-        except Exception as exc:
-            raise CacheLayerError(
-                self.name, operation, f"value cannot be serialized: {exc}"
-            ) from exc
+        except UnserializableValueError as exc:
+            # The caller's value, not this layer, is at fault: not a CacheLayerError, so the
+            # stack never takes a healthy Redis out of service for it (graceful degradation)
+            # and the caller always hears of it.
+            raise UnserializableValueError(f"layer {self.name!r} ({operation}): {exc}") from (
+                exc.__cause__ or exc
+            )
 
     def _scan(self, match: bytes) -> Iterator[bytes]:
         # scan_iter walks every primary of a cluster client, and one server otherwise.
@@ -283,7 +286,8 @@ class SyncRedisLayer:
         """Store ``entry`` for ``ttl`` seconds (``None``: no expiry; ``<= 0``: delete it).
 
         Raises:
-            CacheLayerError: If Redis fails, or the value cannot be serialized.
+            CacheLayerError: If Redis fails.
+            TypeError: If the value cannot be serialized.
         """
         if self._cluster_pending:
             self._initialize_cluster()
@@ -356,7 +360,8 @@ class SyncRedisLayer:
         """Store several entries in one pipeline (not a transaction).
 
         Raises:
-            CacheLayerError: If Redis fails, or a value cannot be serialized.
+            CacheLayerError: If Redis fails.
+            TypeError: If a value cannot be serialized.
         """
         if self._cluster_pending:
             self._initialize_cluster()

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
     ) from exc
 
-from .._codec import CorruptEntryError, EntryCodec
+from .._codec import CorruptEntryError, EntryCodec, UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError
 from .._glob import glob_match
@@ -230,7 +230,7 @@ class RedisLayer:
         """The one place where driver failures become ``CacheLayerError``."""
         try:
             yield
-        except CacheLayerError:
+        except (CacheLayerError, UnserializableValueError):
             raise
         except _DRIVER_ERRORS as exc:
             raise CacheLayerError(self.name, operation) from exc
@@ -272,10 +272,13 @@ class RedisLayer:
     def _encode(self, entry: Entry, operation: str) -> bytes:
         try:
             return self._codec.encode(entry)
-        except Exception as exc:
-            raise CacheLayerError(
-                self.name, operation, f"value cannot be serialized: {exc}"
-            ) from exc
+        except UnserializableValueError as exc:
+            # The caller's value, not this layer, is at fault: not a CacheLayerError, so the
+            # stack never takes a healthy Redis out of service for it (graceful degradation)
+            # and the caller always hears of it.
+            raise UnserializableValueError(f"layer {self.name!r} ({operation}): {exc}") from (
+                exc.__cause__ or exc
+            )
 
     async def _scan(self, match: bytes) -> AsyncIterator[bytes]:
         # scan_iter walks every primary of a cluster client, and one server otherwise.
@@ -312,7 +315,8 @@ class RedisLayer:
         """Store ``entry`` for ``ttl`` seconds (``None``: no expiry; ``<= 0``: delete it).
 
         Raises:
-            CacheLayerError: If Redis fails, or the value cannot be serialized.
+            CacheLayerError: If Redis fails.
+            TypeError: If the value cannot be serialized.
         """
         if self._cluster_pending:
             await self._initialize_cluster()
@@ -385,7 +389,8 @@ class RedisLayer:
         """Store several entries in one pipeline (not a transaction).
 
         Raises:
-            CacheLayerError: If Redis fails, or a value cannot be serialized.
+            CacheLayerError: If Redis fails.
+            TypeError: If a value cannot be serialized.
         """
         if self._cluster_pending:
             await self._initialize_cluster()

@@ -159,3 +159,24 @@ def test_invalidate_by_prefix(env: StackEnv) -> None:
     _all_absent(env, "🎉x", "🎉y")
     assert env.layer_values("user:2") == ["user:2"] * len(env.layers)
     assert ABSENT not in env.layer_values("ab")
+
+
+def test_a_value_the_lower_layer_cannot_serialize_is_the_callers_error(
+    build_layered,  # type: ignore[no-untyped-def]
+) -> None:
+    # A TypeError for the caller, not a failure of the layer: even under graceful degradation
+    # the layer stays in service (a later write reaches it), and no layer keeps the rejected
+    # value, so every reader goes on reading the old one.
+    env: StackEnv = build_layered(graceful_degradation=True)
+    lower = env.layers[1].name
+    env.cache.set("k", "old")
+    env.cache.set_many([("m", "old")])
+    with pytest.raises(TypeError, match="cannot be serialized"):
+        env.cache.set("k", object())
+    with pytest.raises(TypeError, match="cannot be serialized"):
+        env.cache.set_many([("m", object()), ("other", "fine")])
+    for key in ("k", "m"):
+        assert env.in_layers(key) == [lower]
+        assert env.cache.get(key) == "old"
+    env.cache.set("after", "good")
+    assert env.in_layers("after") == [layer.name for layer in env.layers]
