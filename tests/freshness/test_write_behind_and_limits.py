@@ -15,6 +15,7 @@ from layercache import (
     MemoryLayer,
     RateLimit,
 )
+from layercache._codec import EntryCodec
 
 
 class RemoteDict:
@@ -186,3 +187,35 @@ async def test_a_full_fetcher_queue_fails_fast() -> None:
     release.set()
     assert await join(first) == 1
     assert await join(second) == 1
+
+
+class SerializingRemote(RemoteDict):
+    """A remote layer that serializes like the built-in ones (JSON: arbitrary objects fail)."""
+
+    async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        EntryCodec().encode(entry)
+        await super().set(key, entry, ttl)
+
+    async def set_many(self, items: list[tuple[str, Entry, float | None]]) -> None:
+        for _, entry, _ in items:
+            EntryCodec().encode(entry)
+        await super().set_many(items)
+
+
+async def test_a_value_the_remote_cannot_serialize_does_not_block_the_queue() -> None:
+    # Retrying the batch would fail the same way forever: the other writes land, the rejected
+    # key is removed everywhere (the caller's set returned long ago), and it is reported.
+    remote = SerializingRemote()
+    remote.data["bad"] = Entry("old", 0.0, None)
+    cache = behind_stack(remote, flush_interval=60)
+    errors: list[Any] = []
+    cache.on("error", errors.append)
+    await cache.set("good", 1)
+    await cache.set("bad", object())
+    await cache.set("good2", 2)
+    await cache.aclose()  # flushes the batch
+    assert sorted(remote.data) == ["good", "good2"]
+    assert cache.layers[0].get("bad") is None
+    assert [(e["context"]["operation"], e["context"]["key"]) for e in errors] == [
+        ("write_behind", "bad")
+    ]

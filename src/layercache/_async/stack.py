@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from typing import Any, Literal, TypeVar, cast, overload
 
 from .._circuit import CircuitRegistry
+from .._codec import UnserializableValueError
 from .._entry import Entry
 from .._events import EventHub
 from .._exceptions import (
@@ -1628,9 +1629,23 @@ class CacheStack:
                 else:
                     sets[adapter.name].append((key, item[0], item[1]))
 
+        rejected: list[str] = []
+
         async def apply(adapter: LayerAdapter) -> None:
-            if sets[adapter.name]:
-                await adapter.set_many(sets[adapter.name])
+            items = sets[adapter.name]
+            if items:
+                try:
+                    await adapter.set_many(items)
+                except UnserializableValueError:
+                    # One value the layer cannot serialize must not block the queue forever
+                    # (a retried batch would fail the same way): write the others one by one
+                    # and remove the rejected keys everywhere (below).
+                    for key, entry, ttl in items:
+                        try:
+                            await adapter.set(key, entry, ttl)
+                        except UnserializableValueError as exc:
+                            rejected.append(key)
+                            self._report(exc, operation="write_behind", key=key)
             if deletes[adapter.name]:
                 await adapter.delete_many(deletes[adapter.name])
 
@@ -1638,6 +1653,10 @@ class CacheStack:
         # Raises only when the write policy says the batch failed; the queue then keeps it
         # for a retry (under graceful degradation a down layer remembers it for replay).
         await self._for_layers("write_behind", targets, apply, ("delete", keys))
+        if rejected:
+            # The caller's set returned long ago, and this instance's memory layer holds the
+            # value: drop it from every layer, so that every instance reads the key afresh.
+            await self._forget_rejected(sorted(set(rejected)), ())
 
     def _queued_read(self, adapter: LayerAdapter, key: str) -> tuple[bool, Entry | None]:
         """A pending write-behind operation answers reads of non-local layers first."""

@@ -18,6 +18,7 @@ from layercache import (
     RateLimit,
     SyncCacheStack,
 )
+from layercache._codec import EntryCodec
 
 
 class RemoteDict:
@@ -193,3 +194,35 @@ def test_a_full_fetcher_queue_fails_fast() -> None:
     release.set()
     assert join(first) == 1
     assert join(second) == 1
+
+
+class SerializingRemote(RemoteDict):
+    """A remote layer that serializes like the built-in ones (JSON: arbitrary objects fail)."""
+
+    def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        EntryCodec().encode(entry)
+        super().set(key, entry, ttl)
+
+    def set_many(self, items: list[tuple[str, Entry, float | None]]) -> None:
+        for _, entry, _ in items:
+            EntryCodec().encode(entry)
+        super().set_many(items)
+
+
+def test_a_value_the_remote_cannot_serialize_does_not_block_the_queue() -> None:
+    # Retrying the batch would fail the same way forever: the other writes land, the rejected
+    # key is removed everywhere (the caller's set returned long ago), and it is reported.
+    remote = SerializingRemote()
+    remote.data["bad"] = Entry("old", 0.0, None)
+    cache = behind_stack(remote, flush_interval=60)
+    errors: list[Any] = []
+    cache.on("error", errors.append)
+    cache.set("good", 1)
+    cache.set("bad", object())
+    cache.set("good2", 2)
+    cache.close()  # flushes the batch
+    assert sorted(remote.data) == ["good", "good2"]
+    assert cache.layers[0].get("bad") is None
+    assert [(e["context"]["operation"], e["context"]["key"]) for e in errors] == [
+        ("write_behind", "bad")
+    ]
