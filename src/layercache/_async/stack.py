@@ -1424,17 +1424,15 @@ class CacheStack:
         skipped = [a for a, e in plan if e is None]
         by_name = {a.name: e for a, e in writes}
 
-        rejected: set[str] = set()
+        failed: set[str] = set()
 
         async def write(adapter: LayerAdapter) -> None:
             entry = by_name[adapter.name]
             assert entry is not None
             try:
                 await adapter.set(key, entry, entry.storage_ttl(now))
-            except LayerCacheError:
-                raise
             except Exception:
-                rejected.add(adapter.name)
+                failed.add(adapter.name)
                 raise
 
         async def drop(adapter: LayerAdapter) -> None:
@@ -1464,10 +1462,8 @@ class CacheStack:
             await self._for_layers(
                 "set", remote, write, ("delete", (key,)), succeeded_elsewhere=wrote_directly
             )
-        except LayerCacheError:
-            raise
         except Exception:
-            await self._forget_rejected([key], rejected)
+            await self._forget_failed_write([key], failed)
             raise
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
@@ -1527,16 +1523,14 @@ class CacheStack:
                 else:
                     per_layer[adapter.name].append((key, entry, entry.storage_ttl(now)))
 
-        rejected: set[str] = set()
+        failed: set[str] = set()
 
         async def write(adapter: LayerAdapter) -> None:
             try:
                 if per_layer[adapter.name]:
                     await adapter.set_many(per_layer[adapter.name])
-            except LayerCacheError:
-                raise
             except Exception:
-                rejected.add(adapter.name)
+                failed.add(adapter.name)
                 raise
             if dropped[adapter.name]:
                 await adapter.delete_many(dropped[adapter.name])
@@ -1556,10 +1550,8 @@ class CacheStack:
             layers = [a for a in layers if a.is_local]
         try:
             await self._for_layers("set_many", layers, write, ("delete", tuple(written)))
-        except LayerCacheError:
-            raise
         except Exception:
-            await self._forget_rejected(sorted(written), rejected)
+            await self._forget_failed_write(sorted(written), failed)
             raise
         evicted: list[str] = []
         expiries: dict[str, float | None] = {}
@@ -1585,13 +1577,13 @@ class CacheStack:
                 self._events.emit("set", {"key": key})
         await self._publish("keys", "set", [key for key, _, _ in items])
 
-    async def _forget_rejected(self, keys: Sequence[str], rejected: Collection[str]) -> None:
-        """A layer refused the value itself (it cannot serialize it: the caller's error, not a
-        layer failure, so no layer is degraded for it). The layers that refused keep what they
-        had; the others (the memory layer, written first) drop the keys, so every reader, in
-        this instance and the others, goes on reading the value the refusing layer holds, as
-        if the write had not happened."""
-        layers = [a for a in self._layers if a.name not in rejected]
+    async def _forget_failed_write(self, keys: Sequence[str], failed: Collection[str]) -> None:
+        """A write raised to its caller: a layer failed under the strict write policy, or
+        refused the value itself (one it cannot serialize: the caller's error, for which no
+        layer is degraded). The layers that failed keep what they had; the others (the memory
+        layer, written first) drop the keys, so that no reader, in this instance or another,
+        sees a value the caller was told was not stored."""
+        layers = [a for a in self._layers if a.name not in failed]
         for adapter in layers:
             try:
                 await adapter.delete_many(list(keys))
@@ -1656,7 +1648,7 @@ class CacheStack:
         if rejected:
             # The caller's set returned long ago, and this instance's memory layer holds the
             # value: drop it from every layer, so that every instance reads the key afresh.
-            await self._forget_rejected(sorted(set(rejected)), ())
+            await self._forget_failed_write(sorted(set(rejected)), ())
 
     def _queued_read(self, adapter: LayerAdapter, key: str) -> tuple[bool, Entry | None]:
         """A pending write-behind operation answers reads of non-local layers first."""

@@ -714,24 +714,8 @@ class _Engine:
             yield _Call("stack", "delete", (key,))
         else:
             # Values are boxed in a one-item list so that a cached None differs from a miss.
-            call = _Call("stack", "set", (key, [value]), self.write_kwargs(seconds, tags))
-            yield from self._failed_write_forgotten(call, (key,))
-
-    def _failed_write_forgotten(self, call: _Call, keys: Iterable[str]) -> _Steps[None]:
-        """Run the write ``call``; if it raises, drop ``keys`` from the memory layer.
-
-        A strict write that fails in a Redis layer (a value its serializer cannot encode, a
-        connection error) has already stored the value in memory: this process would then
-        serve a value the write reported as failed, while Redis and every other process keep
-        the old one. Django's backends change nothing on a failed write; dropping the memory
-        copy leaves what Redis holds as the value.
-        """
-        try:
-            yield call
-        except CacheLayerError:
-            if self.remote_sync:
-                self.memory.delete_many(list(keys))
-            raise
+            # A write that raises leaves no layer holding the value (the stack drops it).
+            yield _Call("stack", "set", (key, [value]), self.write_kwargs(seconds, tags))
 
     def add(
         self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
@@ -772,10 +756,9 @@ class _Engine:
             yield _Call("stack", "delete_many", ([k for k, _ in items],))
             return []
         kwargs = self.write_kwargs(seconds, tags)
-        call = _Call(
+        yield _Call(
             "stack", "set_many", ([CacheEntry(k, [v], options=kwargs or None) for k, v in items],)
         )
-        yield from self._failed_write_forgotten(call, [k for k, _ in items])
         return []
 
     def get_or_set(self, stack_key: str, default: Any, seconds: float | None) -> _Steps[Any]:

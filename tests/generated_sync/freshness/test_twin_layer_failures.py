@@ -77,6 +77,32 @@ def test_strict_write_failure_is_a_cache_layer_error(
     assert isinstance(info.value.__cause__, LayerDown)
 
 
+@pytest.mark.parametrize("operation", ["set", "set_many"])
+def test_a_strict_write_that_fails_leaves_no_layer_holding_the_value(
+    clock: ManualClock, closing: list[SyncCacheStack], operation: str
+) -> None:
+    # The caller is told the write failed: the memory layer, written first, must not go on
+    # serving the new value while the failed layer (and every other instance) has the old one.
+    memory = MemoryLayer(clock=clock)
+    flaky = FlakyLayer()
+    cache = _stack(clock, closing, memory, flaky)
+    cache.set("k", "old")
+    flaky.down(operation)
+
+    def write() -> None:
+        if operation == "set":
+            cache.set("k", "new")
+        else:
+            cache.set_many([("k", "new")])
+
+    with pytest.raises(CacheLayerError):
+        write()
+    assert memory.get("k") is None
+    flaky.up()
+    assert flaky.data["k"].value == "old"
+    assert cache.get("k") == "old"
+
+
 @pytest.mark.redis
 def test_strict_mode_reports_a_stopped_redis(
     redis_clean: Any, clock: ManualClock, closing: list[SyncCacheStack]
