@@ -30,6 +30,7 @@ __all__ = [
     "new_flight_lock",
     "new_future",
     "new_workers",
+    "pause",
     "spawn",
     "stack_layer",
     "stop_spawned",
@@ -144,15 +145,22 @@ async def wait_future(future: asyncio.Future[Any]) -> Any:
     return await asyncio.shield(future)
 
 
-async def wait_future_for(future: asyncio.Future[Any], timeout: float) -> Any:
-    """:func:`wait_future` for at most ``timeout`` seconds (then the builtin ``TimeoutError``;
-    the future goes on for the others)."""
+async def _wait_for(awaitable: Awaitable[T], timeout: float) -> T:
+    """``asyncio.wait_for`` raising the builtin ``TimeoutError`` (Python 3.10's
+    ``asyncio.TimeoutError`` is its own class; from 3.11 on it is the builtin, and a
+    ``TimeoutError`` the awaitable raised itself passes through unchanged)."""
     try:
-        return await asyncio.wait_for(asyncio.shield(future), timeout)
+        return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         if _TIMEOUT_IS_BUILTIN:
             raise
         raise TimeoutError from None
+
+
+async def wait_future_for(future: asyncio.Future[Any], timeout: float) -> Any:
+    """:func:`wait_future` for at most ``timeout`` seconds (then the builtin ``TimeoutError``;
+    the future goes on for the others)."""
+    return await _wait_for(asyncio.shield(future), timeout)
 
 
 async def wait_launched(handles: Sequence[asyncio.Task[Any]], timeout: float) -> None:
@@ -192,14 +200,7 @@ def new_workers(name: str) -> Workers:
 
 async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float, workers: Workers) -> T:
     """``await thunk()`` bounded by ``timeout``; raises the builtin ``TimeoutError``."""
-    try:
-        return await asyncio.wait_for(thunk(), timeout)
-    except asyncio.TimeoutError:
-        # Python 3.10's asyncio.TimeoutError is its own class (from 3.11 on it is the builtin,
-        # and a TimeoutError the thunk raised itself passes through unchanged).
-        if _TIMEOUT_IS_BUILTIN:
-            raise
-        raise TimeoutError from None
+    return await _wait_for(thunk(), timeout)
 
 
 def new_flight_lock() -> contextlib.nullcontext[None]:
@@ -238,6 +239,11 @@ async def stop_spawned(handle: asyncio.Task[None], timeout: float) -> None:
     # asyncio.wait never raises the task's own CancelledError, so cancelling *this* task while
     # it waits still propagates instead of being swallowed.
     await asyncio.wait({handle})
+
+
+async def pause(seconds: float) -> None:
+    """Sleep (a task yields the loop; the thread twin blocks)."""
+    await asyncio.sleep(seconds)
 
 
 async def wait_signal(signal: asyncio.Event, timeout: float) -> bool:

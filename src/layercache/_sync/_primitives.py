@@ -29,6 +29,7 @@ __all__ = [
     "new_flight_lock",
     "new_future",
     "new_workers",
+    "pause",
     "spawn",
     "stack_layer",
     "stop_spawned",
@@ -119,15 +120,10 @@ def wait_future(future: concurrent.futures.Future[Any]) -> Any:
     return future.result()
 
 
-def wait_future_for(future: concurrent.futures.Future[Any], timeout: float) -> Any:
-    """:func:`wait_future` for at most ``timeout`` seconds (then the builtin ``TimeoutError``)."""
-    return _result_within(future, timeout)
-
-
-def _result_within(future: concurrent.futures.Future[T], timeout: float) -> T:
-    """``future.result(timeout)``, telling a timeout of the wait (the builtin ``TimeoutError``,
-    raised here) from a ``TimeoutError`` the work raised itself (passed through unchanged:
-    from Python 3.11 on both are the same class)."""
+def wait_future_for(future: concurrent.futures.Future[T], timeout: float) -> T:
+    """:func:`wait_future` for at most ``timeout`` seconds, telling a timeout of the wait (the
+    builtin ``TimeoutError``, raised here) from a ``TimeoutError`` the work raised itself
+    (passed through unchanged: from Python 3.11 on both are the same class)."""
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError as exc:
@@ -281,7 +277,7 @@ def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
     A thread cannot be interrupted, so the work runs on one of the stack's worker threads and
     the caller stops waiting after ``timeout``; the abandoned work finishes in the background.
     """
-    return _result_within(workers.submit(False, thunk), timeout)
+    return wait_future_for(workers.submit(False, thunk), timeout)
 
 
 def new_flight_lock() -> threading.Lock:
@@ -320,6 +316,11 @@ def stop_spawned(handle: threading.Thread, timeout: float) -> None:
     """Wait up to ``timeout`` for a spawned thread that was told to stop (its stop flag set)."""
     if handle is not threading.current_thread():
         handle.join(timeout)
+
+
+def pause(seconds: float) -> None:
+    """Sleep (blocks this thread)."""
+    time.sleep(seconds)
 
 
 def wait_signal(signal: threading.Event, timeout: float) -> bool:

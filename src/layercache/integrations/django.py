@@ -559,9 +559,9 @@ class _Engine:
     def _subscribe(self) -> None:
         """Subscribe now, before this process caches anything in memory.
 
-        The stack would subscribe on its first read miss or write, but not on reads that
-        never take that path (``get_many``, ``has_key``): their copies would then miss every
-        invalidation. The asyncio stacks rely on this subscription too (they only publish).
+        The synchronous stack would subscribe on its own first operation, but the asyncio
+        stacks share its memory layer and only publish: an ``a*`` call coming first would
+        fill memory that nothing listens for yet.
         Under graceful degradation a failure is reported and the bus keeps retrying (it drops
         the memory layer once subscribed, as it may have missed messages); without it, the
         failure is raised and the stack closed, so no retrying thread is left behind.

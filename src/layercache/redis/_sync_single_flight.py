@@ -32,6 +32,7 @@ from .._sync._primitives import (
     bounded,
     is_running,
     new_flight_lock,
+    pause,
     spawn,
     stop_spawned,
     wait_signal,
@@ -388,8 +389,8 @@ class SyncRedisSingleFlightCoordinator:
 
     def _sleep(self, event: Signal | None, delay: float) -> None:
         if event is None:
-            # Polling only (beyond the cap of waiting keys): a plain sleep.
-            wait_signal(Signal(), delay)
+            # Polling only (beyond the cap of waiting keys).
+            pause(delay)
             return
         if wait_signal(event, delay):
             # Cleared before the next read_shared(): a notice arriving during that read sets

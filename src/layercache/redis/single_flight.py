@@ -30,6 +30,7 @@ from .._async._primitives import (
     bounded,
     is_running,
     new_flight_lock,
+    pause,
     spawn,
     stop_spawned,
     wait_signal,
@@ -480,8 +481,8 @@ class RedisSingleFlightCoordinator:
 
     async def _sleep(self, event: Signal | None, delay: float) -> None:
         if event is None:
-            # Polling only (beyond the cap of waiting keys): a plain sleep.
-            await wait_signal(Signal(), delay)
+            # Polling only (beyond the cap of waiting keys).
+            await pause(delay)
             return
         if await wait_signal(event, delay):
             # Cleared before the next read_shared(): a notice arriving during that read sets
