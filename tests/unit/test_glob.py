@@ -10,7 +10,9 @@ pinned by :func:`test_non_ascii_is_matched_per_character_unlike_redis`.
 
 from __future__ import annotations
 
+import re
 import string
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from _redis_server import RedisServer
-from layercache._glob import compile_glob, escape_glob, glob_literal_prefix, glob_match
+from layercache._glob import Glob, compile_glob, escape_glob, glob_literal_prefix, glob_match
 
 # -- examples ---------------------------------------------------------------------------------
 
@@ -96,6 +98,14 @@ def test_newline_free_dot_all_semantics() -> None:
 def test_invalid_patterns_raise_value_error(pattern: str) -> None:
     with pytest.raises(ValueError, match="pattern"):
         glob_match(pattern, "k")
+
+
+def test_compile_glob_gives_a_matcher() -> None:
+    glob = compile_glob("user:*:[0-9]")
+    assert isinstance(glob, Glob)
+    assert glob.matches("user:ab:7")
+    assert not glob.matches("user:ab:x")
+    assert repr(glob) == "Glob('user:*:[0-9]')"
 
 
 def test_compile_cache_is_bounded() -> None:
@@ -279,3 +289,111 @@ def test_non_ascii_is_matched_per_character_unlike_redis(redis_glob_db: Any) -> 
 def test_plain_text_is_its_own_glob(text: str) -> None:
     assert glob_match(text, text)
     assert glob_literal_prefix(text) == text
+
+
+# -- the linear matcher against the former regex translation ----------------------------------
+
+
+def _regex_oracle(pattern: str) -> re.Pattern[str]:
+    """The former implementation (one regex, ``.*`` per star): exact, but exponential.
+
+    Kept as the reference the backtracking-free matcher must agree with; patterns given to it
+    here stay small, so its backtracking stays cheap.
+    """
+    parts: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "*":
+            parts.append(".*")
+        elif ch == "?":
+            parts.append(".")
+        elif ch == "\\" and i + 1 < n:
+            i += 1
+            parts.append(re.escape(pattern[i]))
+        elif ch == "[":
+            j = i + 1
+            negate = j < n and pattern[j] == "^"
+            if negate:
+                j += 1
+            items: list[str] = []
+            while j < n and pattern[j] != "]":
+                c = pattern[j]
+                if c == "\\" and j + 1 < n:
+                    j += 1
+                    items.append(re.escape(pattern[j]))
+                elif j + 2 < n and pattern[j + 1] == "-":
+                    lo, hi = c, pattern[j + 2]
+                    if lo > hi:
+                        lo, hi = hi, lo
+                    items.append(f"{re.escape(lo)}-{re.escape(hi)}")
+                    j += 2
+                else:
+                    items.append(re.escape(c))
+                j += 1
+            body = "".join(items)
+            if not body:
+                parts.append("[^\\s\\S]" if not negate else "[\\s\\S]")
+            else:
+                parts.append(f"[{'^' if negate else ''}{body}]")
+            i = j
+        else:
+            parts.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(parts), re.DOTALL)
+
+
+oracle_patterns = st.lists(
+    st.sampled_from(GLOB_ALPHABET) | st.sampled_from(_TOKENS), min_size=1, max_size=8
+).map("".join)
+oracle_keys = st.text(st.sampled_from([*GLOB_ALPHABET, "c", "_"]), max_size=12)
+
+
+def _key_for(pattern: str, data: st.DataObject) -> str:
+    """Mostly keys built to match (so matches are common), else any key."""
+    if data.draw(st.booleans()):
+        return _instantiate(pattern, data)
+    return data.draw(oracle_keys)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(oracle_patterns, st.data())
+@example("*a*?*", None)
+@example("a*b*a", None)
+@example("*[a-", None)
+@example("[^]*", None)
+@example("**", None)
+@example("*\\", None)
+def test_matches_the_former_regex_translation(pattern: str, data: st.DataObject | None) -> None:
+    glob = compile_glob(pattern)
+    oracle = _regex_oracle(pattern)
+    keys = ["", *GLOB_ALPHABET, pattern, "ab", "aab", "aba", "baab", "xa", "]a]"]
+    if data is not None:
+        keys += [_key_for(pattern, data) for _ in range(6)]
+    for key in keys:
+        expected = oracle.fullmatch(key) is not None
+        assert glob.matches(key) == expected, (pattern, key, expected)
+
+
+def _hostile() -> tuple[str, str]:
+    return "*a" * 30 + "*b", "a" * 1000
+
+
+def test_hostile_pattern_is_fast() -> None:
+    """30 stars against 1000 characters: the former regex ran for minutes (killed at 120 s)."""
+    pattern, key = _hostile()
+    started = time.perf_counter()
+    assert not glob_match(pattern, key)
+    assert not glob_match("*?" * 500 + "b", key)
+    assert not glob_match("*[a]" * 250 + "*[b]", key)
+    assert glob_match(pattern, key[:-1] + "b")
+    assert time.perf_counter() - started < 1.0
+
+
+def test_worst_case_grows_with_pattern_times_key() -> None:
+    """The longest allowed pattern against the longest allowed key stays well under a second."""
+    pattern = "*" + "a*" * 511 + "b"  # 1024 characters
+    key = "a" * 1024
+    started = time.perf_counter()
+    assert not glob_match(pattern, key)
+    assert time.perf_counter() - started < 1.0

@@ -639,8 +639,8 @@ class CacheStack:
             pattern = message.keys[0]
             if scope == "prefix":
                 pattern = escape_glob(pattern) + "*"
-            regex = compile_glob(pattern)
-            self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
+            glob = compile_glob(pattern)
+            self._mark_flights(lambda k, _: glob.matches(k))
             await self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
             if isinstance(self._tags, InMemoryTagIndex):
                 await self._tags.remove(await self._tags.keys_matching(pattern))
@@ -1749,16 +1749,16 @@ class CacheStack:
         _validate_pattern(pattern)
         if self._generation is not None:
             pattern = escape_glob(f"v{self._generation}:") + pattern
-        regex = compile_glob(pattern)
+        glob = compile_glob(pattern)
         await self._open()
-        self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
+        self._mark_flights(lambda k, _: glob.matches(k))
         counts: list[int] = []
 
         async def purge(adapter: LayerAdapter) -> None:
             counts.append(await adapter.delete_matching(pattern))
 
         if self._behind is not None:
-            await self._behind.discard(lambda k: regex.fullmatch(k) is not None)
+            await self._behind.discard(lambda k: glob.matches(k))
         await self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
         await self._tag_op(
             "keys_matching",

@@ -79,8 +79,8 @@ class InMemoryTagIndex:
 
     async def keys_matching(self, pattern: str) -> list[str]:
         """Tagged keys matching a glob."""
-        regex = compile_glob(pattern)
-        return [k for k in self._key_tags if regex.fullmatch(k) is not None]
+        glob = compile_glob(pattern)
+        return [k for k in self._key_tags if glob.matches(k)]
 
     async def clear(self) -> None:
         """Forget everything."""

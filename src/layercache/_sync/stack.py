@@ -641,8 +641,8 @@ class SyncCacheStack:
             pattern = message.keys[0]
             if scope == "prefix":
                 pattern = escape_glob(pattern) + "*"
-            regex = compile_glob(pattern)
-            self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
+            glob = compile_glob(pattern)
+            self._mark_flights(lambda k, _: glob.matches(k))
             self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
             if isinstance(self._tags, InMemoryTagIndex):
                 self._tags.remove(self._tags.keys_matching(pattern))
@@ -1751,16 +1751,16 @@ class SyncCacheStack:
         _validate_pattern(pattern)
         if self._generation is not None:
             pattern = escape_glob(f"v{self._generation}:") + pattern
-        regex = compile_glob(pattern)
+        glob = compile_glob(pattern)
         self._open()
-        self._mark_flights(lambda k, _: regex.fullmatch(k) is not None)
+        self._mark_flights(lambda k, _: glob.matches(k))
         counts: list[int] = []
 
         def purge(adapter: LayerAdapter) -> None:
             counts.append(adapter.delete_matching(pattern))
 
         if self._behind is not None:
-            self._behind.discard(lambda k: regex.fullmatch(k) is not None)
+            self._behind.discard(lambda k: glob.matches(k))
         self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
         self._tag_op(
             "keys_matching",

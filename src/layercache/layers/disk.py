@@ -615,10 +615,10 @@ class DiskLayer:
         """
         if pattern is None:
             cursor = conn.execute("SELECT key, expires_at FROM entries ORDER BY key")
-            regex = None
+            glob = None
             prefix = ""
         else:
-            regex = compile_glob(pattern)
+            glob = compile_glob(pattern)
             prefix = glob_literal_prefix(pattern)
             cursor = conn.execute(
                 "SELECT key, expires_at FROM entries WHERE key >= ? ORDER BY key", (prefix,)
@@ -627,7 +627,7 @@ class DiskLayer:
             for key, expires_at in _rows(cursor):
                 if not key.startswith(prefix):
                     return
-                if regex is None or regex.fullmatch(key) is not None:
+                if glob is None or glob.matches(key):
                     yield key, expires_at
 
     def keys(self, pattern: str | None = None, limit: int | None = None) -> list[str]:

@@ -245,12 +245,12 @@ class MemoryLayer:
     def keys(self, pattern: str | None = None, limit: int | None = None) -> list[str]:
         """Keys holding a usable entry, optionally filtered by a glob, at most ``limit``."""
         now = self._clock()
-        regex = compile_glob(pattern) if pattern is not None else None
+        glob = compile_glob(pattern) if pattern is not None else None
         out: list[str] = []
         for key, entry in list(self._data.items()):
             if entry.expires_at is not None and now >= entry.expires_at:
                 continue
-            if regex is not None and regex.fullmatch(key) is None:
+            if glob is not None and not glob.matches(key):
                 continue
             out.append(key)
             if limit is not None and len(out) >= limit:
@@ -259,9 +259,9 @@ class MemoryLayer:
 
     def delete_matching(self, pattern: str) -> int:
         """Remove every key matching the glob ``pattern``; return how many were removed."""
-        regex = compile_glob(pattern)
+        glob = compile_glob(pattern)
         removed = 0
-        for key in [k for k in list(self._data) if regex.fullmatch(k) is not None]:
+        for key in [k for k in list(self._data) if glob.matches(k)]:
             removed += self._discard(key)
         return removed
 
