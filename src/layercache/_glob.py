@@ -111,25 +111,38 @@ def _compile(atoms: list[str]) -> re.Pattern[str]:
 class Glob:
     """A compiled glob; :meth:`matches` costs O(len(pattern) x len(key)) at worst."""
 
-    __slots__ = ("_head", "_head_size", "_middle", "_min_size", "_tail", "_tail_size", "pattern")
+    __slots__ = (
+        "_head",
+        "_head_size",
+        "_middle",
+        "_min_size",
+        "_tail",
+        "_tail_size",
+        "_whole",
+        "pattern",
+    )
 
     def __init__(self, pattern: str) -> None:
         validate_pattern(pattern)
         self.pattern = pattern
         segments = _segments(pattern)
+        self._middle = tuple(_compile(s) for s in segments[1:-1] if s)
+        self._whole: re.Pattern[str] | None = None
+        if not self._middle:
+            # At most one star that matters: one regex with at most one ``.*`` does the whole
+            # match in C, and backtracks over that one star only (O(len(key) x len(tail))).
+            atoms = segments[0] if len(segments) == 1 else [*segments[0], ".*", *segments[-1]]
+            self._whole = _compile(atoms)
         self._head = _compile(segments[0])
         self._head_size = len(segments[0])
-        # Without a star there is no tail: the head must then cover the whole key.
-        self._tail = _compile(segments[-1]) if len(segments) > 1 else None
-        self._tail_size = len(segments[-1]) if len(segments) > 1 else 0
-        self._middle = tuple(_compile(s) for s in segments[1:-1] if s)
+        self._tail = _compile(segments[-1])
+        self._tail_size = len(segments[-1])
         self._min_size = sum(len(s) for s in segments)
 
     def matches(self, key: str) -> bool:
         """Whether ``key`` matches the glob as a whole."""
-        tail = self._tail
-        if tail is None:
-            return self._head.fullmatch(key) is not None
+        if self._whole is not None:
+            return self._whole.fullmatch(key) is not None
         end = len(key) - self._tail_size  # where the tail must start
         if end < self._min_size - self._tail_size or self._head.match(key) is None:
             return False
@@ -140,7 +153,7 @@ class Glob:
             if found is None:
                 return False
             position = found.end()
-        return tail.fullmatch(key, end) is not None
+        return self._tail.fullmatch(key, end) is not None
 
     def __repr__(self) -> str:
         return f"Glob({self.pattern!r})"
