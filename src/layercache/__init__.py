@@ -19,6 +19,7 @@ from ._exceptions import (
     FetcherQueueFullError,
     FetchTimeoutError,
     LayerCacheError,
+    UnserializableValueError,
 )
 from ._metrics import (
     CacheInspectResult,
@@ -89,6 +90,7 @@ __all__ = [
     "SyncRedisLayer",
     "SyncRedisSingleFlightCoordinator",
     "SyncRedisTagIndex",
+    "UnserializableValueError",
 ]
 
 __version__ = "0.1.0"

@@ -24,9 +24,10 @@ from math import isfinite
 from typing import Any, Final
 
 from ._entry import Entry
+from ._exceptions import UnserializableValueError
 from .serializers import JsonSerializer, Serializer
 
-__all__ = ["COMPRESSIONS", "CorruptEntryError", "EntryCodec"]
+__all__ = ["COMPRESSIONS", "CorruptEntryError", "EntryCodec", "UnserializableValueError"]
 
 MAGIC: Final = b"\xc1LC"
 VERSION: Final = 1
@@ -40,11 +41,6 @@ _COMPRESSION_NAMES: Final = {v: k for k, v in COMPRESSIONS.items()}
 _STEP: Final = 64 * 1024
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _COMPRESSION_EXTRA = "pip install 'layercache-py[compression]'"
-
-
-class UnserializableValueError(TypeError):
-    """The serializer cannot encode a value: the caller's error, not a failure of the layer
-    (the stack passes it through unchanged and never degrades a layer for it)."""
 
 
 class CorruptEntryError(ValueError):

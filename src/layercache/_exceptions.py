@@ -7,9 +7,17 @@ Tree::
     ├── CacheLayerError(layer, operation) a layer failed; __cause__ is the driver error
     ├── CircuitOpenError(key)            a fetcher's circuit breaker is open
     ├── FetchTimeoutError(key, timeout)  a fetch outlived fetch_timeout
-    └── FetcherQueueFullError(key, max_queue) too many callers wait for a rate-limited fetcher
+    ├── FetcherQueueFullError(key, max_queue) too many callers wait for a rate-limited fetcher
+    └── RejectedMessageError(reason, detail) a bus message was dropped (also a ValueError;
+                                          in layercache.redis.bus, reported to on_error)
 
-Bad input (keys, patterns, option values) raises the built-in ``ValueError``.
+    TypeError
+    └── UnserializableValueError         the serializer cannot encode a value you gave
+
+Bad input (keys, patterns, option values) raises the built-in ``ValueError``; a value the
+serializer cannot encode raises ``UnserializableValueError``, a ``TypeError`` and deliberately
+*not* a ``LayerCacheError``: it is the caller's error, so no layer is degraded or reported as
+failed for it and it reaches the caller unchanged (``except TypeError`` catches it).
 A fetcher's own exception is never wrapped: it reaches every waiting caller unchanged.
 """
 
@@ -22,6 +30,7 @@ __all__ = [
     "FetchTimeoutError",
     "FetcherQueueFullError",
     "LayerCacheError",
+    "UnserializableValueError",
 ]
 
 
@@ -95,3 +104,8 @@ class FetcherQueueFullError(LayerCacheError):
         if self.message:
             return f"fetcher queue full for key {self.key!r}: {self.message}"
         return f"fetcher queue full for key {self.key!r} ({self.max_queue} callers already wait)"
+
+
+class UnserializableValueError(TypeError):
+    """The serializer cannot encode a value: the caller's error, not a failure of the layer
+    (the stack passes it through unchanged and never degrades a layer for it)."""

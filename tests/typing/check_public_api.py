@@ -42,6 +42,7 @@ from layercache import (
     MsgpackSerializer,
     PickleSerializer,
     RedisLayer,
+    UnserializableValueError,
 )
 
 
@@ -237,7 +238,12 @@ async def errors(cache: CacheStack) -> None:
     base: type[Exception] = LayerCacheError
     timeout_base: type[TimeoutError] = FetchTimeoutError
     miss_base: type[KeyError] = CacheMissError
-    del base, timeout_base, miss_base
+    unserializable_base: type[TypeError] = UnserializableValueError
+    del base, timeout_base, miss_base, unserializable_base
+    try:
+        await cache.set("k", object())
+    except UnserializableValueError as refused:
+        assert_type(refused, UnserializableValueError)
 
 
 class DictLayer:

@@ -49,7 +49,7 @@ from .._sync._primitives import (
     wait_future_for,
     wait_signal,
 )
-from .._exceptions import CacheLayerError
+from .._exceptions import CacheLayerError, LayerCacheError
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH
 from .._signing import (

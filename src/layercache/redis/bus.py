@@ -47,7 +47,7 @@ from .._async._primitives import (
     wait_future_for,
     wait_signal,
 )
-from .._exceptions import CacheLayerError
+from .._exceptions import CacheLayerError, LayerCacheError
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH
 from .._signing import (
@@ -99,8 +99,8 @@ _UNSUBSCRIBE_TYPES = frozenset({"unsubscribe", "sunsubscribe"})
 _DATA_TYPES = frozenset({"message", "smessage"})
 
 
-class RejectedMessageError(ValueError):
-    """A message received on the bus was dropped.
+class RejectedMessageError(LayerCacheError, ValueError):
+    """A message received on the bus was dropped (a ``LayerCacheError``, and a ``ValueError``).
 
     Attributes:
         reason: ``"oversized"``, ``"malformed"`` (not JSON), ``"schema"`` (wrong fields,
