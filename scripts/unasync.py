@@ -49,6 +49,8 @@ REDIS_LAYER_RENAMES = {
     "AsyncIterator": "Iterator",
     "RedisLayer": "SyncRedisLayer",
     "aclose": "close",
+    # A client built from url=: one per event loop (redis/_clients.py), one for every thread.
+    "url_client": "sync_url_client",
 }
 
 # Exact text the Redis layer's twin differs in beyond renaming (applied before the renames).
@@ -82,6 +84,13 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutE
     ``SyncRedisLayer`` with the same URL and options that owns its own sync client (closed by
     the stack's ``close()``). A ``RedisLayer`` built on an asyncio ``client`` is refused by
     ``SyncCacheStack`` with a ``TypeError``.
+
+    redis.asyncio connections belong to the event loop that opened them. Built from ``url``,
+    the layer keeps one client per event loop, made on first use in that loop and closed when
+    the loop shuts down (``asyncio.run``, ``asyncio.Runner``), at most 8 loops at once: one
+    layer serves any number of ``asyncio.run()`` calls, test clients, and threads running
+    their own loops. A ``client`` you pass is used as given, so the layer then works on the
+    loop that client was first used on only.
 """,
         # (Applied before the renames: the text avoids the renamed class name.)
         """    The sync twin of the asyncio Redis layer (``layercache.redis.layer``), generated from

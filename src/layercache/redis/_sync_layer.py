@@ -19,9 +19,7 @@ from typing import Any
 try:
     import redis as sync_redis
     from redis.cluster import RedisCluster
-    from redis.backoff import ExponentialBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
@@ -34,6 +32,7 @@ from .._glob import glob_match
 from .._keys import validate_pattern, validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
+from ._clients import DEFAULT_MAX_CONNECTIONS, pool_exhausted, sync_url_client
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
 
 
@@ -82,10 +81,12 @@ class SyncRedisLayer:
 
     Args:
         client: A ``redis.Redis`` or ``redis.RedisCluster`` created with
-            ``decode_responses=False`` (the default). The layer does not close it.
+            ``decode_responses=False`` (the default). The layer uses it as given and does not
+            close it.
         url: A ``redis://``/``rediss://``/``unix://`` URL; the layer builds (and closes in
-            :meth:`close`) its own client. hiredis is used for parsing when installed.
-            Exactly one of ``client`` and ``url`` is required.
+            :meth:`close`) its own client on a pool of at most ``max_connections``
+            connections. hiredis is used for parsing when installed. Exactly one of
+            ``client`` and ``url`` is required.
         ttl: Default storage lifetime in seconds (or a ``timedelta``); ``None`` for no expiry.
         prefix: Prepended to every key; isolates this cache from other data in the database.
         serializer: Value serializer; default :class:`~layercache.serializers.JsonSerializer`.
@@ -96,7 +97,10 @@ class SyncRedisLayer:
         allow_unprefixed_clear: Allow :meth:`clear` with an empty ``prefix`` (it then deletes
             every key of the database).
         socket_timeout: Socket connect and read timeout in seconds of a client built from
-            ``url`` (ignored with ``client``).
+            ``url`` (ignored with ``client``); also how long a command waits for a free pooled
+            connection when all ``max_connections`` are busy (then ``CacheLayerError``).
+        max_connections: Pool size of a client built from ``url``: callers beyond it wait
+            for a free connection instead of failing. Default 50.
 
     Raises:
         ValueError: On a bad argument (both or neither of ``client``/``url``, a bad ``ttl`` or
@@ -123,6 +127,7 @@ class SyncRedisLayer:
         name: str = "redis",
         allow_unprefixed_clear: bool = False,
         socket_timeout: float | None = 5.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if (client is None) == (url is None):
             raise ValueError("SyncRedisLayer needs exactly one of client= or url=")
@@ -144,6 +149,7 @@ class SyncRedisLayer:
             "name": name,
             "allow_unprefixed_clear": allow_unprefixed_clear,
             "socket_timeout": socket_timeout,
+            "max_connections": max_connections,
         }
         self.default_ttl = _coerce_ttl(ttl)
         self.prefix = prefix
@@ -156,15 +162,10 @@ class SyncRedisLayer:
         )
         self._error_handler: ErrorHandler | None = None
         if url is not None:
-            self._client: RedisClient = sync_redis.from_url(
-                url,
-                decode_responses=False,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                # One quick retry reconnects a pooled connection the server dropped (restart,
-                # idle timeout); more would only stall callers while Redis is really down, and
-                # the stack's degradation handling is the place to wait out an outage.
-                retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+            # A waiting pool: callers beyond max_connections queue for at most socket_timeout
+            # instead of failing.
+            self._client: RedisClient = sync_url_client(
+                url, socket_timeout=socket_timeout, max_connections=max_connections
             )
             self._owns_client = True
         else:
@@ -186,7 +187,11 @@ class SyncRedisLayer:
 
     @property
     def client(self) -> RedisClient:
-        """The underlying redis-py client."""
+        """The underlying redis-py client.
+
+        Built from ``url``, the asyncio layer's is a stand-in that forwards every call to the
+        running loop's own client (``layercache.redis._clients.LoopBoundClient``).
+        """
         return self._client
 
     @property
@@ -204,11 +209,24 @@ class SyncRedisLayer:
         except (CacheLayerError, UnserializableValueError):
             raise
         except _DRIVER_ERRORS as exc:
-            raise CacheLayerError(self.name, operation) from exc
+            raise self._layer_error(operation, exc) from exc
         except Exception as exc:
             # Anything else the client raises (a closed loop, a protocol surprise) is still a
             # failure of this layer: the stack relies on that to skip its own wrapper.
             raise CacheLayerError(self.name, operation) from exc
+
+    def _layer_error(self, operation: str, exc: BaseException) -> CacheLayerError:
+        """The ``CacheLayerError`` for a driver failure (the caller chains ``exc``)."""
+        if not pool_exhausted(exc):
+            return CacheLayerError(self.name, operation)
+        if self._url is None:
+            detail = "no free connection in the given client's pool within its timeout"
+        else:
+            detail = (
+                f"every one of max_connections={self._options['max_connections']} stayed busy "
+                f"for socket_timeout={self._options['socket_timeout']}s"
+            )
+        return CacheLayerError(self.name, operation, detail)
 
     def _initialize_cluster(self) -> None:
         assert self._cluster_lock is not None
@@ -277,7 +295,7 @@ class SyncRedisLayer:
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
-            raise CacheLayerError(self.name, "get") from exc
+            raise self._layer_error("get", exc) from exc
         if raw is None:
             return None
         return self._decode(key, raw, "get")

@@ -17,9 +17,7 @@ from typing import Any
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
-    from redis.backoff import ExponentialBackoff
     from redis.exceptions import RedisError
-    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
@@ -32,9 +30,11 @@ from .._glob import glob_match
 from .._keys import validate_pattern, validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
+from ._clients import DEFAULT_MAX_CONNECTIONS, pool_exhausted, url_client
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
 
 # unasync: begin async-only
+from ._clients import init_signature
 from ._sync_layer import RedisClient as SyncRedisClient
 from ._sync_layer import SyncRedisLayer
 
@@ -82,16 +82,25 @@ class RedisLayer:
     the stack's ``close()``). A ``RedisLayer`` built on an asyncio ``client`` is refused by
     ``SyncCacheStack`` with a ``TypeError``.
 
+    redis.asyncio connections belong to the event loop that opened them. Built from ``url``,
+    the layer keeps one client per event loop, made on first use in that loop and closed when
+    the loop shuts down (``asyncio.run``, ``asyncio.Runner``), at most 8 loops at once: one
+    layer serves any number of ``asyncio.run()`` calls, test clients, and threads running
+    their own loops. A ``client`` you pass is used as given, so the layer then works on the
+    loop that client was first used on only.
+
     Values are stored as :class:`~layercache._codec.EntryCodec` bytes under ``prefix + key``.
     Bytes under a key that are not such an entry (written by another program, or damaged) read
     as a miss and are reported to the error handler; they are never unpickled or evaluated.
 
     Args:
         client: A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` created with
-            ``decode_responses=False`` (the default). The layer does not close it.
+            ``decode_responses=False`` (the default). The layer uses it as given and does not
+            close it.
         url: A ``redis://``/``rediss://``/``unix://`` URL; the layer builds (and closes in
-            :meth:`aclose`) its own client. hiredis is used for parsing when installed.
-            Exactly one of ``client`` and ``url`` is required.
+            :meth:`aclose`) its own client on a pool of at most ``max_connections``
+            connections. hiredis is used for parsing when installed. Exactly one of
+            ``client`` and ``url`` is required.
         ttl: Default storage lifetime in seconds (or a ``timedelta``); ``None`` for no expiry.
         prefix: Prepended to every key; isolates this cache from other data in the database.
         serializer: Value serializer; default :class:`~layercache.serializers.JsonSerializer`.
@@ -102,7 +111,10 @@ class RedisLayer:
         allow_unprefixed_clear: Allow :meth:`clear` with an empty ``prefix`` (it then deletes
             every key of the database).
         socket_timeout: Socket connect and read timeout in seconds of a client built from
-            ``url`` (ignored with ``client``).
+            ``url`` (ignored with ``client``); also how long a command waits for a free pooled
+            connection when all ``max_connections`` are busy (then ``CacheLayerError``).
+        max_connections: Pool size of a client built from ``url``: callers beyond it wait
+            for a free connection instead of failing. Default 50.
 
     Raises:
         ValueError: On a bad argument (both or neither of ``client``/``url``, a bad ``ttl`` or
@@ -137,6 +149,7 @@ class RedisLayer:
         name: str = "redis",
         allow_unprefixed_clear: bool = False,
         socket_timeout: float | None = 5.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if (client is None) == (url is None):
             raise ValueError("RedisLayer needs exactly one of client= or url=")
@@ -158,6 +171,7 @@ class RedisLayer:
             "name": name,
             "allow_unprefixed_clear": allow_unprefixed_clear,
             "socket_timeout": socket_timeout,
+            "max_connections": max_connections,
         }
         self.default_ttl = _coerce_ttl(ttl)
         self.prefix = prefix
@@ -170,15 +184,10 @@ class RedisLayer:
         )
         self._error_handler: ErrorHandler | None = None
         if url is not None:
-            self._client: RedisClient = aioredis.from_url(
-                url,
-                decode_responses=False,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                # One quick retry reconnects a pooled connection the server dropped (restart,
-                # idle timeout); more would only stall callers while Redis is really down, and
-                # the stack's degradation handling is the place to wait out an outage.
-                retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+            # A waiting pool: callers beyond max_connections queue for at most socket_timeout
+            # instead of failing.
+            self._client: RedisClient = url_client(
+                url, socket_timeout=socket_timeout, max_connections=max_connections
             )
             self._owns_client = True
         else:
@@ -196,6 +205,9 @@ class RedisLayer:
         self._cluster_lock = asyncio.Lock() if self._is_cluster else None
 
     # unasync: begin async-only
+    # help() and inspect.signature() show __init__'s parameters, not __new__'s (*args, **kwargs).
+    __signature__ = init_signature(__init__)
+
     def _sync_twin(self) -> SyncRedisLayer:
         """The layer ``SyncCacheStack`` uses in place of this one (called once, when it is built).
 
@@ -215,7 +227,11 @@ class RedisLayer:
 
     @property
     def client(self) -> RedisClient:
-        """The underlying redis-py client."""
+        """The underlying redis-py client.
+
+        Built from ``url``, the asyncio layer's is a stand-in that forwards every call to the
+        running loop's own client (``layercache.redis._clients.LoopBoundClient``).
+        """
         return self._client
 
     @property
@@ -233,11 +249,24 @@ class RedisLayer:
         except (CacheLayerError, UnserializableValueError):
             raise
         except _DRIVER_ERRORS as exc:
-            raise CacheLayerError(self.name, operation) from exc
+            raise self._layer_error(operation, exc) from exc
         except Exception as exc:
             # Anything else the client raises (a closed loop, a protocol surprise) is still a
             # failure of this layer: the stack relies on that to skip its own wrapper.
             raise CacheLayerError(self.name, operation) from exc
+
+    def _layer_error(self, operation: str, exc: BaseException) -> CacheLayerError:
+        """The ``CacheLayerError`` for a driver failure (the caller chains ``exc``)."""
+        if not pool_exhausted(exc):
+            return CacheLayerError(self.name, operation)
+        if self._url is None:
+            detail = "no free connection in the given client's pool within its timeout"
+        else:
+            detail = (
+                f"every one of max_connections={self._options['max_connections']} stayed busy "
+                f"for socket_timeout={self._options['socket_timeout']}s"
+            )
+        return CacheLayerError(self.name, operation, detail)
 
     async def _initialize_cluster(self) -> None:
         assert self._cluster_lock is not None
@@ -306,7 +335,7 @@ class RedisLayer:
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
-            raise CacheLayerError(self.name, "get") from exc
+            raise self._layer_error("get", exc) from exc
         if raw is None:
             return None
         return self._decode(key, raw, "get")

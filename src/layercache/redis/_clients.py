@@ -1,0 +1,290 @@
+"""The redis-py clients the library builds from a URL: one per event loop, waiting pools.
+
+redis.asyncio connections belong to the event loop that opened them: a client used from a
+second loop fails ("attached to a different loop", "Event loop is closed"), which is what
+every second ``asyncio.run()`` or FastAPI ``TestClient`` session does with a module-level
+stack. So a component built from ``url=`` holds a :class:`LoopBoundClient`: it stands for
+the running loop's own client, made on first use in that loop and closed when that loop shuts
+down (``asyncio.run`` and ``asyncio.Runner`` close the loop's asynchronous generators, and
+one per loop watches for that), with at most ``max_loops`` loops' clients kept.
+
+The pools wait for a free connection (``BlockingConnectionPool``) instead of raising
+``MaxConnectionsError`` at the limit, bounded by the socket timeout. The sync twins get one
+client for every thread from :func:`sync_url_client` (redis-py's sync pool is thread-safe);
+``scripts/unasync.py`` renames ``url_client`` to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "MAX_LOOPS",
+    "LoopBoundClient",
+    "init_signature",
+    "pool_exhausted",
+    "sync_url_client",
+    "url_client",
+]
+
+logger = logging.getLogger("layercache.redis")
+
+# Connections per pool (per event loop; per process for the sync twin). A cache command takes
+# well under a millisecond on a local network, so 50 connections serve tens of thousands of
+# commands a second, and callers beyond them wait their turn instead of failing; more would
+# mostly multiply the server's client count (every worker process of every instance holds a
+# pool, and Redis refuses clients beyond ``maxclients``, 10,000 by default).
+DEFAULT_MAX_CONNECTIONS = 50
+# Event loops whose clients are kept at once. Loops that shut down drop theirs; this bounds a
+# program that keeps many loops alive (one per thread) without ever closing them.
+MAX_LOOPS = 8
+# What redis-py's BlockingConnectionPool raises when no connection became free in time.
+_NO_CONNECTION = "No connection available."
+
+
+def _pool_options(url: str, socket_timeout: float | None, max_connections: int) -> dict[str, Any]:
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
+    return {
+        "decode_responses": False,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "max_connections": max_connections,
+        # How long a caller waits for a free connection when all are busy.
+        "timeout": socket_timeout,
+    }
+
+
+# One quick retry reconnects a pooled connection the server dropped (restart, idle timeout);
+# more would only stall callers while Redis is really down, and the stack's degradation
+# handling is the place to wait out an outage.
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.1, base=0.01)
+
+
+def new_async_client(url: str, socket_timeout: float | None, max_connections: int) -> Any:
+    """One ``redis.asyncio.Redis`` on its own waiting pool (usable from one event loop)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        retry=AsyncRetry(_backoff(), retries=1),
+        **_pool_options(url, socket_timeout, max_connections),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def sync_url_client(
+    url: str, *, socket_timeout: float | None, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> redis.Redis:
+    """A sync ``redis.Redis`` on a waiting pool, shared by every thread."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, retry=Retry(_backoff(), retries=1), **_pool_options(url, socket_timeout, max_connections)
+    )
+    return redis.Redis.from_pool(pool)
+
+
+def url_client(
+    url: str, *, socket_timeout: float | None, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> aioredis.Redis:
+    """A client usable from any event loop: a :class:`LoopBoundClient` (typed as what it
+    stands for)."""
+    client = LoopBoundClient(url, socket_timeout=socket_timeout, max_connections=max_connections)
+    return cast("aioredis.Redis", client)
+
+
+def init_signature(init: Callable[..., None]) -> inspect.Signature:
+    """The signature of a class whose ``__new__`` takes ``(*args, **kwargs)`` (to pick the sync
+    twin): ``__init__``'s, without ``self``, for ``help()`` and ``inspect.signature()``."""
+    signature = inspect.signature(init)
+    return signature.replace(
+        parameters=list(signature.parameters.values())[1:],
+        return_annotation=inspect.Signature.empty,
+    )
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` says that every connection of a waiting pool stayed busy too long."""
+    return isinstance(exc, RedisConnectionError) and str(exc) == _NO_CONNECTION
+
+
+class _Slot:
+    """One loop's client and the generator that closes it when the loop shuts down."""
+
+    __slots__ = ("client", "watcher")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.watcher: Any = None
+
+
+class LoopBoundClient:
+    """Stands for the running event loop's own ``redis.asyncio.Redis`` (see the module doc).
+
+    Attribute access is forwarded to that client, made on first use in the loop. Lua scripts
+    registered here run on the caller's loop's client. There is no single connection pool, so
+    ``connection_pool`` is absent.
+
+    Args:
+        url: The server's URL.
+        socket_timeout: Socket connect and read timeout, and the bound on waiting for a free
+            connection.
+        max_connections: Connections per loop.
+        max_loops: Loops whose clients are kept at once; the client of the loop that has held
+            one longest is closed (on its loop) to make room.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float | None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_loops: int = MAX_LOOPS,
+    ) -> None:
+        _pool_options(url, socket_timeout, max_connections)  # checks the arguments now
+        self._url = url
+        self._socket_timeout = socket_timeout
+        self.max_connections = max_connections
+        self.max_loops = max_loops
+        # Checked once, here: a bad URL fails at construction, not on the first command.
+        self._encoder = aioredis.ConnectionPool.from_url(url, decode_responses=False).get_encoder()
+        # Creation order: the oldest loop is the one evicted at the cap.
+        self._slots: dict[asyncio.AbstractEventLoop, _Slot] = {}
+        # The last loop served and its client: the common case is one lookup away.
+        self._last: tuple[asyncio.AbstractEventLoop, Any] | None = None
+        # Loops in several threads may make their clients at once.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LoopBoundClient(loops={len(self._slots)}, max_connections={self.max_connections})"
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "connection_pool":
+            # No single pool (AsyncScript then asks get_encoder()); dunders are not forwarded.
+            raise AttributeError(name)
+        return getattr(self.current(), name)
+
+    @property
+    def loops(self) -> int:
+        """How many loops' clients are held."""
+        return len(self._slots)
+
+    def get_encoder(self) -> Any:
+        """The encoder of every client made here (what ``register_script`` needs)."""
+        return self._encoder
+
+    def register_script(self, script: str | bytes) -> Any:
+        """A Lua script that runs on the calling loop's client (redis-py's ``AsyncScript``)."""
+        from redis.commands.core import AsyncScript
+
+        return AsyncScript(self, script)  # type: ignore[arg-type]
+
+    def current(self) -> Any:
+        """The running loop's client, made on first use in that loop.
+
+        Raises:
+            RuntimeError: Outside a running event loop.
+        """
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
+        slot = self._slots.get(loop)
+        if slot is None:
+            slot = self._open(loop)
+        self._last = (loop, slot.client)
+        return slot.client
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(loop)
+            if slot is not None:
+                return slot
+            for other in [other for other in self._slots if other.is_closed()]:
+                # Closed without shutting down its generators (not asyncio.run): its
+                # connections cannot be closed any more; forget them.
+                self._release(other, self._slots.pop(other))
+            while len(self._slots) >= self.max_loops:
+                oldest = next(iter(self._slots))
+                self._release(oldest, self._slots.pop(oldest))
+            slot = _Slot(
+                new_async_client(self._url, self._socket_timeout, self.max_connections)
+            )
+            self._slots[loop] = slot
+        if not getattr(loop, "_asyncgens_shutdown_called", False):
+            slot.watcher = self._watch(loop, slot)
+            # Started by hand up to its first yield (no await before it): from then on the
+            # loop's shutdown_asyncgens() runs its finally block on the loop.
+            try:
+                slot.watcher.asend(None).send(None)
+            except StopIteration:
+                pass
+        return slot
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._slots.get(loop) is slot:
+                    del self._slots[loop]
+            last = self._last
+            if last is not None and last[0] is loop:
+                self._last = None
+            if asyncio._get_running_loop() is loop and not loop.is_closed():
+                try:
+                    await slot.client.aclose()
+                except Exception:
+                    logger.debug("closing a Redis client at loop shutdown failed", exc_info=True)
+
+    def _release(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> None:
+        """Close a loop's client on that loop (now if it is this thread's, else scheduled)."""
+        if self._last is not None and self._last[0] is loop:
+            self._last = None
+        watcher, slot.watcher = slot.watcher, None
+        if watcher is None:
+            return
+        if loop.is_closed():
+            # Finish the generator here (its finally does not await on a foreign loop), so
+            # that it never asks the closed loop to finalize it.
+            try:
+                watcher.aclose().send(None)
+            except (StopIteration, RuntimeError):
+                pass
+            return
+        try:
+            loop.call_soon_threadsafe(loop.create_task, watcher.aclose())
+        except RuntimeError:  # closed meanwhile
+            pass
+
+    async def aclose(self) -> None:
+        """Close every loop's client: this loop's now, the others' on their loops (a later
+        command opens new connections, as redis-py's own clients do)."""
+        running = asyncio.get_running_loop()
+        with self._lock:
+            slots = list(self._slots.items())
+            self._slots.clear()
+            self._last = None
+        for loop, slot in slots:
+            if loop is running and slot.watcher is not None:
+                watcher, slot.watcher = slot.watcher, None
+                # Runs the finally block: closes the client on this loop.
+                await watcher.aclose()
+            elif loop is running:
+                await slot.client.aclose()
+            else:
+                self._release(loop, slot)

@@ -1,0 +1,131 @@
+"""The pools RedisLayer builds from ``url=`` wait for a free connection (issue 10, point 1b).
+
+redis-py's asyncio ``ConnectionPool`` raises ``MaxConnectionsError`` once 100 connections are
+in use, so a burst of more than 100 concurrent L2 reads failed (and, under graceful
+degradation, took Redis out of service). The library's pools are ``BlockingConnectionPool``s:
+callers beyond ``max_connections`` wait, for at most the socket timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from _redis_server import RedisServer
+from layercache import CacheStack, MemoryLayer, SyncCacheStack
+from layercache._exceptions import CacheLayerError
+from layercache.redis import RedisLayer, SyncRedisLayer
+
+pytestmark = pytest.mark.redis
+
+BURST = 400
+
+
+async def _fill(url: str, count: int) -> None:
+    writer = RedisLayer(url=url)
+    try:
+        await CacheStack([writer]).set_many([(f"k{i}", i) for i in range(count)])
+    finally:
+        await writer.aclose()
+
+
+@pytest.mark.parametrize("pool", [{}, {"max_connections": 10}], ids=["default", "10"])
+async def test_400_concurrent_l2_hits_of_distinct_keys_all_succeed(
+    redis_clean: RedisServer, pool: dict[str, Any]
+) -> None:
+    await _fill(redis_clean.url, BURST)
+    layer = RedisLayer(url=redis_clean.url, **pool)
+    cache = CacheStack([MemoryLayer(), layer])
+    try:
+        values = await asyncio.gather(*(cache.get(f"k{i}") for i in range(BURST)))
+        assert values == list(range(BURST))
+        assert cache.get_metrics().layers["redis"].hits == BURST
+    finally:
+        await cache.aclose()
+
+
+def test_sync_twin_400_threads_wait_for_a_connection(redis_clean: RedisServer) -> None:
+    """SyncCacheStack's layer from url= waits too (redis-py's sync pool raises
+    "Too many connections" at its limit)."""
+    cache = SyncCacheStack([RedisLayer(url=redis_clean.url, max_connections=4)])
+    try:
+        cache.set_many([(f"k{i}", i) for i in range(BURST)])
+        start = threading.Barrier(32)
+        errors: list[BaseException] = []
+
+        def read(first: int) -> None:
+            start.wait()
+            try:
+                for i in range(first, BURST, 32):
+                    assert cache.get(f"k{i}") == i
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read, args=(n,)) for n in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+    finally:
+        cache.close()
+
+
+async def test_a_pool_busy_past_the_socket_timeout_fails_clearly(
+    redis_clean: RedisServer,
+) -> None:
+    layer = RedisLayer(url=redis_clean.url, max_connections=1, socket_timeout=0.2)
+    # A subscription holds the pool's only connection until it is closed.
+    pubsub: Any = layer.client.pubsub()
+    await pubsub.subscribe("hold")
+    try:
+        started = time.monotonic()
+        with pytest.raises(CacheLayerError) as caught:
+            await layer.get("k")
+        waited = time.monotonic() - started
+        assert 0.15 <= waited < 2.0
+        message = str(caught.value)
+        assert "max_connections=1" in message and "socket_timeout=0.2" in message
+        assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
+    finally:
+        await pubsub.aclose()
+    assert await layer.get("k") is None  # the connection is free again
+    await layer.aclose()
+
+
+def test_the_sync_pool_busy_past_the_socket_timeout_fails_clearly(
+    redis_clean: RedisServer,
+) -> None:
+    layer = SyncRedisLayer(url=redis_clean.url, max_connections=1, socket_timeout=0.2)
+    pubsub: Any = layer.client.pubsub()
+    pubsub.subscribe("hold")
+    try:
+        with pytest.raises(CacheLayerError, match="max_connections=1"):
+            layer.get("k")
+    finally:
+        pubsub.close()
+    assert layer.get("k") is None
+    layer.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_max_connections_must_be_a_positive_int(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        RedisLayer(url="redis://127.0.0.1:1/0", max_connections=bad)
+
+
+def test_help_shows_the_real_parameters() -> None:
+    """``RedisLayer.__new__`` takes (*args, **kwargs) to pick the sync twin; help() and
+    inspect.signature() show __init__'s parameters anyway."""
+    for cls in (RedisLayer, SyncRedisLayer):
+        parameters = inspect.signature(cls).parameters
+        assert list(parameters)[:2] == ["client", "url"], cls
+        assert parameters["max_connections"].default == 50
+        assert "args" not in parameters and "self" not in parameters
