@@ -115,6 +115,8 @@ try:
         BaseCache,
     )
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+    from django.utils.crypto import salted_hmac  # type: ignore[import-untyped]
+    from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without Django
     raise ImportError(
         "layercache.integrations.django needs Django: pip install 'layercache-py[django]'"
@@ -129,6 +131,7 @@ from .._options import CacheEntry
 from .._sync.stack import SyncCacheStack
 from .._types import InvalidationMessage
 from ..layers.memory import MemoryLayer
+from ..serializers import JsonSerializer, PickleSerializer
 from ._coordination import TAG_INDEXES, bus_kwargs, coordination_kwargs
 
 __all__ = ["LayerCacheBackend"]
@@ -390,7 +393,9 @@ def _redis_layers(urls: list[str], options: Mapping[str, Any], asyncio_side: boo
     shared = {
         "ttl": None,  # the backend passes every finite Django timeout explicitly
         "prefix": options.get("PREFIX", "layercache:"),
-        "serializer": options.get("SERIALIZER"),
+        # The envelope only: values arrive as bytes already encoded by the backend's SERIALIZER
+        # (see _Engine.encode), so the layer never unpickles what it reads.
+        "serializer": JsonSerializer(),
         "compression": options.get("COMPRESSION"),
     }
     # The first URL's layer is the counter authority of incr/decr (see LayerCacheBackend.incr).
@@ -448,6 +453,80 @@ def _side(
     return _Side(targets, remote[0] if remote else None)
 
 
+# ---------------------------------------------------------------------- values
+#
+# Like Django's own backends, the backend stores every value encoded (by default pickled), in
+# every layer: a get returns a copy (as LocMemCache), an unpicklable value raises pickle's own
+# error before anything is written, and the memory layer and Redis hold the same bytes. Pickles
+# are HMAC-signed, so bytes written into Redis by anyone without the key are never unpickled.
+
+# Salt of the key derived from SECRET_KEY (Django's salted_hmac), with the Redis PREFIX as the
+# value: a derived key is never SECRET_KEY itself, and each PREFIX (store) signs with its own.
+_SIGNING_SALT = "layercache.integrations.django.LayerCacheBackend.SERIALIZER"
+_MISSING: Any = object()
+
+
+class _UnreadableValueError(ValueError):
+    """Stored bytes that do not decode (forged, signed with another key, or from an older
+    format): the key reads as a miss."""
+
+
+def _signing_key(options: Mapping[str, Any]) -> bytes:
+    """The pickle signing key: ``HMAC-SHA256(sha256(salt + SECRET_KEY), PREFIX)``."""
+    from django.conf import settings  # type: ignore[import-untyped]
+
+    prefix = options.get("PREFIX", "layercache:")
+    try:
+        secret = settings.SECRET_KEY
+    except ImproperlyConfigured as exc:
+        raise ImproperlyConfigured(
+            f"{exc} LayerCacheBackend signs its pickled values with a key derived from "
+            "SECRET_KEY; set it (the same in every process sharing the cache), or choose "
+            "OPTIONS['SERIALIZER'] = 'json'."
+        ) from exc
+    digest: bytes = salted_hmac(
+        _SIGNING_SALT, str(prefix), secret=secret, algorithm="sha256"
+    ).digest()
+    return digest
+
+
+def _uses_default_pickle(options: Mapping[str, Any]) -> bool:
+    return options.get("SERIALIZER") in (None, "pickle")
+
+
+def _value_serializer(options: Mapping[str, Any], signing_key: bytes | None) -> Any:
+    """``SERIALIZER`` -> the object encoding values (``dumps`` to bytes, ``loads``).
+
+    ``"pickle"`` (default): :class:`~layercache.PickleSerializer` signed with the key derived
+    from ``SECRET_KEY``; ``"json"``: :class:`~layercache.JsonSerializer`; ``"msgpack"``:
+    :class:`~layercache.MsgpackSerializer`; a dotted path to a class (instantiated without
+    arguments, as Django's ``RedisCache`` does) or to an instance; a class; an instance.
+    """
+    spec = options.get("SERIALIZER")
+    if _uses_default_pickle(options):
+        assert signing_key is not None
+        return PickleSerializer(signing_secret=signing_key)
+    if spec == "json":
+        return JsonSerializer()
+    try:
+        if spec == "msgpack":
+            from ..serializers import MsgpackSerializer
+
+            return MsgpackSerializer()
+        if isinstance(spec, str):
+            spec = import_string(spec)
+        if isinstance(spec, type):
+            spec = spec()
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"SERIALIZER {options.get('SERIALIZER')!r}: {exc}") from exc
+    if not (callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None))):
+        raise ImproperlyConfigured(
+            "SERIALIZER must be 'pickle', 'json', 'msgpack', or a serializer (an object with "
+            f"dumps and loads, or a dotted path to one or its class), not {spec!r}"
+        )
+    return spec
+
+
 # ---------------------------------------------------------------------- the process-wide engine
 #
 # Django's CacheHandler builds one backend per thread (and per asyncio context). Like its
@@ -456,7 +535,7 @@ def _side(
 
 # Bound of the registry; past it the least recently created engine is shut down.
 _MAX_ENGINES = 64
-_engines: dict[tuple[str, str], _Engine] = {}  # insertion order = creation order
+_engines: dict[tuple[str, str, str], _Engine] = {}  # insertion order = creation order
 _engines_lock = threading.Lock()
 
 
@@ -478,15 +557,21 @@ def _canonical(value: Any) -> str:
 
 
 def _engine_for(location: Any, options: dict[str, Any]) -> _Engine:
-    """The live engine of this configuration, built (and registered) on first use."""
-    key = (_canonical(location), _canonical(options))
+    """The live engine of this configuration, built (and registered) on first use.
+
+    The signing key is derived from ``SECRET_KEY`` here, so a changed ``SECRET_KEY`` (tests'
+    ``override_settings``) gets an engine of its own; only a digest of it is in the key.
+    """
+    signing_key = _signing_key(options) if _uses_default_pickle(options) else None
+    fingerprint = "" if signing_key is None else hashlib.sha256(signing_key).hexdigest()
+    key = (_canonical(location), _canonical(options), fingerprint)
     evicted: list[_Engine] = []
     with _engines_lock:
         engine = _engines.get(key)
         if engine is not None and not engine.closed:
             return engine
         # Built under the lock: two threads asking at once must not both subscribe.
-        engine = _Engine(key, location, options)
+        engine = _Engine(key, location, options, signing_key)
         _engines[key] = engine
         while len(_engines) > _MAX_ENGINES:
             evicted.append(_engines.pop(next(iter(_engines))))
@@ -500,12 +585,19 @@ class _Engine:
     stack and its Redis clients, the bus subscription, the counter state, and one asyncio side
     per event loop (built on first use of an ``a*`` method on that loop)."""
 
-    def __init__(self, key: tuple[str, str], location: Any, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str, str],
+        location: Any,
+        options: dict[str, Any],
+        signing_key: bytes | None,
+    ) -> None:
         self.key = key
         self.closed = False
         self.options = options  # also keeps alive the objects whose id is in the key
         urls = _split_locations(location)
         self.tag_index, self.single_flight = _check_options(options, bool(urls))
+        self.serializer = _value_serializer(options, signing_key)
         self.urls = urls
         clock: Callable[[], float] = options.get("CLOCK") or time.time
         self.clock = clock
@@ -681,6 +773,63 @@ class _Engine:
             return self.run_atomic(steps)
         return await self.arun(steps)
 
+    # ------------------------------------------------------------------ values
+
+    def encode(self, value: Any) -> bytes:
+        """``value`` as the bytes every layer stores (called before any lock or I/O).
+
+        Raises:
+            pickle.PickleError: (or whatever else ``pickle`` raises) If the default serializer
+                cannot pickle ``value``: pickle's own error, as Django's backends raise it.
+            TypeError: If another serializer cannot encode ``value``.
+        """
+        try:
+            data = self.serializer.dumps(value)
+        except TypeError as exc:
+            # PickleSerializer reports pickle's error as a TypeError caused by it; Django's
+            # backends (and its test suite) raise pickle's own error.
+            if isinstance(self.serializer, PickleSerializer) and exc.__cause__ is not None:
+                raise exc.__cause__ from None
+            raise
+        if not isinstance(data, bytes):
+            raise TypeError(
+                f"SERIALIZER {self.serializer!r} returned {type(data).__name__}, not bytes"
+            )
+        return data
+
+    def decode(self, data: Any) -> Any:
+        """The value in ``data`` read from the stack.
+
+        Raises:
+            _UnreadableValueError: If ``data`` does not decode (a signature that does not
+                verify is refused before anything is unpickled).
+        """
+        if not isinstance(data, bytes):
+            # Not written by this version of the backend (older entries held a list).
+            raise _UnreadableValueError(f"not an encoded value ({type(data).__name__})")
+        try:
+            return self.serializer.loads(data)
+        except Exception as exc:
+            raise _UnreadableValueError(str(exc)) from exc
+
+    def drop(self, key: str, error: _UnreadableValueError, operation: str) -> _Steps[None]:
+        """Report an unreadable value and delete it everywhere, so that it reads as a miss
+        (a copy backfilled into memory included) and the next ``add`` can store the key."""
+        _logger.warning("layercache: unreadable value for key %r dropped (%s)", key, error)
+        yield _Call("stack", "_report", (error,), {"key": key, "operation": operation}, plain=True)
+        yield _Call("stack", "delete", (key,))
+
+    def read(self, key: str, data: Any, operation: str) -> _Steps[Any]:
+        """The value of ``data`` read under ``key``: ``_MISSING`` for a miss or an unreadable
+        value (reported and deleted)."""
+        if data is None:
+            return _MISSING
+        try:
+            return self.decode(data)
+        except _UnreadableValueError as exc:
+            yield from self.drop(key, exc, operation)
+            return _MISSING
+
     # ------------------------------------------------------------------ timeouts
 
     def ttl(self, seconds: float | None) -> dict[str, float] | None:
@@ -704,35 +853,35 @@ class _Engine:
     # ------------------------------------------------------------------ operations (steps)
     #
     # Keys are the stack keys, already made by the backend (its KEY_PREFIX, VERSION, ...);
-    # ``key`` where given is the caller's key, for error messages.
+    # ``key`` where given is the caller's key, for error messages. ``data`` is a value encoded
+    # by :meth:`encode` (never None, so a cached None differs from a miss).
 
     def write(
-        self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
+        self, key: str, data: bytes, seconds: float | None, tags: Iterable[str] | None
     ) -> _Steps[None]:
         """Store (or, for a timeout <= 0, delete) ``key``."""
         if seconds is not None and seconds <= 0:
             yield _Call("stack", "delete", (key,))
         else:
-            # Values are boxed in a one-item list so that a cached None differs from a miss.
             # A write that raises leaves no layer holding the value (the stack drops it).
-            yield _Call("stack", "set", (key, [value]), self.write_kwargs(seconds, tags))
+            yield _Call("stack", "set", (key, data), self.write_kwargs(seconds, tags))
 
     def add(
-        self, key: str, value: Any, seconds: float | None, tags: Iterable[str] | None
+        self, key: str, data: bytes, seconds: float | None, tags: Iterable[str] | None
     ) -> _Steps[bool]:
-        """Store ``value`` if ``key`` is absent."""
+        """Store ``data`` if ``key`` is absent."""
         if (yield _Call("stack", "has", (key,))):
             return False
-        yield from self.write(key, value, seconds, tags)
+        yield from self.write(key, data, seconds, tags)
         return True
 
     def touch(self, key: str, seconds: float | None) -> _Steps[bool]:
-        """Store ``key``'s value again with a new timeout."""
+        """Store ``key``'s value (its bytes, as stored) again with a new timeout."""
         info = yield _Call("stack", "inspect", (key,))
-        box = yield _Call("stack", "get", (key,))
-        if box is None:
+        data = yield _Call("stack", "get", (key,))
+        if data is None:
             return False
-        yield from self.write(key, box[0], seconds, info.tags if info is not None else ())
+        yield from self.write(key, data, seconds, info.tags if info is not None else ())
         return True
 
     def delete(self, key: str) -> _Steps[bool]:
@@ -745,58 +894,71 @@ class _Engine:
         """The values found, by caller's key (``wanted``: stack key -> caller's key)."""
         if not wanted:
             return {}
-        boxes = yield _Call("stack", "get_many", (list(wanted),))
-        return {wanted[k]: box[0] for k, box in zip(wanted, boxes, strict=True) if box is not None}
+        found = yield _Call("stack", "get_many", (list(wanted),))
+        values: dict[Any, Any] = {}
+        for key, data in zip(wanted, found, strict=True):
+            value = yield from self.read(key, data, "get_many")
+            if value is not _MISSING:
+                values[wanted[key]] = value
+        return values
 
     def set_many(
-        self, items: list[tuple[str, Any]], seconds: float | None, tags: Iterable[str] | None
+        self, items: list[tuple[str, bytes]], seconds: float | None, tags: Iterable[str] | None
     ) -> _Steps[list[Any]]:
-        """Store every (stack key, value)."""
+        """Store every (stack key, encoded value)."""
         if seconds is not None and seconds <= 0:
             yield _Call("stack", "delete_many", ([k for k, _ in items],))
             return []
         kwargs = self.write_kwargs(seconds, tags)
         yield _Call(
-            "stack", "set_many", ([CacheEntry(k, [v], options=kwargs or None) for k, v in items],)
+            "stack", "set_many", ([CacheEntry(k, v, options=kwargs or None) for k, v in items],)
         )
         return []
 
     def get_or_set(self, stack_key: str, default: Any, seconds: float | None) -> _Steps[Any]:
         """The cached value, or ``default`` (called if callable) stored with :meth:`add`."""
-        box = yield _Call("stack", "get", (stack_key,))
-        if box is not None:
-            return box[0]
+        data = yield _Call("stack", "get", (stack_key,))
+        value = yield from self.read(stack_key, data, "get_or_set")
+        if value is not _MISSING:
+            return value
         if callable(default):
             if self.single_flight and (seconds is None or seconds > 0):
                 fetch = default
 
-                def boxed() -> list[Any]:
-                    return [fetch()]
+                def encoded() -> bytes:
+                    return self.encode(fetch())
 
                 # The stack's single flight: one call of the callable across every process.
-                box = yield _Call(
-                    "stack", "get", (stack_key, boxed), self.write_kwargs(seconds, None)
+                data = yield _Call(
+                    "stack", "get", (stack_key, encoded), self.write_kwargs(seconds, None)
                 )
-                return box[0]
+                value = yield from self.read(stack_key, data, "get_or_set")
+                if value is not _MISSING:
+                    return value
             default = default()
-        yield _Call("atomic", "run", (self.add(stack_key, default, seconds, None),))
+        data = self.encode(default)  # before the lock: pickling may take a while
+        yield _Call("atomic", "run", (self.add(stack_key, data, seconds, None),))
         # Another writer may have won the add: return what the cache holds now.
-        box = yield _Call("stack", "get", (stack_key,))
-        return default if box is None else box[0]
+        data = yield _Call("stack", "get", (stack_key,))
+        value = yield from self.read(stack_key, data, "get_or_set")
+        return default if value is _MISSING else value
 
     def incr(self, stack_key: str, key: Any, delta: int) -> _Steps[Any]:
         """Add ``delta`` to the value under ``stack_key``; the new value."""
         if self.remote_sync:
             return (yield from self._redis_incr(stack_key, key, delta))
-        box = yield _Call("stack", "get", (stack_key,))
-        if box is None:
+        data = yield _Call("stack", "get", (stack_key,))
+        value = yield from self.read(stack_key, data, "incr")
+        if value is _MISSING:
             raise _not_found(key)
-        new_value = box[0] + delta
+        new_value = value + delta
         info = yield _Call("stack", "inspect", (stack_key,))
         remaining = info.fresh_ttl if info is not None else None
         if remaining is not None and remaining <= 0:
             raise _not_found(key)
-        yield from self.write(stack_key, new_value, remaining, info.tags if info else ())
+        yield from self.write(
+            stack_key, self.encode(new_value), remaining, info.tags if info else ()
+        )
         return new_value
 
     def _incremented(self, stack_key: str, key: Any, raw: Any, delta: int) -> tuple[Any, Entry]:
@@ -815,11 +977,14 @@ class _Engine:
             # Redis is the authority: a copy only this process's memory still holds is stale.
             self.memory.delete(stack_key)
             raise _not_found(key)
-        box = entry.value
-        if not isinstance(box, list) or len(box) != 1:
-            raise ValueError(f"Key '{key}' does not hold a value stored by this backend")
-        new_value = box[0] + delta
-        return new_value, dataclasses.replace(entry, value=[new_value])
+        try:
+            value = self.decode(entry.value)
+        except _UnreadableValueError as exc:
+            # Forged or foreign bytes hold no number to add to: "not found", as for a get.
+            self.memory.delete(stack_key)
+            raise _not_found(key) from exc
+        new_value = value + delta
+        return new_value, dataclasses.replace(entry, value=self.encode(new_value))
 
     def _encode_counter(self, entry: Entry) -> bytes:
         layer = self.remote_sync[0]
@@ -971,8 +1136,15 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         engine = self._engine
         if engine.closed:
             engine = self._reopen()
-        box = engine.stack.get(self._key(key, version))
-        return default if box is None else box[0]
+        stack_key = self._key(key, version)
+        data = engine.stack.get(stack_key)
+        if data is None:
+            return default
+        try:
+            return engine.decode(data)
+        except _UnreadableValueError as exc:
+            engine.run(engine.drop(stack_key, exc, "get"))
+            return default
 
     def set(
         self,
@@ -985,7 +1157,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> None:
         """Store ``value``; ``tags`` (an extra) makes it reachable by :meth:`invalidate_by_tag`."""
         engine = self._live()
-        engine.run(engine.write(self._key(key, version), value, self._seconds(timeout), tags))
+        data = engine.encode(value)
+        engine.run(engine.write(self._key(key, version), data, self._seconds(timeout), tags))
 
     def add(
         self,
@@ -998,8 +1171,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> bool:
         """Store ``value`` only if ``key`` is absent; whether it was stored."""
         engine = self._live()
-        key = self._key(key, version)
-        return engine.run_atomic(engine.add(key, value, self._seconds(timeout), tags))
+        key, data = self._key(key, version), engine.encode(value)  # outside the lock
+        return engine.run_atomic(engine.add(key, data, self._seconds(timeout), tags))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         """Give ``key`` a new timeout; whether it existed."""
@@ -1058,12 +1231,14 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> list[Any]:
         """Store every item; returns the keys that failed (always ``[]``: failures raise)."""
         engine = self._live()
-        return engine.run(engine.set_many(*self._items(data, timeout, version), tags))
+        return engine.run(engine.set_many(*self._items(engine, data, timeout, version), tags))
 
     def _items(
-        self, data: Mapping[Any, Any], timeout: Any, version: int | None
-    ) -> tuple[list[tuple[str, Any]], float | None]:
-        return [(self._key(k, version), v) for k, v in data.items()], self._seconds(timeout)
+        self, engine: _Engine, data: Mapping[Any, Any], timeout: Any, version: int | None
+    ) -> tuple[list[tuple[str, bytes]], float | None]:
+        # Every value is encoded before the first is written: one that fails writes nothing.
+        items = [(self._key(k, version), engine.encode(v)) for k, v in data.items()]
+        return items, self._seconds(timeout)
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         """Remove several keys."""
@@ -1114,8 +1289,15 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
         engine = self._engine
         if engine.closed:
             engine = self._reopen()
-        box = await engine.async_side().stack.get(self._key(key, version))
-        return default if box is None else box[0]
+        stack_key = self._key(key, version)
+        data = await engine.async_side().stack.get(stack_key)
+        if data is None:
+            return default
+        try:
+            return engine.decode(data)
+        except _UnreadableValueError as exc:
+            await engine.arun(engine.drop(stack_key, exc, "get"))
+            return default
 
     async def aset(
         self,
@@ -1128,9 +1310,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> None:
         """Async :meth:`set`."""
         engine = self._live()
-        await engine.arun(
-            engine.write(self._key(key, version), value, self._seconds(timeout), tags)
-        )
+        data = engine.encode(value)
+        await engine.arun(engine.write(self._key(key, version), data, self._seconds(timeout), tags))
 
     async def aadd(
         self,
@@ -1143,8 +1324,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> bool:
         """Async :meth:`add`."""
         engine = self._live()
-        key = self._key(key, version)
-        return await engine.arun_atomic(engine.add(key, value, self._seconds(timeout), tags))
+        key, data = self._key(key, version), engine.encode(value)
+        return await engine.arun_atomic(engine.add(key, data, self._seconds(timeout), tags))
 
     async def atouch(
         self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -1188,7 +1369,8 @@ class LayerCacheBackend(BaseCache):  # type: ignore[misc]
     ) -> list[Any]:
         """Async :meth:`set_many`."""
         engine = self._live()
-        return await engine.arun(engine.set_many(*self._items(data, timeout, version), tags))
+        items = self._items(engine, data, timeout, version)
+        return await engine.arun(engine.set_many(*items, tags))
 
     async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         """Async :meth:`delete_many`."""

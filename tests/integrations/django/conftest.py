@@ -23,8 +23,10 @@ if not settings.configured:
         **{
             name: getattr(example_settings, name)
             for name in dir(example_settings)
-            if name.isupper()
-        }
+            if name.isupper() and name != "INSTALLED_APPS"
+        },
+        # A model to cache (dj_testapp/models.py); unpickling a model instance needs its app.
+        INSTALLED_APPS=[*example_settings.INSTALLED_APPS, "dj_testapp"],
     )
     django.setup()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django_support import FakeClock, in_threads
 
 from layercache.integrations.django import LayerCacheBackend
@@ -141,10 +142,11 @@ _WORKER = textwrap.dedent(
     """
     import sys
     from django.conf import settings
-    settings.configure()
+    url, count, secret_key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    # Values are pickles signed with a key derived from SECRET_KEY: the parent's, to share them.
+    settings.configure(SECRET_KEY=secret_key)
     from layercache.integrations.django import LayerCacheBackend
 
-    url, count = sys.argv[1], int(sys.argv[2])
     backend = LayerCacheBackend(url, {"OPTIONS": {"PREFIX": "dj:"}})
     sys.stdin.readline()  # start together
     for _ in range(count):
@@ -162,7 +164,7 @@ def test_real_processes(redis_clean: Any, clock: FakeClock, tmp_path: Path) -> N
         backend.set("shared", 0, timeout=None)
         procs = [
             subprocess.Popen(
-                [sys.executable, str(script), redis_clean.url, "200"],
+                [sys.executable, str(script), redis_clean.url, "200", settings.SECRET_KEY],
                 stdin=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )

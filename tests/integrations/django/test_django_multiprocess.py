@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django_support import eventually
 
@@ -288,8 +289,9 @@ _CHILD = textwrap.dedent(
 
     from django.conf import settings
 
-    url, channel, secret = sys.argv[1:4]
+    url, channel, secret, secret_key = sys.argv[1:5]
     settings.configure(
+        SECRET_KEY=secret_key,  # the parent's: values are pickles signed with a derived key
         CACHES={
             "default": {
                 "BACKEND": "layercache.integrations.django.LayerCacheBackend",
@@ -327,7 +329,7 @@ def test_real_second_process(redis_clean: Any, channel: str, tmp_path: Path) -> 
     script.write_text(_CHILD)
     backend = LayerCacheBackend(redis_clean.url, {"OPTIONS": _options(channel)})
     child = subprocess.Popen(
-        [sys.executable, str(script), redis_clean.url, channel, SECRET],
+        [sys.executable, str(script), redis_clean.url, channel, SECRET, settings.SECRET_KEY],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

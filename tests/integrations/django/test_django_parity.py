@@ -3,8 +3,10 @@
 Django's ``tests/cache/tests.py`` (class ``BaseCacheTests``) and ``tests/cache/tests_async.py``
 run every built-in backend through one list of behaviours. test_django_backend.py already checks
 most of them on a memory-only backend; this module adds the ones it does not check, on both a
-memory-only backend and a Redis ``LOCATION`` (plus, where the serializer matters, a Redis
-``LOCATION`` with ``PickleSerializer``, which is what Django's own Redis backend uses).
+memory-only backend and a Redis ``LOCATION`` (the default serializer: signed pickle, as Django's
+own backends pickle), plus, where the serializer matters, a Redis ``LOCATION`` with an explicit
+``PickleSerializer`` instance and one with ``SERIALIZER: "json"``. Django's own ``BaseCacheTests``
+also run against the backend: test_django_suite.py.
 
 Behaviours of BaseCacheTests and where they are checked (``backend`` = test_django_backend.py,
 ``parity`` = this module):
@@ -23,7 +25,8 @@ Behaviours of BaseCacheTests and where they are checked (``backend`` = test_djan
   ``test_data_types_json_limits``.
 - cache_read_for_model_instance(_with_deferred), cache_write_for_model_instance_with_deferred
   (no database here: a model-like object whose field default is expensive): parity
-  ``test_model_like_object_is_not_rebuilt``, ``test_model_like_object_needs_pickle``.
+  ``test_model_like_object_is_not_rebuilt``, ``test_model_like_object_needs_pickle`` (JSON);
+  a real model instance: test_django_serialization.py.
 - expiration: backend ``test_expiration``; parity ``test_expiration_over_redis``.
 - touch: backend ``test_touch``; parity ``test_touch_without_timeout_uses_default``.
 - unicode: parity ``test_unicode_keys_and_values``.
@@ -51,9 +54,9 @@ Behaviours of BaseCacheTests and where they are checked (``backend`` = test_djan
 - custom_key_func: backend ``test_key_prefix_and_key_func``; parity
   ``test_custom_key_functions_share_or_separate``.
 - cache_write_unpicklable_object (cache middleware, cookies): parity
-  ``test_cache_middleware_keeps_cookies``, ``test_cache_middleware_needs_pickle_over_redis``.
+  ``test_cache_middleware_keeps_cookies``, ``test_cache_middleware_needs_pickle_with_json``.
 - add_fail_on_pickleerror / set_fail_on_pickleerror: parity
-  ``test_unserializable_value_fails_loudly``, ``test_memory_only_keeps_values_by_reference``.
+  ``test_unserializable_value_fails_loudly``, ``test_memory_only_stores_copies``.
 - get_or_set / get_or_set_callable / get_or_set_version / get_or_set_racing: backend
   ``test_get_or_set``; parity ``test_get_or_set_details``, ``test_get_or_set_racing``.
 - *_async_uses_specialized_implementation: backend ``test_async_does_not_hop_threads``; parity
@@ -63,14 +66,10 @@ Behaviours of BaseCacheTests and where they are checked (``backend`` = test_djan
   warnings): backend ``test_async_variants``, ``test_async_key_warning``; parity the
   ``test_async_*`` tests below.
 
-Known differences from Django's backends, checked here so that they stay deliberate:
-
-- memory only, values are kept by reference (never pickled), so an unpicklable value is stored
-  instead of raising ``pickle.PickleError``;
-- over Redis, a value the serializer cannot encode raises ``CacheLayerError`` (its
-  ``__cause__`` is the serializer's error, ``pickle.PickleError`` with ``PickleSerializer``)
-  rather than ``pickle.PickleError`` itself; the default JSON serializer cannot hold functions,
-  classes or arbitrary objects, and returns tuples as lists.
+With the default serializer (signed pickle) the backend behaves as Django's backends in every
+configuration: a get returns a copy, an unpicklable value raises ``pickle.PickleError``. The
+deliberate difference is opt-in: with ``SERIALIZER: "json"`` a value JSON cannot hold raises
+``TypeError`` (never ``CacheLayerError``: Redis is not at fault), and tuples come back as lists.
 """
 
 from __future__ import annotations
@@ -213,6 +212,8 @@ def flavour(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Flavou
         location = request.getfixturevalue("redis_clean").url
     if name == "redis-pickle":
         options["SERIALIZER"] = PickleSerializer(signing_secret="parity-tests")
+    if name == "redis-json":
+        options["SERIALIZER"] = "json"
     made = Flavour(name, location, options)
     try:
         yield made
@@ -394,7 +395,7 @@ def test_binary_string(flavour: Flavour, cache: LayerCacheBackend) -> None:
         assert zlib.decompress(got).decode() == text
 
 
-@_only("memory", "redis-pickle")
+@_only("memory", "redis", "redis-pickle")
 def test_data_types_with_pickle(flavour: Flavour, cache: LayerCacheBackend) -> None:
     values = {
         "string": "this is a string",
@@ -415,9 +416,9 @@ def test_data_types_with_pickle(flavour: Flavour, cache: LayerCacheBackend) -> N
     assert got["class"]().method() == 24
 
 
-@_only("redis")
+@_only("redis-json")
 def test_data_types_json_limits(flavour: Flavour, cache: LayerCacheBackend) -> None:
-    # The default serializer is JSON: JSON types round-trip, a tuple comes back as a list ...
+    # The JSON serializer: JSON types round-trip, a tuple comes back as a list ...
     cache.set_many({"string": "s", "int": 42, "bool": True, "dict": {"A": 1}, "tuple": (1, 2)})
     assert flavour.reader().get_many(["string", "int", "bool", "dict", "tuple"]) == {
         "string": "s",
@@ -435,7 +436,7 @@ def test_data_types_json_limits(flavour: Flavour, cache: LayerCacheBackend) -> N
     assert flavour.reader().get("unsupported") is None
 
 
-@_only("memory", "redis-pickle")
+@_only("memory", "redis", "redis-pickle")
 def test_model_like_object_is_not_rebuilt(flavour: Flavour, cache: LayerCacheBackend) -> None:
     ExpensiveDefault.runs = 0
     poll = PollLike("Well?")
@@ -448,13 +449,13 @@ def test_model_like_object_is_not_rebuilt(flavour: Flavour, cache: LayerCacheBac
     assert ExpensiveDefault.runs == 1  # nor does reading
 
 
-@_only("redis")
+@_only("redis-json")
 def test_model_like_object_needs_pickle(flavour: Flavour, cache: LayerCacheBackend) -> None:
-    with pytest.raises(TypeError, match="cannot be serialized"):
+    with pytest.raises(TypeError, match="JsonSerializer cannot encode"):
         cache.set("question", PollLike("Well?"))
 
 
-@_only("redis", "redis-pickle")
+@_only("memory", "redis", "redis-pickle")
 def test_unserializable_value_fails_loudly(flavour: Flavour, cache: LayerCacheBackend) -> None:
     cache.set("kept", "old value")
     for write in (
@@ -462,10 +463,9 @@ def test_unserializable_value_fails_loudly(flavour: Flavour, cache: LayerCacheBa
         lambda: cache.add("added", Unpicklable()),
         lambda: cache.set_many({"many": Unpicklable()}),
     ):
-        with pytest.raises(TypeError, match="cannot be serialized") as info:
+        # pickle's own error, as Django's backends raise it (its suite checks PickleError).
+        with pytest.raises(pickle.PickleError):
             write()
-        if flavour.name == "redis-pickle":
-            assert isinstance(info.value.__cause__, pickle.PickleError)
     # As with Django's backends, a write that raised changed nothing: not this process's
     # memory layer, not what other processes read.
     for backend in (cache, flavour.reader()):
@@ -475,14 +475,14 @@ def test_unserializable_value_fails_loudly(flavour: Flavour, cache: LayerCacheBa
 
 
 @_only("memory")
-def test_memory_only_keeps_values_by_reference(cache: LayerCacheBackend) -> None:
-    # Documented difference: LocMemCache pickles (and raises PickleError); memory only, this
-    # backend stores the object itself.
-    value = Unpicklable()
-    cache.set("unpicklable", value)
-    assert cache.add("unpicklable-add", value) is True
-    assert cache.get("unpicklable") is value
-    assert cache.get("unpicklable-add") is value
+def test_memory_only_stores_copies(cache: LayerCacheBackend) -> None:
+    # As LocMemCache: the memory layer holds a pickle, every get unpickles a new copy.
+    value = {"list": [1]}
+    cache.set("k", value)
+    assert cache.add("k-add", value) is True
+    value["list"].append(2)
+    assert cache.get("k") == cache.get("k-add") == {"list": [1]}
+    assert cache.get("k") is not cache.get("k")
 
 
 # ---------------------------------------------------------------------- timeouts
@@ -903,7 +903,7 @@ def _page_cache_settings(flavour: Flavour) -> Any:
     )
 
 
-@_only("memory", "redis-pickle")
+@_only("memory", "redis", "redis-pickle")
 def test_cache_middleware_keeps_cookies(flavour: Flavour, cache: LayerCacheBackend) -> None:
     from django.core.cache import caches
 
@@ -924,8 +924,8 @@ def test_cache_middleware_keeps_cookies(flavour: Flavour, cache: LayerCacheBacke
             caches["parity"].clear()
 
 
-@_only("redis")
-def test_cache_middleware_needs_pickle_over_redis(
+@_only("redis-json")
+def test_cache_middleware_needs_pickle_with_json(
     flavour: Flavour, cache: LayerCacheBackend
 ) -> None:
     with _page_cache_settings(flavour), pytest.raises(TypeError, match="JsonSerializer"):
@@ -1094,16 +1094,16 @@ async def test_async_clear_and_close(flavour: Flavour, acache: LayerCacheBackend
     assert flavour.reader().get_many(["key1", "key2"]) == {}
 
 
-@_only("redis", "redis-pickle")
+@_only("memory", "redis", "redis-pickle")
 async def test_async_unserializable_value_fails_loudly(
     flavour: Flavour, acache: LayerCacheBackend
 ) -> None:
     await acache.aset("kept", "old value")
-    with pytest.raises(TypeError, match="cannot be serialized"):
+    with pytest.raises(pickle.PickleError):
         await acache.aset("kept", Unpicklable())
-    with pytest.raises(TypeError, match="cannot be serialized"):
+    with pytest.raises(pickle.PickleError):
         await acache.aadd("added", Unpicklable())
-    with pytest.raises(TypeError, match="cannot be serialized"):
+    with pytest.raises(pickle.PickleError):
         await acache.aset_many({"many": Unpicklable()})
     assert await acache.aget("kept") == "old value"
     assert await acache.aget_many(["added", "many"]) == {}

@@ -1,0 +1,1 @@
+"""A tiny Django app for the backend tests: a model whose field default counts its calls."""
