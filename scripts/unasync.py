@@ -39,8 +39,20 @@ RENAMES = {
     "aclose": "close",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
-    "asyncio": "threads",
 }
+# The twin closes a layer with its plain close(): a sync stack cannot await an aclose().
+ADAPTER_REPLACEMENTS = (
+    (
+        'getattr(layer, "aclose", None) or getattr(layer, "close", None)',
+        'getattr(layer, "close", None)',
+    ),
+)
+STACK_REPLACEMENTS = (
+    (
+        '"""``CacheStack``: the layered read/write orchestration on asyncio.',
+        '"""``CacheStack``: the layered read/write orchestration on threads.',
+    ),
+)
 
 # The Redis layer: redis-py's asyncio package mirrors the sync one name for name.
 REDIS_LAYER_RENAMES = {
@@ -93,7 +105,7 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutE
     loop that client was first used on only.
 """,
         # (Applied before the renames: the text avoids the renamed class name.)
-        """    The sync twin of the asyncio Redis layer (``layercache.redis.layer``), generated from
+        """    The sync twin of the asyncio layer (``layercache.redis.layer``), generated from
     it by ``scripts/unasync.py``: built by the asyncio class when it is given a sync client, and
     by ``SyncCacheStack`` in place of an asyncio layer built from ``url=``. ``SyncCacheStack``
     calls its methods directly from the calling threads (redis-py's sync client is thread-safe
@@ -147,10 +159,9 @@ SINGLE_FLIGHT_REPLACEMENTS = (_SYNC_LAYER_IMPORT,)
 
 # (source, target, renames, replacements) per generated file.
 JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] = (
-    *(
-        (f"_async/{name}", f"_sync/{name}", RENAMES, ())
-        for name in ("adapter.py", "stack.py", "tag_index.py")
-    ),
+    ("_async/adapter.py", "_sync/adapter.py", RENAMES, ADAPTER_REPLACEMENTS),
+    ("_async/stack.py", "_sync/stack.py", RENAMES, STACK_REPLACEMENTS),
+    ("_async/tag_index.py", "_sync/tag_index.py", RENAMES, ()),
     ("redis/layer.py", "redis/_sync_layer.py", REDIS_LAYER_RENAMES, REDIS_LAYER_REPLACEMENTS),
     (
         "redis/tag_index.py",
@@ -284,14 +295,89 @@ def write_or_check(
     return 0
 
 
-def main(argv: list[str]) -> int:
+# -- async wording in a sync twin ----------------------------------------------------------------
+
+# Words that are wrong in a sync twin: code the renames missed, or prose that describes only the
+# asyncio twin (``SyncCacheStack.wrap`` "returns a coroutine function"). Renaming cannot fix
+# prose, so the generator refuses it instead.
+ASYNC_WORDING = re.compile(
+    r"\b(?:coroutines?|await(?:s|ed|ing|ables?)?|asyncio|event[ -]loops?|async (?:def|with|for)"
+    r"|aclose|__aenter__|__aexit__|AsyncIterator)\b",
+    re.IGNORECASE,
+)
+# ``getattr(x, "aclose") or getattr(x, "close")`` renamed into ``... "close") or ... "close")``.
+# Operands are calls, dotted names or string literals (plain words are prose: "it or it").
+DUPLICATED_OPERAND = re.compile(
+    r"(?<![\w.])([A-Za-z_][\w.]*\([^()\n]*\)|[A-Za-z_]\w*(?:\.\w+)+|\"[^\"\n]*\"|'[^'\n]*')"
+    r" (?:or|and) \1(?![\w.(\[])"
+)
+# Text that is about the asyncio twin on purpose keeps its words between these comment lines
+# (they stay in the twin, so its reader sees why). Prefer wording true for both twins.
+_ALLOWED_WORDING = re.compile(
+    r"^[ \t]*# unasync: begin async-wording\n.*?^[ \t]*# unasync: end async-wording\n",
+    re.DOTALL | re.MULTILINE,
+)
+# Naming the other twin is true in both: "the asyncio twin", "an asyncio layer".
+_NAMES_THE_OTHER_TWIN = re.compile(r"\basyncio (?:twin|class|layer|stack)s?\b", re.IGNORECASE)
+
+
+def async_wording(text: str) -> list[tuple[int, str, str]]:
+    """``(line number, offending text, line)`` for every async word or duplicated operand in a
+    generated twin, outside ``# unasync: begin async-wording`` regions."""
+    allowed_lines: set[int] = set()
+    for region in _ALLOWED_WORDING.finditer(text):
+        first = text.count("\n", 0, region.start()) + 1
+        allowed_lines.update(range(first, first + region.group(0).count("\n")))
+    found: list[tuple[int, str, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if number in allowed_lines:
+            continue
+        checked = _NAMES_THE_OTHER_TWIN.sub("", line)
+        hits = [m.group(0) for m in ASYNC_WORDING.finditer(checked)]
+        hits += [m.group(0) for m in DUPLICATED_OPERAND.finditer(checked)]
+        found += [(number, hit, line.strip()) for hit in hits]
+    return found
+
+
+def check_wording(wanted: dict[Path, str], sources: dict[Path, str]) -> int:
+    """Report every async word in the generated twins (``file:line``); 1 if there is any."""
+    problems = [
+        f"{path.relative_to(ROOT)}:{number}: {hit!r} (from {sources[path]}): {line}"
+        for path, text in wanted.items()
+        for number, hit, line in async_wording(text)
+    ]
+    if not problems:
+        return 0
+    print(
+        "unasync: async wording in generated sync code. Say it so it is true for both twins in"
+        " the async source, add an exact replacement to the job in scripts/unasync.py, or, for"
+        " text about the asyncio twin only, put it between '# unasync: begin async-wording' and"
+        " '# unasync: end async-wording':",
+        file=sys.stderr,
+    )
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def generate() -> tuple[dict[Path, str], dict[Path, str]]:
+    """Every twin's wanted text, and the source each comes from."""
     wanted: dict[Path, str] = {}
+    sources: dict[Path, str] = {}
     for source, name, renames, replacements in JOBS:
         text = (PACKAGE / source).read_text(encoding="utf-8")
         module = Path(source).stem if source.startswith("redis/") else None
         wanted[PACKAGE / name] = HEADER.format(name=source) + convert(
             text, renames, replacements, module
         )
+        sources[PACKAGE / name] = f"src/layercache/{source}"
+    return wanted, sources
+
+
+def main(argv: list[str]) -> int:
+    wanted, sources = generate()
+    if check_wording(wanted, sources):
+        return 1
     return write_or_check(wanted, "--check" in argv, "python scripts/unasync.py")
 
 

@@ -35,7 +35,7 @@ _OPTIONAL = (
 
 
 class LayerAdapter:
-    """A layer with every operation as a coroutine and its capabilities known up front."""
+    """A layer bound once to the stack's calling convention, its capabilities known up front."""
 
     def __init__(self, layer: Any, index: int) -> None:
         # A layer may hand this stack a twin of itself (RedisLayer(url=...) in SyncCacheStack).
@@ -63,7 +63,7 @@ class LayerAdapter:
             else None
         )
         # Layers with a synchronous lookup (the memory layer) are also written synchronously
-        # on the stack's hot paths (backfill, store): no coroutine frames for an L1 write.
+        # on the stack's hot paths (backfill, store): no extra frames for an L1 write.
         self.direct_set: Callable[[str, Entry, float | None], None] | None = (
             layer.set if self.lookup is not None and not is_async_callable(layer.set) else None
         )
@@ -72,7 +72,7 @@ class LayerAdapter:
         self._delete = bind_method(layer.delete, blocking)
         self._clear = bind_method(layer.clear, blocking)
         # The read of the hot path. A built-in driver that already raises CacheLayerError for
-        # every failure (``raises_layer_errors``) is awaited directly: no extra frame per hit.
+        # every failure (``raises_layer_errors``) is called directly: no extra frame per hit.
         self.read: Callable[[str], Entry | None] = self.get
         if getattr(layer, "raises_layer_errors", False) and is_async_callable(layer.get):
             self.read = layer.get
@@ -81,7 +81,7 @@ class LayerAdapter:
             fn = getattr(layer, attr, None)
             if callable(fn):
                 self._optional[attr] = bind_method(fn, blocking)
-        closer = getattr(layer, "close", None) or getattr(layer, "close", None)
+        closer = getattr(layer, "close", None)
         self._close = bind_method(closer, blocking) if callable(closer) else None
         # Graceful degradation: skipped until this wall time; the writes and invalidations it
         # missed meanwhile, replayed before it serves again (bounded; on overflow the layer is

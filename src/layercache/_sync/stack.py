@@ -2,14 +2,14 @@
 # Change the async source and run `python scripts/unasync.py`.
 """``SyncCacheStack``: the layered read/write orchestration on threads.
 
-The read path, top to bottom: validate the key → L1 lookup (a plain call, no ``await``) →
+The read path, top to bottom: validate the key → L1 lookup (a plain call) →
 freshness decision on the entry → lower layers in order → backfill the layers above the hit →
 local single-flight → fetcher (worker thread for sync fetchers, timeout) → write to every layer
 (write policy) → tag index. Events and metrics are emitted along the way.
 
 This module is the one source of truth for the orchestration: the thread-based
-``SyncCacheStack`` is generated from it (``scripts/unasync.py``), so it avoids threads-only
-constructs outside the few helpers the generator knows how to rename.
+``SyncCacheStack`` is generated from it (``scripts/unasync.py``), so it avoids constructs only
+one twin has, outside the few helpers the generator knows how to rename.
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ class SyncCacheStack:
         self._flight_lock = new_flight_lock()
         self._closed = False
         first = self._layers[0]
-        # An L1 that answers synchronously: its hit is served without any await.
+        # An L1 that answers synchronously: its hit is served by a plain call.
         self._l1: Callable[[str, float], Entry | None] | None = first.lookup
         self._l1_name = first.name
         self._l1_counters = self._metrics.layers[first.name]
@@ -386,7 +386,7 @@ class SyncCacheStack:
     def _direct_write(
         self, adapter: LayerAdapter, key: str, entry: Entry, ttl: float | None
     ) -> None:
-        """Write to a synchronous local layer without coroutine machinery."""
+        """Write to a synchronous local layer with a plain call."""
         assert adapter.direct_set is not None
         try:
             adapter.direct_set(key, entry, ttl)
@@ -500,7 +500,7 @@ class SyncCacheStack:
     # ------------------------------------------------------------------ invalidation bus
 
     def _ensure_bus(self) -> None:
-        """Subscribe to the bus on first use (the constructor cannot await)."""
+        """Subscribe to the bus on first use (the constructor does no I/O)."""
         if self._bus_started:
             return
         self._bus_started = True
@@ -2000,7 +2000,7 @@ class SyncCacheStack:
 
         Keys are ``prefix:`` plus a collision-free rendering of the arguments (``user:123``
         for ``f(123)``, ``user:"123"`` for ``f("123")``), or ``prefix:`` plus
-        ``key_resolver(*args, **kwargs)``. The wrapper is always a coroutine function.
+        ``key_resolver(*args, **kwargs)``. The wrapper is called the way this stack's ``get`` is.
         """
         _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
         options = self._options(None, opts)

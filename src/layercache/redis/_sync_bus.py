@@ -178,7 +178,7 @@ class SyncRedisInvalidationBus:
         if subscriber is not None and isinstance(subscriber, RedisCluster) != self._sharded:
             raise ValueError("publisher and subscriber must both be cluster clients, or neither")
         if self._sharded and not callable(getattr(RedisCluster, "pubsub", None)):
-            # Older redis-py releases have no asyncio cluster pub/sub at all.
+            # Older redis-py releases have no cluster pub/sub at all.
             raise ValueError("sharded pub/sub needs a redis-py whose RedisCluster has pubsub()")
         self._channel_name = channel
         self._generation_script: Any = None
@@ -268,7 +268,7 @@ class SyncRedisInvalidationBus:
     ) -> None:
         """Start the subscriber task and wait until the channel subscription is confirmed.
 
-        ``on_message(message)`` is called (awaited) for each valid message of another instance,
+        ``on_message(message)`` is called for each valid message of another instance,
         one at a time. ``on_reconnect()`` is called after each re-subscribe, i.e. every confirmed
         subscription except the one this call reports as success. ``on_error(exc, context)``
         receives dropped messages (:class:`RejectedMessageError`, context ``reason``), a lost
@@ -564,8 +564,10 @@ class SyncRedisInvalidationBus:
     # -- the subscriber task ----------------------------------------------------------------
 
     def _run(self) -> None:
+        # unasync: begin async-wording
         # Cancellation stops this loop, and so does _closed: a driver call that swallows a
         # cancellation (asyncio.wait_for can, up to Python 3.11) must not keep it alive.
+        # unasync: end async-wording
         while not self._closed:
             pubsub: Any = None
             try:

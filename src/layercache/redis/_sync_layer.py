@@ -68,7 +68,7 @@ def _milliseconds(ttl: float) -> int:
 class SyncRedisLayer:
     """A cache layer stored in Redis, shared by every process that uses the same prefix.
 
-    The sync twin of the asyncio Redis layer (``layercache.redis.layer``), generated from
+    The sync twin of the asyncio layer (``layercache.redis.layer``), generated from
     it by ``scripts/unasync.py``: built by the asyncio class when it is given a sync client, and
     by ``SyncCacheStack`` in place of an asyncio layer built from ``url=``. ``SyncCacheStack``
     calls its methods directly from the calling threads (redis-py's sync client is thread-safe
@@ -112,7 +112,7 @@ class SyncRedisLayer:
     # (SyncCacheStack calls them directly).
     is_blocking = True
     # Every failure leaves this class as CacheLayerError (see _driver_errors), so the stack
-    # awaits get() directly on its hot path.
+    # calls get() directly on its hot path.
     raises_layer_errors = True
 
     def __init__(

@@ -75,7 +75,7 @@ class SyncRedisSingleFlightCoordinator:
     """Cross-instance single-flight on a Redis lock: N instances x M callers = 1 origin fetch.
 
     Pass it to ``CacheStack(single_flight_coordinator=...)``; the stack calls :meth:`run` on a
-    miss, after its in-process single-flight. One coordinator serves one event loop.
+    miss, after its in-process single-flight.
 
     Args:
         client: A ``redis.Redis`` or ``redis.RedisCluster`` created with
@@ -517,9 +517,9 @@ class SyncRedisSingleFlightCoordinator:
         return bool(int(acquired)), int(pttl)
 
     @staticmethod
-    def _bounded(awaitable: R, deadline: float) -> R:
+    def _bounded(call: R, deadline: float) -> R:
         limit = max(deadline - time.monotonic(), _MIN_CALL_TIME)
-        return bounded(awaitable, limit)
+        return bounded(call, limit)
 
     def _degrade(self, exc: BaseException, key: str, operation: str) -> None:
         self.stats.degraded += 1

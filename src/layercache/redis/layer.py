@@ -126,7 +126,7 @@ class RedisLayer:
     # asyncio stack runs it in worker threads.
     is_blocking = False
     # Every failure leaves this class as CacheLayerError (see _driver_errors), so the stack
-    # awaits get() directly on its hot path.
+    # calls get() directly on its hot path.
     raises_layer_errors = True
 
     # unasync: begin async-only

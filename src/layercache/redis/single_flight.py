@@ -154,7 +154,7 @@ class RedisSingleFlightCoordinator:
     """Cross-instance single-flight on a Redis lock: N instances x M callers = 1 origin fetch.
 
     Pass it to ``CacheStack(single_flight_coordinator=...)``; the stack calls :meth:`run` on a
-    miss, after its in-process single-flight. One coordinator serves one event loop.
+    miss, after its in-process single-flight.
 
     Args:
         client: A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` created with
@@ -609,9 +609,9 @@ class RedisSingleFlightCoordinator:
         return bool(int(acquired)), int(pttl)
 
     @staticmethod
-    async def _bounded(awaitable: Awaitable[R], deadline: float) -> R:
+    async def _bounded(call: Awaitable[R], deadline: float) -> R:
         limit = max(deadline - time.monotonic(), _MIN_CALL_TIME)
-        return await bounded(awaitable, limit)
+        return await bounded(call, limit)
 
     def _degrade(self, exc: BaseException, key: str, operation: str) -> None:
         self.stats.degraded += 1

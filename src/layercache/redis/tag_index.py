@@ -221,7 +221,7 @@ class RedisTagIndex:
     async def _ready(self) -> None:
         """Let a cluster client learn the slot map before the first command.
 
-        redis-py's asyncio ``RedisCluster`` resolves a command's routing before it initializes
+        redis-py's async ``RedisCluster`` resolves a command's routing before it initializes
         itself; a burst of concurrent first commands then goes to one node, comes back MOVED,
         and the refresh it triggers closes connections other commands are still using. One
         explicit ``initialize()`` (idempotent, locked inside the client) avoids all of that.
