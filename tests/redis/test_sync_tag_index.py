@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from _redis_server import RedisServer
 from layercache import (
+    CacheEntry,
     CacheLayerError,
     MemoryLayer,
     RedisInvalidationBus,
@@ -136,6 +137,36 @@ def test_record_any_all_remove_and_matching(backend: Backend, prefix: str) -> No
     assert reader.size() == 2
     with pytest.raises(ValueError, match="mode"):
         reader.keys_for_tags(["posts"], mode="some")
+
+
+def test_record_many_equals_one_record_per_key(backend: Backend, prefix: str) -> None:
+    client = backend.client()
+    batched: Any = RedisTagIndex(client=client, prefix=f"{prefix}:many")
+    single: Any = RedisTagIndex(client=client, prefix=f"{prefix}:one")
+    items = [
+        ("a", ["x", "y"], None),
+        ("b", ["y"], time.time() + 60),
+        ("a", ["z"], None),  # re-tagged within the batch: the last tags win
+        ("c", ["x"], None),
+        ("c", [], None),  # forgotten again
+    ]
+    assert batched.record_many(items) == []
+    for key, tags, expires in items:
+        single.record(key, tags, expires)
+    for index in (batched, single):
+        assert index.keys_for_tags(["x", "y", "z"]) == {"a", "b"}
+        assert index.tags_of("a") == ("z",)
+        assert index.size() == 2
+    # Through a SyncCacheStack: one batched call for the whole set_many.
+    stack = SyncCacheStack(
+        [MemoryLayer(), RedisLayer(client=client, prefix=f"{prefix}:v:")], tag_index=batched
+    )
+    with stack:
+        stack.set_many(CacheEntry(f"k{i}", i, {"tags": ["bulk", f"g{i % 2}"]}) for i in range(1200))
+        assert batched.keys_for_tags(["bulk"]) == {f"k{i}" for i in range(1200)}
+        assert stack.invalidate_by_tag("g1") == 600
+        assert stack.get("k1") is None
+        assert stack.get("k2") == 2
 
 
 def test_expiry_and_cleanup(backend: Backend, prefix: str) -> None:

@@ -131,6 +131,37 @@ def test_index_matches_a_model(ops: list[tuple[str, str, list[str]]], bound: int
     asyncio.run(run())
 
 
+batches = st.lists(
+    st.lists(
+        st.tuples(
+            st.sampled_from([f"k{i}" for i in range(8)]),
+            st.lists(st.sampled_from("abcd"), max_size=3, unique=True),
+        ),
+        max_size=10,
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=batches, bound=st.integers(min_value=1, max_value=6))
+def test_record_many_equals_one_record_per_key(
+    batches: list[list[tuple[str, list[str]]]], bound: int
+) -> None:
+    async def run() -> None:
+        batched = InMemoryTagIndex(max_keys=bound)
+        one_by_one = InMemoryTagIndex(max_keys=bound)
+        for batch in batches:
+            expected: list[str] = []
+            for key, tags in batch:
+                expected.extend(await one_by_one.record(key, tags))
+            assert await batched.record_many([(k, t, None) for k, t in batch]) == expected
+            assert batched._key_tags == one_by_one._key_tags
+            assert batched._tag_keys == one_by_one._tag_keys
+
+    asyncio.run(run())
+
+
 # -- behind a CacheStack: a bounded index must never let invalidation miss a key -----------------
 
 

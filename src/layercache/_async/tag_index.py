@@ -8,11 +8,15 @@ that ``invalidate_by_tag`` could no longer reach.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias
 
 from .._glob import compile_glob
 
-__all__ = ["InMemoryTagIndex"]
+__all__ = ["InMemoryTagIndex", "TagRecord", "bind_record_many"]
+
+TagRecord: TypeAlias = tuple[str, Sequence[str], "float | None"]
+"""``(key, tags, expires_at)``: one key's tags as ``record`` takes them."""
 
 
 class InMemoryTagIndex:
@@ -42,18 +46,29 @@ class InMemoryTagIndex:
         ``expires_at`` (when every copy of the value is gone) is accepted for interface
         parity with ``RedisTagIndex``; this index is bounded by ``max_keys`` instead.
         """
+        evicted: list[str] = []
+        self._record(key, tags, evicted)
+        return evicted
+
+    async def record_many(self, items: Iterable[TagRecord]) -> list[str]:
+        """:meth:`record` for several ``(key, tags, expires_at)`` items, in order; returns
+        every key evicted to keep the bound (delete them)."""
+        evicted: list[str] = []
+        for key, tags, _expires_at in items:
+            self._record(key, tags, evicted)
+        return evicted
+
+    def _record(self, key: str, tags: Sequence[str], evicted: list[str]) -> None:
         self._unlink(key)
         if not tags:
-            return []
+            return
         self._key_tags[key] = tuple(tags)
         for tag in tags:
             self._tag_keys.setdefault(tag, set()).add(key)
-        evicted: list[str] = []
         while len(self._key_tags) > self.max_keys:
             oldest = next(iter(self._key_tags))
             self._unlink(oldest)
             evicted.append(oldest)
-        return evicted
 
     async def remove(self, keys: Iterable[str]) -> None:
         """Forget ``keys``."""
@@ -89,3 +104,20 @@ class InMemoryTagIndex:
 
     def __len__(self) -> int:
         return len(self._key_tags)
+
+
+def bind_record_many(index: Any) -> Callable[[Sequence[TagRecord]], Awaitable[list[str]]]:
+    """``index.record_many``, or for an index without it (one written before it existed) one
+    ``record`` call per item. Looked up once, when the stack is built."""
+    method = getattr(index, "record_many", None)
+    if callable(method):
+        return method  # type: ignore[no-any-return]
+    record = index.record
+
+    async def record_each(items: Sequence[TagRecord]) -> list[str]:
+        evicted: list[str] = []
+        for key, tags, expires_at in items:
+            evicted.extend(await record(key, tags, expires_at) or ())
+        return evicted
+
+    return record_each

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import itertools
 import logging
 import random
 import time
@@ -77,7 +78,7 @@ from ._primitives import (
 )
 from .adapter import LayerAdapter
 from .rate_limit import FetcherLimiter
-from .tag_index import InMemoryTagIndex
+from .tag_index import InMemoryTagIndex, TagRecord, bind_record_many
 from .write_behind import WriteBehindQueue
 
 __all__ = ["SyncCacheNamespace", "SyncCacheStack"]
@@ -94,7 +95,8 @@ _WRITE_POLICIES = ("strict", "best-effort")
 _CLOSE_GRACE = 5.0
 # Writes and invalidations a degraded layer may miss before it is fenced (cleared on recovery).
 _MAX_MISSED = 10_000
-# Keys per bulk delete when a recovered layer catches up.
+# Keys per bulk delete when a recovered layer catches up, and remembered tag records per
+# batched record_many call when a recovered tag index does.
 _REPLAY_BATCH = 1_000
 # Keys per invalidation message (the bus refuses larger messages).
 _BUS_CHUNK = 1_000
@@ -235,6 +237,9 @@ class SyncCacheStack:
         check_component(single_flight_coordinator, "single_flight_coordinator", "run")
         check_component(invalidation_bus, "invalidation_bus", "publish")
         check_component(self._tags, "tag_index", "record")
+        # Bulk writes record their tags in one batched call (a user's index without
+        # record_many gets one record call per key).
+        self._record_tags = bind_record_many(self._tags)
         self._clock = clock
         self._rng = rng
         self.max_profile_entries = max_profile_entries
@@ -726,14 +731,15 @@ class SyncCacheStack:
         operation: str,
         call: Callable[[], T],
         default: T,
-        missed: tuple[str, Any],
+        missed: tuple[str, Any] | list[tuple[str, Any]],
     ) -> T:
         """Run a tag index operation under the degradation policy.
 
         Strict: its failure raises. Graceful: a failing (shared) index is skipped until
         ``retry_after`` like a layer, what it missed is remembered (bounded) and replayed when
         it answers again, and the caller gets ``default``: a Redis outage never fails a cache
-        operation through the tag index.
+        operation through the tag index. ``missed`` is one operation, or a list of them (a
+        bulk call is remembered per key, so the bound counts keys).
         """
         if self._retry_after is None:
             return call()
@@ -748,14 +754,15 @@ class SyncCacheStack:
             self._remember_tags(missed)
             return default
 
-    def _remember_tags(self, missed: tuple[str, Any]) -> None:
-        if self._tags_fenced:
-            return
-        if len(self._tags_missed) >= _MAX_MISSED:
-            self._tags_missed.clear()
-            self._tags_fenced = True
-            return
-        self._tags_missed.append(missed)
+    def _remember_tags(self, missed: tuple[str, Any] | list[tuple[str, Any]]) -> None:
+        for operation in missed if isinstance(missed, list) else [missed]:
+            if self._tags_fenced:
+                return
+            if len(self._tags_missed) >= _MAX_MISSED:
+                self._tags_missed.clear()
+                self._tags_fenced = True
+                return
+            self._tags_missed.append(operation)
 
     def _recover_tags(self) -> bool:
         """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
@@ -776,9 +783,20 @@ class SyncCacheStack:
             while self._tags_missed:
                 kind, arg = self._tags_missed[0]
                 if kind == "record":
-                    key, tags, expires = arg
-                    self._tags.record(key, tags, expires)
-                elif kind == "remove":
+                    # Consecutive records (a set_many remembers one per key) replay as one
+                    # batched call; they leave the queue only once it succeeded.
+                    records: list[TagRecord] = []
+                    for queued_kind, queued in itertools.islice(self._tags_missed, _REPLAY_BATCH):
+                        if queued_kind != "record":
+                            break
+                        records.append(queued)
+                    evicted = self._record_tags(records)
+                    for _ in records:
+                        self._tags_missed.popleft()
+                    if evicted:
+                        self._delete_everywhere(evicted)
+                    continue
+                if kind == "remove":
                     self._tags.remove(arg)
                 elif kind == "invalidate":
                     tags, mode = arg
@@ -1562,16 +1580,19 @@ class SyncCacheStack:
                 known = expiries.get(key, 0.0)
                 until = stored.expires_at
                 expiries[key] = None if known is None or until is None else max(known, until)
-        for key, _, opts in items:
-            until = expiries.get(key)
-            evicted.extend(
-                self._tag_op(
-                    "record",
-                    functools.partial(self._tags.record, key, opts.tags or (), until),
-                    [],
-                    ("record", (key, opts.tags or (), until)),
-                )
+        # One batched index call for every key (one round trip per chunk on Redis, not one
+        # per key); a down index remembers each key's record for the replay.
+        records: list[TagRecord] = [
+            (key, opts.tags or (), expiries.get(key)) for key, _, opts in items
+        ]
+        evicted.extend(
+            self._tag_op(
+                "record",
+                functools.partial(self._record_tags, records),
+                [],
+                [("record", record) for record in records],
             )
+        )
         if evicted:
             self._delete_everywhere(evicted)
         if "set" in self._events.active:

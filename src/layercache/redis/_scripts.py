@@ -56,6 +56,38 @@ local function sweep(now, limit, expiry, shards, tag_prefix, key_prefix, shard_p
   end
   return #due
 end
+
+local function replace_tags(member, expires_at, tags, key_set, shard, expiry, tag_prefix)
+  -- Give `member` exactly the tags of the list `tags` (empty: forget it): it leaves the tag
+  -- sets of the tags it no longer has, joins the new ones, and its known-keys shard and
+  -- expiry entry follow. `expires_at` is a wall-clock time in seconds, or '' for none.
+  local wanted = {}
+  for i = 1, #tags do
+    wanted[tags[i]] = true
+  end
+  local old = redis.call('SMEMBERS', key_set)
+  for i = 1, #old do
+    if not wanted[old[i]] then
+      redis.call('SREM', tag_prefix .. old[i], member)
+    end
+  end
+  redis.call('DEL', key_set)
+  if #tags == 0 then
+    redis.call('SREM', shard, member)
+    redis.call('ZREM', expiry, member)
+    return
+  end
+  redis.call('SADD', key_set, unpack(tags))
+  for i = 1, #tags do
+    redis.call('SADD', tag_prefix .. tags[i], member)
+  end
+  redis.call('SADD', shard, member)
+  if expires_at == '' then
+    redis.call('ZREM', expiry, member)
+  else
+    redis.call('ZADD', expiry, expires_at, member)
+  end
+end
 """
 
 TAG_INDEX_RECORD = (
@@ -82,32 +114,45 @@ if err then
 end
 -- The sweep runs first so that it can never forget the key recorded below.
 local swept = sweep(ARGV[3], ARGV[4], KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-local member = ARGV[1]
-local wanted = {}
-for i = 9, #ARGV do
-  wanted[ARGV[i]] = true
+-- KEYS[5..] name the same tag sets that replace_tags derives from ARGV[6] and the tags.
+replace_tags(ARGV[1], ARGV[2], {unpack(ARGV, 9)}, KEYS[1], KEYS[2], KEYS[3], ARGV[6])
+return swept
+"""
+)
+
+TAG_INDEX_RECORD_MANY = (
+    _TAG_INDEX_LUA
+    + """
+-- Replace the tags of several keys, in order, each exactly as TAG_INDEX_RECORD would: before
+-- each key, a few expired keys are forgotten (so the result equals one TAG_INDEX_RECORD call
+-- per key at the same `now`). Atomic as a whole.
+-- KEYS[1]  the expiry sorted set ({prefix}:expiry)
+-- KEYS[2]  the layout string ({prefix}:layout)
+-- ARGV[1]  the current wall-clock time in seconds
+-- ARGV[2]  how many expired keys to forget before each key (0: none)
+-- ARGV[3]  the known-keys shard count
+-- ARGV[4]  tag set name prefix, ARGV[5] key set name prefix, ARGV[6] shard name prefix
+-- ARGV[7..] per key: the key, its wall-clock expiry in seconds or '', the number n of its
+--           tags, then its n tags (n = 0: the key is forgotten)
+-- Returns the number of expired keys forgotten; an error reply LAYERCACHE_LAYOUT ... on a
+-- shard-count mismatch (nothing is changed then).
+local err = check_layout(KEYS[2], ARGV[3])
+if err then
+  return redis.error_reply(err)
 end
-local old = redis.call('SMEMBERS', KEYS[1])
-for i = 1, #old do
-  if not wanted[old[i]] then
-    redis.call('SREM', ARGV[6] .. old[i], member)
+local swept = 0
+local i = 7
+while i <= #ARGV do
+  local member = ARGV[i]
+  local count = tonumber(ARGV[i + 2])
+  local tags = {}
+  for j = 1, count do
+    tags[j] = ARGV[i + 2 + j]
   end
-end
-redis.call('DEL', KEYS[1])
-if #ARGV < 9 then
-  redis.call('SREM', KEYS[2], member)
-  redis.call('ZREM', KEYS[3], member)
-  return swept
-end
-redis.call('SADD', KEYS[1], unpack(ARGV, 9))
-for i = 5, #KEYS do
-  redis.call('SADD', KEYS[i], member)
-end
-redis.call('SADD', KEYS[2], member)
-if ARGV[2] == '' then
-  redis.call('ZREM', KEYS[3], member)
-else
-  redis.call('ZADD', KEYS[3], ARGV[2], member)
+  swept = swept + sweep(ARGV[1], ARGV[2], KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  replace_tags(member, ARGV[i + 1], tags, ARGV[5] .. member,
+    shard_of(member, ARGV[3], ARGV[6]), KEYS[1], ARGV[4])
+  i = i + 3 + count
 end
 return swept
 """

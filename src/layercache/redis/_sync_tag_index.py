@@ -29,10 +29,10 @@ between the two without migration.
 
 Nothing grows without bound: the tag sets of a key are replaced, not appended to; a key's
 entries are removed when it is deleted or invalidated; a key recorded with an expiry (or with
-``key_ttl``) is forgotten once that moment has passed, a few at a time on every ``record`` and
-in batches by :meth:`SyncRedisTagIndex.cleanup`. Every command and reply is bounded: bulk removals
-run in batches, large tag sets are read with ``SSCAN``, ``clear`` uses ``SCAN`` and ``UNLINK``
-in batches.
+``key_ttl``) is forgotten once that moment has passed, a few at a time before every key that
+``record`` or ``record_many`` writes, and in batches by :meth:`SyncRedisTagIndex.cleanup`. Every
+command and reply is bounded: bulk removals and ``record_many`` run in batches, large tag sets
+are read with ``SSCAN``, ``clear`` uses ``SCAN`` and ``UNLINK`` in batches.
 """
 
 from __future__ import annotations
@@ -65,7 +65,12 @@ from ._keys import (
     tag_index_tag_set_prefix,
     to_member,
 )
-from ._scripts import TAG_INDEX_CLEANUP, TAG_INDEX_RECORD, TAG_INDEX_REMOVE
+from ._scripts import (
+    TAG_INDEX_CLEANUP,
+    TAG_INDEX_RECORD,
+    TAG_INDEX_RECORD_MANY,
+    TAG_INDEX_REMOVE,
+)
 from ._sync_layer import RedisClient
 
 __all__ = ["SyncRedisTagIndex"]
@@ -73,6 +78,11 @@ __all__ = ["SyncRedisTagIndex"]
 # Keys per remove script call: bounds both the command size and how long one call holds the
 # server (each key costs a few set operations per tag).
 _REMOVE_BATCH = 256
+# Keys per record_many script call, and at most this many script arguments (a key with 64 tags
+# takes 67): bounds the command size and how long one call holds the server (each key costs a
+# few set operations per tag), while 10,000 keys still take only 20 round trips.
+_RECORD_BATCH = 500
+_RECORD_BATCH_ARGS = 16_384
 # Expired keys forgotten by each record() on the way: more than one, so a backlog shrinks while
 # keys are being written, few enough to keep record() cheap.
 _RECORD_SWEEP = 16
@@ -169,6 +179,7 @@ class SyncRedisTagIndex:
         self._expiry = tag_index_expiry(prefix)
         self._layout = tag_index_layout(prefix)
         self._record_script = client.register_script(TAG_INDEX_RECORD)
+        self._record_many_script = client.register_script(TAG_INDEX_RECORD_MANY)
         self._remove_script = client.register_script(TAG_INDEX_REMOVE)
         self._cleanup_script = client.register_script(TAG_INDEX_CLEANUP)
 
@@ -270,17 +281,8 @@ class SyncRedisTagIndex:
             ValueError: On a bad key, tag or expiry.
             CacheLayerError: If Redis fails, or the index uses another shard count.
         """
-        validate_key(key)
-        wanted = self._tags(tags)
         now = time.time()
-        if expires_at is not None and (
-            isinstance(expires_at, bool)
-            or not isinstance(expires_at, int | float)
-            or not math.isfinite(expires_at)
-        ):
-            raise ValueError(f"expires_at must be a finite wall-clock time, not {expires_at!r}")
-        if expires_at is None and self.key_ttl is not None:
-            expires_at = now + self.key_ttl
+        wanted, expiry = self._checked(key, tags, expires_at, now)
         member = to_member(key)
         keys = [
             tag_index_key_set(self.prefix, key),
@@ -291,7 +293,7 @@ class SyncRedisTagIndex:
         ]
         args: list[bytes | str] = [
             member,
-            b"" if expires_at is None else repr(float(expires_at)),
+            expiry,
             repr(now),
             str(_RECORD_SWEEP),
             *self._layout_args(),
@@ -301,6 +303,67 @@ class SyncRedisTagIndex:
             self._ready()
             self._record_script(keys=keys, args=args)
         return []
+
+    def record_many(
+        self, items: Iterable[tuple[str, Sequence[str], float | None]]
+    ) -> list[str]:
+        """Replace the tags of several keys: ``(key, tags, expires_at)`` each, as :meth:`record`.
+
+        The result equals one :meth:`record` per item, in order (a key given twice ends with
+        its last tags), in one script call per batch of up to 500 keys instead of one round
+        trip per key. Each batch is atomic; the batches are not atomic together.
+
+        Returns:
+            ``[]``: the index never evicts keys to stay bounded.
+
+        Raises:
+            ValueError: On a bad key, tag or expiry (checked for every item before Redis is
+                touched).
+            CacheLayerError: If Redis fails (batches before the failing one stay recorded),
+                or the index uses another shard count.
+        """
+        now = time.time()
+        entries: list[list[bytes | str]] = []
+        for key, tags, expires_at in items:
+            wanted, expiry = self._checked(key, tags, expires_at, now)
+            entries.append(
+                [to_member(key), expiry, str(len(wanted)), *(to_member(t) for t in wanted)]
+            )
+        if not entries:
+            return []
+        head: list[bytes | str] = [repr(now), str(_RECORD_SWEEP), *self._layout_args()]
+        with self._driver_errors("record_many"):
+            self._ready()
+            batch: list[bytes | str] = []
+            count = 0
+            for entry in entries:
+                if count and (
+                    count >= _RECORD_BATCH or len(batch) + len(entry) > _RECORD_BATCH_ARGS
+                ):
+                    self._record_many_script(
+                        keys=[self._expiry, self._layout], args=head + batch
+                    )
+                    batch, count = [], 0
+                batch.extend(entry)
+                count += 1
+            self._record_many_script(keys=[self._expiry, self._layout], args=head + batch)
+        return []
+
+    def _checked(
+        self, key: str, tags: Sequence[str], expires_at: float | None, now: float
+    ) -> tuple[tuple[str, ...], bytes | str]:
+        """Validate one record: its unique tags and its expiry argument ('' for none)."""
+        validate_key(key)
+        wanted = self._tags(tags)
+        if expires_at is not None and (
+            isinstance(expires_at, bool)
+            or not isinstance(expires_at, int | float)
+            or not math.isfinite(expires_at)
+        ):
+            raise ValueError(f"expires_at must be a finite wall-clock time, not {expires_at!r}")
+        if expires_at is None and self.key_ttl is not None:
+            expires_at = now + self.key_ttl
+        return wanted, b"" if expires_at is None else repr(float(expires_at))
 
     def remove(self, keys: Iterable[str]) -> None:
         """Forget ``keys`` (atomically per batch of 256 keys).
