@@ -160,6 +160,7 @@ SINGLE_FLIGHT_REPLACEMENTS = (_SYNC_LAYER_IMPORT,)
 # (source, target, renames, replacements) per generated file.
 JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] = (
     ("_async/adapter.py", "_sync/adapter.py", RENAMES, ADAPTER_REPLACEMENTS),
+    ("_async/flights.py", "_sync/flights.py", RENAMES, ()),
     ("_async/stack.py", "_sync/stack.py", RENAMES, STACK_REPLACEMENTS),
     ("_async/tag_index.py", "_sync/tag_index.py", RENAMES, ()),
     ("redis/layer.py", "redis/_sync_layer.py", REDIS_LAYER_RENAMES, REDIS_LAYER_REPLACEMENTS),

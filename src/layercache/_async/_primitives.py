@@ -27,6 +27,8 @@ __all__ = [
     "is_running",
     "launch",
     "launch_background",
+    "flight_scope",
+    "settle",
     "new_flight_lock",
     "new_future",
     "new_workers",
@@ -109,6 +111,18 @@ async def gather_settled(thunks: Sequence[Callable[[], Awaitable[T]]]) -> list[T
 def new_future() -> asyncio.Future[Any]:
     """A future the single-flight waiters share."""
     return asyncio.get_running_loop().create_future()
+
+
+def settle(future: asyncio.Future[Any], value: Any = None, error: Exception | None = None) -> None:
+    """Hand ``value`` (or ``error``) to whoever waits on ``future``; an error nobody waits
+    for is not reported as lost."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+        future.exception()
 
 
 def launch(
@@ -201,6 +215,12 @@ def new_workers(name: str) -> Workers:
 async def with_timeout(thunk: Callable[[], Awaitable[T]], timeout: float, workers: Workers) -> T:
     """``await thunk()`` bounded by ``timeout``; raises the builtin ``TimeoutError``."""
     return await _wait_for(thunk(), timeout)
+
+
+def flight_scope() -> asyncio.AbstractEventLoop | None:
+    """What in-flight work is shared within: the running event loop (an asyncio future can
+    only be awaited on the loop that made it)."""
+    return asyncio._get_running_loop()
 
 
 def new_flight_lock() -> contextlib.nullcontext[None]:

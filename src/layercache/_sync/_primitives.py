@@ -26,6 +26,8 @@ __all__ = [
     "is_running",
     "launch",
     "launch_background",
+    "flight_scope",
+    "settle",
     "new_flight_lock",
     "new_future",
     "new_workers",
@@ -96,6 +98,18 @@ def gather_settled(thunks: Sequence[Callable[[], T]]) -> list[T | Exception]:
 def new_future() -> concurrent.futures.Future[Any]:
     """A future the single-flight waiters (other threads) share."""
     return concurrent.futures.Future()
+
+
+def settle(
+    future: concurrent.futures.Future[Any], value: Any = None, error: Exception | None = None
+) -> None:
+    """Hand ``value`` (or ``error``) to whoever waits on ``future``."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
 
 
 def launch(
@@ -278,6 +292,11 @@ def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
     the caller stops waiting after ``timeout``; the abandoned work finishes in the background.
     """
     return wait_future_for(workers.submit(False, thunk), timeout)
+
+
+def flight_scope() -> Any:
+    """What in-flight work is shared within: every thread of the process (one scope)."""
+    return None
 
 
 def new_flight_lock() -> threading.Lock:

@@ -19,10 +19,11 @@ import functools
 import itertools
 import logging
 import random
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
 
 from .._circuit import CircuitRegistry
 from .._codec import UnserializableValueError
@@ -37,7 +38,14 @@ from .._exceptions import (
     LayerCacheError,
 )
 from .._glob import compile_glob, escape_glob
-from .._keys import MAX_KEY_LENGTH, MAX_PREFIX_LENGTH, render_call_key, validate_key
+from .._keys import (
+    MAX_KEY_LENGTH,
+    MAX_PREFIX_LENGTH,
+    CallKey,
+    ReceiverKind,
+    receiver_kind,
+    validate_key,
+)
 from .._keys import validate_pattern as _validate_pattern
 from .._keys import validate_prefix as _validate_prefix
 from .._metrics import (
@@ -59,6 +67,7 @@ from .._options import (
     seconds,
 )
 from .._policy import build_entry, per_layer_value
+from .._typed import converter_for, return_type
 from .._types import InvalidationMessage
 from ._primitives import (
     FlightFuture,
@@ -68,15 +77,16 @@ from ._primitives import (
     gather_settled,
     launch,
     launch_background,
-    new_flight_lock,
     new_future,
     new_workers,
+    settle,
     wait_future,
     wait_future_for,
     wait_launched,
     with_timeout,
 )
 from .adapter import LayerAdapter
+from .flights import Flight, Flights
 from .rate_limit import FetcherLimiter
 from .tag_index import InMemoryTagIndex, TagRecord, bind_record_many
 from .write_behind import WriteBehindQueue
@@ -84,6 +94,8 @@ from .write_behind import WriteBehindQueue
 __all__ = ["SyncCacheNamespace", "SyncCacheStack"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 Fetcher = Callable[[], Any]
 OptionsArg = CacheOptions | Mapping[str, Any] | None
 GetEntry = str | tuple[str, Fetcher | None] | CacheEntryRequest
@@ -100,31 +112,61 @@ _MAX_MISSED = 10_000
 _REPLAY_BATCH = 1_000
 # Keys per invalidation message (the bus refuses larger messages).
 _BUS_CHUNK = 1_000
-# Recently changed keys remembered per key (older changes count as "everything changed").
-_MAX_KEY_MARKS = 10_000
 # Announcements kept while the bus cannot publish, before they collapse into one "clear".
 _MAX_UNSENT = 1_000
+# The memory layer's latency is timed on one lookup in (mask + 1) on the L1 path of get().
+_L1_SAMPLE_MASK = 63
+
+# wrap()'s default for type=: rebuild values as the function's return annotation.
+_ANNOTATION: Any = object()
+
+
+class WrapDecorator(Protocol):
+    """What ``wrap(prefix)`` returns: a decorator keeping the function's signature."""
+
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 class _SoftTimeout(Exception):
     """Internal: the soft timeout passed while a stale value can be served."""
 
 
-class _Flight:
-    """One in-flight fetch shared by every concurrent caller of a key.
+class _Lower:
+    """What the read of the layers below L1 found, handed to every caller of one burst.
 
-    ``invalidated`` is set when the key is deleted, invalidated, cleared or explicitly set while
-    the fetch runs: the fetched value then reaches its callers but is not stored, so a slow
-    fetch never resurrects data that was invalidated after it started.
+    ``entry``: a fresh entry (from layer ``index``) or ``None``; ``stale``: the first usable
+    stale entry seen and its layer; ``fetch``: on a miss, the fetch flight every caller with
+    a fetcher joins (``fetch_is_new``: registered by this read's leader, which launches it).
     """
 
-    __slots__ = ("future", "handle", "invalidated", "tags")
+    __slots__ = ("entry", "fetch", "fetch_is_new", "index", "is_leader", "stale")
 
-    def __init__(self, tags: tuple[str, ...]) -> None:
-        self.invalidated = False
-        self.tags = tags
-        self.future: FlightFuture[Any] | None = None
-        self.handle: Any = None
+    def __init__(
+        self,
+        entry: Entry | None,
+        index: int,
+        stale: tuple[Entry, str] | None,
+        fetch: Flight | None = None,
+    ) -> None:
+        self.entry = entry
+        self.index = index
+        self.stale = stale
+        self.fetch = fetch
+        self.fetch_is_new = False
+        self.is_leader = False
+
+
+# Handed by a shared read whose leader was cancelled: its followers read again themselves.
+_READ_AGAIN: Any = object()
+
+
+def _with_value(entry: Entry, value: Any) -> Entry:
+    """``entry`` holding ``value`` instead (the same object when nothing changed)."""
+    if value is entry.value:
+        return entry
+    return Entry(
+        value, entry.stored_at, entry.fresh_until, entry.stale_until, entry.error_until, entry.tags
+    )
 
 
 class SyncCacheStack:
@@ -148,6 +190,11 @@ class SyncCacheStack:
         ttl_policy_timezone: Time zone of the ``until-midnight`` / ``next-hour`` policies.
         clock: Wall clock in seconds (inject a fake one in tests).
         rng: Random source for TTL jitter.
+        invalidation_bus: Cross-instance invalidation (e.g. ``RedisInvalidationBus``): with
+            it, every delete, invalidation, clear and generation bump is announced to the
+            other instances, which drop the keys from their local layers.
+        broadcast_l1_invalidation: Also announce writes (``set``, ``set_many``), so peers
+            drop their L1 copy of the old value. Default: on when a bus is configured.
     """
 
     def __init__(
@@ -178,7 +225,7 @@ class SyncCacheStack:
         single_flight_poll: float | _dt.timedelta = 0.05,
         single_flight_renew_interval: float | _dt.timedelta | None = None,
         invalidation_bus: Any = None,
-        broadcast_l1_invalidation: bool = False,
+        broadcast_l1_invalidation: bool | None = None,
         generation: int | None = None,
         generation_cleanup: Mapping[str, Any] | bool | None = None,
         tag_index: Any = None,
@@ -243,16 +290,19 @@ class SyncCacheStack:
         self._clock = clock
         self._rng = rng
         self.max_profile_entries = max_profile_entries
-        self._flights: dict[str, _Flight] = {}
-        self._epoch = 0
+        # In-flight reads and fetches, and the marks of changed keys (one owner, one lock).
+        self._flights = Flights()
         # Shared tag index health under graceful degradation (see _tag_op).
         self._tags_down_until: float | None = None
         self._tags_missed: deque[tuple[str, Any]] = deque()
         self._tags_fenced = False
         self._tags_probing = False
-        self._broad_mark = 0
-        self._key_marks: OrderedDict[str, int] = OrderedDict()
         self._background = 0
+        # Guards the check-then-act steps on this stack's own small shared state (a layer's
+        # probe claim, the background count, per-key profiles): the threaded twin runs them
+        # from many threads, the async one from threads that each run their own loop. Never
+        # held across a suspension point or any I/O.
+        self._state_lock = threading.Lock()
         self._background_refresh_timeout = seconds(
             "background_refresh_timeout", background_refresh_timeout, allow_zero=False
         )
@@ -302,7 +352,14 @@ class SyncCacheStack:
         if broadcast_l1_invalidation and invalidation_bus is None:
             raise ValueError("broadcast_l1_invalidation=True needs an invalidation_bus")
         self._bus: Any = invalidation_bus
-        self._broadcast = bool(broadcast_l1_invalidation)
+        # With a bus, every delete, invalidation, clear and generation bump is announced
+        # (a peer must never keep serving what was removed); this governs only whether writes
+        # are announced too (so peers drop the old value from L1), on by default with a bus.
+        self._broadcast = (
+            invalidation_bus is not None
+            if broadcast_l1_invalidation is None
+            else bool(broadcast_l1_invalidation)
+        )
         self._bus_started = invalidation_bus is None
         # Announcements that could not be published (graceful degradation), oldest first.
         self._unsent: deque[InvalidationMessage] = deque()
@@ -313,13 +370,12 @@ class SyncCacheStack:
         self._generation: int | None = generation
         self._cleanup_batch = _cleanup_batch(generation_cleanup)
         self._cleanups: list[Any] = []
-        # Guards check-and-register of a flight (a real lock only in the threaded twin).
-        self._flight_lock = new_flight_lock()
         self._closed = False
         first = self._layers[0]
         # An L1 that answers synchronously: its hit is served by a plain call.
         self._l1: Callable[[str, float], Entry | None] | None = first.lookup
         self._l1_name = first.name
+        self._l1_tick = 0
         self._l1_counters = self._metrics.layers[first.name]
         for adapter in self._layers:
             if adapter.set_error_handler is not None:
@@ -364,6 +420,19 @@ class SyncCacheStack:
                         f"this stack's layers are {sorted(self._layer_names)}"
                     )
 
+    def _count_background(self, change: int) -> None:
+        with self._state_lock:
+            self._background += change
+
+    def _claim_probe(self, owner: Any, attribute: str) -> bool:
+        """Claim the right to probe a degraded layer (or the tag index): one caller at a
+        time, so a recovering layer is never replayed twice at once."""
+        with self._state_lock:
+            if getattr(owner, attribute):
+                return False
+            setattr(owner, attribute, True)
+            return True
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this SyncCacheStack is closed")
@@ -400,55 +469,10 @@ class SyncCacheStack:
         except Exception as exc:
             raise CacheLayerError(adapter.name, "set") from exc
 
-    def _join_or_register(self, key: str, opts: CacheOptions) -> tuple[_Flight | None, _Flight]:
-        """The running fetch of ``key`` to join, or a new flight registered for it.
-
-        Returns ``(running, flight)``: ``running`` is the flight to join (``flight`` then
-        too), or ``None`` when ``flight`` was just registered, before its fetch starts, so
-        every caller from now on joins it. A flight invalidated after it started is never
-        joined: its value is for the callers already waiting, not for a caller who arrives
-        after the delete or invalidation.
-        """
-        with self._flight_lock:
-            running = self._flights.get(key)
-            if running is not None and not running.invalidated:
-                return running, running
-            flight = _Flight(opts.tags or ())
-            flight.future = new_future()
-            self._flights[key] = flight
-            return None, flight
-
-    def _changed_since(self, key: str, epoch: int) -> bool:
-        """Whether ``key`` may have been written or invalidated since ``epoch``."""
-        return self._broad_mark > epoch or self._key_marks.get(key, 0) > epoch
-
     def _render(self, key: str) -> str:
         """The stored form of a validated key: ``v{N}:key`` under a generation."""
         generation = self._generation
         return key if generation is None else f"v{generation}:{key}"
-
-    def _mark_flights(
-        self, predicate: Callable[[str, _Flight], bool], keys: Iterable[str] | None = None
-    ) -> None:
-        """Invalidate running fetches the predicate selects, and record the change so a read
-        that started before it does not backfill what it read (it may be the value that was
-        just replaced or deleted). ``keys`` names the keys changed; without it the change is
-        broad (pattern, tags, clear) and every read in flight is affected."""
-        self._epoch += 1
-        epoch = self._epoch
-        if keys is None:
-            self._broad_mark = epoch
-        else:
-            marks = self._key_marks
-            for key in keys:
-                marks[key] = epoch
-                marks.move_to_end(key)
-            while len(marks) > _MAX_KEY_MARKS:
-                marks.popitem(last=False)
-                self._broad_mark = epoch  # forgetting a mark must err on the safe side
-        for key, flight in self._flights.items():
-            if not flight.invalidated and predicate(key, flight):
-                flight.invalidated = True
 
     def _for_layers(
         self,
@@ -530,13 +554,12 @@ class SyncCacheStack:
         operation: str,
         keys: Sequence[str],
         mode: str = "any",
-        *,
-        always: bool = False,
     ) -> None:
-        """Tell the other instances (``broadcast_l1_invalidation``, or ``always`` for what
-        concerns every layer, such as a generation bump); large key sets go out in chunks so
+        """Tell the other instances through the bus, if there is one. Deletes,
+        invalidations, clears and generation bumps always go out; writes (``operation ==
+        "set"``) only under ``broadcast_l1_invalidation``. Large key sets go out in chunks so
         each message stays within the bus's bounds."""
-        if not (self._broadcast or always):
+        if self._bus is None or (operation == "set" and not self._broadcast):
             return
         self._ensure_bus()
         items = list(keys)
@@ -620,7 +643,7 @@ class SyncCacheStack:
         if scope == "keys":
             keys = list(message.keys)
             wanted = set(keys)
-            self._mark_flights(lambda k, _: k in wanted, keys)
+            self._flights.mark(lambda k, _: k in wanted, keys)
             if keys:
                 self._for_layers("bus", local, lambda a: a.delete_many(keys))
             if isinstance(self._tags, InMemoryTagIndex):
@@ -629,12 +652,12 @@ class SyncCacheStack:
             tags = set(message.keys)
             mode = message.mode
 
-            def hit(_key: str, flight: _Flight) -> bool:
+            def hit(_key: str, flight: Flight) -> bool:
                 if mode == "all":
                     return tags.issubset(flight.tags)
                 return not tags.isdisjoint(flight.tags)
 
-            self._mark_flights(hit)
+            self._flights.mark(hit)
             if isinstance(self._tags, InMemoryTagIndex):
                 # A per-instance index resolves the tags here; a shared index was already
                 # emptied by the publisher, which also sends the resolved keys.
@@ -647,12 +670,12 @@ class SyncCacheStack:
             if scope == "prefix":
                 pattern = escape_glob(pattern) + "*"
             glob = compile_glob(pattern)
-            self._mark_flights(lambda k, _: glob.matches(k))
+            self._flights.mark(lambda k, _: glob.matches(k))
             self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
             if isinstance(self._tags, InMemoryTagIndex):
                 self._tags.remove(self._tags.keys_matching(pattern))
         elif scope == "clear":
-            self._mark_flights(lambda _k, _f: True)
+            self._flights.mark_all()
             self._for_layers("bus", local, lambda a: a.clear())
             if isinstance(self._tags, InMemoryTagIndex):
                 self._tags.clear()
@@ -664,7 +687,7 @@ class SyncCacheStack:
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
         if self._unsent:
             self._flush_unsent()
-        self._mark_flights(lambda _k, _f: True)
+        self._flights.mark_all()
         local = [a for a in self._layers if a.is_local]
         self._for_layers("bus.reconnect", local, lambda a: a.clear())
 
@@ -692,7 +715,7 @@ class SyncCacheStack:
             new = int(store(new))
         self._adopt_generation(new)
         if self._bus is not None:
-            self._publish("generation", "bump", (str(new),), always=True)
+            self._publish("generation", "bump", (str(new),))
         return new
 
     def _adopt_generation(self, generation: int) -> None:
@@ -700,7 +723,7 @@ class SyncCacheStack:
         if old is not None and generation <= old:
             return
         self._generation = generation
-        self._mark_flights(lambda _k, _f: True)
+        self._flights.mark_all()
         if old is not None and self._cleanup_batch is not None:
             self._start_cleanup(old)
 
@@ -770,9 +793,8 @@ class SyncCacheStack:
         with the shared layers whose tags it no longer knows."""
         assert self._tags_down_until is not None
         assert self._retry_after is not None
-        if self._tags_probing or self._clock() < self._tags_down_until:
+        if self._clock() < self._tags_down_until or not self._claim_probe(self, "_tags_probing"):
             return False
-        self._tags_probing = True
         try:
             if self._tags_fenced:
                 self._tags.clear()
@@ -837,21 +859,48 @@ class SyncCacheStack:
 
     def _remember(self, adapter: LayerAdapter, missed: tuple[str, Any]) -> None:
         """Record what a degraded layer missed; past the bound (in keys), fence it instead."""
-        if adapter.fenced:
-            return
         kind, arg = missed
-        if kind == "clear":
-            # A clear supersedes everything missed before it.
-            adapter.missed.clear()
-            adapter.missed_size = 0
         size = len(arg) if kind == "delete" else 1
-        if adapter.missed_size + size > _MAX_MISSED:
-            adapter.missed.clear()
-            adapter.missed_size = 0
-            adapter.fenced = True
-            return
-        adapter.missed.append(missed)
-        adapter.missed_size += size
+        with self._state_lock:  # a replay may be taking items off the queue meanwhile
+            if adapter.fenced:
+                return
+            if kind == "clear":
+                # A clear supersedes everything missed before it.
+                adapter.missed.clear()
+                adapter.missed_size = 0
+            if adapter.missed_size + size > _MAX_MISSED:
+                adapter.missed.clear()
+                adapter.missed_size = 0
+                adapter.fenced = True
+                return
+            # A new tuple: the replay recognises its items by identity.
+            adapter.missed.append((kind, arg))
+            adapter.missed_size += size
+
+    def _next_replay(self, adapter: LayerAdapter) -> list[tuple[str, Any]]:
+        """The missed operations to replay next: consecutive deletes (bounded), or one."""
+        with self._state_lock:
+            missed = adapter.missed
+            if not missed or missed[0][0] != "delete":
+                return [missed[0]] if missed else []
+            batch: list[tuple[str, Any]] = []
+            keys = 0
+            for item in missed:
+                if item[0] != "delete" or keys >= _REPLAY_BATCH:
+                    break
+                batch.append(item)
+                keys += len(item[1])
+            return batch
+
+    def _replayed(self, adapter: LayerAdapter, batch: Sequence[tuple[str, Any]]) -> None:
+        """Take replayed operations off the queue, unless a clear or a fence replaced them
+        while they were replayed (then what is queued now is newer: it stays)."""
+        with self._state_lock:
+            for item in batch:
+                if not adapter.missed or adapter.missed[0] is not item:
+                    return
+                adapter.missed.popleft()
+                adapter.missed_size -= len(item[1]) if item[0] == "delete" else 1
 
     def _recover(self, adapter: LayerAdapter) -> bool:
         """Whether a degraded layer may be used now: probe it once ``retry_after`` passed,
@@ -859,9 +908,8 @@ class SyncCacheStack:
         until = adapter.degraded_until
         if until is None:
             return True
-        if adapter.probing or self._clock() < until:
+        if self._clock() < until or not self._claim_probe(adapter, "probing"):
             return False
-        adapter.probing = True
         # What the replay changed, to announce again once it is done (see below).
         replayed: list[tuple[str, str, Sequence[str]]] = []
         try:
@@ -872,34 +920,28 @@ class SyncCacheStack:
             if adapter.fenced:
                 adapter.clear()
                 replayed.append(("clear", "clear", ()))
-                adapter.fenced = False
-                adapter.missed.clear()
-                adapter.missed_size = 0
-            while adapter.missed:
-                kind, arg = adapter.missed[0]
+                with self._state_lock:
+                    adapter.fenced = False
+                    adapter.missed.clear()
+                    adapter.missed_size = 0
+            while True:
+                batch = self._next_replay(adapter)
+                if not batch:
+                    break
+                kind, arg = batch[0]
                 if kind == "delete":
                     # Consecutive deletes go out together, in bulk calls of bounded size.
-                    keys: list[str] = []
-                    taken = 0
-                    while taken < len(adapter.missed) and adapter.missed[taken][0] == "delete":
-                        keys.extend(adapter.missed[taken][1])
-                        taken += 1
-                        if len(keys) >= _REPLAY_BATCH:
-                            break
-                    for chunk in range(0, len(keys), _REPLAY_BATCH):
-                        adapter.delete_many(keys[chunk : chunk + _REPLAY_BATCH])
+                    keys = [key for _, chunk in batch for key in chunk]
+                    for start in range(0, len(keys), _REPLAY_BATCH):
+                        adapter.delete_many(keys[start : start + _REPLAY_BATCH])
                     replayed.append(("keys", "delete", keys))
-                    for _ in range(taken):
-                        adapter.missed_size -= len(adapter.missed.popleft()[1])
-                    continue
-                if kind == "pattern":
+                elif kind == "pattern":
                     adapter.delete_matching(arg)
                     replayed.append(("pattern", "invalidate", (arg,)))
                 else:
                     adapter.clear()
                     replayed.append(("clear", "clear", ()))
-                adapter.missed.popleft()
-                adapter.missed_size -= 1
+                self._replayed(adapter, batch)
         except Exception as exc:
             assert self._retry_after is not None
             adapter.degraded_until = self._clock() + self._retry_after
@@ -920,11 +962,34 @@ class SyncCacheStack:
 
     # ------------------------------------------------------------------ reads
 
+    @overload
     def get(
         self,
         key: str,
         fetcher: Fetcher | None = None,
         *,
+        type: type[T],
+        options: OptionsArg = None,
+        **kwargs: Any,
+    ) -> T | None: ...
+
+    @overload
+    def get(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
+        options: OptionsArg = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+    def get(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
         options: OptionsArg = None,
         **kwargs: Any,
     ) -> Any:
@@ -934,13 +999,21 @@ class SyncCacheStack:
         or async) runs once however many callers wait, and its result is stored in every
         layer. Without a fetcher a miss returns ``None``.
 
+        ``type`` (a dataclass, a Pydantic model, ``list[Model]``, ``Model | None``...) rebuilds
+        a cached value as that type: a remote layer returns the ``dict`` its serializer
+        stored. A stored value that does not validate is treated as a miss (fetched again)
+        and reported as an ``error`` event. The fetcher's own result is returned as it is.
+
         Raises:
             ValueError: invalid key or option values.
+            TypeError: ``type`` is not a type that can be rebuilt.
             CacheLayerError: a layer failed (strict write policy).
             FetchTimeoutError: the fetch outlived ``fetch_timeout``.
         """
-        if not (type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+        # (``type`` is the keyword argument here: ``key.__class__`` tests the key.)
+        if not (key.__class__ is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
             validate_key(key)
+        convert = None if type is None else converter_for(type)
         if self._generation is not None:
             key = self._render(key)
         opts = self._defaults if not kwargs and options is None else self._options(options, kwargs)
@@ -948,7 +1021,20 @@ class SyncCacheStack:
         stale: tuple[Entry, str] | None = None
         if l1 is not None:
             now = self._clock()
-            entry = l1(key, now)
+            # The memory layer's latency is sampled (one lookup in 64): timing every L1 hit
+            # would cost more than the hit itself.
+            self._l1_tick = tick = self._l1_tick + 1
+            if tick & _L1_SAMPLE_MASK or not self._metrics_enabled:
+                entry = l1(key, now)
+            else:
+                began = time.perf_counter()
+                entry = l1(key, now)
+                self._metrics.observe(self._l1_name, time.perf_counter() - began)
+            if convert is not None and entry is not None:
+                # L1 may hold the raw value a get() without type= backfilled: convert it (a
+                # value already of the type costs one check); not of the type: a miss here.
+                value = self._convert(key, entry.value, convert, self._l1_name)
+                entry = None if value is _MISS else _with_value(entry, value)
             if entry is not None:
                 fresh_until = entry.fresh_until
                 if fresh_until is None or now < fresh_until:
@@ -961,19 +1047,44 @@ class SyncCacheStack:
                         self._after_hit(key, entry, fetcher, opts, now, 0)
                     return entry.value
                 stale = (entry, self._l1_name)
-        value = self._read_through(key, fetcher, opts, 1 if l1 is not None else 0, stale)
+        value = self._read_through(
+            key, fetcher, opts, 1 if l1 is not None else 0, stale, convert=convert
+        )
         return None if value is _MISS else value
+
+    @overload
+    def get_or_raise(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: type[T],
+        options: OptionsArg = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
+    def get_or_raise(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
+        options: OptionsArg = None,
+        **kwargs: Any,
+    ) -> Any: ...
 
     def get_or_raise(
         self,
         key: str,
         fetcher: Fetcher | None = None,
         *,
+        type: Any = None,
         options: OptionsArg = None,
         **kwargs: Any,
     ) -> Any:
         """Like :meth:`get`, but raise ``CacheMissError`` instead of returning ``None``."""
-        value = self.get(key, fetcher, options=options, **kwargs)
+        value = self.get(key, fetcher, type=type, options=options, **kwargs)
         if value is None:
             raise CacheMissError(key)
         return value
@@ -985,30 +1096,162 @@ class SyncCacheStack:
         opts: CacheOptions,
         start: int,
         stale: tuple[Entry, str] | None,
+        convert: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Lower layers in order, then single-flight fetch. Returns ``_MISS`` on a miss.
 
         ``stale`` is a usable but no longer fresh entry already seen (in L1), kept for
-        stale-while-revalidate, stale-if-error and the soft timeout.
+        stale-while-revalidate, stale-if-error and the soft timeout. ``convert`` rebuilds a
+        value read from a non-local layer as the type the caller asked for.
+
+        Concurrent callers of a key share the whole read from their L1 miss on: the first
+        reads the lower layers (and, on a miss, registers the fetch) for everyone; a burst of
+        400 cold callers costs one Redis read and one fetch, not one read per caller (which
+        would also need 400 pooled connections at once).
         """
         self._open()
-        layers = self._layers
         metrics = self._metrics
         if start == 1:
             self._l1_counters.misses += 1
-        running = self._flights.get(key)
-        if fetcher is not None and running is not None and not running.invalidated:
-            # A fetch of this key is already running: join it instead of reading every
-            # lower layer first (a cold burst would otherwise cost one read per caller, and
-            # during an outage each failed read could start another origin call).
-            if stale is not None:
-                held, held_in = stale
-                if held.stale_until is not None and self._clock() < held.stale_until:
-                    self._serve_stale(key, "stale-while-revalidate", held_in)
-                    return held.value
-            metrics.misses += 1
-            return self._fetch_or_stale(key, fetcher, opts, stale)
-        epoch = self._epoch
+        if self._stampede_prevention:
+            running = self._flights.running_fetch(key)
+            if fetcher is not None and running is not None:
+                # A fetch of this key is already running: join it instead of reading every
+                # lower layer first (during an outage each failed read could start another
+                # origin call).
+                if stale is not None:
+                    held, held_in = stale
+                    if held.stale_until is not None and self._clock() < held.stale_until:
+                        self._serve_stale(key, "stale-while-revalidate", held_in)
+                        return held.value
+                metrics.misses += 1
+                return self._fetch_or_stale(key, fetcher, opts, stale, join=running)
+            found = self._shared_read(key, start, fetcher, opts, stale, convert)
+        else:
+            found = self._read_lower(key, start, convert)
+        entry = found.entry
+        if entry is not None:
+            value = entry.value
+            if convert is not None and not found.is_leader and found.index:
+                value = self._convert(key, value, convert, self._layers[found.index].name)
+                if value is _MISS:
+                    found = _Lower(None, 0, found.stale)  # not of the asked type: a miss here
+            if value is not _MISS:
+                layer = self._layers[found.index].name
+                metrics.hits += 1
+                self._logger.debug("layercache: %s hit in %s", key, layer)
+                if "hit" in self._events.active:
+                    self._events.emit("hit", {"key": key, "layer": layer})
+                if opts.has_hit_work:
+                    self._after_hit(key, entry, fetcher, opts, self._clock(), found.index)
+                return value
+        if stale is None:
+            stale = found.stale
+        now = self._clock()
+        if stale is not None:
+            held, layer = stale
+            if held.stale_until is not None and now < held.stale_until:
+                # Stale-while-revalidate: answer now, refresh once in the background.
+                self._serve_stale(key, "stale-while-revalidate", layer)
+                if fetcher is not None:
+                    self._refresh_in_background(key, fetcher, opts)
+                return held.value
+        metrics.misses += 1
+        if "miss" in self._events.active:
+            self._events.emit("miss", {"key": key})
+        if fetcher is None:
+            return _MISS
+        if found.fetch is not None:
+            if found.is_leader and found.fetch_is_new:
+                return self._fetch_or_stale(key, fetcher, opts, stale, lead=found.fetch)
+            return self._fetch_or_stale(key, fetcher, opts, stale, join=found.fetch)
+        return self._fetch_or_stale(key, fetcher, opts, stale)
+
+    def _shared_read(
+        self,
+        key: str,
+        start: int,
+        fetcher: Fetcher | None,
+        opts: CacheOptions,
+        stale: tuple[Entry, str] | None,
+        convert: Callable[[Any], Any] | None,
+    ) -> _Lower:
+        """The read of the layers below L1, shared by every concurrent caller of ``key``.
+
+        The first caller (the leader) reads inline; the others wait for its result. When the
+        leader finds nothing and has a fetcher, it registers the fetch flight *before* it
+        hands the result over, so that every follower joins that very flight, even one that
+        wakes up after the fetch finished (a thread preempted at the wrong moment would
+        otherwise start a second fetch). A leader that is cancelled hands over "read again",
+        so its followers are never cancelled with it.
+        """
+        while True:
+            running, flight = self._flights.join_read(key)
+            future = flight.future
+            assert future is not None
+            if running is not None:
+                shared = wait_future(future)
+                if shared is _READ_AGAIN:
+                    continue
+                assert isinstance(shared, _Lower)
+                return shared
+            try:
+                # Between this caller's first look for a running fetch and its leading this
+                # read, an earlier burst's read may have finished, its fetch now running (join
+                # it) or done and stored (L1 has it): the fetch is registered before that read
+                # ends and L1 written before the fetch ends, so one of these two finds it.
+                fetch = self._flights.running_fetch(key) if fetcher is not None else None
+                again = self._recheck_l1(key) if fetch is None and start == 1 else None
+                if fetch is not None:
+                    found = _Lower(None, 0, None, fetch)
+                elif again is not None:
+                    found = again
+                else:
+                    found = self._read_lower(key, start, convert)
+                if found.fetch is None and found.entry is None and callable(fetcher):
+                    # The same rule as the leader's own decision below: it fetches unless it
+                    # serves a stale value, so a registered fetch is always launched.
+                    held = stale if stale is not None else found.stale
+                    if held is None or not (
+                        held[0].stale_until is not None and self._clock() < held[0].stale_until
+                    ):
+                        fetch_running, fetch = self._flights.join_fetch(key, opts.tags or ())
+                        found.fetch = fetch
+                        found.fetch_is_new = fetch_running is None
+            except Exception as exc:
+                self._flights.finish_read(key, flight)
+                settle(future, error=exc)
+                raise
+            except BaseException:
+                self._flights.finish_read(key, flight)
+                settle(future, _READ_AGAIN)
+                raise
+            self._flights.finish_read(key, flight)
+            settle(future, _Lower(found.entry, found.index, found.stale, found.fetch))
+            found.is_leader = True
+            return found
+
+    def _recheck_l1(self, key: str) -> _Lower | None:
+        """L1 once more, now that this caller leads the read: a caller preempted between
+        its L1 miss and here may find that the burst it belonged to has finished and stored
+        the value (its flights are gone), and must not read the lower layers again."""
+        assert self._l1 is not None
+        now = self._clock()
+        entry = self._l1(key, now)
+        if entry is not None and entry.is_fresh(now):
+            return _Lower(entry, 0, None)
+        return None
+
+    def _read_lower(
+        self, key: str, start: int, convert: Callable[[Any], Any] | None
+    ) -> _Lower:
+        """Read the layers from ``start`` down until one holds a fresh entry; backfill the
+        layers above it (unless the key changed meanwhile). Also returns the first usable
+        stale entry seen."""
+        layers = self._layers
+        metrics = self._metrics
+        stale: tuple[Entry, str] | None = None
+        epoch = self._flights.epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
             if adapter.degraded_until is not None and not self._recover(adapter):
@@ -1029,39 +1272,31 @@ class SyncCacheStack:
             if self._metrics_enabled:
                 metrics.observe(adapter.name, time.perf_counter() - began)
             entry = self._entry_or_miss(adapter, key, raw)
+            if entry is not None and convert is not None and not adapter.is_local:
+                value = self._convert(key, entry.value, convert, adapter.name)
+                entry = None if value is _MISS else _with_value(entry, value)
             if entry is None:
                 metrics.layers[adapter.name].misses += 1
                 continue
             now = self._clock()
             if entry.is_fresh(now):
                 metrics.layers[adapter.name].hits += 1
-                metrics.hits += 1
-                self._logger.debug("layercache: %s hit in %s", key, adapter.name)
-                if "hit" in self._events.active:
-                    self._events.emit("hit", {"key": key, "layer": adapter.name})
-                if index and not self._changed_since(key, epoch):
+                if index and not self._flights.changed_since(key, epoch):
                     self._backfill(key, entry, layers[:index], adapter.name, now)
-                if opts.has_hit_work:
-                    self._after_hit(key, entry, fetcher, opts, now, index)
-                return entry.value
+                return _Lower(entry, index, stale)
             metrics.layers[adapter.name].misses += 1
             if stale is None and entry.is_usable(now):
                 stale = (entry, adapter.name)
-        now = self._clock()
-        if stale is not None:
-            entry, layer = stale
-            if entry.stale_until is not None and now < entry.stale_until:
-                # Stale-while-revalidate: answer now, refresh once in the background.
-                self._serve_stale(key, "stale-while-revalidate", layer)
-                if fetcher is not None:
-                    self._refresh_in_background(key, fetcher, opts)
-                return entry.value
-        metrics.misses += 1
-        if "miss" in self._events.active:
-            self._events.emit("miss", {"key": key})
-        if fetcher is None:
+        return _Lower(None, 0, stale)
+
+    def _convert(self, key: str, value: Any, convert: Callable[[Any], Any], layer: str) -> Any:
+        """``value`` rebuilt as the caller's type; ``_MISS`` (reported) when it is not one:
+        the stored value is then treated as absent and fetched again."""
+        try:
+            return convert(value)
+        except Exception as exc:
+            self._report(exc, operation="get.convert", key=key, layer=layer)
             return _MISS
-        return self._fetch_or_stale(key, fetcher, opts, stale)
 
     def _serve_stale(self, key: str, state: str, layer: str) -> None:
         self._metrics.stale_hits += 1
@@ -1075,12 +1310,15 @@ class SyncCacheStack:
         fetcher: Fetcher,
         opts: CacheOptions,
         stale: tuple[Entry, str] | None,
+        *,
+        lead: Flight | None = None,
+        join: Flight | None = None,
     ) -> Any:
         """Fetch through single-flight; fall back to a stale value per the soft timeout and
-        the stale-if-error window."""
+        the stale-if-error window. ``lead``/``join``: see :meth:`_load`."""
         soft = opts.fetch_soft_timeout if stale is not None else None
         try:
-            return self._load(key, fetcher, opts, soft)
+            return self._load(key, fetcher, opts, soft, lead=lead, join=join)
         except _SoftTimeout:
             assert stale is not None
             self._serve_stale(key, "soft-timeout", stale[1])
@@ -1107,10 +1345,11 @@ class SyncCacheStack:
         """Per-hit work some options ask for: read counting, refresh-ahead, sliding TTL."""
         if opts.adaptive_ttl is not None:
             reads = self._reads
-            reads[key] = reads.get(key, 0) + 1
-            reads.move_to_end(key)
-            if len(reads) > self.max_profile_entries:
-                reads.popitem(last=False)  # the least recently read profile: bounded
+            with self._state_lock:
+                reads[key] = reads.get(key, 0) + 1
+                reads.move_to_end(key)
+                if len(reads) > self.max_profile_entries:
+                    reads.popitem(last=False)  # the least recently read profile: bounded
         fresh_until = entry.fresh_until
         if (
             opts.refresh_ahead is not None
@@ -1170,16 +1409,17 @@ class SyncCacheStack:
         self._for_layers("sliding_ttl", [a for a, _ in plan], extend)
         updated = dict(marks)
         updated.update(dict.fromkeys(fresh, now))
-        self._extended[key] = updated
-        self._extended.move_to_end(key)
-        if len(self._extended) > self.max_profile_entries:
-            self._extended.popitem(last=False)  # bounded; a lost mark only costs a write
+        with self._state_lock:
+            self._extended[key] = updated
+            self._extended.move_to_end(key)
+            if len(self._extended) > self.max_profile_entries:
+                self._extended.popitem(last=False)  # bounded; a lost mark only costs a write
 
     def _refresh_in_background(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> None:
         """Start one background refresh of ``key`` unless a fetch of it is already running."""
         if self._closed:
             return
-        running, flight = self._join_or_register(key, opts)
+        running, flight = self._flights.join_fetch(key, opts.tags or ())
         if running is not None:
             return
         assert flight.future is not None
@@ -1189,12 +1429,11 @@ class SyncCacheStack:
             opts,
             CacheOptions(fetch_timeout=min(opts.fetch_timeout or limit, limit)),
         )
-        self._background += 1
+        self._count_background(1)
 
         def finished() -> None:
-            self._background -= 1
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            self._count_background(-1)
+            self._flights.finish_fetch(key, flight)
 
         flight.handle = launch_background(
             future,
@@ -1204,7 +1443,7 @@ class SyncCacheStack:
         )
 
     def _refresh(
-        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight
     ) -> Any:
         try:
             value = self._fetch_and_store(key, fetcher, opts, flight)
@@ -1266,19 +1505,33 @@ class SyncCacheStack:
     # ------------------------------------------------------------------ fetch
 
     def _load(
-        self, key: str, fetcher: Fetcher, opts: CacheOptions, soft: float | None = None
+        self,
+        key: str,
+        fetcher: Fetcher,
+        opts: CacheOptions,
+        soft: float | None = None,
+        *,
+        lead: Flight | None = None,
+        join: Flight | None = None,
     ) -> Any:
         """Single-flight: join the key's in-flight fetch or start one.
 
-        With ``soft`` (a stale value exists), stop waiting after that long with
-        ``_SoftTimeout``; the fetch goes on and stores its value.
+        ``lead`` is a flight this caller already registered (it starts it), ``join`` one it
+        must wait for (found by a shared read: possibly finished, which is fine, its future
+        holds the outcome). With ``soft`` (a stale value exists), stop waiting after that long
+        with ``_SoftTimeout``; the fetch goes on and stores its value.
         """
         if not callable(fetcher):
             raise ValueError(f"fetcher must be callable, not {fetcher!r}")
         if not self._stampede_prevention:
-            flight = _Flight(opts.tags or ())
+            flight = Flight(opts.tags or ())
             return self._fetch_and_store(key, fetcher, opts, flight)
-        running, flight = self._join_or_register(key, opts)
+        if lead is not None:
+            running, flight = None, lead
+        elif join is not None:
+            running, flight = join, join
+        else:
+            running, flight = self._flights.join_fetch(key, opts.tags or ())
         if running is not None and running.future is not None:
             self._metrics.stampede_dedupes += 1
             if "stampede_dedupe" in self._events.active:
@@ -1289,8 +1542,7 @@ class SyncCacheStack:
         assert future is not None
 
         def finished() -> None:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            self._flights.finish_fetch(key, flight)
 
         fetch = functools.partial(self._fetch_and_store, key, fetcher, opts, flight)
         if soft is None:
@@ -1339,7 +1591,7 @@ class SyncCacheStack:
             raise  # a TimeoutError raised by the fetcher itself is its own error
 
     def _fetch_and_store(
-        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight
     ) -> Any:
         """The origin fetch and the write of its value; across instances when a
         single-flight coordinator is configured (one instance fetches, the others read the
@@ -1371,7 +1623,7 @@ class SyncCacheStack:
         return False, None
 
     def _fetch_and_store_here(
-        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: _Flight
+        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight
     ) -> Any:
         breaker = opts.circuit_breaker or None
         decision = self._circuits.before_fetch(key, breaker) if breaker is not None else None
@@ -1415,7 +1667,10 @@ class SyncCacheStack:
         self, key: str, value: Any, opts: CacheOptions, now: float
     ) -> list[tuple[LayerAdapter, Entry | None]]:
         # Adaptive TTL: the reads counted since the last write lengthen this write's TTL.
-        reads = self._reads.pop(key, 0) if opts.adaptive_ttl is not None else 0
+        reads = 0
+        if opts.adaptive_ttl is not None:
+            with self._state_lock:
+                reads = self._reads.pop(key, 0)
         return [
             (
                 adapter,
@@ -1435,7 +1690,7 @@ class SyncCacheStack:
         ]
 
     def _store(
-        self, key: str, value: Any, opts: CacheOptions, flight: _Flight | None
+        self, key: str, value: Any, opts: CacheOptions, flight: Flight | None
     ) -> None:
         """Write ``value`` to every layer, then record its tags."""
         now = self._clock()
@@ -1510,7 +1765,7 @@ class SyncCacheStack:
         opts = self._options(options, kwargs)
         self._open()
         # An explicit write is newer than a running fetch or read of the key.
-        self._mark_flights(lambda k, _: k == key, (key,))
+        self._flights.mark(lambda k, _: k == key, (key,))
         self._store(key, value, opts, None)
         self._publish("keys", "set", (key,))
 
@@ -1535,7 +1790,7 @@ class SyncCacheStack:
         }
         dropped: dict[str, list[str]] = {a.name: [] for a in self._layers}
         written = {key for key, _, _ in items}
-        self._mark_flights(lambda k, _: k in written, written)
+        self._flights.mark(lambda k, _: k in written, written)
         for key, value, opts in items:
             for adapter, entry in self._entries_for(key, value, opts, now):
                 if entry is None:
@@ -1695,7 +1950,7 @@ class SyncCacheStack:
         if not unique:
             return
         wanted = set(unique)
-        self._mark_flights(lambda k, _: k in wanted, unique)
+        self._flights.mark(lambda k, _: k in wanted, unique)
         self._delete_everywhere(unique)
         self._tag_op(
             "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
@@ -1708,7 +1963,7 @@ class SyncCacheStack:
     def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
         self._open()
-        self._mark_flights(lambda _k, _f: True)
+        self._flights.mark_all()
         if self._behind is not None:
             self._behind.discard(lambda _k: True)
         self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
@@ -1745,14 +2000,14 @@ class SyncCacheStack:
             self._for_layers("invalidate_by_tags", local, lambda a: a.clear())
         tag_set = set(wanted_tags)
 
-        def hit(key: str, flight: _Flight) -> bool:
+        def hit(key: str, flight: Flight) -> bool:
             if key in keys:
                 return True
             if mode == "all":
                 return tag_set.issubset(flight.tags)
             return not tag_set.isdisjoint(flight.tags)
 
-        self._mark_flights(hit)
+        self._flights.mark(hit)
         ordered = sorted(keys)
         self._delete_everywhere(ordered)
         if ordered:
@@ -1774,7 +2029,7 @@ class SyncCacheStack:
             pattern = escape_glob(f"v{self._generation}:") + pattern
         glob = compile_glob(pattern)
         self._open()
-        self._mark_flights(lambda k, _: glob.matches(k))
+        self._flights.mark(lambda k, _: glob.matches(k))
         counts: list[int] = []
 
         def purge(adapter: LayerAdapter) -> None:
@@ -1832,7 +2087,7 @@ class SyncCacheStack:
         results: list[Any] = [_MISS] * len(requests)
         pending = list(range(len(requests)))
         metrics = self._metrics
-        epoch = self._epoch
+        epoch = self._flights.epoch
         for depth, adapter in enumerate(self._layers):
             if not pending:
                 break
@@ -1867,7 +2122,7 @@ class SyncCacheStack:
                 else:
                     metrics.layers[adapter.name].misses += 1
                     still.append(i)
-            fills = [(k, e) for k, e in fills if not self._changed_since(k, epoch)]
+            fills = [(k, e) for k, e in fills if not self._flights.changed_since(k, epoch)]
             if fills:
                 self._backfill_many(fills, self._layers[:depth], now)
             pending = still
@@ -1996,55 +2251,98 @@ class SyncCacheStack:
         fn: None = None,
         *,
         key_resolver: Callable[..., str] | None = None,
+        type: Any = ...,
         **opts: Any,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+    ) -> WrapDecorator: ...
 
     @overload
     def wrap(
         self,
         prefix: str,
-        fn: Callable[..., Any],
+        fn: Callable[P, R],
         *,
         key_resolver: Callable[..., str] | None = None,
+        type: Any = ...,
         **opts: Any,
-    ) -> Callable[..., Any]: ...
+    ) -> Callable[P, R]: ...
 
     def wrap(
         self,
         prefix: str,
-        fn: Callable[..., Any] | None = None,
+        fn: Any = None,
         *,
         key_resolver: Callable[..., str] | None = None,
+        type: Any = _ANNOTATION,
         **opts: Any,
     ) -> Any:
         """A cached version of ``fn`` (sync or async), bare or as a decorator.
 
-        Keys are ``prefix:`` plus a collision-free rendering of the arguments (``user:123``
-        for ``f(123)``, ``user:"123"`` for ``f("123")``), or ``prefix:`` plus
-        ``key_resolver(*args, **kwargs)``. The wrapper is called the way this stack's ``get`` is.
+        Keys are ``prefix:`` plus a collision-free rendering of the arguments bound to the
+        function's signature with defaults applied (``user:123`` for ``f(123)``, and for
+        ``f(user_id=123)``; ``user:"123"`` for ``f("123")``), or ``prefix:`` plus
+        ``key_resolver(*args, **kwargs)``. Call the wrapper the way :meth:`get` is called.
+
+        Methods work: the bound ``self`` (or ``cls``) is left out of the key, so every
+        instance shares the cached values, unless the instance's class defines
+        ``__cache_key__(self)``, whose result then leads the key. ``wrap`` may sit above or
+        below ``@classmethod`` and ``@staticmethod``.
+
+        Values read from a remote layer are rebuilt as the function's return annotation
+        (``-> User``, ``-> list[User]``, ``-> User | None``; see :meth:`get`'s ``type``),
+        resolved on the first call. ``type=`` names the type instead; ``type=None`` returns
+        values as stored.
+
+        Raises:
+            ValueError: ``fn`` is not callable, a bad prefix or option.
+            TypeError: ``type`` cannot be rebuilt; at the first call, a return annotation
+                that cannot be resolved.
         """
         _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
         options = self._options(None, opts)
         if key_resolver is not None and not callable(key_resolver):
             raise ValueError("key_resolver must be callable")
+        named = type
+        if named is not _ANNOTATION and converter_for(named) is None:
+            named = None  # Any, object, None: values as stored
 
-        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        def decorate(func: Any) -> Any:
+            # @wrap above @classmethod / @staticmethod: wrap the function, re-apply the
+            # descriptor. Below them (or on a plain method) the first parameter tells.
+            method: Any = None
+            receiver: ReceiverKind = "none"
+            if isinstance(func, classmethod):
+                method, receiver, func = classmethod, "class", func.__func__
+            elif isinstance(func, staticmethod):
+                method, func = staticmethod, func.__func__
+            elif callable(func):
+                receiver = receiver_kind(func)
             if not callable(func):
                 raise ValueError(f"wrap() needs a callable, not {func!r}")
+            call_key = CallKey(func, receiver)
+            result_type = named
 
             @functools.wraps(func)
             def cached(*args: Any, **kwargs: Any) -> Any:
+                nonlocal result_type
                 if key_resolver is not None:
                     suffix = key_resolver(*args, **kwargs)
                     if not isinstance(suffix, str):
                         raise ValueError("key_resolver must return a str")
                 else:
-                    suffix = render_call_key(args, kwargs)
+                    suffix = call_key(args, kwargs)
+                if result_type is _ANNOTATION:
+                    # Resolved at the first call, not at decoration: the annotation may name
+                    # a class defined after the function (the method's own class, say).
+                    resolved = return_type(func)
+                    result_type = resolved if converter_for(resolved) is not None else None
                 return self.get(
-                    f"{prefix}:{suffix}", lambda: func(*args, **kwargs), options=options
+                    f"{prefix}:{suffix}",
+                    lambda: func(*args, **kwargs),
+                    type=result_type,
+                    options=options,
                 )
 
-            return cached
+            return cached if method is None else method(cached)
 
         if fn is not None:
             return decorate(fn)
@@ -2116,7 +2414,7 @@ class SyncCacheStack:
         if self._closed:
             return
         self._closed = True
-        handles = [f.handle for f in self._flights.values() if f.handle is not None]
+        handles = self._flights.handles()
         wait_launched(handles, _CLOSE_GRACE)
         errors: list[BaseException] = []
         if self._behind is not None:
@@ -2256,17 +2554,73 @@ class SyncCacheNamespace:
         validate_key(key)
         return _join(self.prefix, key)
 
+    @overload
     def get(
-        self, key: str, fetcher: Fetcher | None = None, *, options: OptionsArg = None, **kw: Any
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: type[T],
+        options: OptionsArg = None,
+        **kw: Any,
+    ) -> T | None: ...
+
+    @overload
+    def get(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
+        options: OptionsArg = None,
+        **kw: Any,
+    ) -> Any: ...
+
+    def get(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
+        options: OptionsArg = None,
+        **kw: Any,
     ) -> Any:
         """:meth:`SyncCacheStack.get` inside the namespace."""
-        return self._stack.get(self._key(key), fetcher, options=options, **kw)
+        return self._stack.get(self._key(key), fetcher, type=type, options=options, **kw)
+
+    @overload
+    def get_or_raise(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: type[T],
+        options: OptionsArg = None,
+        **kw: Any,
+    ) -> T: ...
+
+    @overload
+    def get_or_raise(
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
+        options: OptionsArg = None,
+        **kw: Any,
+    ) -> Any: ...
 
     def get_or_raise(
-        self, key: str, fetcher: Fetcher | None = None, *, options: OptionsArg = None, **kw: Any
+        self,
+        key: str,
+        fetcher: Fetcher | None = None,
+        *,
+        type: Any = None,
+        options: OptionsArg = None,
+        **kw: Any,
     ) -> Any:
         """:meth:`SyncCacheStack.get_or_raise` inside the namespace."""
-        value = self.get(key, fetcher, options=options, **kw)
+        value = self.get(key, fetcher, type=type, options=options, **kw)
         if value is None:
             raise CacheMissError(key)
         return value
@@ -2345,17 +2699,42 @@ class SyncCacheNamespace:
         _validate_prefix(prefix)
         return self._stack.invalidate_by_prefix(_join(self.prefix, prefix))
 
+    @overload
     def wrap(
         self,
         prefix: str,
-        fn: Callable[..., Any] | None = None,
+        fn: None = None,
         *,
         key_resolver: Callable[..., str] | None = None,
+        type: Any = ...,
+        **opts: Any,
+    ) -> WrapDecorator: ...
+
+    @overload
+    def wrap(
+        self,
+        prefix: str,
+        fn: Callable[P, R],
+        *,
+        key_resolver: Callable[..., str] | None = None,
+        type: Any = ...,
+        **opts: Any,
+    ) -> Callable[P, R]: ...
+
+    def wrap(
+        self,
+        prefix: str,
+        fn: Any = None,
+        *,
+        key_resolver: Callable[..., str] | None = None,
+        type: Any = _ANNOTATION,
         **opts: Any,
     ) -> Any:
         """:meth:`SyncCacheStack.wrap` inside the namespace."""
         _validate_prefix(prefix, limit=MAX_PREFIX_LENGTH)
-        return self._stack.wrap(_join(self.prefix, prefix), fn, key_resolver=key_resolver, **opts)
+        return self._stack.wrap(
+            _join(self.prefix, prefix), fn, key_resolver=key_resolver, type=type, **opts
+        )
 
     def namespace(self, prefix: str) -> SyncCacheNamespace:
         """A nested namespace: keys under ``self.prefix:prefix:``."""

@@ -9,6 +9,7 @@ that ``invalidate_by_tag`` could no longer reach.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
@@ -22,7 +23,13 @@ TagRecord: TypeAlias = tuple[str, Sequence[str], "float | None"]
 
 
 class InMemoryTagIndex:
-    """Tag bookkeeping for one process (use ``RedisTagIndex`` to share it between instances)."""
+    """Tag bookkeeping for one process (use ``RedisTagIndex`` to share it between instances).
+
+    Every method runs under one lock and never suspends inside it: the threaded twin is called
+    from many threads (callers, refresh workers, the bus subscriber), and an asyncio stack
+    may be used from threads that each run their own loop, so an iteration must never see the
+    maps change.
+    """
 
     def __init__(self, max_keys: int = 100_000) -> None:
         if not isinstance(max_keys, int) or max_keys < 1:
@@ -30,6 +37,7 @@ class InMemoryTagIndex:
         self.max_keys = max_keys
         self._key_tags: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._tag_keys: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
 
     def _unlink(self, key: str) -> None:
         tags = self._key_tags.pop(key, ())
@@ -49,15 +57,17 @@ class InMemoryTagIndex:
         parity with ``RedisTagIndex``; this index is bounded by ``max_keys`` instead.
         """
         evicted: list[str] = []
-        self._record(key, tags, evicted)
+        with self._lock:
+            self._record(key, tags, evicted)
         return evicted
 
     def record_many(self, items: Iterable[TagRecord]) -> list[str]:
         """:meth:`record` for several ``(key, tags, expires_at)`` items, in order; returns
         every key evicted to keep the bound (delete them)."""
         evicted: list[str] = []
-        for key, tags, _expires_at in items:
-            self._record(key, tags, evicted)
+        with self._lock:
+            for key, tags, _expires_at in items:
+                self._record(key, tags, evicted)
         return evicted
 
     def _record(self, key: str, tags: Sequence[str], evicted: list[str]) -> None:
@@ -74,35 +84,40 @@ class InMemoryTagIndex:
 
     def remove(self, keys: Iterable[str]) -> None:
         """Forget ``keys``."""
-        for key in keys:
-            self._unlink(key)
+        with self._lock:
+            for key in keys:
+                self._unlink(key)
 
     def tags_of(self, key: str) -> tuple[str, ...]:
         """The tags ``key`` was stored with."""
-        return self._key_tags.get(key, ())
+        with self._lock:
+            return self._key_tags.get(key, ())
 
     def keys_for_tags(self, tags: Sequence[str], mode: str = "any") -> set[str]:
         """Keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``."""
-        groups: list[set[str]] = [self._tag_keys.get(tag, set()) for tag in tags]
-        if not groups:
-            return set()
-        if mode == "all":
-            groups.sort(key=len)
-            result = set(groups[0])
-            for group in groups[1:]:
-                result &= group
-            return result
-        return set().union(*groups)
+        with self._lock:
+            groups: list[set[str]] = [self._tag_keys.get(tag, set()) for tag in tags]
+            if not groups:
+                return set()
+            if mode == "all":
+                groups.sort(key=len)
+                result = set(groups[0])
+                for group in groups[1:]:
+                    result &= group
+                return result
+            return set().union(*groups)
 
     def keys_matching(self, pattern: str) -> list[str]:
         """Tagged keys matching a glob."""
         glob = compile_glob(pattern)
-        return [k for k in self._key_tags if glob.matches(k)]
+        with self._lock:
+            return [k for k in self._key_tags if glob.matches(k)]
 
     def clear(self) -> None:
         """Forget everything."""
-        self._key_tags.clear()
-        self._tag_keys.clear()
+        with self._lock:
+            self._key_tags.clear()
+            self._tag_keys.clear()
 
     def __len__(self) -> int:
         return len(self._key_tags)

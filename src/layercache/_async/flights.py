@@ -1,0 +1,187 @@
+# unasync: begin async-wording
+"""In-flight reads and fetches of keys, and the marks of changed keys: one owner, one lock.
+
+A ``CacheStack`` shares work between concurrent callers of a key twice: the read of the
+layers below L1 (one read per key per burst, not one per caller) and the origin fetch (one
+fetch per key). Every write, delete and invalidation marks the flights it concerns, so that a
+read or fetch that started before the change never stores (or hands to a later caller) the
+value it replaced.
+
+The table is touched by callers, by background refreshes and by the invalidation bus's
+subscriber, which in the threaded twin run in different threads, and in the asyncio stack may
+run on several event loops in several threads: so it sits behind a real lock in both twins
+(an uncontended ``threading.Lock`` costs tens of nanoseconds and is never held across an
+``await``). Lookups that only read one dict entry take no lock; every check-then-act and
+every iteration does.
+
+Flights are kept per event loop (an asyncio future can only be awaited on its own loop; the
+threaded twin has one scope): a caller on another loop starts its own flight, and a mark
+reaches the flights of every loop.
+"""
+# unasync: end async-wording
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._primitives import FlightFuture, flight_scope, new_future
+
+__all__ = ["Flight", "Flights"]
+
+# Recently changed keys remembered (older changes count as "everything changed").
+MAX_KEY_MARKS = 10_000
+
+
+class Flight:
+    """One in-flight read or fetch of a key, shared by its concurrent callers.
+
+    ``invalidated`` is set when the key is deleted, invalidated, cleared or explicitly set
+    while the work runs: a fetched value then reaches the callers already waiting but is not
+    stored, and no caller arriving after the change joins it.
+    """
+
+    __slots__ = ("future", "handle", "invalidated", "scope", "tags")
+
+    def __init__(self, tags: tuple[str, ...], scope: Any = None) -> None:
+        self.invalidated = False
+        self.tags = tags
+        self.scope = scope
+        self.future: FlightFuture[Any] | None = None
+        self.handle: Any = None
+
+
+class _Table:
+    """Flights of one kind (reads or fetches), per scope (a loop, or the whole threaded twin)."""
+
+    __slots__ = ("by_scope",)
+
+    def __init__(self) -> None:
+        self.by_scope: dict[Any, dict[str, Flight]] = {}
+
+
+class Flights:
+    """The in-flight reads and fetches of one stack, and its change marks."""
+
+    def __init__(self, max_key_marks: int = MAX_KEY_MARKS) -> None:
+        self._lock = threading.Lock()
+        self._fetches = _Table()
+        self._reads = _Table()
+        self._max_key_marks = max_key_marks
+        # Every change bumps the epoch; a read remembers the epoch it started in.
+        self.epoch = 0
+        self._broad_mark = 0
+        self._key_marks: OrderedDict[str, int] = OrderedDict()
+
+    # ------------------------------------------------------------------ flights
+
+    def running_fetch(self, key: str) -> Flight | None:
+        """The fetch of ``key`` a new caller may join (in this scope), if any."""
+        table = self._fetches.by_scope.get(flight_scope())
+        if table is None:
+            return None
+        flight = table.get(key)
+        return None if flight is None or flight.invalidated else flight
+
+    def join_fetch(self, key: str, tags: tuple[str, ...]) -> tuple[Flight | None, Flight]:
+        """The running fetch of ``key`` to join, or a new one registered for it.
+
+        Returns ``(running, flight)``: ``running`` is the flight to join (``flight`` then
+        too), or ``None`` when ``flight`` was just registered, before its work starts, so
+        every caller from now on joins it.
+        """
+        return self._join(self._fetches, key, tags)
+
+    def join_read(self, key: str) -> tuple[Flight | None, Flight]:
+        """Like :meth:`join_fetch`, for the read of the layers below L1."""
+        return self._join(self._reads, key, ())
+
+    def _join(self, table: _Table, key: str, tags: tuple[str, ...]) -> tuple[Flight | None, Flight]:
+        scope = flight_scope()
+        with self._lock:
+            flights = table.by_scope.get(scope)
+            if flights is None:
+                flights = table.by_scope[scope] = {}
+            running = flights.get(key)
+            if running is not None and not running.invalidated:
+                return running, running
+            flight = Flight(tags, scope)
+            flight.future = new_future()
+            flights[key] = flight
+            return None, flight
+
+    def finish_fetch(self, key: str, flight: Flight) -> None:
+        """Forget ``flight`` (done) unless a newer flight of the key replaced it."""
+        self._finish(self._fetches, key, flight)
+
+    def finish_read(self, key: str, flight: Flight) -> None:
+        """:meth:`finish_fetch` for a read."""
+        self._finish(self._reads, key, flight)
+
+    def _finish(self, table: _Table, key: str, flight: Flight) -> None:
+        with self._lock:
+            flights = table.by_scope.get(flight.scope)
+            if flights is not None and flights.get(key) is flight:
+                del flights[key]
+                if not flights:
+                    # A scope's table lives only while it has work in flight.
+                    del table.by_scope[flight.scope]
+
+    def handles(self) -> list[Any]:
+        """Handles of this scope's running fetches (to let them finish on close)."""
+        with self._lock:
+            flights = self._fetches.by_scope.get(flight_scope(), {})
+            return [f.handle for f in flights.values() if f.handle is not None]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(
+                len(flights)
+                for table in (self._fetches, self._reads)
+                for flights in table.by_scope.values()
+            )
+
+    # ------------------------------------------------------------------ marks
+
+    def mark(
+        self, predicate: Callable[[str, Flight], bool], keys: Iterable[str] | None = None
+    ) -> None:
+        """Invalidate the running reads and fetches ``predicate`` selects, and record the
+        change so that a read that started before it does not backfill what it read (it may
+        be the value that was just replaced or deleted).
+
+        ``keys`` names the keys changed; without it the change is broad (pattern, tags,
+        clear) and every read in flight counts as affected.
+        """
+        with self._lock:
+            self.epoch += 1
+            epoch = self.epoch
+            if keys is None:
+                self._broad_mark = epoch
+            else:
+                marks = self._key_marks
+                for key in keys:
+                    marks[key] = epoch
+                    marks.move_to_end(key)
+                while len(marks) > self._max_key_marks:
+                    marks.popitem(last=False)
+                    self._broad_mark = epoch  # forgetting a mark must err on the safe side
+            for table in (self._fetches, self._reads):
+                for flights in table.by_scope.values():
+                    for key, flight in flights.items():
+                        if not flight.invalidated and predicate(key, flight):
+                            flight.invalidated = True
+
+    def mark_all(self) -> None:
+        """Every key may have changed (clear, reconnect, new generation)."""
+        self.mark(_everything)
+
+    def changed_since(self, key: str, epoch: int) -> bool:
+        """Whether ``key`` may have been written or invalidated since ``epoch``."""
+        return self._broad_mark > epoch or self._key_marks.get(key, 0) > epoch
+
+
+def _everything(_key: str, _flight: Flight) -> bool:
+    return True
