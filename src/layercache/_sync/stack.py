@@ -77,8 +77,10 @@ from ._primitives import (
     gather_settled,
     launch,
     launch_background,
+    loop_ended,
     new_future,
     new_workers,
+    running_loop,
     settle,
     wait_future,
     wait_future_for,
@@ -361,6 +363,13 @@ class SyncCacheStack:
             else bool(broadcast_l1_invalidation)
         )
         self._bus_started = invalidation_bus is None
+        # unasync: begin async-wording
+        # The loop the bus's subscriber runs on: it ends with that loop, and the next one to
+        # use the stack subscribes again (a module-level stack and several asyncio.run()
+        # calls). The lock guards the restart: threads may each run a loop.
+        # unasync: end async-wording
+        self._bus_loop: Any = None
+        self._bus_lock = threading.Lock()
         # Announcements that could not be published (graceful degradation), oldest first.
         self._unsent: deque[InvalidationMessage] = deque()
         if generation is not None and (
@@ -442,7 +451,7 @@ class SyncCacheStack:
         reads or fills a local layer must be listening before it does (an instance that only
         ever called ``get_many`` would otherwise keep its L1 copies forever)."""
         self._check_open()
-        if not self._bus_started:
+        if not self._bus_started or loop_ended(self._bus_loop):
             self._ensure_bus()
 
     def _entry_or_miss(self, adapter: LayerAdapter, key: str, raw: Any) -> Entry | None:
@@ -529,12 +538,20 @@ class SyncCacheStack:
     # ------------------------------------------------------------------ invalidation bus
 
     def _ensure_bus(self) -> None:
-        """Subscribe to the bus on first use (the constructor does no I/O)."""
-        if self._bus_started:
-            return
-        self._bus_started = True
+        """Subscribe to the bus on first use (the constructor does no I/O), and again on this
+        loop when the loop the subscriber ran on has ended."""
+        with self._bus_lock:
+            if self._bus_started and not loop_ended(self._bus_loop):
+                return
+            restarted = self._bus_started
+            self._bus_started = True
+            self._bus_loop = running_loop()
         try:
             self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
+            if restarted:
+                # Nobody listened between the end of the old loop and now: what was
+                # announced meanwhile is lost, as after a reconnect.
+                self._on_bus_reconnect()
             load = getattr(self._bus, "load_generation", None)
             if self._generation is not None and load is not None:
                 # Bumps announced while this instance was down are in Redis: adopt them.
@@ -778,14 +795,38 @@ class SyncCacheStack:
             return default
 
     def _remember_tags(self, missed: tuple[str, Any] | list[tuple[str, Any]]) -> None:
-        for operation in missed if isinstance(missed, list) else [missed]:
-            if self._tags_fenced:
-                return
-            if len(self._tags_missed) >= _MAX_MISSED:
-                self._tags_missed.clear()
-                self._tags_fenced = True
-                return
-            self._tags_missed.append(operation)
+        with self._state_lock:  # a replay may be taking items off the queue meanwhile
+            for kind, arg in missed if isinstance(missed, list) else [missed]:
+                if self._tags_fenced:
+                    return
+                if len(self._tags_missed) >= _MAX_MISSED:
+                    self._tags_missed.clear()
+                    self._tags_fenced = True
+                    return
+                # A new tuple: the replay recognises its items by identity.
+                self._tags_missed.append((kind, arg))
+
+    def _next_tag_replay(self) -> list[tuple[str, Any]]:
+        """The tag operations to replay next: consecutive records (a set_many remembers one
+        per key; they replay as one batched call, bounded), or one other operation."""
+        with self._state_lock:
+            missed = self._tags_missed
+            if not missed or missed[0][0] != "record":
+                return [missed[0]] if missed else []
+            batch: list[tuple[str, Any]] = []
+            for item in itertools.islice(missed, _REPLAY_BATCH):
+                if item[0] != "record":
+                    break
+                batch.append(item)
+            return batch
+
+    def _tags_replayed(self, batch: Sequence[tuple[str, Any]]) -> None:
+        """Take replayed tag operations off the queue unless a fence replaced them."""
+        with self._state_lock:
+            for item in batch:
+                if not self._tags_missed or self._tags_missed[0] is not item:
+                    return
+                self._tags_missed.popleft()
 
     def _recover_tags(self) -> bool:
         """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
@@ -800,21 +841,18 @@ class SyncCacheStack:
                 self._tags.clear()
                 shared = [a for a in self._layers if not a.is_local]
                 self._for_layers("tag_index.fence", shared, lambda a: a.clear())
-                self._tags_fenced = False
-                self._tags_missed.clear()
-            while self._tags_missed:
-                kind, arg = self._tags_missed[0]
+                with self._state_lock:
+                    self._tags_fenced = False
+                    self._tags_missed.clear()
+            while True:
+                batch = self._next_tag_replay()
+                if not batch:
+                    break
+                kind, arg = batch[0]
                 if kind == "record":
-                    # Consecutive records (a set_many remembers one per key) replay as one
-                    # batched call; they leave the queue only once it succeeded.
-                    records: list[TagRecord] = []
-                    for queued_kind, queued in itertools.islice(self._tags_missed, _REPLAY_BATCH):
-                        if queued_kind != "record":
-                            break
-                        records.append(queued)
-                    evicted = self._record_tags(records)
-                    for _ in records:
-                        self._tags_missed.popleft()
+                    # Batched records leave the queue only once the call succeeded.
+                    evicted = self._record_tags([record for _, record in batch])
+                    self._tags_replayed(batch)
                     if evicted:
                         self._delete_everywhere(evicted)
                     continue
@@ -830,7 +868,7 @@ class SyncCacheStack:
                     self._forget_tagged_matching(arg)
                 else:
                     self._tags.clear()
-                self._tags_missed.popleft()
+                self._tags_replayed(batch)
         except LayerCacheError as exc:
             self._tags_down_until = self._clock() + self._retry_after
             self._report(exc, operation="tag_index.recover")
@@ -1442,9 +1480,7 @@ class SyncCacheStack:
             self._workers,
         )
 
-    def _refresh(
-        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight
-    ) -> Any:
+    def _refresh(self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight) -> Any:
         try:
             value = self._fetch_and_store(key, fetcher, opts, flight)
         except Exception as exc:
@@ -1689,9 +1725,7 @@ class SyncCacheStack:
             for adapter in self._layers
         ]
 
-    def _store(
-        self, key: str, value: Any, opts: CacheOptions, flight: Flight | None
-    ) -> None:
+    def _store(self, key: str, value: Any, opts: CacheOptions, flight: Flight | None) -> None:
         """Write ``value`` to every layer, then record its tags."""
         now = self._clock()
         plan = self._entries_for(key, value, opts, now)
