@@ -6,15 +6,19 @@ import datetime as _dt
 import decimal
 import enum
 import hashlib
+import inspect
 import json
 import re
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PREFIX_LENGTH",
+    "CallKey",
+    "ReceiverKind",
+    "receiver_kind",
     "render_call_key",
     "validate_key",
     "validate_pattern",
@@ -109,14 +113,23 @@ def _render(value: Any) -> str:
     )
 
 
-def render_call_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+_NO_RECEIVER: Any = object()
+
+
+def render_call_key(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], *, receiver: Any = _NO_RECEIVER
+) -> str:
     """Render call arguments as stable, collision-free key text.
 
     ``f(123)`` renders ``123``; strings are quoted (``f("a:b")`` → ``"a:b"``); positional
-    arguments are joined by ``,``; keyword arguments follow sorted by name. Renderings longer
-    than 200 characters are replaced by a SHA-256 digest so keys stay within the limits.
+    arguments are joined by ``,``; keyword arguments follow sorted by name. ``receiver`` (the
+    ``__cache_key__()`` of a method's instance) comes first, marked ``@`` (no other rendering
+    starts with it). Renderings longer than 200 characters are replaced by a SHA-256 digest so
+    keys stay within the limits.
     """
     parts = [_render(a) for a in args]
+    if receiver is not _NO_RECEIVER:
+        parts.insert(0, "@" + _render(receiver))
     # Identifier names render bare (``page=2``); any other name (``f(**{"a=1,b": 2})``) is
     # quoted, so a keyword name can never imitate another call's arguments.
     parts.extend(
@@ -127,3 +140,96 @@ def render_call_key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     if len(text) > _MAX_RENDERED_ARGS or _CONTROL.search(text) or _SURROGATE.search(text):
         text = "#" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return text
+
+
+ReceiverKind = Literal["none", "instance", "class"]
+
+
+class CallKey:
+    """Renders the key text of calls of one function, bound to its signature.
+
+    Built once per wrapped function (``inspect.signature`` is slow): each call's arguments are
+    bound to the signature with defaults applied before rendering, so ``f(1)``, ``f(a=1)`` and
+    ``f(1, b=2)`` (``b=2`` being the default) share one key. Parameters that can be passed by
+    position render positionally; keyword-only ones and ``**kwargs`` as ``name=value``.
+
+    ``receiver``: ``"instance"`` or ``"class"`` when the first parameter is the bound ``self``
+    or ``cls`` of a method. It is left out of the key (a method's instance is usually a
+    service object, not data), except an instance whose class defines ``__cache_key__()``:
+    its result is rendered first. :func:`receiver_kind` guesses it for a plain function. A
+    bound method (``cache.wrap("p", obj.method)``) follows the same rule for its ``__self__``.
+    """
+
+    __slots__ = ("_arity", "_bound_hook", "_receiver", "_signature")
+
+    def __init__(self, func: Callable[..., Any], receiver: ReceiverKind = "none") -> None:
+        self._receiver = receiver
+        self._bound_hook: Callable[[], Any] | None = None
+        if inspect.ismethod(func) and not isinstance(func.__self__, type):
+            hook = getattr(type(func.__self__), "__cache_key__", None)
+            if hook is not None:
+                owner = func.__self__
+                self._bound_hook = lambda: hook(owner)
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins have no signature: render as called
+            self._signature = None
+            self._arity = -1
+            return
+        params = self._signature.parameters.values()
+        simple = all(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+            for p in params
+        )
+        # Calls passing exactly every (default-less, positional) parameter by position skip
+        # the binding: the common f(1, 2).
+        self._arity = len(self._signature.parameters) if simple else -1
+
+    def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        """The key text of ``func(*args, **kwargs)``.
+
+        Raises:
+            TypeError: The arguments do not match the signature (the call itself would fail),
+                or an argument cannot be rendered (pass ``key_resolver=`` to ``wrap``).
+        """
+        if self._signature is not None and (kwargs or len(args) != self._arity):
+            bound = self._signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args, kwargs = bound.args, bound.kwargs
+        if self._bound_hook is not None:
+            return render_call_key(args, kwargs, receiver=self._bound_hook())
+        if self._receiver == "none" or not args:
+            return render_call_key(args, kwargs)
+        receiver, args = args[0], args[1:]
+        if self._receiver == "instance":
+            hook = getattr(type(receiver), "__cache_key__", None)
+            if hook is not None:
+                return render_call_key(args, kwargs, receiver=hook(receiver))
+        return render_call_key(args, kwargs)
+
+
+def receiver_kind(func: Callable[..., Any]) -> ReceiverKind:
+    """Whether ``func``'s first parameter is a method's ``self`` or ``cls``.
+
+    True for a function defined in a class body (its ``__qualname__`` is ``Class.name``, not
+    ``outer.<locals>.name``) whose first positional parameter is named ``self`` or ``cls``, the
+    universal convention; a ``staticmethod`` has neither. ``wrap`` applied to a
+    ``classmethod`` or ``staticmethod`` object knows without guessing.
+    """
+    parts = getattr(func, "__qualname__", "").split(".")
+    if len(parts) < 2 or parts[-2] == "<locals>":
+        return "none"
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return "none"
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return "none"
+    if params[0].name == "self":
+        return "instance"
+    if params[0].name == "cls":
+        return "class"
+    return "none"

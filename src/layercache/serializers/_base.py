@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["JSON_FORMAT_ID", "MSGPACK_FORMAT_ID", "PICKLE_FORMAT_ID", "Serializer"]
+__all__ = ["JSON_FORMAT_ID", "MSGPACK_FORMAT_ID", "NOT_A_MODEL", "PICKLE_FORMAT_ID", "Serializer"]
 
 # Format ids are written into every stored entry (see layercache._codec); they must never be
 # renumbered, or entries written by an older release would decode with the wrong serializer.
@@ -70,3 +71,30 @@ def build_dataclass(cls: type, values: dict[str, Any]) -> Any:
             # object.__setattr__ also works for frozen dataclasses.
             object.__setattr__(obj, name, value)
     return obj
+
+
+#: Returned by :func:`dump_model` for a value that is not a Pydantic model.
+NOT_A_MODEL: Any = object()
+
+
+def dump_model(obj: Any) -> Any:
+    """A Pydantic (v2) model as plain JSON data, or :data:`NOT_A_MODEL`.
+
+    ``model_dump(mode="json", by_alias=True, round_trip=True)``: datetimes, UUIDs, decimals
+    and enums become JSON text and numbers, which the model validates back from (``get(...,
+    type=Model)`` or ``wrap``'s return annotation rebuilds it). Pydantic is never imported
+    here: a value can only be one of its models when the application imported it already.
+
+    Raises:
+        TypeError: The model has a field Pydantic cannot dump as JSON.
+    """
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is None:
+        return NOT_A_MODEL
+    base = getattr(pydantic, "BaseModel", None)
+    if base is None or not isinstance(obj, base) or not hasattr(obj, "model_dump"):
+        return NOT_A_MODEL
+    try:
+        return obj.model_dump(mode="json", by_alias=True, round_trip=True)
+    except ValueError as exc:  # PydanticSerializationError
+        raise TypeError(f"cannot dump {type(obj).__qualname__} as JSON: {exc}") from exc

@@ -11,7 +11,14 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._base import JSON_FORMAT_ID, build_dataclass, dataclass_registry, type_name
+from ._base import (
+    JSON_FORMAT_ID,
+    NOT_A_MODEL,
+    build_dataclass,
+    dataclass_registry,
+    dump_model,
+    type_name,
+)
 
 __all__ = ["JsonSerializer"]
 
@@ -59,6 +66,8 @@ class JsonSerializer:
     ``dict``) it round-trips ``datetime.datetime`` (naive and aware), ``datetime.date``,
     ``datetime.time``, ``uuid.UUID``, ``decimal.Decimal``, ``bytes`` (``bytearray`` and
     ``memoryview`` come back as ``bytes``), dicts with non-string keys, and dataclass instances.
+    Pydantic (v2) models are encoded as their ``model_dump(mode="json", by_alias=True)`` and
+    decode as that plain data (``get(..., type=Model)`` rebuilds the model).
 
     Caveats, all inherent to JSON:
 
@@ -155,6 +164,9 @@ class JsonSerializer:
             return self._encode_dict(obj)
         if isinstance(obj, list | tuple):
             return [self._encode(item) for item in obj]
+        dumped = dump_model(obj)
+        if dumped is not NOT_A_MODEL:
+            return self._encode(dumped)
         raise TypeError(f"JsonSerializer cannot encode a value of type {kind.__qualname__}")
 
     def _encode_dict(self, obj: Mapping[Any, Any]) -> Any:

@@ -9,7 +9,14 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from ._base import MSGPACK_FORMAT_ID, build_dataclass, dataclass_registry, type_name
+from ._base import (
+    MSGPACK_FORMAT_ID,
+    NOT_A_MODEL,
+    build_dataclass,
+    dataclass_registry,
+    dump_model,
+    type_name,
+)
 
 __all__ = ["MsgpackSerializer"]
 
@@ -30,6 +37,8 @@ class MsgpackSerializer:
     (``datetime`` naive and aware, ``date``, ``time``, ``UUID``, ``Decimal``, registered
     dataclasses, other dataclasses as plain dicts) through MessagePack extension types. ``bytes``
     and non-string dict keys (``int``, ``float``, ``bool``, ``None``, ``bytes``) are native.
+    Pydantic (v2) models are encoded as their ``model_dump(mode="json", by_alias=True)`` and
+    decode as that plain data (``get(..., type=Model)`` rebuilds the model).
 
     Integers beyond 64 bits travel as an extension type. Caveats: tuples come back as lists,
     and so cannot be dict keys; an aware datetime comes back with a fixed-offset timezone.
@@ -104,6 +113,9 @@ class MsgpackSerializer:
         if isinstance(obj, int):
             # msgpack integers stop at 64 bits; larger ones travel as decimal text.
             return ext(_EXT_INT, str(int(obj)).encode("ascii"))
+        dumped = dump_model(obj)
+        if dumped is not NOT_A_MODEL:
+            return dumped
         raise TypeError(f"MsgpackSerializer cannot encode a value of type {type(obj).__qualname__}")
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
