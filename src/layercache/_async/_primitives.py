@@ -40,6 +40,8 @@ __all__ = [
     "wait_future_for",
     "wait_launched",
     "wait_signal",
+    "running_loop",
+    "loop_ended",
     "with_timeout",
     "Workers",
 ]
@@ -178,7 +180,13 @@ async def wait_future_for(future: asyncio.Future[Any], timeout: float) -> Any:
 
 
 async def wait_launched(handles: Sequence[asyncio.Task[Any]], timeout: float) -> None:
-    """Wait up to ``timeout`` for launched work, then cancel what is left."""
+    """Wait up to ``timeout`` for launched work, then cancel what is left.
+
+    Only this loop's unfinished work is waited for: a task of another loop cannot be awaited
+    here (a stack used from several loops), and one of a closed loop never finishes.
+    """
+    loop = asyncio.get_running_loop()
+    handles = [h for h in handles if not h.done() and h.get_loop() is loop]
     if not handles:
         return
     _, late = await asyncio.wait(handles, timeout=timeout)
@@ -248,8 +256,19 @@ def spawn(thunk: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.
 
 
 def is_running(handle: asyncio.Task[None] | None) -> bool:
-    """Whether a spawned piece of work is still running."""
-    return handle is not None and not handle.done()
+    """Whether a spawned piece of work is still running (a task of a closed loop is not, even
+    if the loop was closed without cancelling it)."""
+    return handle is not None and not handle.done() and not handle.get_loop().is_closed()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop background work started now would be bound to (``None`` in the thread twin)."""
+    return asyncio._get_running_loop()
+
+
+def loop_ended(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether background work bound to ``loop`` (from :func:`running_loop`) is gone with it."""
+    return loop is not None and loop.is_closed()
 
 
 async def stop_spawned(handle: asyncio.Task[None], timeout: float) -> None:

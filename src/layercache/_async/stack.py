@@ -551,11 +551,15 @@ class CacheStack:
             self._bus_started = True
             self._bus_loop = running_loop()
         try:
-            await self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
             if restarted:
-                # Nobody listened between the end of the old loop and now: what was
-                # announced meanwhile is lost, as after a reconnect.
-                await self._on_bus_reconnect()
+                # Nobody listened since the loop the subscriber ran on ended: what was
+                # announced meanwhile is lost, as after a reconnect. The local copies go
+                # first; concurrent callers do not wait for the subscription (as on the first
+                # start), and a drop after it would void the fetches they started meanwhile.
+                self._logger.info("layercache: bus subscriber moves to a new loop")
+                local = [a for a in self._layers if a.is_local]
+                await self._for_layers("bus.restart", local, lambda a: a.clear())
+            await self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
             load = getattr(self._bus, "load_generation", None)
             if self._generation is not None and load is not None:
                 # Bumps announced while this instance was down are in Redis: adopt them.

@@ -73,7 +73,13 @@ class WriteBehindQueue:
         elif len(pending) >= self.max_queue:
             await self.flush_all()
         pending[key] = op
-        if self._task is None:
+        task = self._task
+        if task is None or task.done() or task.get_loop().is_closed():
+            # The first flusher, or a new one on this loop after the loop the last one ran on
+            # ended (a stack used from several asyncio.run() calls): an Event or a Lock of an
+            # ended loop cannot be waited for on another, so they are made anew with it.
+            self._wakeup = asyncio.Event()
+            self._lock = asyncio.Lock()
             self._task = asyncio.get_running_loop().create_task(self._run())
         if len(pending) >= self.batch_size:
             self._wakeup.set()
@@ -105,7 +111,8 @@ class WriteBehindQueue:
             self._inflight = dict(batch)
             try:
                 await self._flush(batch)
-            except Exception:
+            except BaseException:
+                # Also when cancelled (the loop ends under a flush): nothing queued is lost.
                 _requeue(self._pending, batch)
                 raise
             finally:
@@ -123,7 +130,11 @@ class WriteBehindQueue:
         finally:
             self._closed = True
             task = self._task
-            if task is not None:
+            if (
+                task is not None
+                and not task.done()
+                and task.get_loop() is asyncio.get_running_loop()
+            ):
                 self._wakeup.set()
                 await asyncio.gather(task, return_exceptions=True)
 

@@ -39,6 +39,8 @@ __all__ = [
     "wait_future_for",
     "wait_launched",
     "wait_signal",
+    "running_loop",
+    "loop_ended",
     "with_timeout",
     "Workers",
 ]
@@ -297,6 +299,16 @@ def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
 def flight_scope() -> Any:
     """What in-flight work is shared within: every thread of the process (one scope)."""
     return None
+
+
+def running_loop() -> None:
+    """Background work is bound to no loop here: threads live as long as the process."""
+    return None
+
+
+def loop_ended(loop: Any) -> bool:
+    """Background threads never end with a loop."""
+    return False
 
 
 def new_flight_lock() -> threading.Lock:

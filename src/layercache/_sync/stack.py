@@ -547,11 +547,15 @@ class SyncCacheStack:
             self._bus_started = True
             self._bus_loop = running_loop()
         try:
-            self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
             if restarted:
-                # Nobody listened between the end of the old loop and now: what was
-                # announced meanwhile is lost, as after a reconnect.
-                self._on_bus_reconnect()
+                # Nobody listened since the loop the subscriber ran on ended: what was
+                # announced meanwhile is lost, as after a reconnect. The local copies go
+                # first; concurrent callers do not wait for the subscription (as on the first
+                # start), and a drop after it would void the fetches they started meanwhile.
+                self._logger.info("layercache: bus subscriber moves to a new loop")
+                local = [a for a in self._layers if a.is_local]
+                self._for_layers("bus.restart", local, lambda a: a.clear())
+            self._bus.start(self._on_bus_message, self._on_bus_reconnect, self._on_bus_error)
             load = getattr(self._bus, "load_generation", None)
             if self._generation is not None and load is not None:
                 # Bumps announced while this instance was down are in Redis: adopt them.
@@ -745,14 +749,18 @@ class SyncCacheStack:
             self._start_cleanup(old)
 
     def _start_cleanup(self, generation: int) -> None:
-        """Delete generation ``generation``'s keys in the background (streaming per layer)."""
+        """Delete generation ``generation``'s keys in the background, ``batch_size`` keys per
+        bulk delete with a pause between batches (a layer that cannot list its keys deletes
+        them with its own ``delete_matching``)."""
         pattern = escape_glob(f"v{generation}:") + "*"
+        batch_size = self._cleanup_batch
+        assert batch_size is not None
 
         def purge() -> int:
             total = 0
             for adapter in self._layers:
                 try:
-                    total += adapter.delete_matching(pattern)
+                    total += adapter.delete_matching_in_batches(pattern, batch_size)
                 except LayerCacheError as exc:
                     self._report(exc, operation="generation_cleanup", layer=adapter.name)
             return total

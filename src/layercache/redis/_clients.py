@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_SOCKET_TIMEOUT",
     "MAX_LOOPS",
     "LoopBoundClient",
     "init_signature",
@@ -48,6 +49,9 @@ logger = logging.getLogger("layercache.redis")
 # mostly multiply the server's client count (every worker process of every instance holds a
 # pool, and Redis refuses clients beyond ``maxclients``, 10,000 by default).
 DEFAULT_MAX_CONNECTIONS = 50
+# Socket timeout of the clients the coordination components (bus, single-flight coordinator,
+# tag index) build from ``url=``: RedisLayer's default.
+DEFAULT_SOCKET_TIMEOUT = 5.0
 # Event loops whose clients are kept at once. Loops that shut down drop theirs; this bounds a
 # program that keeps many loops alive (one per thread) without ever closing them.
 MAX_LOOPS = 8
@@ -92,7 +96,9 @@ def sync_url_client(
 ) -> redis.Redis:
     """A sync ``redis.Redis`` on a waiting pool, shared by every thread."""
     pool = redis.BlockingConnectionPool.from_url(
-        url, retry=Retry(_backoff(), retries=1), **_pool_options(url, socket_timeout, max_connections)
+        url,
+        retry=Retry(_backoff(), retries=1),
+        **_pool_options(url, socket_timeout, max_connections),
     )
     return redis.Redis.from_pool(pool)
 
@@ -221,9 +227,7 @@ class LoopBoundClient:
             while len(self._slots) >= self.max_loops:
                 oldest = next(iter(self._slots))
                 self._release(oldest, self._slots.pop(oldest))
-            slot = _Slot(
-                new_async_client(self._url, self._socket_timeout, self.max_connections)
-            )
+            slot = _Slot(new_async_client(self._url, self._socket_timeout, self.max_connections))
             self._slots[loop] = slot
         if not getattr(loop, "_asyncgens_shutdown_called", False):
             slot.watcher = self._watch(loop, slot)

@@ -32,7 +32,7 @@ from .._glob import glob_match
 from .._keys import validate_pattern, validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
-from ._clients import DEFAULT_MAX_CONNECTIONS, pool_exhausted, sync_url_client
+from ._clients import DEFAULT_MAX_CONNECTIONS, init_signature, pool_exhausted, sync_url_client
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
 
 

@@ -37,8 +37,10 @@ from .._sync._primitives import (
     stop_spawned,
     wait_signal,
 )
+from .._exceptions import CacheLayerError
 from .._keys import validate_prefix
 from .._types import ErrorHandler
+from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, sync_url_client
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
 from ._scripts import SINGLE_FLIGHT_ACQUIRE, SINGLE_FLIGHT_RELEASE, SINGLE_FLIGHT_RENEW
 from ._sync_layer import RedisClient
@@ -82,6 +84,9 @@ class SyncRedisSingleFlightCoordinator:
             ``decode_responses=False``. The coordinator does not close it. Its retry settings
             decide how long a call to a dead server takes; ``run()`` bounds each call by the
             caller's ``timeout`` anyway.
+        url: Instead of ``client`` (keyword-only; exactly one of the two): the coordinator
+            builds its own client as ``RedisLayer(url=...)`` does (usable from any loop) and
+            closes it in :meth:`close`.
         prefix: Start of the lock keys (``prefix:lock:{key}``) and of the notification channel
             (``prefix:done``). Instances that should coordinate must share it.
         lease: Lifetime of a lock in seconds. A holder renews it while its fetch runs, so it
@@ -97,8 +102,9 @@ class SyncRedisSingleFlightCoordinator:
 
     def __init__(
         self,
-        client: RedisClient,
+        client: RedisClient | None = None,
         *,
+        url: str | None = None,
         prefix: str = "layercache:singleflight",
         lease: float = 30.0,
         renew_interval: float | None = None,
@@ -112,12 +118,18 @@ class SyncRedisSingleFlightCoordinator:
                 f"renew_interval ({self._renew_interval}) must be shorter than the lease "
                 f"({self._lease}), or the lock expires between renewals"
             )
+        if (client is None) == (url is None):
+            raise ValueError("SyncRedisSingleFlightCoordinator needs exactly one of client= or url=")
+        if url is not None:
+            client = sync_url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
+        assert client is not None
         encoder = getattr(client, "get_encoder", None)
         if encoder is not None and getattr(encoder(), "decode_responses", False):
             raise ValueError(
                 "SyncRedisSingleFlightCoordinator needs a client created with decode_responses=False"
             )
         self._client = client
+        self._owns_client = url is not None
         self.prefix = prefix
         self._lease_ms = max(1, math.ceil(self._lease * 1000))
         self._channel = single_flight_channel(prefix)
@@ -139,6 +151,10 @@ class SyncRedisSingleFlightCoordinator:
         self._closing = Signal()
         self._closed = False
         self._last_warning: dict[str, float] = {}
+
+    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
+    # which picks the sync twin, takes *args and **kwargs).
+    __signature__ = init_signature(__init__)
 
     def __repr__(self) -> str:
         return (
@@ -427,7 +443,10 @@ class SyncRedisSingleFlightCoordinator:
             if self._closed:
                 return  # closed while this waiter was on its way: poll
             if not is_running(self._listener):
+                # A new listener (the first, or one on a new loop after the last one's loop
+                # ended) gets new signals: one of an ended loop cannot be waited for here.
                 fresh = self._subscribed = Signal()
+                self._closing = Signal()
 
                 def listen() -> None:
                     self._listen(fresh)
@@ -552,7 +571,8 @@ class SyncRedisSingleFlightCoordinator:
             logger.debug(message, *args)
 
     def close(self) -> None:
-        """Stop the notification subscription (the client stays open: it is the caller's).
+        """Stop the notification subscription; close the client if the coordinator built it
+        (from ``url``; a client passed in stays open: it is the caller's).
 
         Later :meth:`run` calls fetch directly, without coordination.
         """
@@ -565,3 +585,8 @@ class SyncRedisSingleFlightCoordinator:
             stop_spawned(listener, _IDLE_TICK + _MIN_CALL_TIME)
         # Waiters still running fall back to polling until their timeout.
         self._wake_all()
+        if self._owns_client:
+            try:
+                self._client.close()
+            except Exception as exc:
+                raise CacheLayerError("single_flight", "close") from exc

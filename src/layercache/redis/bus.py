@@ -58,6 +58,7 @@ from .._signing import (
     check_timestamp,
 )
 from .._types import ErrorHandler, InvalidationMessage
+from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, url_client
 from ._keys import generation_key, invalidation_channel
 from ._scripts import GENERATION_BUMP
 
@@ -221,6 +222,10 @@ class RedisInvalidationBus:
         subscriber: The client whose ``pubsub()`` connection receives messages; ``None`` uses
             ``publisher.pubsub()``, a dedicated connection from the publisher's pool (or the
             cluster node owning the channel). Must be a cluster client iff ``publisher`` is.
+        url: Instead of ``publisher`` (keyword-only; exactly one of the two): the bus builds
+            its own client as ``RedisLayer(url=...)`` does (usable from any loop; the
+            subscriber reconnects on the loop that restarts it) and closes it in
+            :meth:`aclose`.
         channel: Channel name; every instance of one deployment must use the same.
         signing_secret: Shared secret; ``None`` sends and accepts unsigned messages.
         replay_window: Seconds a signed message's timestamp may differ from the receiver's
@@ -254,9 +259,10 @@ class RedisInvalidationBus:
     # unasync: end async-only
     def __init__(
         self,
-        publisher: RedisClient,
+        publisher: RedisClient | None = None,
         subscriber: RedisClient | None = None,
         *,
+        url: str | None = None,
         channel: str = "layercache:invalidation",
         signing_secret: str | bytes | None = None,
         replay_window: float = 30.0,
@@ -267,8 +273,15 @@ class RedisInvalidationBus:
         health_check_interval: float = 5.0,
         reconnect_backoff: tuple[float, float] = (0.05, 5.0),
     ) -> None:
+        if (publisher is None) == (url is None):
+            raise ValueError("RedisInvalidationBus needs exactly one of publisher= or url=")
+        if url is not None and subscriber is not None:
+            raise ValueError("subscriber= goes with publisher=, not with url=")
+        self._owns_client = url is not None
+        if url is not None:
+            publisher = url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
         for client, role in ((publisher, "publisher"), (subscriber, "subscriber")):
-            if client is None:
+            if client is None or (role == "publisher" and self._owns_client):
                 continue
             if not isinstance(client, aioredis.Redis | RedisCluster):
                 raise ValueError(
@@ -334,6 +347,10 @@ class RedisInvalidationBus:
         self._attempt = 0
         self._closed = False
 
+    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
+    # which picks the sync twin, takes *args and **kwargs).
+    __signature__ = init_signature(__init__)
+
     def __repr__(self) -> str:
         return (
             f"RedisInvalidationBus(channel={self._channel_name!r}, source_id={self.source_id!r}, "
@@ -394,6 +411,14 @@ class RedisInvalidationBus:
             if self._subscribed and is_running(self._task):
                 return
             waiter = self._start_waiter
+            if not is_running(self._task):
+                # A new subscriber (the first, or one on a new loop after the last one's
+                # loop ended): its own stop signal and start waiter, since a signal or future
+                # of an ended loop cannot be waited for on another.
+                self._stopping = Signal()
+                waiter = None
+                self._attempt = 0
+                self._subscribed = False
             if waiter is None or waiter.done():
                 waiter = self._start_waiter = new_future()
             if not is_running(self._task):
@@ -413,7 +438,8 @@ class RedisInvalidationBus:
             ) from exc
 
     async def aclose(self) -> None:
-        """Stop the subscriber (closing its connection). Idempotent; clients are not closed."""
+        """Stop the subscriber (closing its connection). Idempotent; clients are closed only
+        if the bus built them (from ``url``)."""
         self._closed = True
         self._subscribed = False
         self._stopping.set()
@@ -426,6 +452,11 @@ class RedisInvalidationBus:
         waiter, self._start_waiter = self._start_waiter, None
         if waiter is not None and not waiter.done():
             waiter.cancel()
+        if self._owns_client:
+            try:
+                await self._publisher.aclose()
+            except Exception as exc:
+                raise CacheLayerError("bus", "aclose") from exc
 
     # -- generations -------------------------------------------------------------------------
 

@@ -30,11 +30,10 @@ from .._glob import glob_match
 from .._keys import validate_pattern, validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
-from ._clients import DEFAULT_MAX_CONNECTIONS, pool_exhausted, url_client
+from ._clients import DEFAULT_MAX_CONNECTIONS, init_signature, pool_exhausted, url_client
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
 
 # unasync: begin async-only
-from ._clients import init_signature
 from ._sync_layer import RedisClient as SyncRedisClient
 from ._sync_layer import SyncRedisLayer
 

@@ -48,6 +48,7 @@ from .._exceptions import CacheLayerError
 from .._glob import glob_match
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH, MAX_TAGS
+from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, url_client
 from ._keys import (
     from_member,
     scan_match,
@@ -118,6 +119,9 @@ class RedisTagIndex:
     Args:
         client: A ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster`` created with
             ``decode_responses=False`` (the default). The index does not close it.
+        url: Instead of ``client`` (keyword-only; exactly one of the two): the index builds
+            its own client as ``RedisLayer(url=...)`` does (usable from any loop, closed by
+            :meth:`aclose`).
         prefix: Names the index; every Redis key of it starts with ``{prefix}:``, so on a
             cluster the whole index shares one slot (see the module documentation).
             Must not contain ``{`` or ``}``.
@@ -148,8 +152,9 @@ class RedisTagIndex:
     # unasync: end async-only
     def __init__(
         self,
-        client: RedisClient,
+        client: RedisClient | None = None,
         *,
+        url: str | None = None,
         prefix: str = "layercache:tag-index",
         known_keys_shards: int = 16,
         key_ttl: float | None = None,
@@ -174,10 +179,16 @@ class RedisTagIndex:
             or not (key_ttl > 0 and math.isfinite(key_ttl))
         ):
             raise ValueError(f"key_ttl must be a positive number of seconds or None: {key_ttl!r}")
+        if (client is None) == (url is None):
+            raise ValueError("RedisTagIndex needs exactly one of client= or url=")
+        if url is not None:
+            client = url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
+        assert client is not None
         encoder = getattr(client, "get_encoder", None)
         if encoder is not None and getattr(encoder(), "decode_responses", False):
             raise ValueError("RedisTagIndex needs a client created with decode_responses=False")
         self._client = client
+        self._owns_client = url is not None
         self.prefix = prefix
         self.known_keys_shards = known_keys_shards
         self.key_ttl = None if key_ttl is None else float(key_ttl)
@@ -193,6 +204,10 @@ class RedisTagIndex:
         self._record_many_script = client.register_script(TAG_INDEX_RECORD_MANY)
         self._remove_script = client.register_script(TAG_INDEX_REMOVE)
         self._cleanup_script = client.register_script(TAG_INDEX_CLEANUP)
+
+    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
+    # which picks the sync twin, takes *args and **kwargs).
+    __signature__ = init_signature(__init__)
 
     def __repr__(self) -> str:
         return (
@@ -526,7 +541,10 @@ class RedisTagIndex:
                 await self._client.unlink(*batch)
 
     async def aclose(self) -> None:
-        """Nothing to release: the index does not own its client."""
+        """Close the client if the index built it (from ``url``)."""
+        if self._owns_client:
+            with self._driver_errors("aclose"):
+                await self._client.aclose()
 
     # -- housekeeping -------------------------------------------------------------------------
 
