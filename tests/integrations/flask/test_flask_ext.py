@@ -515,10 +515,12 @@ def _load_example() -> ModuleType:
     return module
 
 
-def test_example_app_caches_and_invalidates_by_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_example_app_caches_and_invalidates_by_tag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("LAYERCACHE_URL", raising=False)
     example = _load_example()
-    app = example.create_app({"TESTING": True})
+    app = example.create_app({"TESTING": True, "DATABASE": str(tmp_path / "products.sqlite3")})
     try:
         client = app.test_client(use_cookies=False)
         first = client.get("/products/1")

@@ -442,13 +442,14 @@ def _load_example(name: str) -> Any:
 
 @pytest.mark.redis
 def test_the_example_app_with_redis_invalidates_across_workers(
-    redis_clean: Any, monkeypatch: pytest.MonkeyPatch
+    redis_clean: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     monkeypatch.setenv("LAYERCACHE_URL", redis_clean.url)
     monkeypatch.setenv("LAYERCACHE_SECRET", SECRET)
-    # Two worker processes, each importing the example; they share the "database".
+    # Two worker processes, each importing the example and configured alike (one database
+    # file, as gunicorn workers share their environment); nothing else is shared.
+    monkeypatch.setenv("PRODUCTS_DATABASE", str(tmp_path / "products.sqlite3"))
     one, two = _load_example("flask_example_worker_1"), _load_example("flask_example_worker_2")
-    two.PRODUCTS = one.PRODUCTS
     first = one.create_app({"TESTING": True}).test_client(use_cookies=False)
     second = two.create_app({"TESTING": True}).test_client(use_cookies=False)
     try:
