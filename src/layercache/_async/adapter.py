@@ -15,7 +15,14 @@ from typing import Any
 from .._codec import UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
-from ._primitives import Cancelled, bind_method, gather, is_async_callable, stack_layer
+from ._primitives import (
+    Cancelled,
+    bind_method,
+    gather,
+    is_async_callable,
+    pause,
+    stack_layer,
+)
 
 __all__ = ["LayerAdapter"]
 
@@ -161,6 +168,22 @@ class LayerAdapter:
         keys = list(await self.call("keys", keys_fn, pattern))
         if keys:
             await self.delete_many(keys)
+        return len(keys)
+
+    async def delete_matching_in_batches(self, pattern: str, batch_size: int) -> int:
+        """Delete keys matching a glob with one ``delete_many`` per ``batch_size`` keys,
+        pausing between batches, so a large background deletion (the old generation) never
+        sends one huge command nor holds the stack for its whole length. The keys come from
+        the layer's ``keys`` (one listing); a layer without it gets its own
+        ``delete_matching``, which chooses its batches itself."""
+        keys_fn = self._optional.get("keys")
+        if keys_fn is None:
+            return await self.delete_matching(pattern)
+        keys = list(await self.call("keys", keys_fn, pattern))
+        for start in range(0, len(keys), batch_size):
+            if start:
+                await pause(0)
+            await self.delete_many(keys[start : start + batch_size])
         return len(keys)
 
     async def ping(self) -> bool:

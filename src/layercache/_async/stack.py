@@ -753,14 +753,18 @@ class CacheStack:
             self._start_cleanup(old)
 
     def _start_cleanup(self, generation: int) -> None:
-        """Delete generation ``generation``'s keys in the background (streaming per layer)."""
+        """Delete generation ``generation``'s keys in the background, ``batch_size`` keys per
+        bulk delete with a pause between batches (a layer that cannot list its keys deletes
+        them with its own ``delete_matching``)."""
         pattern = escape_glob(f"v{generation}:") + "*"
+        batch_size = self._cleanup_batch
+        assert batch_size is not None
 
         async def purge() -> int:
             total = 0
             for adapter in self._layers:
                 try:
-                    total += await adapter.delete_matching(pattern)
+                    total += await adapter.delete_matching_in_batches(pattern, batch_size)
                 except LayerCacheError as exc:
                     self._report(exc, operation="generation_cleanup", layer=adapter.name)
             return total
