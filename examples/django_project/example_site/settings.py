@@ -19,14 +19,13 @@ REDIS_URL = os.environ.get("LAYERCACHE_REDIS_URL", "")
 
 CACHE_OPTIONS: dict[str, Any] = {"MEMORY_MAX_SIZE": 10_000, "MEMORY_TTL": 60}
 if REDIS_URL:
-    from layercache import PickleSerializer
-
-    # Shared by every process of the deployment; keep it out of the code in production.
+    # Values are pickles signed with a key derived from SECRET_KEY (the default "SERIALIZER":
+    # "pickle"; cache_page stores HttpResponse objects, which JSON cannot hold), so every
+    # process sharing the Redis needs the same SECRET_KEY. Keep secrets out of the code in
+    # production.
     _SECRET = os.environ.get("LAYERCACHE_SECRET", SECRET_KEY)
     CACHE_OPTIONS.update(
         {
-            # cache_page stores HttpResponse objects, which JSON cannot hold: signed pickle.
-            "SERIALIZER": PickleSerializer(signing_secret=_SECRET),
             # A set/delete/clear/incr/tag invalidation in one process drops the other
             # processes' memory copies at once (Redis pub/sub, signed messages).
             "INVALIDATION_BUS": {"SIGNING_SECRET": _SECRET},

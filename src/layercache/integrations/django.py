@@ -24,9 +24,16 @@ Behaviour follows Django's built-in backends (``make_key``/``validate_key``, ``K
 - ``MEMORY_TTL``: cap in seconds on how long the in-process layer keeps a value (shorter than the
   Django timeout keeps L1 fresh across processes); default: the Django timeout.
 - ``PREFIX``: Redis key prefix of the Redis layer (default ``"layercache:"``).
-- ``SERIALIZER``, ``COMPRESSION``: the Redis layer's (default: JSON, no compression). JSON keeps
-  JSON types only (a tuple comes back as a list); to cache arbitrary objects such as the
-  responses of ``cache_page`` use ``PickleSerializer(signing_secret=...)``.
+- ``SERIALIZER``: how values are encoded, in every layer. ``"pickle"`` (default): like Django's
+  own backends, any picklable value (model instances, ``cache_page`` responses, functions,
+  classes), every get returns a copy, an unpicklable value raises ``pickle.PickleError``;
+  each pickle is HMAC-SHA256 signed with a key derived from ``SECRET_KEY`` and ``PREFIX``
+  (Django's ``salted_hmac``), and bytes that do not verify are never unpickled: they read as
+  a miss, are reported (``layercache`` log warning, ``error`` event) and deleted. Every process
+  sharing the Redis needs the same ``SECRET_KEY``. ``"json"``: JSON types only (a tuple comes
+  back as a list), never pickle; ``"msgpack"``; or a serializer object (``dumps`` to bytes,
+  ``loads``), a class, or a dotted path to either.
+- ``COMPRESSION``: the Redis layer's compression (default none).
 - ``GRACEFUL_DEGRADATION``: the stack option (``True`` or ``{"retry_after": seconds}``).
 - ``WRITE_POLICY``: ``"strict"`` (default) or ``"best-effort"``.
 - ``CLOCK``: a zero-argument callable returning wall-clock seconds (tests inject a fake one).
@@ -81,9 +88,9 @@ unreachable:
 
 The async ``a*`` methods run on a :class:`~layercache.CacheStack` (one per event loop) that
 shares the memory layer and tag index of the synchronous :class:`~layercache.SyncCacheStack` and
-reaches the same Redis keys, instead of Django's default of hopping to a worker thread. Values
-in the memory layer are kept by reference (as with any in-process cache of objects, do not mutate
-a value you got back).
+reaches the same Redis keys, instead of Django's default of hopping to a worker thread. The
+memory layer holds the encoded bytes, as ``LocMemCache`` holds pickles: mutating a value after
+``set``, or one a ``get`` returned, never changes the cached value.
 
 Django calls :meth:`LayerCacheBackend.close` after every request; it keeps the engine open.
 At process shutdown, :meth:`LayerCacheBackend.shutdown` closes the configuration's engine for
