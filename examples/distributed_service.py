@@ -5,13 +5,15 @@ Every process of the service builds one Redis client and one ``CacheStack`` at s
 
 * ``MemoryLayer`` (L1, per process) in front of ``RedisLayer`` (L2, shared);
 * ``RedisSingleFlightCoordinator``: a cold key costs one origin call across all instances;
-* ``RedisInvalidationBus`` signed with the secret from ``LAYERCACHE_INVALIDATION_SECRET`` and
-  ``broadcast_l1_invalidation=True``: a write, delete or invalidation on one instance drops
-  the key from every other instance's L1;
+* ``RedisInvalidationBus`` signed with the secret from ``LAYERCACHE_INVALIDATION_SECRET``: a
+  delete, invalidation or clear on one instance drops the keys from every other instance's
+  L1 (always announced with a bus), and so does a write (``broadcast_l1_invalidation``, on by
+  default with a bus; spelled out below);
 * ``RedisTagIndex``: tags are known to every instance, so ``invalidate_by_tag`` anywhere reaches
   keys written anywhere;
-* graceful degradation: when Redis fails, requests are served from L1 and the origin (the
-  shared tag index is not covered yet: see docs/distributed.md, "What happens when");
+* graceful degradation: when Redis fails, requests are served from L1 and the origin; the
+  shared tag index and the bus degrade the same way and catch up when Redis is back (see
+  docs/distributed.md, "What happens when");
 * a key generation stored in Redis: ``bump_generation()`` on one instance retires every key on
   all of them (after a deploy that changes what a cached value looks like).
 
