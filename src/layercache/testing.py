@@ -30,9 +30,11 @@ Two ways to run it; neither imports pytest.
 Every test method builds its own layer with ``make_layer``, runs one check and closes the
 layer with ``close_layer`` (default: ``aclose()`` or ``close()`` when the layer has one;
 override it when the layer wraps a client the test owns). Under pytest the methods are
-``async def`` tests: use pytest-asyncio with ``asyncio_mode = "auto"``, or set
-``pytestmark = pytest.mark.asyncio`` on the subclass in strict mode. To use pytest fixtures
-(``tmp_path``, a Redis client), store them on ``self`` from an autouse fixture::
+``async def`` tests, which pytest runs only through a plugin: install ``pytest-asyncio``
+(this package does not depend on it) and set ``asyncio_mode = "auto"`` in
+``[tool.pytest.ini_options]``, or set ``pytestmark = pytest.mark.asyncio`` on the subclass in
+strict mode. Without the plugin pytest skips or fails every check instead of running it. To
+use pytest fixtures (``tmp_path``, a Redis client), store them on ``self`` from an autouse fixture::
 
     class TestDiskLayer(LayerContractTests):
         @pytest.fixture(autouse=True)
