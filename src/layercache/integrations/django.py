@@ -695,8 +695,15 @@ class _Engine:
             if self.urls:
                 remote = _redis_layers(self.urls, self.options, asyncio_side=True)
                 source_id = self.bus.source_id if self.bus is not None else None
+                client = remote[0].client
+                # A layer built from a URL holds a client standing for each loop's own
+                # (LoopBoundClient); this side serves one loop: its components take that
+                # loop's concrete client (the bus accepts no other).
+                current = getattr(client, "current", None)
+                if callable(current):
+                    client = current()
                 extra = _coordination(
-                    self.options, remote[0].client, self.tag_index, self.single_flight, source_id
+                    self.options, client, self.tag_index, self.single_flight, source_id
                 )
             if "tag_index" not in extra:
                 extra["tag_index"] = _SharedTagIndex(self._local_tags, self._tag_lock)
