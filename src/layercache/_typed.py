@@ -24,6 +24,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -53,7 +54,7 @@ class StoredValueTypeError(ValueError):
 def converter_for(tp: Any) -> Converter | None:
     """The converter of values to ``tp`` (``None``: nothing to convert, e.g. ``Any``).
 
-    Cached per type (bounded, least recently used first out); an unhashable type (an
+    Cached per type (bounded: the oldest entry goes first); an unhashable type (an
     ``Annotated`` with unhashable metadata) is built on every call.
 
     Raises:
@@ -61,18 +62,21 @@ def converter_for(tp: Any) -> Converter | None:
             anything but dataclasses, enums, the standard scalar types and containers).
     """
     try:
-        return _cached_converter(tp)
-    except TypeError:
-        try:
-            hash(tp)
-        except TypeError:
-            return build_converter(tp)
-        raise
+        return _converters[tp]  # a plain dict lookup: this runs on every typed L1 hit
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return build_converter(tp)
+    converter = build_converter(tp)
+    with _converters_lock:
+        if tp not in _converters and len(_converters) >= MAX_CONVERTERS:
+            del _converters[next(iter(_converters))]
+        _converters[tp] = converter
+    return converter
 
 
-@functools.lru_cache(maxsize=MAX_CONVERTERS)
-def _cached_converter(tp: Any) -> Converter | None:
-    return build_converter(tp)
+_converters: dict[Any, Converter | None] = {}
+_converters_lock = threading.Lock()
 
 
 def build_converter(tp: Any, *, use_pydantic: bool | None = None) -> Converter | None:
@@ -91,7 +95,7 @@ def build_converter(tp: Any, *, use_pydantic: bool | None = None) -> Converter |
     slow = _pydantic_converter(pydantic, tp) if pydantic is not None else _rebuild(tp)
     name = _type_name(tp)
 
-    def convert(value: Any) -> Any:
+    def rebuild(value: Any) -> Any:
         if check is not None and check(value):
             return value
         try:
@@ -104,7 +108,17 @@ def build_converter(tp: Any, *, use_pydantic: bool | None = None) -> Converter |
                 f"the stored {type(value).__name__} is not a valid {name}: {text}"
             ) from exc
 
-    return convert
+    if isinstance(tp, type) and get_origin(tp) is None:
+        cls = tp
+
+        def convert_class(value: Any) -> Any:
+            # The common case inline: a value of exactly the class (an L1 hit).
+            if type(value) is cls:
+                return value
+            return rebuild(value)
+
+        return convert_class
+    return rebuild
 
 
 def return_type(func: Callable[..., Any]) -> Any:

@@ -129,7 +129,8 @@ async def writes(cache: CacheStack) -> None:
 
 async def wrapping(cache: CacheStack) -> None:
     cached_user = cache.wrap("user", load_user)
-    assert_type(cached_user, Callable[..., Awaitable[Any]])
+    keeps_signature: Callable[[int], Awaitable[User]] = cached_user
+    del keeps_signature
     await cached_user(1)
     cached_sync = cache.wrap("user-sync", load_user_sync, ttl=30)
     await cached_sync(2)

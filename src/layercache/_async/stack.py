@@ -1083,8 +1083,14 @@ class CacheStack:
             if convert is not None and entry is not None:
                 # L1 may hold the raw value a get() without type= backfilled: convert it (a
                 # value already of the type costs one check); not of the type: a miss here.
-                value = self._convert(key, entry.value, convert, self._l1_name)
-                entry = None if value is _MISS else _with_value(entry, value)
+                try:
+                    value = convert(entry.value)
+                except Exception as exc:
+                    self._report(exc, operation="get.convert", key=key, layer=self._l1_name)
+                    entry = None
+                else:
+                    if value is not entry.value:
+                        entry = _with_value(entry, value)
             if entry is not None:
                 fresh_until = entry.fresh_until
                 if fresh_until is None or now < fresh_until:
