@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx2")  # what starlette's TestClient uses (httpx is deprecated there)
 
-from fastapi import FastAPI  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from _redis_server import RedisServer  # noqa: E402
-from layercache import CacheStack, MemoryLayer  # noqa: E402
-from layercache.redis import (  # noqa: E402
+from _redis_server import RedisServer
+from layercache import CacheStack, MemoryLayer
+from layercache.redis import (
     RedisInvalidationBus,
     RedisLayer,
     RedisSingleFlightCoordinator,

@@ -65,7 +65,7 @@ def test_sync_twin_400_threads_wait_for_a_connection(redis_clean: RedisServer) -
             try:
                 for i in range(first, BURST, 32):
                     assert cache.get(f"k{i}") == i
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=read, args=(n,)) for n in range(32)]
@@ -92,7 +92,8 @@ async def test_a_pool_busy_past_the_socket_timeout_fails_clearly(
         waited = time.monotonic() - started
         assert 0.15 <= waited < 2.0
         message = str(caught.value)
-        assert "max_connections=1" in message and "socket_timeout=0.2" in message
+        assert "max_connections=1" in message
+        assert "socket_timeout=0.2" in message
         assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError)
     finally:
         await pubsub.aclose()
@@ -128,4 +129,5 @@ def test_help_shows_the_real_parameters() -> None:
         parameters = inspect.signature(cls).parameters
         assert list(parameters)[:2] == ["client", "url"], cls
         assert parameters["max_connections"].default == 50
-        assert "args" not in parameters and "self" not in parameters
+        assert "args" not in parameters
+        assert "self" not in parameters

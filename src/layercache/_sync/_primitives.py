@@ -301,7 +301,7 @@ def flight_scope() -> Any:
     return None
 
 
-def running_loop() -> None:
+def running_loop() -> Any:
     """Background work is bound to no loop here: threads live as long as the process."""
     return None
 

@@ -167,7 +167,8 @@ class LoopBoundClient:
         self.max_connections = max_connections
         self.max_loops = max_loops
         # Checked once, here: a bad URL fails at construction, not on the first command.
-        self._encoder = aioredis.ConnectionPool.from_url(url, decode_responses=False).get_encoder()
+        template: Any = aioredis.ConnectionPool.from_url(url, decode_responses=False)
+        self._encoder = template.get_encoder()
         # Creation order: the oldest loop is the one evicted at the cap.
         self._slots: dict[asyncio.AbstractEventLoop, _Slot] = {}
         # The last loop served and its client: the common case is one lookup away.
