@@ -216,3 +216,75 @@ def test_a_response_is_cached_by_default(made: Made) -> None:
     assert cached is not response
     assert cached.content == b"body"
     assert cached.cookies == response.cookies
+
+
+@pytest.mark.redis
+async def test_forged_bytes_are_never_unpickled_by_the_async_methods(
+    made: Made, redis_clean: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    cache = made(redis_clean.url, **_process(9))
+    await cache.aset("victim", "legit")
+    now = time.time()
+    forged = Entry(value=pickle.dumps(SideEffect(marker)), stored_at=now, fresh_until=now + 300)
+    raw = redis.Redis.from_url(redis_clean.url)
+    try:
+        raw.set(_raw_key(cache, "victim"), EntryCodec(JsonSerializer()).encode(forged))
+        reader = made(redis_clean.url, **_process(10))
+        try:
+            assert await reader.aget("victim", "miss") == "miss"
+            raw.set(_raw_key(cache, "victim"), EntryCodec(JsonSerializer()).encode(forged))
+            assert await reader.aget_many(["victim"]) == {}
+            assert not marker.exists()
+            assert await reader.aadd("victim", "again") is True
+            assert await reader.aget("victim") == "again"
+        finally:
+            await reader.ashutdown()
+    finally:
+        raw.close()
+        await cache.ashutdown()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "json",
+        "msgpack",
+        "layercache.JsonSerializer",  # a dotted path to a class: instantiated, as RedisCache does
+        JsonSerializer,
+        JsonSerializer(),
+    ],
+)
+def test_serializer_option_chooses_the_value_encoding(made: Made, spec: Any) -> None:
+    cache = made("", SERIALIZER=spec)
+    cache.set("k", (1, 2))
+    assert cache.get("k") == [1, 2]  # not pickle: a tuple comes back as a list
+    with pytest.raises(TypeError):
+        cache.set("k", Unpicklable())
+
+
+def test_serializer_option_pickle_is_the_default(made: Made) -> None:
+    for cache in (made(""), made("", SERIALIZER="pickle", MEMORY_MAX_SIZE=77)):
+        cache.set("k", (1, 2))
+        assert cache.get("k") == (1, 2)
+
+
+@pytest.mark.parametrize("spec", ["yaml", "no.such.module.Serializer", 42, object()])
+def test_a_bad_serializer_option_is_improperly_configured(spec: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="SERIALIZER"):
+        LayerCacheBackend("", {"OPTIONS": {"SERIALIZER": spec}})
+
+
+def test_the_signing_key_depends_on_secret_key_and_prefix(made: Made) -> None:
+    from layercache.integrations.django import _signing_key
+
+    with override_settings(SECRET_KEY="one"):
+        first = _signing_key({})
+        assert _signing_key({"PREFIX": "other:"}) != first
+    with override_settings(SECRET_KEY="two"):
+        assert _signing_key({}) != first
+    with override_settings(SECRET_KEY="one"):
+        assert _signing_key({"PREFIX": "layercache:"}) == first
+        assert first != b"one"
