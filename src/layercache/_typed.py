@@ -202,6 +202,8 @@ def _checker(tp: Any) -> Check | None:
         allowed = args
         return lambda value: any(value == a and type(value) is type(a) for a in allowed)
     if origin in (list, set, frozenset, cabc.Sequence, cabc.MutableSequence, cabc.Set):
+        if origin is list and args and _is_plain_class(args[0]):
+            return _list_of(args[0])
         element = _checker(args[0]) if args else _always
         if element is None:
             return None
@@ -242,6 +244,28 @@ def _class_checker(cls: type) -> Check | None:
             type(value) is float or (isinstance(value, int | float) and not isinstance(value, bool))
         )
     return lambda value: type(value) is cls or isinstance(value, cls)
+
+
+def _is_plain_class(tp: Any) -> bool:
+    return (
+        isinstance(tp, type)
+        and get_origin(tp) is None
+        and tp is not float
+        and _class_checker(tp) is not None
+    )
+
+
+def _list_of(cls: type) -> Check:
+    # list[Model]: the element test inline (a call per element would double the cost).
+    def each(value: Any) -> bool:
+        if type(value) is not list:
+            return False
+        for item in value:
+            if type(item) is not cls and not isinstance(item, cls):
+                return False
+        return True
+
+    return each
 
 
 def _each(container: Any, element: Check) -> Check:
