@@ -478,26 +478,28 @@ def _rebuild_float(value: Any) -> Any:
 
 def _rebuild_dataclass(cls: type) -> Converter:
     # Field converters are built on first use: a dataclass may refer to itself (a tree) or
-    # to a class defined after it.
-    plan: list[tuple[str, bool, Converter]] = []
+    # to a class defined after it. The plan is published whole (threads may race to build
+    # it; each builds the same one), never seen half-built.
+    plan: tuple[tuple[str, bool, Converter], ...] | None = None
 
-    def build_plan() -> None:
+    def build_plan() -> tuple[tuple[str, bool, Converter], ...]:
         try:
             hints = typing.get_type_hints(cls, include_extras=True)
         except Exception as exc:
             raise TypeError(f"cannot resolve the field types of {cls.__qualname__}: {exc}") from exc
-        plan.extend(
+        return tuple(
             (field.name, field.init, _rebuild_cached(hints.get(field.name, Any)))
             for field in dataclasses.fields(cls)
         )
 
     def rebuild(value: Any) -> Any:
+        nonlocal plan
         if isinstance(value, cls):
             return value
         if not isinstance(value, cabc.Mapping):
             raise TypeError(f"expected {cls.__qualname__} fields, got {type(value).__name__}")
-        if not plan:
-            build_plan()
+        if plan is None:
+            plan = build_plan()
         init: dict[str, Any] = {}
         late: list[tuple[str, Any]] = []
         # Stored keys the class does not declare (a field removed since) are ignored, like
