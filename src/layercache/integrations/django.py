@@ -524,7 +524,7 @@ def _value_serializer(options: Mapping[str, Any], signing_key: bytes | None) -> 
             spec = import_string(spec)
         if isinstance(spec, type):
             spec = spec()
-    except ImportError as exc:
+    except (ImportError, TypeError) as exc:  # not importable, or a class needing arguments
         raise ImproperlyConfigured(f"SERIALIZER {options.get('SERIALIZER')!r}: {exc}") from exc
     if not (callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None))):
         raise ImproperlyConfigured(

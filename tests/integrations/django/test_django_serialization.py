@@ -269,7 +269,9 @@ def test_serializer_option_pickle_is_the_default(made: Made) -> None:
         assert cache.get("k") == (1, 2)
 
 
-@pytest.mark.parametrize("spec", ["yaml", "no.such.module.Serializer", 42, object()])
+@pytest.mark.parametrize(
+    "spec", ["yaml", "no.such.module.Serializer", 42, object(), PickleSerializer]
+)
 def test_a_bad_serializer_option_is_improperly_configured(spec: Any) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
