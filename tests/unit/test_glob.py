@@ -397,3 +397,28 @@ def test_worst_case_grows_with_pattern_times_key() -> None:
     started = time.perf_counter()
     assert not glob_match(pattern, key)
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.redis
+async def test_a_hostile_pattern_cannot_hang_any_layer(
+    redis_clean: RedisServer, tmp_path: Any
+) -> None:
+    """End to end: the stack, the memory, disk and Redis layers (``SCAN MATCH`` on the server,
+    then our matcher on each candidate) and the tag index all finish at once."""
+    from layercache import CacheStack, DiskLayer, MemoryLayer, RedisLayer
+
+    cache = CacheStack(
+        [MemoryLayer(), RedisLayer(url=redis_clean.url), DiskLayer(tmp_path / "disk")]
+    )
+    pattern, key = _hostile()
+    try:
+        await cache.set(key, 1, tags=["t"])
+        await cache.set(key[:-1] + "b", 2, tags=["t"])
+        started = time.perf_counter()
+        assert await cache.invalidate_by_pattern(pattern) == 1
+        elapsed = time.perf_counter() - started
+        assert await cache.get(key) == 1
+        assert await cache.get(key[:-1] + "b") is None
+    finally:
+        await cache.aclose()
+    assert elapsed < 5.0
