@@ -19,6 +19,14 @@ twin, an import of the names it defines from the async module, so both twins sha
 (``except RejectedMessageError`` catches either's). ``--check`` exits 1 when a generated file
 is stale, and the test command runs it.
 
+Renaming fixes code, not prose, so the generator refuses (exit 1, ``file:line`` of each) a twin
+that still speaks of the asyncio one: ``coroutine``, ``await``, ``asyncio``, ``event loop``,
+``aclose`` and the like, or a duplicated operand such as ``getattr(x, "close") or getattr(x,
+"close")``. Say it so it is true for both twins, add an exact replacement to the job, or, for
+text really about the asyncio twin, put it between ``# unasync: begin async-wording`` and
+``# unasync: end async-wording`` comment lines (kept in the twin). Naming the other twin
+("the asyncio twin", "an asyncio stack") is allowed.
+
 Usage: python scripts/unasync.py [--check]
 """
 
