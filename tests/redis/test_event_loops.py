@@ -250,3 +250,29 @@ def test_coordination_components_take_url_keyword_only(redis_clean: RedisServer)
     index.record("k", ["a"])
     assert index.keys_for_tags(["a"]) == {"k"}
     index.close()
+
+
+def test_components_on_a_url_layers_client_across_runs(redis_clean: RedisServer) -> None:
+    """``RedisLayer(url=...).client`` (one client per loop) shared with the components, the
+    shape the Django and Flask integrations build."""
+    layer = RedisLayer(url=redis_clean.url)
+    memory = MemoryLayer(ttl=60)
+    cache = CacheStack(
+        [memory, layer],
+        invalidation_bus=RedisInvalidationBus(layer.client, channel="loops:shared"),
+        single_flight_coordinator=RedisSingleFlightCoordinator(
+            client=layer.client, prefix="loops:shared-sf"
+        ),
+        tag_index=RedisTagIndex(client=layer.client, prefix="loops:shared-tags"),
+    )
+
+    async def run(name: str) -> None:
+        assert await cache.get(name, lambda: name, tags=["a"]) == name
+        assert await cache.invalidate_by_tag("a") == 1
+        assert memory.get(name) is None
+        bus: Any = cache._bus
+        assert bus.is_subscribed
+
+    for run_number in range(3):
+        asyncio.run(run(f"shared{run_number}"))
+    asyncio.run(cache.aclose())

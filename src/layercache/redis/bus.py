@@ -58,7 +58,7 @@ from .._signing import (
     check_timestamp,
 )
 from .._types import ErrorHandler, InvalidationMessage
-from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, url_client
+from ._clients import DEFAULT_SOCKET_TIMEOUT, LoopBoundClient, init_signature, url_client
 from ._keys import generation_key, invalidation_channel
 from ._scripts import GENERATION_BUMP
 
@@ -281,7 +281,8 @@ class RedisInvalidationBus:
         if url is not None:
             publisher = url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
         for client, role in ((publisher, "publisher"), (subscriber, "subscriber")):
-            if client is None or (role == "publisher" and self._owns_client):
+            if client is None or isinstance(client, LoopBoundClient):
+                # A RedisLayer(url=...)'s client (layer.client): one client per loop.
                 continue
             if not isinstance(client, aioredis.Redis | RedisCluster):
                 raise ValueError(
