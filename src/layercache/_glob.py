@@ -4,14 +4,14 @@ The semantics are Redis's ``stringmatch``: ``*`` any run of characters (includin
 exactly one character, ``[abc]`` / ``[a-z]`` a class, ``[^a]`` a negated class, and ``\\x``
 the character ``x`` literally. Matching is case-sensitive and covers the whole key.
 
-Patterns come from admin tools and HTTP endpoints, so matching must never backtrack: a glob
-is *not* one regular expression with a ``.*`` per star (``"*a*a*...*b"`` against a long key
-would run for minutes). Instead the stars cut the pattern into segments that each match a
-fixed number of characters; the first segment must match at the start, the last at the end,
-and every middle segment is placed at its leftmost match after the previous one (leftmost is
-always safe: it leaves the most room to what follows). Each segment is a small regex with no
-repetition, so one attempt costs at most its length and the whole match is
-O(len(pattern) x len(key)) in the worst case.
+Patterns come from admin tools and HTTP endpoints, so matching must never backtrack without
+bound: a glob is *not* translated to a ``.*`` per star (``"*a*a*...*b"`` against a long key
+would try every way of splitting the key between the stars and run for minutes). The stars cut
+the pattern into segments that each match a fixed number of characters; the first segment must
+match at the start, the last at the end, and every middle segment is placed at its leftmost
+match after the previous one, once and for all (leftmost is always safe: it leaves the most
+room to what follows). The regex expresses that commitment with atomic lookaheads (see
+:func:`_translate`), so one match costs O(len(pattern) x len(key)) at worst and stays in C.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def _class_atom(pattern: str, start: int) -> tuple[str, int]:
     return f"[{'^' if negate else ''}{body}]", j
 
 
-def _segments(pattern: str) -> list[list[str]]:
-    """The pattern cut at its stars: one list of one-character regex atoms per segment."""
+def _segments(pattern: str) -> list[str]:
+    """The pattern cut at its stars: one regex per segment, each matching a fixed number of
+    characters (literals, ``.`` and classes only: no repetition, no alternation)."""
     segments: list[list[str]] = [[]]
     i, n = 0, len(pattern)
     while i < n:
@@ -101,59 +102,42 @@ def _segments(pattern: str) -> list[list[str]]:
         else:
             segments[-1].append(re.escape(ch))
         i += 1
-    return segments
+    return ["".join(atoms) for atoms in segments]
 
 
-def _compile(atoms: list[str]) -> re.Pattern[str]:
-    return re.compile("".join(atoms), re.DOTALL)
+def _translate(pattern: str) -> str:
+    """The backtracking-free regex of a glob (see the module docstring).
+
+    ``head (?=(?P<s1>.*?mid1))(?P=s1) (?=(?P<s2>.*?mid2))(?P=s2) ... .*tail``: a lookahead is
+    atomic in Python's ``re`` (once it matched, the engine never backtracks into it), so each
+    middle segment is placed at its leftmost match and that choice is final; the backreference
+    then consumes what the lookahead saw. Only the last star backtracks, over one position per
+    character with a fixed-length tail.
+    """
+    segments = _segments(pattern)
+    if len(segments) == 1:
+        return segments[0]
+    parts = [segments[0]]
+    for index, middle in enumerate(segments[1:-1]):
+        if middle:  # "**" leaves empty segments: nothing to place
+            parts.append(f"(?=(?P<s{index}>.*?{middle}))(?P=s{index})")
+    parts.append(".*" + segments[-1])
+    return "".join(parts)
 
 
 class Glob:
     """A compiled glob; :meth:`matches` costs O(len(pattern) x len(key)) at worst."""
 
-    __slots__ = (
-        "_head",
-        "_head_size",
-        "_middle",
-        "_min_size",
-        "_tail",
-        "_tail_size",
-        "_whole",
-        "pattern",
-    )
+    __slots__ = ("_regex", "pattern")
 
     def __init__(self, pattern: str) -> None:
         validate_pattern(pattern)
         self.pattern = pattern
-        segments = _segments(pattern)
-        self._middle = tuple(_compile(s) for s in segments[1:-1] if s)
-        self._whole: re.Pattern[str] | None = None
-        if not self._middle:
-            # At most one star that matters: one regex with at most one ``.*`` does the whole
-            # match in C, and backtracks over that one star only (O(len(key) x len(tail))).
-            atoms = segments[0] if len(segments) == 1 else [*segments[0], ".*", *segments[-1]]
-            self._whole = _compile(atoms)
-        self._head = _compile(segments[0])
-        self._head_size = len(segments[0])
-        self._tail = _compile(segments[-1])
-        self._tail_size = len(segments[-1])
-        self._min_size = sum(len(s) for s in segments)
+        self._regex = re.compile(_translate(pattern), re.DOTALL)
 
     def matches(self, key: str) -> bool:
         """Whether ``key`` matches the glob as a whole."""
-        if self._whole is not None:
-            return self._whole.fullmatch(key) is not None
-        end = len(key) - self._tail_size  # where the tail must start
-        if end < self._min_size - self._tail_size or self._head.match(key) is None:
-            return False
-        position = self._head_size
-        for segment in self._middle:
-            # Leftmost placement, never reaching into the tail's characters.
-            found = segment.search(key, position, end)
-            if found is None:
-                return False
-            position = found.end()
-        return self._tail.fullmatch(key, end) is not None
+        return self._regex.fullmatch(key) is not None
 
     def __repr__(self) -> str:
         return f"Glob({self.pattern!r})"
