@@ -12,7 +12,8 @@ Only the type the caller named is ever built. Nothing is looked up, imported or 
 strength of the stored bytes: a class named by bytes read from Redis would be an injection path.
 
 Every converter first runs a cheap check (``type(v) is T``, element by element for containers)
-and returns a value that already has the type unchanged: an L1 hit pays one ``isinstance``.
+and returns a value that already has the type unchanged: a typed L1 hit on an object pays one
+``type()`` test.
 A value that does not validate raises :class:`StoredValueTypeError`; the stack treats the
 stored value as a miss (and reports an ``error`` event) instead of failing the caller.
 """
