@@ -48,6 +48,12 @@ def scan_match(prefix: str, pattern: str) -> bytes:
     ``?`` to ``*`` and everything from the first ``[`` on to ``*``, keeping the literal parts
     that make the scan selective; callers confirm each candidate with
     :func:`layercache._glob.glob_match`.
+
+    At most one ``*`` reaches the server: the literal text before the first wildcard, one
+    ``*``, and the literal text after the last one. Redis servers before 6.2.11 / 7.0.9
+    (CVE-2022-36021) match a pattern with many stars in time exponential in their number, so a
+    hostile pattern from an admin endpoint could hang the *server*; one star is linear there
+    too, and the client-side glob keeps the result exact.
     """
     out = [escape_glob(prefix)]
     star = False
@@ -74,6 +80,10 @@ def scan_match(prefix: str, pattern: str) -> bytes:
         out.append(ch)
         star = False
         i += 1
+    if out.count("*") > 1:
+        first = out.index("*")
+        last = len(out) - 1 - out[::-1].index("*")
+        out = [*out[:first], "*", *out[last + 1 :]]
     return _to_bytes("".join(out))
 
 
