@@ -137,8 +137,7 @@ def hammer(stack: SyncCacheStack, origin: Origin, extra: Callable[[], None] | No
         for i in range(WRITERS)
     ]
     threads += [
-        threading.Thread(target=run, args=(reader, stack, origin, 200 + i))
-        for i in range(READERS)
+        threading.Thread(target=run, args=(reader, stack, origin, 200 + i)) for i in range(READERS)
     ]
     if extra is not None:
         threads.append(threading.Thread(target=run, args=(extra,)))
