@@ -1154,7 +1154,7 @@ class SyncCacheStack:
 
         ``stale`` is a usable but no longer fresh entry already seen (in L1), kept for
         stale-while-revalidate, stale-if-error and the soft timeout. ``convert`` rebuilds a
-        value read from a non-local layer as the type the caller asked for.
+        value read below L1 as the type the caller asked for.
 
         Concurrent callers of a key share the whole read from their L1 miss on: the first
         reads the lower layers (and, on a miss, registers the fetch) for everyone; a burst of
@@ -1184,7 +1184,9 @@ class SyncCacheStack:
         entry = found.entry
         if entry is not None:
             value = entry.value
-            if convert is not None and not found.is_leader and found.index:
+            if convert is not None:
+                # Followers convert for their own type; the leader's value was converted by its
+                # read (a fast no-op now), except an L1 copy found when it looked again.
                 value = self._convert(key, value, convert, self._layers[found.index].name)
                 if value is _MISS:
                     found = _Lower(None, 0, found.stale)  # not of the asked type: a miss here
@@ -1199,6 +1201,11 @@ class SyncCacheStack:
                 return value
         if stale is None:
             stale = found.stale
+        if stale is not None and convert is not None:
+            # A stale value may be served (stale-while-revalidate, soft timeout, stale-if-error):
+            # as the caller's type too; one that is not of it is no stale value at all.
+            value = self._convert(key, stale[0].value, convert, stale[1])
+            stale = None if value is _MISS else (_with_value(stale[0], value), stale[1])
         now = self._clock()
         if stale is not None:
             held, layer = stale
@@ -1324,7 +1331,9 @@ class SyncCacheStack:
             if self._metrics_enabled:
                 metrics.observe(adapter.name, time.perf_counter() - began)
             entry = self._entry_or_miss(adapter, key, raw)
-            if entry is not None and convert is not None and not adapter.is_local:
+            # Every layer below L1 hands out a decoded copy (Redis, disk, a user's layer), so
+            # it is rebuilt as the caller's type before it is backfilled above.
+            if entry is not None and convert is not None:
                 value = self._convert(key, entry.value, convert, adapter.name)
                 entry = None if value is _MISS else _with_value(entry, value)
             if entry is None:
