@@ -22,9 +22,10 @@ reaches the flights of every loop.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._primitives import FlightFuture, flight_scope, new_future
@@ -74,6 +75,10 @@ class Flights:
         self.epoch = 0
         self._broad_mark = 0
         self._key_marks: OrderedDict[str, int] = OrderedDict()
+        # Changes under way: keys being written or deleted now, and broad changes (pattern,
+        # tags, clear). Bounded by the changes running at once, not by keys.
+        self._active_keys: dict[str, int] = {}
+        self._active_broad = 0
 
     # ------------------------------------------------------------------ flights
 
@@ -145,43 +150,91 @@ class Flights:
 
     # ------------------------------------------------------------------ marks
 
+    @contextlib.contextmanager
+    def changing(
+        self, predicate: Callable[[str, Flight], bool], keys: Iterable[str] | None = None
+    ) -> Iterator[None]:
+        """A write, delete or invalidation of the keys ``predicate`` selects, under way for
+        as long as the ``with`` block runs (its layer writes go inside).
+
+        On entry the running reads and fetches it concerns are invalidated (a fetched value
+        then reaches its callers but is not stored). A change is an interval, not an instant:
+        a read that started before it ends (even one that started after it began, and read a
+        layer the change had not reached yet) may hold the value it replaces, so
+        :meth:`changed_since` counts the keys of a change under way as changed, and marks
+        them again at its end. ``keys`` names the keys changed; without it the change is broad
+        (pattern, tags, clear) and every key counts as changed.
+        """
+        names = None if keys is None else list(keys)
+        with self._lock:
+            self._mark(predicate, names)
+            if names is None:
+                self._active_broad += 1
+            else:
+                for key in names:
+                    self._active_keys[key] = self._active_keys.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._mark(_nothing, names)
+                if names is None:
+                    self._active_broad -= 1
+                else:
+                    for key in names:
+                        left = self._active_keys[key] - 1
+                        if left:
+                            self._active_keys[key] = left
+                        else:
+                            del self._active_keys[key]
+
     def mark(
         self, predicate: Callable[[str, Flight], bool], keys: Iterable[str] | None = None
     ) -> None:
-        """Invalidate the running reads and fetches ``predicate`` selects, and record the
-        change so that a read that started before it does not backfill what it read (it may
-        be the value that was just replaced or deleted).
-
-        ``keys`` names the keys changed; without it the change is broad (pattern, tags,
-        clear) and every read in flight counts as affected.
-        """
-        with self._lock:
-            self.epoch += 1
-            epoch = self.epoch
-            if keys is None:
-                self._broad_mark = epoch
-            else:
-                marks = self._key_marks
-                for key in keys:
-                    marks[key] = epoch
-                    marks.move_to_end(key)
-                while len(marks) > self._max_key_marks:
-                    marks.popitem(last=False)
-                    self._broad_mark = epoch  # forgetting a mark must err on the safe side
-            for table in (self._fetches, self._reads):
-                for flights in table.by_scope.values():
-                    for key, flight in flights.items():
-                        if not flight.invalidated and predicate(key, flight):
-                            flight.invalidated = True
+        """A change with nothing to write (a new generation): :meth:`changing` at once."""
+        with self.changing(predicate, keys):
+            pass
 
     def mark_all(self) -> None:
-        """Every key may have changed (clear, reconnect, new generation)."""
+        """Every key may have changed (a new generation)."""
         self.mark(_everything)
 
+    def _mark(self, predicate: Callable[[str, Flight], bool], keys: list[str] | None) -> None:
+        self.epoch += 1
+        epoch = self.epoch
+        if keys is None:
+            self._broad_mark = epoch
+        else:
+            marks = self._key_marks
+            for key in keys:
+                marks[key] = epoch
+                marks.move_to_end(key)
+            while len(marks) > self._max_key_marks:
+                marks.popitem(last=False)
+                self._broad_mark = epoch  # forgetting a mark must err on the safe side
+        if predicate is _nothing:
+            return
+        for table in (self._fetches, self._reads):
+            for flights in table.by_scope.values():
+                for key, flight in flights.items():
+                    if not flight.invalidated and predicate(key, flight):
+                        flight.invalidated = True
+
     def changed_since(self, key: str, epoch: int) -> bool:
-        """Whether ``key`` may have been written or invalidated since ``epoch``."""
-        return self._broad_mark > epoch or self._key_marks.get(key, 0) > epoch
+        """Whether ``key`` may have been written or invalidated since ``epoch``, or is being
+        changed now (a value read meanwhile may be the one the change replaces)."""
+        with self._lock:
+            return (
+                self._broad_mark > epoch
+                or self._key_marks.get(key, 0) > epoch
+                or self._active_broad > 0
+                or key in self._active_keys
+            )
 
 
 def _everything(_key: str, _flight: Flight) -> bool:
     return True
+
+
+def _nothing(_key: str, _flight: Flight) -> bool:
+    return False

@@ -166,6 +166,11 @@ class _Lower:
 _READ_AGAIN: Any = object()
 
 
+def _no_flight(_key: str, _flight: Flight) -> bool:
+    """For a change that concerns no fetch in flight (it only removes what a fetch stored)."""
+    return False
+
+
 def _with_value(entry: Entry, value: Any) -> Entry:
     """``entry`` holding ``value`` instead (the same object when nothing changed)."""
     if value is entry.value:
@@ -668,11 +673,11 @@ class CacheStack:
         if scope == "keys":
             keys = list(message.keys)
             wanted = set(keys)
-            self._flights.mark(lambda k, _: k in wanted, keys)
-            if keys:
-                await self._for_layers("bus", local, lambda a: a.delete_many(keys))
-            if isinstance(self._tags, InMemoryTagIndex):
-                await self._tags.remove(keys)
+            with self._flights.changing(lambda k, _: k in wanted, keys):
+                if keys:
+                    await self._for_layers("bus", local, lambda a: a.delete_many(keys))
+                if isinstance(self._tags, InMemoryTagIndex):
+                    await self._tags.remove(keys)
         elif scope == "tags":
             tags = set(message.keys)
             mode = message.mode
@@ -682,28 +687,28 @@ class CacheStack:
                     return tags.issubset(flight.tags)
                 return not tags.isdisjoint(flight.tags)
 
-            self._flights.mark(hit)
-            if isinstance(self._tags, InMemoryTagIndex):
-                # A per-instance index resolves the tags here; a shared index was already
-                # emptied by the publisher, which also sends the resolved keys.
-                found = sorted(await self._tags.keys_for_tags(list(message.keys), mode))
-                if found:
-                    await self._for_layers("bus", local, lambda a: a.delete_many(found))
-                    await self._tags.remove(found)
+            with self._flights.changing(hit):
+                if isinstance(self._tags, InMemoryTagIndex):
+                    # A per-instance index resolves the tags here; a shared index was already
+                    # emptied by the publisher, which also sends the resolved keys.
+                    found = sorted(await self._tags.keys_for_tags(list(message.keys), mode))
+                    if found:
+                        await self._for_layers("bus", local, lambda a: a.delete_many(found))
+                        await self._tags.remove(found)
         elif scope in ("pattern", "prefix"):
             pattern = message.keys[0]
             if scope == "prefix":
                 pattern = escape_glob(pattern) + "*"
             glob = compile_glob(pattern)
-            self._flights.mark(lambda k, _: glob.matches(k))
-            await self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
-            if isinstance(self._tags, InMemoryTagIndex):
-                await self._tags.remove(await self._tags.keys_matching(pattern))
+            with self._flights.changing(lambda k, _: glob.matches(k)):
+                await self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
+                if isinstance(self._tags, InMemoryTagIndex):
+                    await self._tags.remove(await self._tags.keys_matching(pattern))
         elif scope == "clear":
-            self._flights.mark_all()
-            await self._for_layers("bus", local, lambda a: a.clear())
-            if isinstance(self._tags, InMemoryTagIndex):
-                await self._tags.clear()
+            with self._flights.changing(lambda _k, _f: True):
+                await self._for_layers("bus", local, lambda a: a.clear())
+                if isinstance(self._tags, InMemoryTagIndex):
+                    await self._tags.clear()
         elif scope == "generation":
             self._adopt_generation(int(message.keys[0]))
 
@@ -712,9 +717,9 @@ class CacheStack:
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
         if self._unsent:
             await self._flush_unsent()
-        self._flights.mark_all()
-        local = [a for a in self._layers if a.is_local]
-        await self._for_layers("bus.reconnect", local, lambda a: a.clear())
+        with self._flights.changing(lambda _k, _f: True):
+            local = [a for a in self._layers if a.is_local]
+            await self._for_layers("bus.reconnect", local, lambda a: a.clear())
 
     def _on_bus_error(self, error: BaseException, context: dict[str, Any]) -> None:
         self._report(error, **{"operation": "bus", **context})
@@ -1348,6 +1353,7 @@ class CacheStack:
                 metrics.layers[adapter.name].hits += 1
                 if index and not self._flights.changed_since(key, epoch):
                     await self._backfill(key, entry, layers[:index], adapter.name, now)
+                    await self._undo_late_backfill([key], layers[:index], epoch)
                 return _Lower(entry, index, stale)
             metrics.layers[adapter.name].misses += 1
             if stale is None and entry.is_usable(now):
@@ -1815,8 +1821,12 @@ class CacheStack:
             await self._delete_everywhere(evicted)
         if flight is not None and flight.invalidated:
             # The key was invalidated while our writes were in flight; the invalidation may
-            # have landed before them, so remove what we just wrote.
-            await self._delete_everywhere([key])
+            # have landed before them, so remove what we just wrote. Removing it is a change
+            # of the key too: a read that picked our value up from a lower layer meanwhile
+            # must not backfill it after this (newer fetches are not invalidated: they read
+            # the origin after the invalidation).
+            with self._flights.changing(_no_flight, (key,)):
+                await self._delete_everywhere([key])
         if "set" in self._events.active:
             self._events.emit("set", {"key": key})
 
@@ -1826,8 +1836,8 @@ class CacheStack:
         opts = self._options(options, kwargs)
         await self._open()
         # An explicit write is newer than a running fetch or read of the key.
-        self._flights.mark(lambda k, _: k == key, (key,))
-        await self._store(key, value, opts, None)
+        with self._flights.changing(lambda k, _: k == key, (key,)):
+            await self._store(key, value, opts, None)
         await self._publish("keys", "set", (key,))
 
     async def set_many(self, entries: Iterable[SetEntry]) -> None:
@@ -1851,69 +1861,69 @@ class CacheStack:
         }
         dropped: dict[str, list[str]] = {a.name: [] for a in self._layers}
         written = {key for key, _, _ in items}
-        self._flights.mark(lambda k, _: k in written, written)
-        for key, value, opts in items:
-            for adapter, entry in self._entries_for(key, value, opts, now):
-                if entry is None:
-                    dropped[adapter.name].append(key)
-                else:
-                    per_layer[adapter.name].append((key, entry, entry.storage_ttl(now)))
+        with self._flights.changing(lambda k, _: k in written, written):
+            for key, value, opts in items:
+                for adapter, entry in self._entries_for(key, value, opts, now):
+                    if entry is None:
+                        dropped[adapter.name].append(key)
+                    else:
+                        per_layer[adapter.name].append((key, entry, entry.storage_ttl(now)))
 
-        failed: set[str] = set()
+            failed: set[str] = set()
 
-        async def write(adapter: LayerAdapter) -> None:
+            async def write(adapter: LayerAdapter) -> None:
+                try:
+                    if per_layer[adapter.name]:
+                        await adapter.set_many(per_layer[adapter.name])
+                except Exception:
+                    failed.add(adapter.name)
+                    raise
+                if dropped[adapter.name]:
+                    await adapter.delete_many(dropped[adapter.name])
+
+            layers: Sequence[LayerAdapter] = self._layers
+            behind = self._behind
+            if behind is not None:
+                remote_names = [a.name for a in layers if not a.is_local]
+                queued: dict[str, dict[str, tuple[Entry, float | None] | None]] = {
+                    key: dict.fromkeys(remote_names) for key, _, _ in items
+                }
+                for name in remote_names:
+                    for key, entry, ttl in per_layer[name]:
+                        queued[key][name] = (entry, ttl)
+                for key, payload in queued.items():
+                    await behind.put(key, ("set", payload))
+                layers = [a for a in layers if a.is_local]
             try:
-                if per_layer[adapter.name]:
-                    await adapter.set_many(per_layer[adapter.name])
+                await self._for_layers("set_many", layers, write, ("delete", tuple(written)))
             except Exception:
-                failed.add(adapter.name)
+                await self._forget_failed_write(sorted(written), failed)
                 raise
-            if dropped[adapter.name]:
-                await adapter.delete_many(dropped[adapter.name])
-
-        layers: Sequence[LayerAdapter] = self._layers
-        behind = self._behind
-        if behind is not None:
-            remote_names = [a.name for a in layers if not a.is_local]
-            queued: dict[str, dict[str, tuple[Entry, float | None] | None]] = {
-                key: dict.fromkeys(remote_names) for key, _, _ in items
-            }
-            for name in remote_names:
-                for key, entry, ttl in per_layer[name]:
-                    queued[key][name] = (entry, ttl)
-            for key, payload in queued.items():
-                await behind.put(key, ("set", payload))
-            layers = [a for a in layers if a.is_local]
-        try:
-            await self._for_layers("set_many", layers, write, ("delete", tuple(written)))
-        except Exception:
-            await self._forget_failed_write(sorted(written), failed)
-            raise
-        evicted: list[str] = []
-        expiries: dict[str, float | None] = {}
-        for planned in per_layer.values():
-            for key, stored, _ in planned:
-                known = expiries.get(key, 0.0)
-                until = stored.expires_at
-                expiries[key] = None if known is None or until is None else max(known, until)
-        # One batched index call for every key (one round trip per chunk on Redis, not one
-        # per key); a down index remembers each key's record for the replay.
-        records: list[TagRecord] = [
-            (key, opts.tags or (), expiries.get(key)) for key, _, opts in items
-        ]
-        evicted.extend(
-            await self._tag_op(
-                "record",
-                functools.partial(self._record_tags, records),
-                [],
-                [("record", record) for record in records],
+            evicted: list[str] = []
+            expiries: dict[str, float | None] = {}
+            for planned in per_layer.values():
+                for key, stored, _ in planned:
+                    known = expiries.get(key, 0.0)
+                    until = stored.expires_at
+                    expiries[key] = None if known is None or until is None else max(known, until)
+            # One batched index call for every key (one round trip per chunk on Redis, not one
+            # per key); a down index remembers each key's record for the replay.
+            records: list[TagRecord] = [
+                (key, opts.tags or (), expiries.get(key)) for key, _, opts in items
+            ]
+            evicted.extend(
+                await self._tag_op(
+                    "record",
+                    functools.partial(self._record_tags, records),
+                    [],
+                    [("record", record) for record in records],
+                )
             )
-        )
-        if evicted:
-            await self._delete_everywhere(evicted)
-        if "set" in self._events.active:
-            for key, _, _ in items:
-                self._events.emit("set", {"key": key})
+            if evicted:
+                await self._delete_everywhere(evicted)
+            if "set" in self._events.active:
+                for key, _, _ in items:
+                    self._events.emit("set", {"key": key})
         await self._publish("keys", "set", [key for key, _, _ in items])
 
     async def _forget_failed_write(self, keys: Sequence[str], failed: Collection[str]) -> None:
@@ -1923,11 +1933,12 @@ class CacheStack:
         layer, written first) drop the keys, so that no reader, in this instance or another,
         sees a value the caller was told was not stored."""
         layers = [a for a in self._layers if a.name not in failed]
-        for adapter in layers:
-            try:
-                await adapter.delete_many(list(keys))
-            except LayerCacheError as exc:
-                self._report(exc, operation="set.rollback", layer=adapter.name)
+        with self._flights.changing(_no_flight, keys):
+            for adapter in layers:
+                try:
+                    await adapter.delete_many(list(keys))
+                except LayerCacheError as exc:
+                    self._report(exc, operation="set.rollback", layer=adapter.name)
 
     async def _delete_everywhere(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -2011,11 +2022,11 @@ class CacheStack:
         if not unique:
             return
         wanted = set(unique)
-        self._flights.mark(lambda k, _: k in wanted, unique)
-        await self._delete_everywhere(unique)
-        await self._tag_op(
-            "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
-        )
+        with self._flights.changing(lambda k, _: k in wanted, unique):
+            await self._delete_everywhere(unique)
+            await self._tag_op(
+                "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
+            )
         await self._publish("keys", "delete", unique)
         if "delete" in self._events.active:
             for key in unique:
@@ -2024,11 +2035,11 @@ class CacheStack:
     async def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
         await self._open()
-        self._flights.mark_all()
-        if self._behind is not None:
-            await self._behind.discard(lambda _k: True)
-        await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
-        await self._tag_op("clear", self._tags.clear, None, ("clear", None))
+        with self._flights.changing(lambda _k, _f: True):
+            if self._behind is not None:
+                await self._behind.discard(lambda _k: True)
+            await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
+            await self._tag_op("clear", self._tags.clear, None, ("clear", None))
         await self._publish("clear", "clear", ())
 
     async def invalidate_by_tag(self, tag: str) -> int:
@@ -2047,34 +2058,41 @@ class CacheStack:
         await self._open()
         if not wanted_tags:
             return 0
-        keys: set[str] = await self._tag_op(
-            "keys_for_tags",
-            functools.partial(self._tags.keys_for_tags, list(wanted_tags), mode),
-            set(),
-            ("invalidate", (tuple(wanted_tags), mode)),
-        )
-        if self._tags_down_until is not None:
-            # The index is out of reach: which keys carry the tags is unknown until it comes
-            # back (the invalidation is replayed then). Local layers are cheap to refill, so
-            # drop them now rather than serve a value the caller just invalidated.
-            local = [a for a in self._layers if a.is_local]
-            await self._for_layers("invalidate_by_tags", local, lambda a: a.clear())
         tag_set = set(wanted_tags)
 
-        def hit(key: str, flight: Flight) -> bool:
-            if key in keys:
-                return True
+        def tagged(_key: str, flight: Flight) -> bool:
             if mode == "all":
                 return tag_set.issubset(flight.tags)
             return not tag_set.isdisjoint(flight.tags)
 
-        self._flights.mark(hit)
-        ordered = sorted(keys)
-        await self._delete_everywhere(ordered)
-        if ordered:
-            await self._tag_op(
-                "remove", functools.partial(self._tags.remove, ordered), None, ("remove", ordered)
+        # The change begins before the index is asked which keys carry the tags: a fetch
+        # that stores and records its tags in between would be neither in the answer nor
+        # still in flight to be marked, and its value would outlive the invalidation.
+        with self._flights.changing(tagged):
+            keys: set[str] = await self._tag_op(
+                "keys_for_tags",
+                functools.partial(self._tags.keys_for_tags, list(wanted_tags), mode),
+                set(),
+                ("invalidate", (tuple(wanted_tags), mode)),
             )
+            if self._tags_down_until is not None:
+                # The index is out of reach: which keys carry the tags is unknown until it
+                # comes back (the invalidation is replayed then). Local layers are cheap to
+                # refill, so drop them now rather than serve a value the caller just
+                # invalidated.
+                local = [a for a in self._layers if a.is_local]
+                await self._for_layers("invalidate_by_tags", local, lambda a: a.clear())
+            ordered = sorted(keys)
+            # Fetches of the keys found run with other tags (or none): mark them too.
+            with self._flights.changing(lambda k, _: k in keys, ordered):
+                await self._delete_everywhere(ordered)
+                if ordered:
+                    await self._tag_op(
+                        "remove",
+                        functools.partial(self._tags.remove, ordered),
+                        None,
+                        ("remove", ordered),
+                    )
         await self._publish("tags", "invalidate", wanted_tags, mode)
         if ordered:
             await self._publish("keys", "invalidate", ordered)
@@ -2090,21 +2108,23 @@ class CacheStack:
             pattern = escape_glob(f"v{self._generation}:") + pattern
         glob = compile_glob(pattern)
         await self._open()
-        self._flights.mark(lambda k, _: glob.matches(k))
-        counts: list[int] = []
+        with self._flights.changing(lambda k, _: glob.matches(k)):
+            counts: list[int] = []
 
-        async def purge(adapter: LayerAdapter) -> None:
-            counts.append(await adapter.delete_matching(pattern))
+            async def purge(adapter: LayerAdapter) -> None:
+                counts.append(await adapter.delete_matching(pattern))
 
-        if self._behind is not None:
-            await self._behind.discard(lambda k: glob.matches(k))
-        await self._for_layers("invalidate_by_pattern", self._layers, purge, ("pattern", pattern))
-        await self._tag_op(
-            "keys_matching",
-            functools.partial(self._forget_tagged_matching, pattern),
-            None,
-            ("pattern", pattern),
-        )
+            if self._behind is not None:
+                await self._behind.discard(lambda k: glob.matches(k))
+            await self._for_layers(
+                "invalidate_by_pattern", self._layers, purge, ("pattern", pattern)
+            )
+            await self._tag_op(
+                "keys_matching",
+                functools.partial(self._forget_tagged_matching, pattern),
+                None,
+                ("pattern", pattern),
+            )
         await self._publish("pattern", "invalidate", (pattern,))
         return max(counts, default=0)
 
@@ -2186,6 +2206,7 @@ class CacheStack:
             fills = [(k, e) for k, e in fills if not self._flights.changed_since(k, epoch)]
             if fills:
                 await self._backfill_many(fills, self._layers[:depth], now)
+                await self._undo_late_backfill([k for k, _ in fills], self._layers[:depth], epoch)
             pending = still
         metrics.hits += len(requests) - len(pending)
         metrics.misses += len(pending)
@@ -2202,6 +2223,23 @@ class CacheStack:
             for i, value in zip(loads, values, strict=True):
                 results[i] = value
         return [None if r is _MISS else r for r in results]
+
+    async def _undo_late_backfill(
+        self, keys: Sequence[str], targets: Sequence[LayerAdapter], epoch: int
+    ) -> None:
+        """Drop backfilled copies of keys that changed while they were written.
+
+        The check before a backfill and its write are not one step: a write or delete that
+        lands between them (from another thread or task) is followed by the backfill of the
+        value it replaced. Looking again afterwards closes that: a change marked before this
+        look is undone here, a change marked after it writes (or deletes) after the backfill.
+        Dropping a newer value in passing costs only a miss.
+        """
+        late = [key for key in keys if self._flights.changed_since(key, epoch)]
+        if late:
+            await self._for_layers(
+                "backfill", targets, lambda a: a.delete_many(late), ("delete", tuple(late))
+            )
 
     async def _backfill_many(
         self, fills: Sequence[tuple[str, Entry]], targets: Sequence[LayerAdapter], now: float
