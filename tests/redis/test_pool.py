@@ -131,3 +131,36 @@ def test_help_shows_the_real_parameters() -> None:
         assert parameters["max_connections"].default == 50
         assert "args" not in parameters
         assert "self" not in parameters
+
+
+async def test_waiting_pool_queues_callers_and_survives_a_cancelled_waiter(
+    redis_clean: Any,
+) -> None:
+    """The asyncio pool built from url= takes the plain pool's path while a connection is
+    free, and queues callers only when every connection is busy: each release wakes one, and
+    a waiter that is cancelled does not swallow the release meant for the one behind it."""
+    from layercache.redis._clients import WaitingConnectionPool, new_async_client
+
+    client = new_async_client(redis_clean.url, 5.0, 1)
+    pool = client.connection_pool
+    assert isinstance(pool, WaitingConnectionPool)
+    try:
+        holder = asyncio.create_task(client.blpop(["nothing-here"], timeout=0.3))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not pool._in_use_connections:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.001)
+        first = asyncio.create_task(client.get("k"))
+        second = asyncio.create_task(client.get("k"))
+        while len(pool._waiters) < 2:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.001)
+        first.cancel()
+        assert await asyncio.wait_for(second, 5) is None
+        assert await holder is None
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not pool._waiters
+    finally:
+        await client.aclose()

@@ -100,8 +100,25 @@ class Flights:
         return self._join(self._fetches, key, tags)
 
     def join_read(self, key: str) -> tuple[Flight | None, Flight]:
-        """Like :meth:`join_fetch`, for the read of the layers below L1."""
-        return self._join(self._reads, key, ())
+        """Like :meth:`join_fetch`, for the read of the layers below L1.
+
+        A read's future is made by its first follower, not by its leader: most reads have no
+        follower, and then the read costs two lock round trips and nothing else. The leader
+        hands its result over with :meth:`finish_read`.
+        """
+        scope = flight_scope()
+        with self._lock:
+            flights = self._reads.by_scope.get(scope)
+            if flights is None:
+                flights = self._reads.by_scope[scope] = {}
+            running = flights.get(key)
+            if running is not None and not running.invalidated:
+                if running.future is None:
+                    running.future = new_future()
+                return running, running
+            flight = Flight((), scope)
+            flights[key] = flight
+            return None, flight
 
     def _join(self, table: _Table, key: str, tags: tuple[str, ...]) -> tuple[Flight | None, Flight]:
         scope = flight_scope()
@@ -121,9 +138,11 @@ class Flights:
         """Forget ``flight`` (done) unless a newer flight of the key replaced it."""
         self._finish(self._fetches, key, flight)
 
-    def finish_read(self, key: str, flight: Flight) -> None:
-        """:meth:`finish_fetch` for a read."""
+    def finish_read(self, key: str, flight: Flight) -> FlightFuture[Any] | None:
+        """:meth:`finish_fetch` for a read; returns the future its followers wait on (``None``
+        when it had none: from now on no caller can join it)."""
         self._finish(self._reads, key, flight)
+        return flight.future
 
     def _finish(self, table: _Table, key: str, flight: Flight) -> None:
         with self._lock:

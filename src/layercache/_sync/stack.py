@@ -1251,10 +1251,9 @@ class SyncCacheStack:
         """
         while True:
             running, flight = self._flights.join_read(key)
-            future = flight.future
-            assert future is not None
             if running is not None:
-                shared = wait_future(future)
+                assert running.future is not None
+                shared = wait_future(running.future)
                 if shared is _READ_AGAIN:
                     continue
                 assert isinstance(shared, _Lower)
@@ -1283,15 +1282,18 @@ class SyncCacheStack:
                         found.fetch = fetch
                         found.fetch_is_new = fetch_running is None
             except Exception as exc:
-                self._flights.finish_read(key, flight)
-                settle(future, error=exc)
+                future = self._flights.finish_read(key, flight)
+                if future is not None:
+                    settle(future, error=exc)
                 raise
             except BaseException:
-                self._flights.finish_read(key, flight)
-                settle(future, _READ_AGAIN)
+                future = self._flights.finish_read(key, flight)
+                if future is not None:
+                    settle(future, _READ_AGAIN)
                 raise
-            self._flights.finish_read(key, flight)
-            settle(future, _Lower(found.entry, found.index, found.stale, found.fetch))
+            future = self._flights.finish_read(key, flight)
+            if future is not None:
+                settle(future, _Lower(found.entry, found.index, found.stale, found.fetch))
             found.is_leader = True
             return found
 
