@@ -86,7 +86,7 @@ from ._primitives import (
     with_timeout,
 )
 from .adapter import LayerAdapter
-from .flights import Flight, Flights
+from .flights import FOLLOW, JOIN_FETCH, Flight, Flights
 from .rate_limit import FetcherLimiter
 from .tag_index import InMemoryTagIndex, TagRecord, bind_record_many
 from .write_behind import WriteBehindQueue
@@ -1175,8 +1175,8 @@ class CacheStack:
         if start == 1:
             self._l1_counters.misses += 1
         if self._stampede_prevention:
-            running = self._flights.running_fetch(key)
-            if fetcher is not None and running is not None:
+            role, running = self._flights.join_read(key, fetcher is not None)
+            if role == JOIN_FETCH:
                 # A fetch of this key is already running: join it instead of reading every
                 # lower layer first (during an outage each failed read could start another
                 # origin call).
@@ -1186,8 +1186,11 @@ class CacheStack:
                         self._serve_stale(key, "stale-while-revalidate", held_in)
                         return held.value
                 metrics.misses += 1
+                assert fetcher is not None  # JOIN_FETCH is only the answer to a fetching caller
                 return await self._fetch_or_stale(key, fetcher, opts, stale, join=running)
-            found = await self._shared_read(key, start, fetcher, opts, stale, convert)
+            found = await self._shared_read(
+                key, start, fetcher, opts, stale, convert, role, running
+            )
         else:
             found = await self._read_lower(key, start, convert)
         entry = found.entry
@@ -1243,8 +1246,11 @@ class CacheStack:
         opts: CacheOptions,
         stale: tuple[Entry, str] | None,
         convert: Callable[[Any], Any] | None,
+        role: int,
+        flight: Flight,
     ) -> _Lower:
-        """The read of the layers below L1, shared by every concurrent caller of ``key``.
+        """The read of the layers below L1, shared by every concurrent caller of ``key``
+        (``role`` and ``flight`` as :meth:`Flights.join_read` answered).
 
         The first caller (the leader) reads inline; the others wait for its result. When the
         leader finds nothing and has a fetcher, it registers the fetch flight *before* it
@@ -1254,28 +1260,22 @@ class CacheStack:
         so its followers are never cancelled with it.
         """
         while True:
-            running, flight = self._flights.join_read(key)
-            if running is not None:
-                assert running.future is not None
-                shared = await wait_future(running.future)
+            if role == JOIN_FETCH:
+                return _Lower(None, 0, None, flight)
+            if role == FOLLOW:
+                assert flight.future is not None
+                shared = await wait_future(flight.future)
                 if shared is _READ_AGAIN:
+                    role, flight = self._flights.join_read(key, fetcher is not None)
                     continue
                 assert isinstance(shared, _Lower)
                 return shared
             try:
-                # Between this caller's first look for a running fetch and its leading this
-                # read, an earlier burst's read may have finished, its fetch now running (join
-                # it) or done and stored (L1 has it): the fetch is registered before that read
-                # ends and L1 written before the fetch ends, so one of these two finds it.
-                fetch = self._flights.running_fetch(key) if fetcher is not None else None
-                again = self._recheck_l1(key) if fetch is None and start == 1 else None
-                if fetch is not None:
-                    found = _Lower(None, 0, None, fetch)
-                elif again is not None:
-                    found = again
-                else:
-                    found = await self._read_lower(key, start, convert)
-                if found.fetch is None and found.entry is None and callable(fetcher):
+                # A caller preempted between its L1 miss and here may find that the burst it
+                # belonged to has finished and stored the value: L1 has it now.
+                again = self._recheck_l1(key) if start == 1 else None
+                found = again if again is not None else await self._read_lower(key, start, convert)
+                if found.entry is None and callable(fetcher):
                     # The same rule as the leader's own decision below: it fetches unless it
                     # serves a stale value, so a registered fetch is always launched.
                     held = stale if stale is not None else found.stale

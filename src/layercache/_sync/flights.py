@@ -32,7 +32,12 @@ from typing import Any
 
 from ._primitives import FlightFuture, flight_scope, new_future
 
-__all__ = ["Flight", "Flights"]
+__all__ = ["FOLLOW", "JOIN_FETCH", "LEAD", "Flight", "Flights"]
+
+# What join_read() tells a caller to do.
+LEAD = 0  # read the lower layers for everyone (a new read flight)
+FOLLOW = 1  # wait for the running read's result
+JOIN_FETCH = 2  # a fetch of the key is running: wait for it instead
 
 # Recently changed keys remembered (older changes count as "everything changed").
 MAX_KEY_MARKS = 10_000
@@ -101,15 +106,25 @@ class Flights:
         """
         return self._join(self._fetches, key, tags)
 
-    def join_read(self, key: str) -> tuple[Flight | None, Flight]:
-        """Like :meth:`join_fetch`, for the read of the layers below L1.
+    def join_read(self, key: str, fetching: bool) -> tuple[int, Flight]:
+        """What a caller that missed L1 does, decided under one lock: join the running fetch
+        of ``key`` (``JOIN_FETCH``; only when the caller has a fetcher, ``fetching``), wait
+        for the running read of the lower layers (``FOLLOW``), or lead a new read (``LEAD``).
 
-        A read's future is made by its first follower, not by its leader: most reads have no
-        follower, and then the read costs two lock round trips and nothing else. The leader
-        hands its result over with :meth:`finish_read`.
+        Both tables are looked at in one step: a read registers its fetch before it ends, so
+        a caller never sees neither while work of the key is in flight (it would read the
+        layers again). A read's future is made by its first follower, not by its leader: most
+        reads have no follower, and then the read costs two lock round trips and nothing
+        else. The leader hands its result over with :meth:`finish_read`.
         """
         scope = flight_scope()
         with self._lock:
+            if fetching:
+                fetches = self._fetches.by_scope.get(scope)
+                if fetches is not None:
+                    fetch = fetches.get(key)
+                    if fetch is not None and not fetch.invalidated:
+                        return JOIN_FETCH, fetch
             flights = self._reads.by_scope.get(scope)
             if flights is None:
                 flights = self._reads.by_scope[scope] = {}
@@ -117,10 +132,10 @@ class Flights:
             if running is not None and not running.invalidated:
                 if running.future is None:
                     running.future = new_future()
-                return running, running
+                return FOLLOW, running
             flight = Flight((), scope)
             flights[key] = flight
-            return None, flight
+            return LEAD, flight
 
     def _join(self, table: _Table, key: str, tags: tuple[str, ...]) -> tuple[Flight | None, Flight]:
         scope = flight_scope()
