@@ -189,3 +189,15 @@ async def redis_cluster3_client(redis_cluster3: Any) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Preempt threads every microsecond (``sys.setswitchinterval``), so races between them
+    show up in a test run instead of in production."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

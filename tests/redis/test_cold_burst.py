@@ -9,9 +9,7 @@ Before the fix, every caller read Redis before callers were merged: 400 cold cal
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,17 +28,6 @@ def redis_gets(url: str) -> int:
         return int(stats.get("cmdstat_get", {}).get("calls", 0))
     finally:
         client.close()
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    """Preempt threads often, so races between them show up."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 async def test_400_cold_callers_one_read_one_fetch(redis_clean: Any) -> None:

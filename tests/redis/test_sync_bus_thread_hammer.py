@@ -13,13 +13,10 @@ must hold no version older than the origin's.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 
 from layercache import MemoryLayer, RedisInvalidationBus, SyncCacheStack
@@ -28,16 +25,6 @@ KEYS = 16
 READERS = 8
 DELETES = 400
 SECRET = "sync-bus-hammer"
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def instance(url: str) -> tuple[SyncCacheStack, MemoryLayer, Any]:

@@ -17,14 +17,11 @@ would be a value a slow fetch read before a change and stored after it.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from layercache import CacheEntry, DiskLayer, MemoryLayer, SyncCacheStack
 
@@ -33,16 +30,6 @@ WRITERS = 4
 READERS = 8
 WRITER_OPS = 250
 READER_OPS = 1200
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 class Origin:
