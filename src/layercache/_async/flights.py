@@ -26,7 +26,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 from ._primitives import FlightFuture, flight_scope, new_future
 
@@ -59,13 +59,8 @@ class Flight:
         self.handle: Any = None
 
 
-class _Table:
-    """Flights of one kind (reads or fetches), per scope (a loop, or the whole threaded twin)."""
-
-    __slots__ = ("by_scope",)
-
-    def __init__(self) -> None:
-        self.by_scope: dict[Any, dict[str, Flight]] = {}
+# Flights of one kind (reads or fetches): scope (a loop, or the whole threaded twin) -> key.
+_Table: TypeAlias = dict[Any, dict[str, Flight]]
 
 
 class Flights:
@@ -73,8 +68,8 @@ class Flights:
 
     def __init__(self, max_key_marks: int = MAX_KEY_MARKS) -> None:
         self._lock = threading.Lock()
-        self._fetches = _Table()
-        self._reads = _Table()
+        self._fetches: _Table = {}
+        self._reads: _Table = {}
         self._max_key_marks = max_key_marks
         # Every change bumps the epoch; a read remembers the epoch it started in.
         self.epoch = 0
@@ -86,14 +81,6 @@ class Flights:
         self._active_broad = 0
 
     # ------------------------------------------------------------------ flights
-
-    def running_fetch(self, key: str) -> Flight | None:
-        """The fetch of ``key`` a new caller may join (in this scope), if any."""
-        table = self._fetches.by_scope.get(flight_scope())
-        if table is None:
-            return None
-        flight = table.get(key)
-        return None if flight is None or flight.invalidated else flight
 
     def join_fetch(self, key: str, tags: tuple[str, ...]) -> tuple[Flight | None, Flight]:
         """The running fetch of ``key`` to join, or a new one registered for it.
@@ -118,14 +105,12 @@ class Flights:
         scope = flight_scope()
         with self._lock:
             if fetching:
-                fetches = self._fetches.by_scope.get(scope)
+                fetches = self._fetches.get(scope)
                 if fetches is not None:
                     fetch = fetches.get(key)
                     if fetch is not None and not fetch.invalidated:
                         return JOIN_FETCH, fetch
-            flights = self._reads.by_scope.get(scope)
-            if flights is None:
-                flights = self._reads.by_scope[scope] = {}
+            flights = _in_scope(self._reads, scope)
             running = flights.get(key)
             if running is not None and not running.invalidated:
                 if running.future is None:
@@ -138,9 +123,7 @@ class Flights:
     def _join(self, table: _Table, key: str, tags: tuple[str, ...]) -> tuple[Flight | None, Flight]:
         scope = flight_scope()
         with self._lock:
-            flights = table.by_scope.get(scope)
-            if flights is None:
-                flights = table.by_scope[scope] = {}
+            flights = _in_scope(table, scope)
             running = flights.get(key)
             if running is not None and not running.invalidated:
                 return running, running
@@ -161,25 +144,23 @@ class Flights:
 
     def _finish(self, table: _Table, key: str, flight: Flight) -> None:
         with self._lock:
-            flights = table.by_scope.get(flight.scope)
+            flights = table.get(flight.scope)
             if flights is not None and flights.get(key) is flight:
                 del flights[key]
                 if not flights:
                     # A scope's table lives only while it has work in flight.
-                    del table.by_scope[flight.scope]
+                    del table[flight.scope]
 
     def handles(self) -> list[Any]:
         """Handles of this scope's running fetches (to let them finish on close)."""
         with self._lock:
-            flights = self._fetches.by_scope.get(flight_scope(), {})
+            flights = self._fetches.get(flight_scope(), {})
             return [f.handle for f in flights.values() if f.handle is not None]
 
     def __len__(self) -> int:
         with self._lock:
             return sum(
-                len(flights)
-                for table in (self._fetches, self._reads)
-                for flights in table.by_scope.values()
+                len(flights) for table in (self._fetches, self._reads) for flights in table.values()
             )
 
     # ------------------------------------------------------------------ marks
@@ -222,16 +203,14 @@ class Flights:
                         else:
                             del self._active_keys[key]
 
-    def mark(
-        self, predicate: Callable[[str, Flight], bool], keys: Iterable[str] | None = None
-    ) -> None:
-        """A change with nothing to write (a new generation): :meth:`changing` at once."""
-        with self.changing(predicate, keys):
-            pass
+    def changing_all(self) -> contextlib.AbstractContextManager[None]:
+        """:meth:`changing` of every key (a clear, a reconnect)."""
+        return self.changing(_everything)
 
     def mark_all(self) -> None:
-        """Every key may have changed (a new generation)."""
-        self.mark(_everything)
+        """Every key changed at once, with nothing to write (a new generation)."""
+        with self.changing(_everything):
+            pass
 
     def _mark(self, predicate: Callable[[str, Flight], bool], keys: list[str] | None) -> None:
         self.epoch += 1
@@ -249,7 +228,7 @@ class Flights:
         if predicate is _nothing:
             return
         for table in (self._fetches, self._reads):
-            for flights in table.by_scope.values():
+            for flights in table.values():
                 for key, flight in flights.items():
                     if not flight.invalidated and predicate(key, flight):
                         flight.invalidated = True
@@ -264,6 +243,14 @@ class Flights:
                 or self._active_broad > 0
                 or key in self._active_keys
             )
+
+
+def _in_scope(table: _Table, scope: Any) -> dict[str, Flight]:
+    """``table``'s flights of ``scope``, made on first use (call with the lock held)."""
+    flights = table.get(scope)
+    if flights is None:
+        flights = table[scope] = {}
+    return flights
 
 
 def _everything(_key: str, _flight: Flight) -> bool:

@@ -705,7 +705,7 @@ class CacheStack:
                 if isinstance(self._tags, InMemoryTagIndex):
                     await self._tags.remove(await self._tags.keys_matching(pattern))
         elif scope == "clear":
-            with self._flights.changing(lambda _k, _f: True):
+            with self._flights.changing_all():
                 await self._for_layers("bus", local, lambda a: a.clear())
                 if isinstance(self._tags, InMemoryTagIndex):
                     await self._tags.clear()
@@ -717,7 +717,7 @@ class CacheStack:
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
         if self._unsent:
             await self._flush_unsent()
-        with self._flights.changing(lambda _k, _f: True):
+        with self._flights.changing_all():
             local = [a for a in self._layers if a.is_local]
             await self._for_layers("bus.reconnect", local, lambda a: a.clear())
 
@@ -2037,7 +2037,7 @@ class CacheStack:
     async def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
         await self._open()
-        with self._flights.changing(lambda _k, _f: True):
+        with self._flights.changing_all():
             if self._behind is not None:
                 await self._behind.discard(lambda _k: True)
             await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))

@@ -701,7 +701,7 @@ class SyncCacheStack:
                 if isinstance(self._tags, InMemoryTagIndex):
                     self._tags.remove(self._tags.keys_matching(pattern))
         elif scope == "clear":
-            with self._flights.changing(lambda _k, _f: True):
+            with self._flights.changing_all():
                 self._for_layers("bus", local, lambda a: a.clear())
                 if isinstance(self._tags, InMemoryTagIndex):
                     self._tags.clear()
@@ -713,7 +713,7 @@ class SyncCacheStack:
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
         if self._unsent:
             self._flush_unsent()
-        with self._flights.changing(lambda _k, _f: True):
+        with self._flights.changing_all():
             local = [a for a in self._layers if a.is_local]
             self._for_layers("bus.reconnect", local, lambda a: a.clear())
 
@@ -2033,7 +2033,7 @@ class SyncCacheStack:
     def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
         self._open()
-        with self._flights.changing(lambda _k, _f: True):
+        with self._flights.changing_all():
             if self._behind is not None:
                 self._behind.discard(lambda _k: True)
             self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
