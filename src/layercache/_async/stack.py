@@ -674,10 +674,10 @@ class CacheStack:
             keys = list(message.keys)
             wanted = set(keys)
             with self._flights.changing(lambda k, _: k in wanted, keys):
-                if keys:
-                    await self._for_layers("bus", local, lambda a: a.delete_many(keys))
                 if isinstance(self._tags, InMemoryTagIndex):
                     await self._tags.remove(keys)
+                if keys:
+                    await self._for_layers("bus", local, lambda a: a.delete_many(keys))
         elif scope == "tags":
             tags = set(message.keys)
             mode = message.mode
@@ -693,22 +693,22 @@ class CacheStack:
                     # emptied by the publisher, which also sends the resolved keys.
                     found = sorted(await self._tags.keys_for_tags(list(message.keys), mode))
                     if found:
-                        await self._for_layers("bus", local, lambda a: a.delete_many(found))
                         await self._tags.remove(found)
+                        await self._for_layers("bus", local, lambda a: a.delete_many(found))
         elif scope in ("pattern", "prefix"):
             pattern = message.keys[0]
             if scope == "prefix":
                 pattern = escape_glob(pattern) + "*"
             glob = compile_glob(pattern)
             with self._flights.changing(lambda k, _: glob.matches(k)):
-                await self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
                 if isinstance(self._tags, InMemoryTagIndex):
-                    await self._tags.remove(await self._tags.keys_matching(pattern))
+                    await self._forget_tagged_matching(pattern)
+                await self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
         elif scope == "clear":
             with self._flights.changing_all():
-                await self._for_layers("bus", local, lambda a: a.clear())
                 if isinstance(self._tags, InMemoryTagIndex):
                     await self._tags.clear()
+                await self._for_layers("bus", local, lambda a: a.clear())
         elif scope == "generation":
             self._adopt_generation(int(message.keys[0]))
 
@@ -779,6 +779,12 @@ class CacheStack:
         self._cleanups.append(launch_background(new_future(), purge, lambda: None, self._workers))
 
     # ------------------------------------------------------------------ tag index health
+
+    # Every removal forgets the keys in the tag index *before* it deletes them from the
+    # layers: a key written again in between (a fetch that started after the change) keeps
+    # the tags it records, while the other order would erase them and leave its value out
+    # of reach of the next invalidate_by_tag. A key written before the layer delete is
+    # deleted; its index entry then points at nothing, which costs nothing.
 
     async def _forget_tagged_matching(self, pattern: str) -> None:
         await self._tags.remove(await self._tags.keys_matching(pattern))
@@ -2025,10 +2031,10 @@ class CacheStack:
             return
         wanted = set(unique)
         with self._flights.changing(lambda k, _: k in wanted, unique):
-            await self._delete_everywhere(unique)
             await self._tag_op(
                 "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
             )
+            await self._delete_everywhere(unique)
         await self._publish("keys", "delete", unique)
         if "delete" in self._events.active:
             for key in unique:
@@ -2040,8 +2046,8 @@ class CacheStack:
         with self._flights.changing_all():
             if self._behind is not None:
                 await self._behind.discard(lambda _k: True)
-            await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
             await self._tag_op("clear", self._tags.clear, None, ("clear", None))
+            await self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
         await self._publish("clear", "clear", ())
 
     async def invalidate_by_tag(self, tag: str) -> int:
@@ -2087,7 +2093,6 @@ class CacheStack:
             ordered = sorted(keys)
             # Fetches of the keys found run with other tags (or none): mark them too.
             with self._flights.changing(lambda k, _: k in keys, ordered):
-                await self._delete_everywhere(ordered)
                 if ordered:
                     await self._tag_op(
                         "remove",
@@ -2095,6 +2100,7 @@ class CacheStack:
                         None,
                         ("remove", ordered),
                     )
+                await self._delete_everywhere(ordered)
         await self._publish("tags", "invalidate", wanted_tags, mode)
         if ordered:
             await self._publish("keys", "invalidate", ordered)
@@ -2118,14 +2124,14 @@ class CacheStack:
 
             if self._behind is not None:
                 await self._behind.discard(lambda k: glob.matches(k))
-            await self._for_layers(
-                "invalidate_by_pattern", self._layers, purge, ("pattern", pattern)
-            )
             await self._tag_op(
                 "keys_matching",
                 functools.partial(self._forget_tagged_matching, pattern),
                 None,
                 ("pattern", pattern),
+            )
+            await self._for_layers(
+                "invalidate_by_pattern", self._layers, purge, ("pattern", pattern)
             )
         await self._publish("pattern", "invalidate", (pattern,))
         return max(counts, default=0)

@@ -670,10 +670,10 @@ class SyncCacheStack:
             keys = list(message.keys)
             wanted = set(keys)
             with self._flights.changing(lambda k, _: k in wanted, keys):
-                if keys:
-                    self._for_layers("bus", local, lambda a: a.delete_many(keys))
                 if isinstance(self._tags, InMemoryTagIndex):
                     self._tags.remove(keys)
+                if keys:
+                    self._for_layers("bus", local, lambda a: a.delete_many(keys))
         elif scope == "tags":
             tags = set(message.keys)
             mode = message.mode
@@ -689,22 +689,22 @@ class SyncCacheStack:
                     # emptied by the publisher, which also sends the resolved keys.
                     found = sorted(self._tags.keys_for_tags(list(message.keys), mode))
                     if found:
-                        self._for_layers("bus", local, lambda a: a.delete_many(found))
                         self._tags.remove(found)
+                        self._for_layers("bus", local, lambda a: a.delete_many(found))
         elif scope in ("pattern", "prefix"):
             pattern = message.keys[0]
             if scope == "prefix":
                 pattern = escape_glob(pattern) + "*"
             glob = compile_glob(pattern)
             with self._flights.changing(lambda k, _: glob.matches(k)):
-                self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
                 if isinstance(self._tags, InMemoryTagIndex):
-                    self._tags.remove(self._tags.keys_matching(pattern))
+                    self._forget_tagged_matching(pattern)
+                self._for_layers("bus", local, lambda a: a.delete_matching(pattern))
         elif scope == "clear":
             with self._flights.changing_all():
-                self._for_layers("bus", local, lambda a: a.clear())
                 if isinstance(self._tags, InMemoryTagIndex):
                     self._tags.clear()
+                self._for_layers("bus", local, lambda a: a.clear())
         elif scope == "generation":
             self._adopt_generation(int(message.keys[0]))
 
@@ -775,6 +775,12 @@ class SyncCacheStack:
         self._cleanups.append(launch_background(new_future(), purge, lambda: None, self._workers))
 
     # ------------------------------------------------------------------ tag index health
+
+    # Every removal forgets the keys in the tag index *before* it deletes them from the
+    # layers: a key written again in between (a fetch that started after the change) keeps
+    # the tags it records, while the other order would erase them and leave its value out
+    # of reach of the next invalidate_by_tag. A key written before the layer delete is
+    # deleted; its index entry then points at nothing, which costs nothing.
 
     def _forget_tagged_matching(self, pattern: str) -> None:
         self._tags.remove(self._tags.keys_matching(pattern))
@@ -2021,10 +2027,10 @@ class SyncCacheStack:
             return
         wanted = set(unique)
         with self._flights.changing(lambda k, _: k in wanted, unique):
-            self._delete_everywhere(unique)
             self._tag_op(
                 "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
             )
+            self._delete_everywhere(unique)
         self._publish("keys", "delete", unique)
         if "delete" in self._events.active:
             for key in unique:
@@ -2036,8 +2042,8 @@ class SyncCacheStack:
         with self._flights.changing_all():
             if self._behind is not None:
                 self._behind.discard(lambda _k: True)
-            self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
             self._tag_op("clear", self._tags.clear, None, ("clear", None))
+            self._for_layers("clear", self._layers, lambda a: a.clear(), ("clear", None))
         self._publish("clear", "clear", ())
 
     def invalidate_by_tag(self, tag: str) -> int:
@@ -2083,7 +2089,6 @@ class SyncCacheStack:
             ordered = sorted(keys)
             # Fetches of the keys found run with other tags (or none): mark them too.
             with self._flights.changing(lambda k, _: k in keys, ordered):
-                self._delete_everywhere(ordered)
                 if ordered:
                     self._tag_op(
                         "remove",
@@ -2091,6 +2096,7 @@ class SyncCacheStack:
                         None,
                         ("remove", ordered),
                     )
+                self._delete_everywhere(ordered)
         self._publish("tags", "invalidate", wanted_tags, mode)
         if ordered:
             self._publish("keys", "invalidate", ordered)
@@ -2114,14 +2120,14 @@ class SyncCacheStack:
 
             if self._behind is not None:
                 self._behind.discard(lambda k: glob.matches(k))
-            self._for_layers(
-                "invalidate_by_pattern", self._layers, purge, ("pattern", pattern)
-            )
             self._tag_op(
                 "keys_matching",
                 functools.partial(self._forget_tagged_matching, pattern),
                 None,
                 ("pattern", pattern),
+            )
+            self._for_layers(
+                "invalidate_by_pattern", self._layers, purge, ("pattern", pattern)
             )
         self._publish("pattern", "invalidate", (pattern,))
         return max(counts, default=0)
