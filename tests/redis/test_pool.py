@@ -164,3 +164,41 @@ async def test_waiting_pool_queues_callers_and_survives_a_cancelled_waiter(
         assert not pool._waiters
     finally:
         await client.aclose()
+
+
+async def test_a_waiter_cancelled_after_being_woken_hands_the_connection_on(
+    redis_clean: Any,
+) -> None:
+    """A release wakes the oldest waiter; if that waiter is cancelled before it takes the
+    connection (here: while it waits for the pool's lock to take it), the next waiter must get
+    it at once, not wait out its timeout while the connection sits idle."""
+    from layercache.redis._clients import WaitingConnectionPool
+
+    pool = WaitingConnectionPool.from_url(redis_clean.url, max_connections=1, timeout=3.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+
+    async def until(condition: Any) -> None:
+        while not condition():
+            assert loop.time() < deadline
+            await asyncio.sleep(0.001)
+
+    try:
+        held = await pool.get_connection()
+        first = asyncio.create_task(pool.get_connection())
+        second = asyncio.create_task(pool.get_connection())
+        await until(lambda: len(pool._waiters) == 2)
+        await pool.release(held)  # wakes `first`
+        await pool._lock.acquire()  # `first` will block taking the connection
+        try:
+            await until(lambda: pool._lock._waiters)
+            first.cancel()
+            await until(first.done)
+        finally:
+            pool._lock.release()
+        connection = await asyncio.wait_for(second, 1.0)
+        await pool.release(connection)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    finally:
+        await pool.disconnect()

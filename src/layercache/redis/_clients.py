@@ -116,24 +116,29 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
                     await waiter
                 else:
                     await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                raise RedisConnectionError(_NO_CONNECTION) from None
-            finally:
-                if waiter.done() and not waiter.cancelled():
-                    pass  # woken: it left the queue when the release took it
-                else:
-                    self._discard(waiter)
+            except BaseException as exc:
+                self._give_up(waiter)
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise RedisConnectionError(_NO_CONNECTION) from None
+                raise
             try:
                 return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except MaxConnectionsError:
                 continue  # another caller took the connection first: wait again
+            except BaseException:
+                self._wake_one()  # woken for a connection it will not take: pass it on
+                raise
 
-    def _discard(self, waiter: asyncio.Future[None]) -> None:
+    def _give_up(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter leaves (timed out, cancelled) without taking a connection: a release
+        that had already woken it goes on to the next waiter; otherwise it leaves the queue."""
+        if waiter.done() and not waiter.cancelled():
+            self._wake_one()
+            return
         try:
             self._waiters.remove(waiter)
         except ValueError:
-            # Woken as it gave up: hand the release on, or a waiter behind it waits in vain.
-            self._wake_one()
+            pass  # already taken off the queue by a release that skipped it
 
     def _wake_one(self) -> None:
         while self._waiters:
