@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import itertools
 import logging
 import random
 import threading
@@ -164,6 +163,10 @@ class _Lower:
 
 # Handed by a shared read whose leader was cancelled: its followers read again themselves.
 _READ_AGAIN: Any = object()
+
+
+def _one(_item: Any) -> int:
+    return 1
 
 
 def _no_flight(_key: str, _flight: Flight) -> bool:
@@ -829,27 +832,37 @@ class CacheStack:
                 # A new tuple: the replay recognises its items by identity.
                 self._tags_missed.append((kind, arg))
 
-    def _next_tag_replay(self) -> list[tuple[str, Any]]:
-        """The tag operations to replay next: consecutive records (a set_many remembers one
-        per key; they replay as one batched call, bounded), or one other operation."""
+    def _next_batch(
+        self, queue: deque[tuple[str, Any]], kind: str, weight: Callable[[Any], int]
+    ) -> list[tuple[str, Any]]:
+        """What to replay next from a missed-operation queue: consecutive operations of
+        ``kind`` (they replay as one bulk call, up to ``_REPLAY_BATCH`` by ``weight``), or
+        the one operation at its head."""
         with self._state_lock:
-            missed = self._tags_missed
-            if not missed or missed[0][0] != "record":
-                return [missed[0]] if missed else []
+            if not queue or queue[0][0] != kind:
+                return [queue[0]] if queue else []
             batch: list[tuple[str, Any]] = []
-            for item in itertools.islice(missed, _REPLAY_BATCH):
-                if item[0] != "record":
+            total = 0
+            for item in queue:
+                if item[0] != kind or total >= _REPLAY_BATCH:
                     break
                 batch.append(item)
+                total += weight(item[1])
             return batch
 
-    def _tags_replayed(self, batch: Sequence[tuple[str, Any]]) -> None:
-        """Take replayed tag operations off the queue unless a fence replaced them."""
-        with self._state_lock:
-            for item in batch:
-                if not self._tags_missed or self._tags_missed[0] is not item:
-                    return
-                self._tags_missed.popleft()
+    @staticmethod
+    def _pop_replayed(
+        queue: deque[tuple[str, Any]], batch: Sequence[tuple[str, Any]]
+    ) -> list[tuple[str, Any]]:
+        """Take replayed operations off the head of ``queue`` (the state lock held), unless
+        a clear or a fence replaced them while they were replayed: what is queued then is
+        newer and stays. Items are recognised by identity (each remembered tuple is new)."""
+        popped: list[tuple[str, Any]] = []
+        for item in batch:
+            if not queue or queue[0] is not item:
+                break
+            popped.append(queue.popleft())
+        return popped
 
     async def _recover_tags(self) -> bool:
         """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
@@ -868,14 +881,15 @@ class CacheStack:
                     self._tags_fenced = False
                     self._tags_missed.clear()
             while True:
-                batch = self._next_tag_replay()
+                batch = self._next_batch(self._tags_missed, "record", _one)
                 if not batch:
                     break
                 kind, arg = batch[0]
                 if kind == "record":
                     # Batched records leave the queue only once the call succeeded.
                     evicted = await self._record_tags([record for _, record in batch])
-                    self._tags_replayed(batch)
+                    with self._state_lock:
+                        self._pop_replayed(self._tags_missed, batch)
                     if evicted:
                         await self._delete_everywhere(evicted)
                     continue
@@ -891,7 +905,8 @@ class CacheStack:
                     await self._forget_tagged_matching(arg)
                 else:
                     await self._tags.clear()
-                self._tags_replayed(batch)
+                with self._state_lock:
+                    self._pop_replayed(self._tags_missed, batch)
         except LayerCacheError as exc:
             self._tags_down_until = self._clock() + self._retry_after
             self._report(exc, operation="tag_index.recover")
@@ -938,30 +953,10 @@ class CacheStack:
             adapter.missed.append((kind, arg))
             adapter.missed_size += size
 
-    def _next_replay(self, adapter: LayerAdapter) -> list[tuple[str, Any]]:
-        """The missed operations to replay next: consecutive deletes (bounded), or one."""
-        with self._state_lock:
-            missed = adapter.missed
-            if not missed or missed[0][0] != "delete":
-                return [missed[0]] if missed else []
-            batch: list[tuple[str, Any]] = []
-            keys = 0
-            for item in missed:
-                if item[0] != "delete" or keys >= _REPLAY_BATCH:
-                    break
-                batch.append(item)
-                keys += len(item[1])
-            return batch
-
     def _replayed(self, adapter: LayerAdapter, batch: Sequence[tuple[str, Any]]) -> None:
-        """Take replayed operations off the queue, unless a clear or a fence replaced them
-        while they were replayed (then what is queued now is newer: it stays)."""
         with self._state_lock:
-            for item in batch:
-                if not adapter.missed or adapter.missed[0] is not item:
-                    return
-                adapter.missed.popleft()
-                adapter.missed_size -= len(item[1]) if item[0] == "delete" else 1
+            for kind, arg in self._pop_replayed(adapter.missed, batch):
+                adapter.missed_size -= len(arg) if kind == "delete" else 1
 
     async def _recover(self, adapter: LayerAdapter) -> bool:
         """Whether a degraded layer may be used now: probe it once ``retry_after`` passed,
@@ -986,7 +981,7 @@ class CacheStack:
                     adapter.missed.clear()
                     adapter.missed_size = 0
             while True:
-                batch = self._next_replay(adapter)
+                batch = self._next_batch(adapter.missed, "delete", len)
                 if not batch:
                     break
                 kind, arg = batch[0]
