@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from tag_index_support import TAG_INDEX_PREFIX as PREFIX
+from tag_index_support import Backend
 
 import layercache.redis.tag_index as tag_index_module
 from _redis_server import find_free_port
@@ -28,46 +28,6 @@ from layercache.redis._keys import tag_index_shard, tag_index_shard_of, to_membe
 from layercache.redis.tag_index import RedisTagIndex
 
 pytestmark = pytest.mark.redis
-
-PREFIX = "t:idx"
-
-
-@dataclass
-class Backend:
-    """A real Redis (single server or three-master cluster) and the clients a test opened."""
-
-    kind: str
-    make: Callable[[], Any]
-    clients: list[Any] = field(default_factory=list)
-
-    def client(self) -> Any:
-        created = self.make()
-        self.clients.append(created)
-        return created
-
-    def index(self, client: Any = None, **kwargs: Any) -> RedisTagIndex:
-        kwargs.setdefault("prefix", PREFIX)
-        return RedisTagIndex(client if client is not None else self.client(), **kwargs)
-
-
-@pytest.fixture(params=["single", "cluster3"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "single":
-        server = request.getfixturevalue("redis_clean")
-
-        def make() -> Any:
-            return redis.asyncio.Redis(host=server.host, port=server.port)
-
-    else:
-        cluster = request.getfixturevalue("redis_cluster3")
-        cluster.flushall()
-        make = cluster.async_client
-    created = Backend(request.param, make)
-    try:
-        yield created
-    finally:
-        for client in created.clients:
-            await client.aclose()
 
 
 async def all_redis_keys(client: Any) -> set[bytes]:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis.asyncio
+from tag_index_support import Backend
 
 import layercache.redis.tag_index as tag_index_module
 from layercache import CacheEntry, CacheStack, MemoryLayer
@@ -25,40 +24,6 @@ from layercache.redis._keys import tag_index_base, tag_index_match
 from layercache.redis.tag_index import RedisTagIndex
 
 pytestmark = pytest.mark.redis
-
-
-@dataclass
-class Backend:
-    """A real Redis (single server or three-master cluster) and the clients a test opened."""
-
-    kind: str
-    make: Callable[[], Any]
-    clients: list[Any] = field(default_factory=list)
-
-    def client(self) -> Any:
-        created = self.make()
-        self.clients.append(created)
-        return created
-
-
-@pytest.fixture(params=["single", "cluster3"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "single":
-        server = request.getfixturevalue("redis_clean")
-
-        def make() -> Any:
-            return redis.asyncio.Redis(host=server.host, port=server.port)
-
-    else:
-        cluster = request.getfixturevalue("redis_cluster3")
-        cluster.flushall()
-        make = cluster.async_client
-    created = Backend(request.param, make)
-    try:
-        yield created
-    finally:
-        for client in created.clients:
-            await client.aclose()
 
 
 async def index_state(client: Any, prefix: str) -> dict[bytes, Any]:
