@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ import redis
 import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from tag_index_support import Backend
 
 from _redis_server import RedisServer
 from layercache import (
@@ -44,20 +45,6 @@ def wait_past(moment: float) -> None:
     """
     assert moment - time.time() < 1.0
     eventually(lambda: time.time() > moment + 0.01, timeout=2.0)
-
-
-@dataclass
-class Backend:
-    """A real Redis (single server or three-master cluster) and the sync clients a test made."""
-
-    kind: str
-    make: Callable[[], Any]
-    clients: list[Any] = field(default_factory=list)
-
-    def client(self) -> Any:
-        created = self.make()
-        self.clients.append(created)
-        return created
 
 
 @pytest.fixture(params=["single", "cluster3"])
