@@ -174,6 +174,12 @@ def _no_flight(_key: str, _flight: Flight) -> bool:
     return False
 
 
+def _among(keys: Collection[str]) -> Callable[[str, Flight], bool]:
+    """A change predicate: the flights of ``keys``."""
+    wanted = keys if isinstance(keys, set | frozenset) else set(keys)
+    return lambda key, _flight: key in wanted
+
+
 def _with_value(entry: Entry, value: Any) -> Entry:
     """``entry`` holding ``value`` instead (the same object when nothing changed)."""
     if value is entry.value:
@@ -311,6 +317,11 @@ class CacheStack:
         self._tags_missed: deque[tuple[str, Any]] = deque()
         self._tags_fenced = False
         self._tags_probing = False
+        # The records at the queue's tail, by key (see _remember_tags).
+        self._tags_tail: dict[str, list[Any]] = {}
+        # Whether what the index missed may concern values in a shared layer (see
+        # _remember_tags).
+        self._tags_missed_shared = False
         self._background = 0
         # Guards the check-then-act steps on this stack's own small shared state (a layer's
         # probe claim, the background count, per-key profiles): the threaded twin runs them
@@ -384,6 +395,7 @@ class CacheStack:
         self._bus_lock = threading.Lock()
         # Announcements that could not be published (graceful degradation), oldest first.
         self._unsent: deque[InvalidationMessage] = deque()
+        self._flushing = False  # one flusher of _unsent at a time (under _state_lock)
         if generation is not None and (
             isinstance(generation, bool) or not isinstance(generation, int) or generation < 0
         ):
@@ -608,9 +620,12 @@ class CacheStack:
             )
             for chunk in chunks
         ]
-        if self._unsent:
-            # Older announcements that failed go first, so the others hear them in order.
-            self._unsent.extend(messages)
+        with self._state_lock:
+            queued = bool(self._unsent)
+            if queued:
+                # Older announcements that failed go first, so the others hear them in order.
+                self._unsent.extend(messages)
+        if queued:
             await self._flush_unsent()
             return
         for position, message in enumerate(messages):
@@ -626,38 +641,68 @@ class CacheStack:
     def _keep_unsent(self, messages: Sequence[InvalidationMessage]) -> None:
         """Graceful degradation: keep announcements that could not be published (bounded;
         past the bound they collapse into one ``clear``, which is always safe to send)."""
-        self._unsent.extend(messages)
-        if len(self._unsent) > _MAX_UNSENT:
-            self._unsent.clear()
-            self._unsent.append(
-                InvalidationMessage(
-                    source_id=self._bus.source_id,
-                    scope="clear",
-                    operation="clear",
-                    keys=(),
-                    timestamp=time.time(),
-                )
-            )
-
-    async def _flush_unsent(self) -> None:
-        """Publish kept announcements, oldest first, until one fails again."""
-        while self._unsent:
-            message = self._unsent[0]
-            try:
-                await self._bus.publish(
+        with self._state_lock:
+            self._unsent.extend(messages)
+            if len(self._unsent) > _MAX_UNSENT:
+                self._unsent.clear()
+                self._unsent.append(
                     InvalidationMessage(
-                        source_id=message.source_id,
-                        scope=message.scope,
-                        operation=message.operation,
-                        keys=message.keys,
-                        timestamp=time.time(),  # a fresh stamp: receivers refuse stale ones
-                        mode=message.mode,
+                        source_id=self._bus.source_id,
+                        scope="clear",
+                        operation="clear",
+                        keys=(),
+                        timestamp=time.time(),
                     )
                 )
-            except LayerCacheError as exc:
-                self._report(exc, operation="bus.publish")
+
+    async def _flush_unsent(self) -> None:
+        """Publish kept announcements, oldest first, until one fails again.
+
+        One flusher at a time (two writes after an outage, or a write and the reconnect
+        handler, would otherwise publish the head twice and pop a message never sent): a
+        caller that finds a flush running leaves its messages queued, and the running flusher
+        takes them, since it looks at the queue under the same lock before it stops. Never
+        raises for a failed announcement: the caller's write was applied.
+        """
+        with self._state_lock:
+            if self._flushing:
                 return
-            self._unsent.popleft()
+            self._flushing = True
+        try:
+            while True:
+                with self._state_lock:
+                    if not self._unsent:
+                        self._flushing = False
+                        return
+                    message = self._unsent[0]
+                try:
+                    await self._bus.publish(
+                        InvalidationMessage(
+                            source_id=message.source_id,
+                            scope=message.scope,
+                            operation=message.operation,
+                            keys=message.keys,
+                            timestamp=time.time(),  # a fresh stamp: receivers refuse stale ones
+                            mode=message.mode,
+                        )
+                    )
+                except LayerCacheError as exc:
+                    self._report(exc, operation="bus.publish")
+                    with self._state_lock:
+                        self._flushing = False
+                    return
+                except Exception as exc:
+                    # This message can never be sent (the bus refuses it): drop it, go on.
+                    self._report(exc, operation="bus.publish")
+                with self._state_lock:
+                    # By identity: an overflow may have collapsed the queue into one clear
+                    # meanwhile, which is then still to be sent.
+                    if self._unsent and self._unsent[0] is message:
+                        self._unsent.popleft()
+        except BaseException:
+            with self._state_lock:
+                self._flushing = False
+            raise
 
     async def _on_bus_message(self, message: InvalidationMessage) -> None:
         """Another instance changed something: drop it from this instance's local layers."""
@@ -675,8 +720,7 @@ class CacheStack:
         scope = message.scope
         if scope == "keys":
             keys = list(message.keys)
-            wanted = set(keys)
-            with self._flights.changing(lambda k, _: k in wanted, keys):
+            with self._flights.changing(_among(keys), keys):
                 if isinstance(self._tags, InMemoryTagIndex):
                     await self._tags.remove(keys)
                 if keys:
@@ -718,11 +762,14 @@ class CacheStack:
     async def _on_bus_reconnect(self) -> None:
         """The subscriber was cut off and may have missed invalidations: drop local data."""
         self._logger.warning("layercache: invalidation bus reconnected; dropping local layers")
-        if self._unsent:
+        # The local copies go first: nothing that fails later (a flush of kept announcements
+        # to a bus that dropped again) may leave them serving values changed elsewhere.
+        try:
+            with self._flights.changing_all():
+                local = [a for a in self._layers if a.is_local]
+                await self._for_layers("bus.reconnect", local, lambda a: a.clear())
+        finally:
             await self._flush_unsent()
-        with self._flights.changing_all():
-            local = [a for a in self._layers if a.is_local]
-            await self._for_layers("bus.reconnect", local, lambda a: a.clear())
 
     def _on_bus_error(self, error: BaseException, context: dict[str, Any]) -> None:
         self._report(error, **{"operation": "bus", **context})
@@ -798,6 +845,7 @@ class CacheStack:
         call: Callable[[], Awaitable[T]],
         default: T,
         missed: tuple[str, Any] | list[tuple[str, Any]],
+        shared: bool = True,
     ) -> T:
         """Run a tag index operation under the degradation policy.
 
@@ -810,27 +858,53 @@ class CacheStack:
         if self._retry_after is None:
             return await call()
         if self._tags_down_until is not None and not await self._recover_tags():
-            self._remember_tags(missed)
+            self._remember_tags(missed, shared)
             return default
         try:
             return await call()
         except LayerCacheError as exc:
             self._tags_down_until = self._clock() + self._retry_after
             self._report(exc, operation=f"tag_index.{operation}")
-            self._remember_tags(missed)
+            self._remember_tags(missed, shared)
             return default
 
-    def _remember_tags(self, missed: tuple[str, Any] | list[tuple[str, Any]]) -> None:
+    def _remember_tags(
+        self, missed: tuple[str, Any] | list[tuple[str, Any]], shared: bool = True
+    ) -> None:
+        """Record what the tag index missed, one entry per key among consecutive records
+        (the last record of a key wins): repeated fetches of a key during an outage cost
+        one entry, not one each. ``shared``: the operation may concern values in a shared
+        layer (``False`` for a fetch's record whose value reached no shared layer: if the
+        queue overflows, the fence then clears the local layers only, so a read-heavy Redis
+        outage never clears Redis)."""
         with self._state_lock:  # a replay may be taking items off the queue meanwhile
+            if shared and missed:
+                self._tags_missed_shared = True
+            tail = self._tags_tail
             for kind, arg in missed if isinstance(missed, list) else [missed]:
                 if self._tags_fenced:
                     return
+                if kind == "record":
+                    # Not while a replay runs: it may be sending that very entry.
+                    held = None if self._tags_probing else tail.get(arg[0])
+                    if held is not None:
+                        held[1:] = arg[1:]
+                        continue
+                else:
+                    tail.clear()  # records after another operation are ordered after it
                 if len(self._tags_missed) >= _MAX_MISSED:
                     self._tags_missed.clear()
+                    tail.clear()
                     self._tags_fenced = True
                     return
-                # A new tuple: the replay recognises its items by identity.
-                self._tags_missed.append((kind, arg))
+                if kind == "record":
+                    # A mutable record (the key's later records update it in place); the
+                    # replay recognises queue items by identity.
+                    holder = list(arg)
+                    tail[arg[0]] = holder
+                    self._tags_missed.append((kind, holder))
+                else:
+                    self._tags_missed.append((kind, arg))
 
     def _next_batch(
         self, queue: deque[tuple[str, Any]], kind: str, weight: Callable[[Any], int]
@@ -872,14 +946,26 @@ class CacheStack:
         assert self._retry_after is not None
         if self._clock() < self._tags_down_until or not self._claim_probe(self, "_tags_probing"):
             return False
+        # What the replay deleted from the layers, announced once it is done: the other
+        # instances' L1 copies of those keys must go too (a shared index resolves keys for
+        # everyone; nobody else will ever name them again).
+        announce: list[tuple[str, str, Sequence[str]]] = []
         try:
             if self._tags_fenced:
+                # The index lost track of what was tagged meanwhile: drop every value it may
+                # not know, in the shared layers only if one of them got such a value.
                 await self._tags.clear()
-                shared = [a for a in self._layers if not a.is_local]
-                await self._for_layers("tag_index.fence", shared, lambda a: a.clear())
+                everywhere = self._tags_missed_shared
+                targets = [a for a in self._layers if everywhere or a.is_local]
+                with self._flights.changing_all():
+                    await self._for_layers("tag_index.fence", targets, lambda a: a.clear())
+                if everywhere:
+                    announce.append(("clear", "clear", ()))
                 with self._state_lock:
                     self._tags_fenced = False
                     self._tags_missed.clear()
+                    self._tags_tail.clear()
+                    self._tags_missed_shared = False
             while True:
                 batch = self._next_batch(self._tags_missed, "record", _one)
                 if not batch:
@@ -887,11 +973,15 @@ class CacheStack:
                 kind, arg = batch[0]
                 if kind == "record":
                     # Batched records leave the queue only once the call succeeded.
-                    evicted = await self._record_tags([record for _, record in batch])
+                    evicted = await self._record_tags([tuple(record) for _, record in batch])
                     with self._state_lock:
-                        self._pop_replayed(self._tags_missed, batch)
+                        for _, replayed_record in self._pop_replayed(self._tags_missed, batch):
+                            recorded_key = replayed_record[0]
+                            if self._tags_tail.get(recorded_key) is replayed_record:
+                                del self._tags_tail[recorded_key]
                     if evicted:
-                        await self._delete_everywhere(evicted)
+                        await self._drop_evicted(evicted, announce=False)
+                        announce.append(("keys", "delete", evicted))
                     continue
                 if kind == "remove":
                     await self._tags.remove(arg)
@@ -899,8 +989,10 @@ class CacheStack:
                     tags, mode = arg
                     keys = sorted(await self._tags.keys_for_tags(list(tags), mode))
                     if keys:
-                        await self._delete_everywhere(keys)
-                        await self._tags.remove(keys)
+                        with self._flights.changing(_among(keys), keys):
+                            await self._delete_everywhere(keys)
+                            await self._tags.remove(keys)
+                        announce.append(("keys", "invalidate", keys))
                 elif kind == "pattern":
                     await self._forget_tagged_matching(arg)
                 else:
@@ -913,7 +1005,12 @@ class CacheStack:
             return False
         finally:
             self._tags_probing = False
+        with self._state_lock:
+            if not self._tags_missed:
+                self._tags_missed_shared = False
         self._tags_down_until = None
+        for scope, operation, changed in announce:
+            await self._publish(scope, operation, changed)
         return True
 
     # ------------------------------------------------------------------ degradation
@@ -936,27 +1033,46 @@ class CacheStack:
     def _remember(self, adapter: LayerAdapter, missed: tuple[str, Any]) -> None:
         """Record what a degraded layer missed; past the bound (in keys), fence it instead."""
         kind, arg = missed
-        size = len(arg) if kind == "delete" else 1
         with self._state_lock:  # a replay may be taking items off the queue meanwhile
             if adapter.fenced:
                 return
+            pending = adapter.missed_keys
+            if kind == "delete":
+                # One entry per key: every missed operation is a removal, and removals
+                # commute, so a key already waiting to be removed needs no second entry
+                # (except while a replay runs: it may have sent that entry already).
+                if not adapter.probing:
+                    arg = tuple(k for k in arg if k not in pending)
+                    if not arg:
+                        return
+                size = len(arg)
+            else:
+                size = 1
             if kind == "clear":
                 # A clear supersedes everything missed before it.
                 adapter.missed.clear()
                 adapter.missed_size = 0
+                pending.clear()
             if adapter.missed_size + size > _MAX_MISSED:
                 adapter.missed.clear()
                 adapter.missed_size = 0
+                pending.clear()
                 adapter.fenced = True
                 return
             # A new tuple: the replay recognises its items by identity.
             adapter.missed.append((kind, arg))
             adapter.missed_size += size
+            if kind == "delete":
+                pending.update(arg)
 
     def _replayed(self, adapter: LayerAdapter, batch: Sequence[tuple[str, Any]]) -> None:
         with self._state_lock:
             for kind, arg in self._pop_replayed(adapter.missed, batch):
-                adapter.missed_size -= len(arg) if kind == "delete" else 1
+                if kind == "delete":
+                    adapter.missed_size -= len(arg)
+                    adapter.missed_keys.difference_update(arg)
+                else:
+                    adapter.missed_size -= 1
 
     async def _recover(self, adapter: LayerAdapter) -> bool:
         """Whether a degraded layer may be used now: probe it once ``retry_after`` passed,
@@ -980,6 +1096,7 @@ class CacheStack:
                     adapter.fenced = False
                     adapter.missed.clear()
                     adapter.missed_size = 0
+                    adapter.missed_keys.clear()
             while True:
                 batch = self._next_batch(adapter.missed, "delete", len)
                 if not batch:
@@ -1563,10 +1680,12 @@ class CacheStack:
                 "record",
                 functools.partial(self._tags.record, key, entry.tags, entry.expires_at),
                 [],
-                ("record", (key, entry.tags, entry.expires_at)),
+                # Not remembered when the index is down: the writer of the entry recorded its
+                # tags (and remembers that record itself), this only re-learns them.
+                [],
             )
             if evicted:
-                await self._delete_everywhere(evicted)
+                await self._drop_evicted(evicted)
         self._metrics.backfills += len(targets)
         if "backfill" in self._events.active:
             for adapter in targets:
@@ -1803,25 +1922,38 @@ class CacheStack:
             skipped = [a for a in skipped if a.is_local]
             await behind.put(key, ("set", queued))
         wrote_directly = len(remote) < len(writes)
+        # A layer that misses a write must drop the key when it recovers, since it may hold
+        # an older value. Not for a fetch's store: the key did not change, the fetch only
+        # refills it (a change made meanwhile is remembered by that change), and counting
+        # every refill during an outage under read load would pass the bound in a second
+        # and fence the layer (cleared on recovery).
+        missed = ("delete", (key,)) if flight is None else None
         try:
-            await self._for_layers(
-                "set", remote, write, ("delete", (key,)), succeeded_elsewhere=wrote_directly
-            )
+            await self._for_layers("set", remote, write, missed, succeeded_elsewhere=wrote_directly)
         except Exception:
             await self._forget_failed_write([key], failed)
             raise
         # ttl=0 for a layer means "not stored there": remove an older value it may hold.
         if skipped:
-            await self._for_layers("set", skipped, drop, ("delete", (key,)))
+            await self._for_layers("set", skipped, drop, missed)
         expires = _latest_expiry(plan)
+        # A fetch's value that reached no shared layer (all down) lives in local layers only.
+        reached_shared = (
+            flight is None
+            or behind is not None
+            or any(
+                not a.is_local and a.degraded_until is None and a.name not in failed for a in remote
+            )
+        )
         evicted: list[str] = await self._tag_op(
             "record",
             functools.partial(self._tags.record, key, opts.tags or (), expires),
             [],
             ("record", (key, opts.tags or (), expires)),
+            reached_shared,
         )
         if evicted:
-            await self._delete_everywhere(evicted)
+            await self._drop_evicted(evicted)
         if flight is not None and flight.invalidated:
             # The key was invalidated while our writes were in flight; the invalidation may
             # have landed before them, so remove what we just wrote. Removing it is a change
@@ -1864,7 +1996,7 @@ class CacheStack:
         }
         dropped: dict[str, list[str]] = {a.name: [] for a in self._layers}
         written = {key for key, _, _ in items}
-        with self._flights.changing(lambda k, _: k in written, written):
+        with self._flights.changing(_among(written), written):
             for key, value, opts in items:
                 for adapter, entry in self._entries_for(key, value, opts, now):
                     if entry is None:
@@ -1923,7 +2055,7 @@ class CacheStack:
                 )
             )
             if evicted:
-                await self._delete_everywhere(evicted)
+                await self._drop_evicted(evicted)
             if "set" in self._events.active:
                 for key, _, _ in items:
                     self._events.emit("set", {"key": key})
@@ -1960,6 +2092,15 @@ class CacheStack:
             await self._for_layers(
                 "delete", layers, lambda a: a.delete_many(keys), ("delete", tuple(keys))
             )
+
+    async def _drop_evicted(self, keys: list[str], *, announce: bool = True) -> None:
+        """Keys the tag index forgot to stay within its bound: their values go too, since no
+        invalidation could reach them any more; on every instance when the index is shared
+        (the others would never hear those keys named again)."""
+        with self._flights.changing(_among(keys), keys):
+            await self._delete_everywhere(keys)
+        if announce and not isinstance(self._tags, InMemoryTagIndex):
+            await self._publish("keys", "delete", keys)
 
     async def _flush_behind(self, batch: list[tuple[str, tuple[str, Any]]]) -> None:
         """Apply one write-behind batch: one bulk write and one bulk delete per layer."""
@@ -2024,10 +2165,15 @@ class CacheStack:
         await self._open()
         if not unique:
             return
-        wanted = set(unique)
-        with self._flights.changing(lambda k, _: k in wanted, unique):
+        with self._flights.changing(_among(unique), unique):
             await self._tag_op(
-                "remove", functools.partial(self._tags.remove, unique), None, ("remove", unique)
+                "remove",
+                functools.partial(self._tags.remove, unique),
+                None,
+                ("remove", unique),
+                # A lost removal leaves the index an entry too many, never a value it does
+                # not know: not a reason to clear the shared layers on an overflow.
+                False,
             )
             await self._delete_everywhere(unique)
         await self._publish("keys", "delete", unique)
@@ -2087,13 +2233,14 @@ class CacheStack:
                 await self._for_layers("invalidate_by_tags", local, lambda a: a.clear())
             ordered = sorted(keys)
             # Fetches of the keys found run with other tags (or none): mark them too.
-            with self._flights.changing(lambda k, _: k in keys, ordered):
+            with self._flights.changing(_among(keys), ordered):
                 if ordered:
                     await self._tag_op(
                         "remove",
                         functools.partial(self._tags.remove, ordered),
                         None,
                         ("remove", ordered),
+                        False,  # as in delete_many
                     )
                 await self._delete_everywhere(ordered)
         await self._publish("tags", "invalidate", wanted_tags, mode)

@@ -96,6 +96,7 @@ class LayerAdapter:
         self.degraded_until: float | None = None
         self.missed: deque[tuple[str, Any]] = deque()
         self.missed_size = 0  # keys (or patterns/clears) in ``missed``: the bound counts these
+        self.missed_keys: set[str] = set()  # the keys of the deletes in ``missed``
         self.fenced = False
         self.probing = False
         handler_hook = getattr(layer, "set_error_handler", None)
