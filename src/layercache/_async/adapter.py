@@ -81,6 +81,25 @@ class LayerAdapter:
         self.read: Callable[[str], Awaitable[Entry | None]] = self.get
         if getattr(layer, "raises_layer_errors", False) and is_async_callable(layer.get):
             self.read = layer.get
+        # Conditional stores (RedisLayer's leases): a shared layer that can refuse a fetch's
+        # store when the key changed since the read the fetch began from. The stack reads it
+        # with get_leased, and stores fetched values with set_leased.
+        self.leases = (
+            not self.is_local
+            and callable(getattr(layer, "get_leased", None))
+            and callable(getattr(layer, "set_leased", None))
+            and callable(getattr(layer, "lease", None))
+        )
+        self.read_leased: Callable[[str], Awaitable[tuple[Entry | None, Any]]] | None = None
+        if self.leases:
+            self._get_leased = bind_method(layer.get_leased, blocking)
+            self._lease = bind_method(layer.lease, blocking)
+            self._set_leased = bind_method(layer.set_leased, blocking)
+            fence = getattr(layer, "fence_tags", None)
+            self._fence_tags = bind_method(fence, blocking) if callable(fence) else None
+            self.read_leased = self.get_leased
+            if getattr(layer, "raises_layer_errors", False) and is_async_callable(layer.get_leased):
+                self.read_leased = layer.get_leased
         self._optional: dict[str, Callable[..., Awaitable[Any]]] = {}
         for attr in _OPTIONAL:
             fn = getattr(layer, attr, None)
@@ -128,6 +147,26 @@ class LayerAdapter:
     async def clear(self) -> None:
         """Remove everything the layer owns."""
         await self.call("clear", self._clear)
+
+    async def get_leased(self, key: str) -> tuple[Entry | None, Any]:
+        """The stored entry (or ``None``) and the lease of this read (``leases`` only)."""
+        return await self.call("get", self._get_leased, key)  # type: ignore[no-any-return]
+
+    async def take_lease(self, key: str) -> Any:
+        """A lease on ``key`` as it is now, for a fetch that read nothing before it."""
+        return await self.call("lease", self._lease, key)
+
+    async def set_leased(
+        self, key: str, entry: Entry, ttl: float | None, lease: Any, tags: Sequence[str]
+    ) -> bool:
+        """Store a fetched entry unless the key (or one of ``tags``) changed since ``lease``;
+        ``False`` when refused."""
+        return bool(await self.call("set", self._set_leased, key, entry, ttl, lease, tags))
+
+    async def fence_tags(self, tags: Sequence[str]) -> None:
+        """Refuse the stores of fetches of keys with ``tags`` that began before now."""
+        if self._fence_tags is not None:
+            await self.call("fence_tags", self._fence_tags, list(tags))
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """Bulk read, through the layer's fast path when it has one."""

@@ -144,7 +144,7 @@ class _Lower:
     a fetcher joins (``fetch_is_new``: registered by this read's leader, which launches it).
     """
 
-    __slots__ = ("entry", "fetch", "fetch_is_new", "index", "is_leader", "stale")
+    __slots__ = ("entry", "fetch", "fetch_is_new", "index", "is_leader", "leases", "stale")
 
     def __init__(
         self,
@@ -152,6 +152,7 @@ class _Lower:
         index: int,
         stale: tuple[Entry, str] | None,
         fetch: Flight | None = None,
+        leases: dict[int, Any] | None = None,
     ) -> None:
         self.entry = entry
         self.index = index
@@ -159,6 +160,9 @@ class _Lower:
         self.fetch = fetch
         self.fetch_is_new = False
         self.is_leader = False
+        # The leases of the layers with conditional stores that this read saw (index ->
+        # lease): a fetch started from a miss stores only if nothing changed since.
+        self.leases = leases
 
 
 # Handed by a shared read whose leader was cancelled: its followers read again themselves.
@@ -312,6 +316,8 @@ class CacheStack:
         self.max_profile_entries = max_profile_entries
         # In-flight reads and fetches, and the marks of changed keys (one owner, one lock).
         self._flights = Flights()
+        # Whether a layer makes a fetch's store conditional (RedisLayer's leases).
+        self._leasing = any(a.leases for a in self._layers)
         # Shared tag index health under graceful degradation (see _tag_op).
         self._tags_down_until: float | None = None
         self._tags_missed: deque[tuple[str, Any]] = deque()
@@ -1343,7 +1349,7 @@ class CacheStack:
                 # Stale-while-revalidate: answer now, refresh once in the background.
                 self._serve_stale(key, "stale-while-revalidate", layer)
                 if fetcher is not None:
-                    self._refresh_in_background(key, fetcher, opts)
+                    self._refresh_in_background(key, fetcher, opts, found.leases)
                 return held.value
         metrics.misses += 1
         if "miss" in self._events.active:
@@ -1403,6 +1409,8 @@ class CacheStack:
                         fetch_running, fetch = self._flights.join_fetch(key, opts.tags or ())
                         found.fetch = fetch
                         found.fetch_is_new = fetch_running is None
+                        if fetch_running is None:
+                            fetch.leases = found.leases
             except Exception as exc:
                 future = self._flights.finish_read(key, flight)
                 if future is not None:
@@ -1439,6 +1447,7 @@ class CacheStack:
         layers = self._layers
         metrics = self._metrics
         stale: tuple[Entry, str] | None = None
+        leases: dict[int, Any] | None = None
         epoch = self._flights.epoch
         for index in range(start, len(layers)):
             adapter = layers[index]
@@ -1450,6 +1459,11 @@ class CacheStack:
                     queued, raw = self._queued_read(adapter, key)
                     if not queued:
                         raw = await adapter.read(key)
+                elif adapter.read_leased is not None:
+                    raw, lease = await adapter.read_leased(key)
+                    if leases is None:
+                        leases = {}
+                    leases[index] = lease
                 else:
                     raw = await adapter.read(key)
             except CacheLayerError as exc:
@@ -1478,7 +1492,7 @@ class CacheStack:
             metrics.layers[adapter.name].misses += 1
             if stale is None and entry.is_usable(now):
                 stale = (entry, adapter.name)
-        return _Lower(None, 0, stale)
+        return _Lower(None, 0, stale, None, leases)
 
     def _convert(self, key: str, value: Any, convert: Callable[[Any], Any], layer: str) -> Any:
         """``value`` rebuilt as the caller's type; ``_MISS`` (reported) when it is not one:
@@ -1606,13 +1620,21 @@ class CacheStack:
             if len(self._extended) > self.max_profile_entries:
                 self._extended.popitem(last=False)  # bounded; a lost mark only costs a write
 
-    def _refresh_in_background(self, key: str, fetcher: Fetcher, opts: CacheOptions) -> None:
-        """Start one background refresh of ``key`` unless a fetch of it is already running."""
+    def _refresh_in_background(
+        self,
+        key: str,
+        fetcher: Fetcher,
+        opts: CacheOptions,
+        leases: dict[int, Any] | None = None,
+    ) -> None:
+        """Start one background refresh of ``key`` unless a fetch of it is already running
+        (``leases``: those of the read that found the key stale, if it read the layers)."""
         if self._closed:
             return
         running, flight = self._flights.join_fetch(key, opts.tags or ())
         if running is not None:
             return
+        flight.leases = leases
         assert flight.future is not None
         future = flight.future
         limit = self._background_refresh_timeout
@@ -1820,6 +1842,8 @@ class CacheStack:
         decision = self._circuits.before_fetch(key, breaker) if breaker is not None else None
         if decision == "reject":
             raise CircuitOpenError(key)
+        if self._leasing:
+            await self._take_leases(key, flight)
         self._metrics.fetches += 1
         self._logger.debug("layercache: fetching %s", key)
         try:
@@ -1851,6 +1875,64 @@ class CacheStack:
             return value
         await self._store(key, value, opts, flight)
         return value
+
+    async def _take_leases(self, key: str, flight: Flight) -> None:
+        """Leases on ``key`` from the layers with conditional stores that this fetch has
+        none of (it read nothing from them: a background refresh, a bulk read, a queued
+        write-behind read), taken before the origin is called. A layer that cannot give one
+        does not get this fetch's value (graceful degradation), or fails the fetch."""
+        leases = flight.leases
+        for adapter in self._layers:
+            if not adapter.leases or (leases is not None and adapter.index in leases):
+                continue
+            if adapter.degraded_until is not None:
+                continue  # skipped now; without a lease it is not written either
+            try:
+                lease = await adapter.take_lease(key)
+            except CacheLayerError as exc:
+                if self._retry_after is None:
+                    raise
+                self._degrade(adapter, exc, "lease")
+                continue
+            if leases is None:
+                leases = flight.leases = {}
+            leases[adapter.index] = lease
+
+    async def _store_leased(
+        self,
+        key: str,
+        writes: Sequence[tuple[LayerAdapter, Entry | None]],
+        flight: Flight,
+        tags: Sequence[str],
+        now: float,
+    ) -> bool:
+        """A fetch's conditional stores (layers with leases), before any other layer is
+        written: ``False`` when one refused it (the key, or one of its tags, changed since
+        the read the fetch began from), and then nothing else is stored."""
+        leases = flight.leases or {}
+        refused: list[str] = []
+
+        async def write(adapter: LayerAdapter) -> None:
+            entry = by_name[adapter.name]
+            lease = leases.get(adapter.index)
+            if lease is None:
+                return  # it gave no lease (it was down): it does not get this value
+            if not await adapter.set_leased(key, entry, entry.storage_ttl(now), lease, tags):
+                refused.append(adapter.name)
+
+        by_name = {a.name: e for a, e in writes if a.leases and e is not None}
+        targets = [a for a, e in writes if a.leases and e is not None]
+        await self._for_layers(
+            "set", targets, write, succeeded_elsewhere=len(targets) < len(writes)
+        )
+        if refused:
+            self._logger.debug(
+                "layercache: %s changed in %s during its fetch; the fetched value is not stored",
+                key,
+                ", ".join(refused),
+            )
+            return False
+        return True
 
     # ------------------------------------------------------------------ writes
 
@@ -1886,6 +1968,12 @@ class CacheStack:
         plan = self._entries_for(key, value, opts, now)
         writes = [(a, e) for a, e in plan if e is not None]
         skipped = [a for a, e in plan if e is None]
+        if flight is not None and self._leasing and self._behind is None:
+            # A fetch's value goes to the layers with conditional stores first, and nowhere
+            # if one of them refuses it: it may be older than a change made meanwhile.
+            if not await self._store_leased(key, writes, flight, opts.tags or (), now):
+                return
+            writes = [(a, e) for a, e in writes if not a.leases]
         by_name = {a.name: e for a, e in writes}
 
         failed: set[str] = set()
@@ -2218,6 +2306,14 @@ class CacheStack:
         # that stores and records its tags in between would be neither in the answer nor
         # still in flight to be marked, and its value would outlive the invalidation.
         with self._flights.changing(tagged):
+            if self._leasing:
+                # Likewise on other instances, in Redis itself: the tags' fences go up before
+                # the keys are resolved, so a fetch of a tagged key that read before now is
+                # refused its store, or stored early enough to be resolved and deleted here.
+                leased = [a for a in self._layers if a.leases]
+                await self._for_layers(
+                    "invalidate_by_tags", leased, lambda a: a.fence_tags(wanted_tags)
+                )
             keys: set[str] = await self._tag_op(
                 "keys_for_tags",
                 functools.partial(self._tags.keys_for_tags, list(wanted_tags), mode),

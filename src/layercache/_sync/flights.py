@@ -51,7 +51,7 @@ class Flight:
     stored, and no caller arriving after the change joins it.
     """
 
-    __slots__ = ("future", "handle", "invalidated", "scope", "tags")
+    __slots__ = ("future", "handle", "invalidated", "leases", "scope", "tags")
 
     def __init__(self, tags: tuple[str, ...], scope: Any = None) -> None:
         self.invalidated = False
@@ -59,6 +59,9 @@ class Flight:
         self.scope = scope
         self.future: FlightFuture[Any] | None = None
         self.handle: Any = None
+        # A fetch's leases on the layers with conditional stores (layer index -> lease),
+        # from the read that found the key missing; the fetch takes the missing ones itself.
+        self.leases: dict[int, Any] | None = None
 
 
 # Flights of one kind (reads or fetches): scope (a loop, or the whole threaded twin) -> key.
