@@ -20,6 +20,7 @@ from layercache._codec import MAGIC, CorruptEntryError, EntryCodec
 from layercache._entry import Entry
 from layercache._exceptions import CacheLayerError
 from layercache.redis import RedisLayer
+from layercache.redis._lease import TOMBSTONE_MAGIC
 from layercache.serializers import MsgpackSerializer, PickleSerializer
 
 pytestmark = pytest.mark.redis
@@ -125,7 +126,9 @@ async def test_get_set_delete_round_trip(layer: RedisLayer, redis_client: Any) -
     assert raw.startswith(MAGIC)
     await layer.delete("k")
     assert await layer.get("k") is None
-    assert await redis_client.exists(b"t:k") == 0
+    # With leases on (the default) a delete leaves a tombstone for lease_ttl, not an empty key.
+    assert (await redis_client.get(b"t:k")).startswith(TOMBSTONE_MAGIC)
+    assert 0 < await redis_client.pttl(b"t:k") <= 10_000
     await layer.delete("never-there")
 
 
@@ -286,7 +289,8 @@ async def test_empty_prefix_clear_is_refused_unless_allowed(
     assert await redis_client.get(b"precious") == b"data"
     allowed = RedisLayer(client=redis_client, prefix="", allow_unprefixed_clear=True)
     await allowed.clear()
-    assert await redis_client.dbsize() == 0
+    # Only the layer's all-fence (written by clear itself, never cleared) is left.
+    assert await redis_client.keys() == [b"\x00fence:all"]
 
 
 # -- delete_matching ---------------------------------------------------------------------

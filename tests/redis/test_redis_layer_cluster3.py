@@ -78,7 +78,9 @@ async def test_bulk_operations_across_slots_and_nodes(
     await layer.clear()
     assert await layer.size() == 0
     assert (await other.get("k1")).value == "other"  # type: ignore[union-attr]
-    assert sum(node_sizes(redis_cluster3)) == 1  # only the other layer's key
+    # Only the other layer's key, and this layer's all-fence (clear writes it, never clears it).
+    assert sum(node_sizes(redis_cluster3)) == 2
+    assert await redis_cluster3_client.exists(b"m:\x00fence:all") == 1
 
 
 async def test_concurrent_first_use_of_a_fresh_cluster_client(redis_cluster3: Any) -> None:

@@ -18,8 +18,9 @@ import redis.exceptions
 
 from _redis_server import RedisServer
 from layercache import CacheLayerError, CacheStack, MemoryLayer, SyncCacheStack
-from layercache._codec import CorruptEntryError
+from layercache._codec import MAGIC, CorruptEntryError
 from layercache.redis import RedisLayer, SyncRedisLayer
+from layercache.redis._lease import TOMBSTONE_MAGIC
 from layercache.testing import run_layer_contract
 
 pytestmark = pytest.mark.redis
@@ -144,7 +145,8 @@ def test_get_set_delete_through_both_layers(
     stack.set("j", "value")
     assert sync_client.exists(b"s:j") == 1
     stack.delete("k")
-    assert sync_client.exists(b"s:k") == 0
+    # With leases on (the default) a delete leaves a tombstone for lease_ttl, not an empty key.
+    assert sync_client.get(b"s:k").startswith(TOMBSTONE_MAGIC)
     assert stack.get("k") is None
 
 
@@ -173,7 +175,17 @@ def test_invalidate_by_tag_and_pattern(stack: SyncCacheStack, sync_client: redis
     stack.invalidate_by_pattern("post:*")
     assert stack.get("post:1") is None
     assert stack.get("user:3") == 4
-    assert sorted(sync_client.keys(b"s:*")) == [b"s:user:3"]
+    # The tag's deletes left tombstones, invalidate_by_pattern its all-fence (fences hold a
+    # server time); post:1 was removed by the pattern, and user:3 is the only value.
+    stored = {raw: sync_client.get(raw) for raw in sync_client.keys(b"s:*")}
+    fences = {raw: value for raw, value in stored.items() if raw.startswith(b"s:\x00fence:")}
+    assert {raw: value[:3] for raw, value in stored.items() if raw not in fences} == {
+        b"s:user:1": TOMBSTONE_MAGIC,
+        b"s:user:2": TOMBSTONE_MAGIC,
+        b"s:user:3": MAGIC,
+    }
+    assert b"s:\x00fence:all" in fences
+    assert all(value.isdigit() for value in fences.values())
 
 
 def test_32_threads_on_a_cold_key_cause_one_fetch(stack: SyncCacheStack) -> None:

@@ -297,3 +297,186 @@ else
 end
 return 1
 """
+
+
+# -- RedisLayer: leases (conditional stores), tombstones and fences ----------------------------
+#
+# See redis/_lease.py. A tombstone is '\193LT' (bytes C1 4C 54) followed by the server time in
+# ascii decimal microseconds; a fence holds the server time alone. Times come from TIME inside
+# the script, so one clock (the node's) decides. The scripts that take several KEYS loop over
+# them: on a single server one call carries a batch of keys, on a cluster (keys of different
+# slots cannot share a script) the layer sends one single-key call per key in a pipeline, and
+# the same script serves both.
+
+# Lua shared by the lease scripts (not a script on its own).
+_LEASE_LUA = """
+local TOMBSTONE = '\\193LT'
+
+-- Servers before Redis 5 refuse writes after TIME unless effects are replicated (later ones
+-- always replicate effects, and keep this call as a no-op).
+local function allow_time_then_write()
+  if redis.replicate_commands then
+    redis.replicate_commands()
+  end
+end
+
+-- The server clock in integer microseconds (exact in a Lua number until the year 2255).
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function decimal(n)
+  return string.format('%.0f', n)
+end
+
+-- Whether the value of `key` is a tombstone (false for an absent key or another type).
+local function is_tombstone(key)
+  return redis.pcall('GETRANGE', key, 0, 2) == TOMBSTONE
+end
+"""
+
+LEASE_TOMBSTONE = (
+    _LEASE_LUA
+    + """
+-- Delete keys by writing a tombstone under each, so that a fetch that read the key before the
+-- delete sees a different value when it tries to store. A key that already holds a tombstone
+-- of the same or a later time gets that time + 1: every delete leaves bytes no earlier read saw.
+-- KEYS[1..]  data keys
+-- ARGV[1]    the tombstones' lifetime in milliseconds (the layer's lease_ttl)
+-- Returns the number of keys.
+allow_time_then_write()
+local now = now_us()
+for i = 1, #KEYS do
+  local at = now
+  local head = redis.pcall('GETRANGE', KEYS[i], 0, 31)
+  if type(head) == 'string' and string.sub(head, 1, 3) == TOMBSTONE then
+    local previous = tonumber(string.sub(head, 4))
+    if previous and previous >= at then
+      at = previous + 1
+    end
+  end
+  redis.call('SET', KEYS[i], TOMBSTONE .. decimal(at), 'PX', ARGV[1])
+end
+return #KEYS
+"""
+)
+
+LEASE_FENCE = (
+    _LEASE_LUA
+    + """
+-- Write fences: each holds the server time now, so every lease read before it is refused.
+-- KEYS[1..]  fence keys
+-- ARGV[1]    their lifetime in milliseconds (the layer's lease_ttl)
+-- Returns the time written (ascii microseconds).
+allow_time_then_write()
+local now = decimal(now_us())
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], now, 'PX', ARGV[1])
+end
+return now
+"""
+)
+
+LEASE_SET = (
+    _LEASE_LUA
+    + """
+-- Store a fetched value only if nothing changed the key since the read that leased it.
+-- KEYS[1]    the data key
+-- KEYS[2..]  fences to check: the all-fence and the tag fences (none on a cluster, where they
+--            live in other slots and the layer reads them after this script)
+-- ARGV[1]    the lease's read time (server microseconds, a lower bound)
+-- ARGV[2]    the lease lifetime in microseconds
+-- ARGV[3]    SHA-1 hex of the bytes the read saw, '' if the key was absent
+-- ARGV[4]    the entry to store
+-- ARGV[5]    its lifetime in milliseconds, '' for none
+-- Returns 1 when stored; 0 when the lease is too old, -1 when the key holds something other
+-- than what the read saw (absent is always fine), -2 when a fence is as new as the read.
+allow_time_then_write()
+local read_at = tonumber(ARGV[1])
+if now_us() - read_at >= tonumber(ARGV[2]) then
+  return 0
+end
+local current = redis.pcall('GET', KEYS[1])
+if current then
+  -- Another type under the key (an error reply, a table) never equals what was seen.
+  if type(current) ~= 'string' or ARGV[3] == '' or redis.sha1hex(current) ~= ARGV[3] then
+    return -1
+  end
+end
+for i = 2, #KEYS do
+  local fence = tonumber(redis.call('GET', KEYS[i]) or '')
+  if fence and fence >= read_at then
+    return -2
+  end
+end
+if ARGV[5] == '' then
+  redis.call('SET', KEYS[1], ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+end
+return 1
+"""
+)
+
+LEASE_UNDO = """
+-- Take back a store that a fence read afterwards refused (cluster only): remove the key only if
+-- it still holds exactly what was stored (a newer value or a tombstone stays).
+-- KEYS[1]  the data key
+-- ARGV[1]  SHA-1 hex of the stored entry
+-- Returns 1 when the key was removed, 0 otherwise.
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'string' and redis.sha1hex(current) == ARGV[1] then
+  return redis.call('UNLINK', KEYS[1])
+end
+return 0
+"""
+
+LEASE_PEEK = (
+    _LEASE_LUA
+    + """
+-- PTTL that reads a tombstone as absent (has() and ttl()).
+-- KEYS[1]  the data key
+-- Returns the remaining lifetime in milliseconds, -1 for none, -2 when absent or a tombstone.
+if is_tombstone(KEYS[1]) then
+  return -2
+end
+return redis.call('PTTL', KEYS[1])
+"""
+)
+
+LEASE_LIVE = (
+    _LEASE_LUA
+    + """
+-- Which keys hold something other than a tombstone (keys() and size() drop the others).
+-- KEYS[1..]  keys found by SCAN
+-- Returns one flag per key: 1 live, 0 tombstone or gone since the SCAN.
+local flags = {}
+for i = 1, #KEYS do
+  if is_tombstone(KEYS[i]) then
+    flags[i] = 0
+  else
+    flags[i] = redis.call('EXISTS', KEYS[i])
+  end
+end
+return flags
+"""
+)
+
+LEASE_UNLINK_LIVE = (
+    _LEASE_LUA
+    + """
+-- Remove keys and count those that held something other than a tombstone (delete_matching()
+-- reports how many values it removed, not how many deletes it swept up).
+-- KEYS[1..]  keys found by SCAN
+-- Returns the number of live keys removed.
+local removed = 0
+for i = 1, #KEYS do
+  local tombstone = is_tombstone(KEYS[i])
+  if redis.call('UNLINK', KEYS[i]) == 1 and not tombstone then
+    removed = removed + 1
+  end
+end
+return removed
+"""
+)

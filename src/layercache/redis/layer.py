@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
@@ -32,6 +33,25 @@ from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
 from ._clients import DEFAULT_MAX_CONNECTIONS, init_signature, pool_exhausted, url_client
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
+from ._lease import (
+    FENCE_ALL,
+    FENCE_TAG,
+    INTERNAL_MARK,
+    TOMBSTONE_MAGIC,
+    Lease,
+    ServerClock,
+    fence_at_or_after,
+    monotonic_us,
+)
+from ._scripts import (
+    LEASE_FENCE,
+    LEASE_LIVE,
+    LEASE_PEEK,
+    LEASE_SET,
+    LEASE_TOMBSTONE,
+    LEASE_UNDO,
+    LEASE_UNLINK_LIVE,
+)
 
 # unasync: begin async-only
 from ._sync_layer import RedisClient as SyncRedisClient
@@ -39,7 +59,7 @@ from ._sync_layer import SyncRedisLayer
 
 # unasync: end async-only
 
-__all__ = ["RedisLayer"]
+__all__ = ["Lease", "RedisLayer"]
 
 logger = logging.getLogger("layercache.redis")
 
@@ -67,6 +87,40 @@ def _coerce_ttl(ttl: float | _dt.timedelta | None) -> float | None:
 def _milliseconds(ttl: float) -> int:
     # Round up so that a tiny positive TTL still stores the value (PX 0 is an error).
     return max(1, math.ceil(ttl * 1000))
+
+
+# Shortest lease_ttl: a fetch (and the lease check of its store) must fit in it, and the
+# tombstones and fences it also sets the lifetime of must outlive a round trip comfortably.
+_MIN_LEASE_TTL = 0.1
+
+
+def _lease_options(lease_ttl: float | None, clock_skew: float) -> tuple[int | None, int]:
+    """``lease_ttl`` and ``clock_skew`` checked, in integer microseconds."""
+
+    def number(value: object) -> bool:
+        return (
+            not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and math.isfinite(value)
+            and value > 0
+        )
+
+    if lease_ttl is not None and not (number(lease_ttl) and lease_ttl >= _MIN_LEASE_TTL):
+        raise ValueError(
+            f"lease_ttl must be None or a finite number of seconds >= {_MIN_LEASE_TTL}, "
+            f"got {lease_ttl!r}"
+        )
+    if not number(clock_skew):
+        raise ValueError(f"clock_skew must be a positive finite number, got {clock_skew!r}")
+    if lease_ttl is not None and clock_skew >= lease_ttl:
+        # On a cluster every lease starts clock_skew old: none could ever be stored.
+        raise ValueError(
+            f"clock_skew ({clock_skew!r}) must be smaller than lease_ttl ({lease_ttl!r})"
+        )
+    return (
+        None if lease_ttl is None else round(lease_ttl * 1_000_000),
+        round(clock_skew * 1_000_000),
+    )
 
 
 class RedisLayer:
@@ -114,10 +168,26 @@ class RedisLayer:
             connection when all ``max_connections`` are busy (then ``CacheLayerError``).
         max_connections: Pool size of a client built from ``url``: callers beyond it wait
             for a free connection instead of failing. Default 50.
+        lease_ttl: Seconds that tombstones and fences live, and the longest a fetch may run
+            and still store its value with :meth:`set_leased` (see "Conditional stores"
+            below). ``None`` turns the mechanism off: deletes UNLINK, nothing is fenced, and
+            :meth:`set_leased` is a plain store.
+        clock_skew: With a cluster client, the most that two nodes' clocks may differ by, in
+            seconds (lease times from one node are compared with fences written by another).
+            Ignored on a single server.
+
+    Conditional stores (leases): a fetch that read a key (:meth:`get_leased`, :meth:`lease`)
+    and then called the origin stores with :meth:`set_leased`, which refuses, atomically in
+    Redis, when anything changed the key since that read: a set, a delete (deletes leave a
+    tombstone, read as absent everywhere, for ``lease_ttl``), a tag invalidation
+    (:meth:`fence_tags`), :meth:`delete_matching` or :meth:`clear` (both fence every key), or
+    when the read is ``lease_ttl`` or more in the past. The layer's own bookkeeping keys
+    (``prefix + "\\x00fence:..."``) never show in :meth:`keys` or :meth:`size` and survive
+    :meth:`clear`.
 
     Raises:
-        ValueError: On a bad argument (both or neither of ``client``/``url``, a bad ``ttl`` or
-            ``prefix``, a client that decodes responses).
+        ValueError: On a bad argument (both or neither of ``client``/``url``, a bad ``ttl``,
+            ``prefix``, ``lease_ttl`` or ``clock_skew``, a client that decodes responses).
     """
 
     is_local = False
@@ -149,9 +219,12 @@ class RedisLayer:
         allow_unprefixed_clear: bool = False,
         socket_timeout: float | None = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        lease_ttl: float | None = 10.0,
+        clock_skew: float = 0.25,
     ) -> None:
         if (client is None) == (url is None):
             raise ValueError("RedisLayer needs exactly one of client= or url=")
+        lease_ttl_us, clock_skew_us = _lease_options(lease_ttl, clock_skew)
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a str, not {type(prefix).__name__}")
         if prefix:
@@ -171,6 +244,8 @@ class RedisLayer:
             "allow_unprefixed_clear": allow_unprefixed_clear,
             "socket_timeout": socket_timeout,
             "max_connections": max_connections,
+            "lease_ttl": lease_ttl,
+            "clock_skew": clock_skew,
         }
         self.default_ttl = _coerce_ttl(ttl)
         self.prefix = prefix
@@ -202,6 +277,22 @@ class RedisLayer:
         # the slot map once, before the first command.
         self._cluster_pending = self._is_cluster
         self._cluster_lock = asyncio.Lock() if self._is_cluster else None
+        # Leases (see _lease.py). None: the mechanism is off.
+        self.lease_ttl = None if lease_ttl is None else float(lease_ttl)
+        self._lease_ttl_us = lease_ttl_us
+        self._lease_px = None if lease_ttl_us is None else max(1, -(-lease_ttl_us // 1000))
+        # On a cluster the bound must hold for every node's clock, not only the one that
+        # answers TIME.
+        self._clock = ServerClock(clock_skew_us if self._is_cluster else 0)
+        self._internal_prefix = self._prefix_bytes + INTERNAL_MARK.encode("ascii")
+        self._fence_all = self._key(FENCE_ALL)
+        self._tombstone_script = self._client.register_script(LEASE_TOMBSTONE)
+        self._fence_script = self._client.register_script(LEASE_FENCE)
+        self._set_leased_script = self._client.register_script(LEASE_SET)
+        self._undo_script = self._client.register_script(LEASE_UNDO)
+        self._peek_script = self._client.register_script(LEASE_PEEK)
+        self._live_script = self._client.register_script(LEASE_LIVE)
+        self._unlink_live_script = self._client.register_script(LEASE_UNLINK_LIVE)
 
     # unasync: begin async-only
     # help() and inspect.signature() show __init__'s parameters, not __new__'s (*args, **kwargs).
@@ -283,6 +374,9 @@ class RedisLayer:
         try:
             return self._codec.decode(raw)
         except CorruptEntryError as exc:
+            # Checked only here, off the hit path: a tombstone is a delete, not damage.
+            if raw[:3] == TOMBSTONE_MAGIC:
+                return None
             self._report(exc, {"layer": self.name, "key": key, "operation": operation})
             return None
 
@@ -317,6 +411,83 @@ class RedisLayer:
         # A cluster client splits a multi-key UNLINK per slot itself.
         return int(await self._client.unlink(*keys)) if keys else 0
 
+    def _is_internal(self, raw: bytes) -> bool:
+        """Whether a scanned key is the layer's own bookkeeping (a fence), not a cache key."""
+        return raw.startswith(self._internal_prefix)
+
+    def _tag_fence(self, tag: str) -> bytes:
+        return self._key(FENCE_TAG + tag)
+
+    async def _each_key(self, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> list[Any]:
+        """Run a script that loops over its KEYS on ``keys``; the replies, in order.
+
+        On a single server one call per batch of 500 keys. On a cluster keys of different
+        slots cannot share a script: one single-key call per key, sent as a pipeline per batch.
+        """
+        replies: list[Any] = []
+        for start in range(0, len(keys), _UNLINK_BATCH):
+            chunk = keys[start : start + _UNLINK_BATCH]
+            if self._is_cluster:
+                replies.extend(await self._pipelined_script(script, chunk, args))
+            else:
+                replies.append(await script(keys=chunk, args=args))
+        return replies
+
+    async def _pipelined_script(
+        self, script: Any, keys: Sequence[bytes], args: Sequence[Any]
+    ) -> list[Any]:
+        """One EVALSHA per key in one cluster pipeline; a node that lost the script (restart,
+        SCRIPT FLUSH) gets it loaded and only its calls are sent again."""
+        replies: list[Any] = [None] * len(keys)
+        pending = list(range(len(keys)))
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for i in pending:
+                pipe.execute_command("EVALSHA", script.sha, 1, keys[i], *args)
+            results = await pipe.execute(raise_on_error=False)
+            missing: list[int] = []
+            for i, result in zip(pending, results, strict=True):
+                if isinstance(result, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    replies[i] = result
+            if not missing:
+                break
+            # SCRIPT LOAD goes to every primary of a cluster client.
+            await self._client.script_load(script.script)
+            pending = missing
+        return replies
+
+    async def _measure_clock(self, operation: str) -> int:
+        """Measure the server clock (one TIME) and return the new lower bound."""
+        clock = self._clock
+        clock.refreshing = True
+        try:
+            with self._driver_errors(operation):
+                reply = await self._client.time()
+            t1 = monotonic_us()
+            if isinstance(reply, dict):  # a cluster client's reply may be keyed by node
+                reply = next(iter(reply.values()))
+            seconds, micros = reply
+            clock.update(t1, int(seconds) * 1_000_000 + int(micros))
+        finally:
+            clock.refreshing = False
+        read_at = clock.read_at()
+        assert read_at is not None  # just measured
+        return read_at
+
+    async def _write_fences(self, keys: Sequence[bytes]) -> None:
+        await self._each_key(self._fence_script, keys, [self._lease_px])
+
+    async def _live(self, raws: Sequence[bytes]) -> list[bool]:
+        """Which scanned keys hold something other than a tombstone."""
+        if not raws:
+            return []
+        replies = await self._each_key(self._live_script, raws, [])
+        return [bool(int(flag)) for reply in replies for flag in reply]
+
     # -- required methods --------------------------------------------------------------------
 
     async def get(self, key: str) -> Entry | None:
@@ -340,7 +511,8 @@ class RedisLayer:
         return self._decode(key, raw, "get")
 
     async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
-        """Store ``entry`` for ``ttl`` seconds (``None``: no expiry; ``<= 0``: delete it).
+        """Store ``entry`` for ``ttl`` seconds (``None``: no expiry; ``<= 0``: UNLINK it, no
+        tombstone).
 
         Raises:
             CacheLayerError: If Redis fails.
@@ -360,14 +532,33 @@ class RedisLayer:
                 await self._client.set(self._key(key), data, px=_milliseconds(ttl))
 
     async def delete(self, key: str) -> None:
-        """Remove ``key`` (no error when absent)."""
+        """Remove ``key`` (no error when absent).
+
+        With leases on (``lease_ttl``), a tombstone takes the value's place for ``lease_ttl``:
+        it reads as absent everywhere, and a fetch that read the key before this delete cannot
+        store its value over it (:meth:`set_leased`).
+        """
         if self._cluster_pending:
             await self._initialize_cluster()
         with self._driver_errors("delete"):
-            await self._client.unlink(self._key(key))
+            await self._remove([self._key(key)])
+
+    async def _remove(self, raw_keys: Sequence[bytes]) -> None:
+        """Delete keys: tombstones with leases on, a plain UNLINK without."""
+        if self._lease_px is None:
+            await self._unlink(raw_keys)
+        elif len(raw_keys) == 1:
+            # One key needs no pipeline, even on a cluster.
+            await self._tombstone_script(keys=raw_keys, args=[self._lease_px])
+        else:
+            await self._each_key(self._tombstone_script, raw_keys, [self._lease_px])
 
     async def clear(self) -> None:
         """Remove every key under this layer's prefix (SCAN + UNLINK in batches).
+
+        With leases on, the all-fence is written first (and waited for): a fetch that read any
+        key before it cannot store afterwards, and a store that slipped in before it is seen by
+        the scan. The fences themselves stay.
 
         Raises:
             ValueError: If the prefix is empty and ``allow_unprefixed_clear`` is false.
@@ -381,8 +572,12 @@ class RedisLayer:
                 "database; pass allow_unprefixed_clear=True to allow it"
             )
         with self._driver_errors("clear"):
+            if self._lease_px is not None:
+                await self._write_fences([self._fence_all])
             batch: list[bytes] = []
             async for raw in self._scan(prefix_match(self.prefix)):
+                if self._is_internal(raw):
+                    continue
                 batch.append(raw)
                 if len(batch) >= _UNLINK_BATCH:
                     await self._unlink(batch)
@@ -444,19 +639,21 @@ class RedisLayer:
             await pipe.execute()
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        """Remove ``keys`` (UNLINK, in batches)."""
+        """Remove ``keys`` in batches of 500 (tombstones with leases on, as :meth:`delete`;
+        else UNLINK)."""
         if self._cluster_pending:
             await self._initialize_cluster()
         with self._driver_errors("delete_many"):
             for start in range(0, len(keys), _UNLINK_BATCH):
-                await self._unlink([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
+                await self._remove([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
 
     async def delete_matching(self, pattern: str) -> int:
         """Remove every key of this layer matching the glob ``pattern``; return how many.
 
         Keys are streamed from SCAN and deleted in batches, never all held in memory. Each
         candidate is checked against the pattern on this side, so Redis's byte-wise matching
-        never decides what gets deleted.
+        never decides what gets deleted. With leases on, the all-fence is written first, as
+        :meth:`clear` does. Tombstones removed on the way are not counted.
 
         Raises:
             ValueError: If ``pattern`` is not a valid pattern.
@@ -467,17 +664,25 @@ class RedisLayer:
         validate_pattern(pattern)
         deleted = 0
         with self._driver_errors("delete_matching"):
+            if self._lease_px is not None:
+                await self._write_fences([self._fence_all])
             batch: list[bytes] = []
             async for raw in self._scan(scan_match(self.prefix, pattern)):
                 key = strip_prefix(self._prefix_bytes, raw)
-                if key is None or not glob_match(pattern, key):
+                if key is None or key.startswith(INTERNAL_MARK) or not glob_match(pattern, key):
                     continue
                 batch.append(raw)
                 if len(batch) >= _UNLINK_BATCH:
-                    deleted += await self._unlink(batch)
+                    deleted += await self._unlink_live(batch)
                     batch = []
-            deleted += await self._unlink(batch)
+            deleted += await self._unlink_live(batch)
         return deleted
+
+    async def _unlink_live(self, raws: Sequence[bytes]) -> int:
+        """UNLINK scanned keys; how many of them were not tombstones."""
+        if not raws:
+            return 0
+        return sum(int(n) for n in await self._each_key(self._unlink_live_script, raws, []))
 
     async def keys(self, pattern: str | None = None, limit: int | None = None) -> list[str]:
         """Keys of this layer (without the prefix), optionally filtered by a glob.
@@ -501,30 +706,48 @@ class RedisLayer:
         match = prefix_match(self.prefix) if pattern is None else scan_match(self.prefix, pattern)
         # SCAN may return a key twice while Redis resizes its table; the dict drops repeats.
         found: dict[str, None] = {}
+        # Candidates are checked for tombstones in batches (one script or pipeline each).
+        batch: dict[bytes, str] = {}
         with self._driver_errors("keys"):
             async for raw in self._scan(match):
                 key = strip_prefix(self._prefix_bytes, raw)
-                if key is None or (pattern is not None and not glob_match(pattern, key)):
+                if (
+                    key is None
+                    or key.startswith(INTERNAL_MARK)
+                    or (pattern is not None and not glob_match(pattern, key))
+                    or key in found
+                ):
                     continue
+                batch[raw] = key
+                wanted = _SCAN_COUNT if limit is None else min(_SCAN_COUNT, limit - len(found))
+                if len(batch) >= wanted:
+                    await self._keep_live(batch, found)
+                    batch = {}
+                    if limit is not None and len(found) >= limit:
+                        break
+            await self._keep_live(batch, found)
+        return list(found)[:limit]
+
+    async def _keep_live(self, batch: dict[bytes, str], found: dict[str, None]) -> None:
+        for key, live in zip(batch.values(), await self._live(list(batch)), strict=True):
+            if live:
                 found[key] = None
-                if limit is not None and len(found) >= limit:
-                    break
-        return list(found)
 
     async def has(self, key: str) -> bool:
-        """Whether a value is stored under ``key`` (its content is not checked)."""
+        """Whether a value is stored under ``key`` (its content is not checked; a tombstone
+        is not a value)."""
         if self._cluster_pending:
             await self._initialize_cluster()
         with self._driver_errors("has"):
-            return bool(await self._client.exists(self._key(key)))
+            return int(await self._peek_script(keys=[self._key(key)])) != -2
 
     async def ttl(self, key: str) -> float | None:
         """Remaining storage lifetime of ``key`` in seconds; ``None`` if absent or unexpiring."""
         if self._cluster_pending:
             await self._initialize_cluster()
         with self._driver_errors("ttl"):
-            remaining = int(await self._client.pttl(self._key(key)))
-        # PTTL: -2 absent, -1 no expiry.
+            remaining = int(await self._peek_script(keys=[self._key(key)]))
+        # PTTL: -2 absent (or a tombstone), -1 no expiry.
         return remaining / 1000 if remaining >= 0 else None
 
     async def size(self) -> int:
@@ -532,10 +755,153 @@ class RedisLayer:
         if self._cluster_pending:
             await self._initialize_cluster()
         count = 0
+        batch: list[bytes] = []
         with self._driver_errors("size"):
-            async for _ in self._scan(prefix_match(self.prefix)):
-                count += 1
+            async for raw in self._scan(prefix_match(self.prefix)):
+                if self._is_internal(raw):
+                    continue
+                batch.append(raw)
+                if len(batch) >= _SCAN_COUNT:
+                    count += sum(await self._live(batch))
+                    batch = []
+            count += sum(await self._live(batch))
         return count
+
+    # -- leases (conditional stores) ---------------------------------------------------------
+
+    async def get_leased(self, key: str) -> tuple[Entry | None, Lease]:
+        """:meth:`get`, plus the :class:`Lease` a later :meth:`set_leased` of ``key`` needs.
+
+        The lease's time is computed locally before the GET is sent (a lower bound of the
+        server clock when the GET runs), so this costs a plain GET, a clock read and a tuple;
+        once every 10 s a caller waits for one TIME command that measures the clock again.
+        Failures and unreadable values are reported as operation ``"get"``: it is one.
+
+        Raises:
+            CacheLayerError: If Redis cannot be reached or fails.
+        """
+        if self._cluster_pending:
+            await self._initialize_cluster()
+        read_at = self._clock.read_at() if self._lease_ttl_us is not None else 0
+        if read_at is None:
+            read_at = await self._measure_clock("get")
+        # Bytes (the client is checked for decode_responses=False) or None.
+        raw: Any
+        try:
+            raw = await self._client.get(self._key(key))
+        except Exception as exc:
+            if isinstance(exc, CacheLayerError):
+                raise
+            raise self._layer_error("get", exc) from exc
+        if raw is None:
+            return None, Lease(read_at, None)
+        return self._decode(key, raw, "get"), Lease(read_at, raw)
+
+    async def lease(self, key: str) -> Lease:
+        """The :class:`Lease` of ``key`` for a fetch that read nothing before (a background
+        refresh): what :meth:`get_leased` observes, without decoding it. With leases off
+        (``lease_ttl=None``) no command is sent.
+
+        Raises:
+            CacheLayerError: If Redis cannot be reached or fails.
+        """
+        if self._lease_ttl_us is None:
+            return Lease(0, None)
+        if self._cluster_pending:
+            await self._initialize_cluster()
+        read_at = self._clock.read_at()
+        if read_at is None:
+            read_at = await self._measure_clock("lease")
+        raw: Any
+        with self._driver_errors("lease"):
+            raw = await self._client.get(self._key(key))
+        return Lease(read_at, raw)
+
+    async def set_leased(
+        self, key: str, entry: Entry, ttl: float | None, lease: Lease, tags: Sequence[str]
+    ) -> bool:
+        """Store ``entry`` for ``ttl`` seconds only if nothing changed ``key`` since ``lease``.
+
+        Stored when, checked atomically in Redis: the lease is younger than ``lease_ttl``
+        (server clock); the key is absent or holds exactly the bytes the lease observed (a
+        delete's tombstone or another write differs); and neither the all-fence (``clear``,
+        ``delete_matching``) nor the fence of any of ``tags`` (:meth:`fence_tags`) is as new as
+        the lease. On a cluster the fences live in other slots: the value is stored first,
+        then the fences are read, and a store a fence refuses is taken back (removed unless
+        something replaced it meanwhile). Every invalidation writes its fence before it looks
+        for keys, so either it finds the stored value or the fence read finds the fence.
+
+        Args:
+            key: The cache key.
+            entry: The fetched entry.
+            ttl: Storage lifetime in seconds, ``None`` for none; ``<= 0`` stores nothing.
+            lease: From :meth:`get_leased` or :meth:`lease` of the same key on this layer.
+            tags: The entry's tags (their fences are checked).
+
+        Returns:
+            ``True`` when stored (or nothing was to be stored), ``False`` when refused. With
+            leases off (``lease_ttl=None``) a plain store, always ``True``.
+
+        Raises:
+            CacheLayerError: If Redis fails.
+            TypeError: If the value cannot be serialized.
+        """
+        if self._cluster_pending:
+            await self._initialize_cluster()
+        if ttl is not None and ttl <= 0:
+            return True
+        data = self._encode(entry, "set_leased")
+        raw_key = self._key(key)
+        if self._lease_ttl_us is None:
+            with self._driver_errors("set_leased"):
+                if ttl is None:
+                    await self._client.set(raw_key, data)
+                else:
+                    await self._client.set(raw_key, data, px=_milliseconds(ttl))
+            return True
+        observed = "" if lease.observed is None else hashlib.sha1(lease.observed).hexdigest()
+        px = "" if ttl is None else str(_milliseconds(ttl))
+        args: list[bytes | str | int] = [lease.read_at, self._lease_ttl_us, observed, data, px]
+        fences = [self._fence_all, *(self._tag_fence(t) for t in dict.fromkeys(tags))]
+        with self._driver_errors("set_leased"):
+            if not self._is_cluster:
+                return int(await self._set_leased_script(keys=[raw_key, *fences], args=args)) == 1
+            if int(await self._set_leased_script(keys=[raw_key], args=args)) != 1:
+                return False
+            try:
+                values = await self._client.mget_nonatomic(fences)  # type: ignore[union-attr]
+            except BaseException:
+                # Unchecked: take the store back rather than risk keeping a stale value.
+                await self._undo_quietly(raw_key, data)
+                raise
+            if not any(fence_at_or_after(value, lease.read_at) for value in values):
+                return True
+            await self._undo_script(keys=[raw_key], args=[hashlib.sha1(data).hexdigest()])
+            return False
+
+    async def _undo_quietly(self, raw_key: bytes, data: bytes) -> None:
+        try:
+            await self._undo_script(keys=[raw_key], args=[hashlib.sha1(data).hexdigest()])
+        except Exception:
+            logger.warning("%s: could not take back an unchecked store of %r", self.name, raw_key)
+
+    async def fence_tags(self, tags: Sequence[str]) -> None:
+        """Refuse the stores of every fetch of a key with one of ``tags`` that read before
+        now (the fence lives ``lease_ttl``). Call it before looking up the tags' keys. No-op
+        with leases off.
+
+        Raises:
+            ValueError: If ``tags`` is a single str.
+            CacheLayerError: If Redis fails.
+        """
+        if isinstance(tags, str):
+            raise ValueError("tags must be a sequence of str, not a single str")
+        if self._lease_px is None or not tags:
+            return
+        if self._cluster_pending:
+            await self._initialize_cluster()
+        with self._driver_errors("fence_tags"):
+            await self._write_fences([self._tag_fence(t) for t in dict.fromkeys(tags)])
 
     async def ping(self) -> bool:
         """``True`` when Redis answers.
