@@ -68,7 +68,8 @@ def canonical_bytes(message: Mapping[str, Any]) -> bytes:
 
     Raises:
         ValueError: If ``message`` holds something JSON cannot represent exactly (NaN,
-            infinities, non-string keys) or is not JSON-serializable at all.
+            infinities, non-string keys), is not JSON-serializable at all, or nests too deeply
+            to serialise within the interpreter's recursion limit.
     """
     try:
         text = json.dumps(
@@ -80,6 +81,11 @@ def canonical_bytes(message: Mapping[str, Any]) -> bytes:
         )
     except TypeError as exc:  # an unsupported type, or mixed key types that cannot be sorted
         raise ValueError(f"message cannot be canonicalised: {exc}") from exc
+    except RecursionError:
+        # The encoder recurses once per level: a hostile message parsed just under the
+        # recursion limit overflows here, from a deeper stack. Said as what it is, a message
+        # that cannot be verified, so no caller mistakes it for a failure of its own.
+        raise ValueError("message nests too deeply to be canonicalised") from None
     return text.encode("ascii")
 
 

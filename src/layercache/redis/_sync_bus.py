@@ -96,12 +96,17 @@ from .bus import (  # noqa: F401
     _SUBSCRIBE_TYPES,
     _UNSUBSCRIBE_TYPES,
     _DATA_TYPES,
+    _MAX_NESTING,
+    _AS_SQUARE,
+    _NOT_BRACKETS,
+    _MAX_DETAIL,
     RejectedMessageError,
     _SubscriberLost,
     backoff_delay,
     _schema_error,
     _reject_duplicates,
     _reject_constant,
+    _nesting_within,
     validate_message,
 )
 
@@ -243,6 +248,7 @@ class SyncRedisInvalidationBus:
         self._subscribed = False
         self._attempt = 0
         self._closed = False
+        self._rejected = 0
 
     # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
     # which picks the sync twin, takes *args and **kwargs).
@@ -275,6 +281,13 @@ class SyncRedisInvalidationBus:
     def is_subscribed(self) -> bool:
         """Whether the subscriber currently holds a confirmed subscription."""
         return self._subscribed
+
+    @property
+    def rejected(self) -> int:
+        """Received messages dropped so far, for any reason (each also went to ``on_error``
+        as a :class:`RejectedMessageError`). A message whose ``on_message`` failed was valid,
+        so it is not counted here."""
+        return self._rejected
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -480,21 +493,48 @@ class SyncRedisInvalidationBus:
         time.
 
         Raises:
-            RejectedMessageError: If the message must be dropped (see its ``reason``).
+            RejectedMessageError: If the message must be dropped (see its ``reason``); nothing
+                else, whatever the payload.
         """
-        if isinstance(data, bytearray | memoryview):
-            data = bytes(data)
-        if not isinstance(data, bytes):
+        try:
+            return self._decode(data, now)
+        except RejectedMessageError:
+            raise
+        except Exception as exc:
+            # Whatever a check raises drops this one message and says why. Nothing a sender
+            # can put on the channel may reach the subscriber loop, which would take it for a
+            # lost connection: reconnect, lose what was published meanwhile, and have every
+            # stack empty its local layers.
+            raise RejectedMessageError("unexpected", f"checking it raised {exc!r}") from exc
+
+    def _decode(self, data: object, now: float | None) -> InvalidationMessage | None:
+        # Size first, before any work (a memoryview is measured before it is copied).
+        if isinstance(data, memoryview):
+            size = data.nbytes
+        elif isinstance(data, bytes | bytearray):
+            size = len(data)
+        else:
             raise RejectedMessageError("malformed", f"payload is {type(data).__name__}, not bytes")
-        if len(data) > self.max_message_bytes:
+        if size > self.max_message_bytes:
             raise RejectedMessageError(
-                "oversized", f"{len(data)} bytes; the limit is {self.max_message_bytes}"
+                "oversized", f"{size} bytes; the limit is {self.max_message_bytes}"
+            )
+        raw = bytes(data)
+        try:
+            # Strictly UTF-8, as the wire format says (json.loads would guess UTF-16/32 from
+            # the bytes, and let lone surrogates through); the nesting scan relies on it.
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RejectedMessageError("malformed", f"not UTF-8: {exc}") from None
+        if not _nesting_within(raw, _MAX_NESTING):
+            raise RejectedMessageError(
+                "malformed", f"nested deeper than {_MAX_NESTING} levels, or brackets unbalanced"
             )
         try:
             body = json.loads(
-                data, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+                text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
             )
-        except (ValueError, RecursionError) as exc:
+        except ValueError as exc:
             raise RejectedMessageError("malformed", f"not JSON: {exc}") from None
         if not isinstance(body, dict):
             _schema_error(f"a message is a JSON object, not {type(body).__name__}")
@@ -568,11 +608,17 @@ class SyncRedisInvalidationBus:
         return message
 
     def _receive(self, data: object) -> None:
+        """Decode one received payload and hand it to ``on_message``. Nothing that goes wrong
+        with one message leaves here: a payload that fails any check is dropped, counted and
+        reported; a handler that fails is reported. Only the connection's own errors (in
+        :meth:`_listen`) end a subscription."""
         try:
             message = self.decode(data)
-        except RejectedMessageError as exc:
+        except Exception as exc:  # decode() raises RejectedMessageError only; be sure of it
+            self._rejected += 1
+            reason = exc.reason if isinstance(exc, RejectedMessageError) else "unexpected"
             size = len(data) if isinstance(data, bytes) else None
-            self._report(exc, {"operation": "bus.receive", "reason": exc.reason, "size": size})
+            self._report(exc, {"operation": "bus.receive", "reason": reason, "size": size})
             return
         if message is None or self._on_message is None:
             return

@@ -98,6 +98,18 @@ _MAX_POLL = 1.0
 _SUBSCRIBE_TYPES = frozenset({"subscribe", "ssubscribe"})
 _UNSUBSCRIBE_TYPES = frozenset({"unsubscribe", "sunsubscribe"})
 _DATA_TYPES = frozenset({"message", "smessage"})
+# Containers nested deeper than this refuse a message before it is parsed. A valid message
+# nests two deep (the object and its key list). Python's JSON parser, the canonicalisation that
+# checks a signature and the repr in an error message all recurse, each from a different stack
+# depth: a body nested just under the interpreter's recursion limit got through the parser and
+# then raised RecursionError in a later step (issue 11). Bounded here, none of them comes near
+# the limit.
+_MAX_NESTING = 8
+# For the nesting scan: every bracket as [ or ], everything else deleted.
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+# A rejection's detail is logged and handed to on_error: never a hostile payload's worth.
+_MAX_DETAIL = 300
 
 
 class RejectedMessageError(LayerCacheError, ValueError):
@@ -106,10 +118,15 @@ class RejectedMessageError(LayerCacheError, ValueError):
     Attributes:
         reason: ``"oversized"``, ``"malformed"`` (not JSON), ``"schema"`` (wrong fields,
             types or values), ``"unsigned"``, ``"forged"`` (signature does not match),
-            ``"stale"`` (timestamp outside the replay window) or ``"replayed"`` (seen before).
+            ``"stale"`` (timestamp outside the replay window), ``"replayed"`` (seen before) or
+            ``"unexpected"`` (a check raised an exception nobody foresaw, chained as the
+            ``__cause__``: a defect of layercache, but still only this message is dropped).
+        detail: What was wrong, at most a few hundred characters of it.
     """
 
     def __init__(self, reason: str, detail: str) -> None:
+        if len(detail) > _MAX_DETAIL:
+            detail = f"{detail[:_MAX_DETAIL]}... ({len(detail)} characters)"
         super().__init__(f"invalidation message dropped ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
@@ -141,6 +158,37 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
+
+
+def _nesting_within(data: bytes, limit: int) -> bool:
+    """Whether the JSON ``data`` nests containers at most ``limit`` deep, found without
+    parsing it (so without recursion) and only with whole-buffer byte operations (so in C: a
+    few milliseconds per MiB per pass, at most ``limit`` passes).
+
+    Exact for valid UTF-8 JSON, in which a backslash occurs only inside a string, as the start
+    of an escape, and no byte of a multi-byte character is ASCII. In a run of backslashes each
+    pair, left to right, is one escaped backslash; a backslash left over escapes the next
+    character, and only an escaped quote matters here. With those gone every quote opens or
+    closes a string, so every other piece between quotes is outside the strings, and its
+    brackets are the structure. Each pass then removes the empty pairs (the innermost
+    containers): a document ``d`` deep is empty after exactly ``d`` passes. For anything that
+    is not JSON the answer only has to come in that bounded time: the parser refuses it.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        # No more openers than that anywhere, strings included: no deeper than that either.
+        return True
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(data.split(b'"')[::2]).translate(_AS_SQUARE, _NOT_BRACKETS)
+    if b"[" * (limit + 1) in brackets or b"]" * (limit + 1) in brackets:
+        return False  # that many containers opened, or closed, in a row
+    for _ in range(limit):
+        if not brackets:
+            return True
+        inner = brackets.replace(b"[]", b"")
+        if len(inner) == len(brackets):
+            return False  # unbalanced: no pass will ever empty it
+        brackets = inner
+    return not brackets
 
 
 def validate_message(message: InvalidationMessage, *, max_keys: int | None = None) -> None:
@@ -347,6 +395,7 @@ class RedisInvalidationBus:
         self._subscribed = False
         self._attempt = 0
         self._closed = False
+        self._rejected = 0
 
     # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
     # which picks the sync twin, takes *args and **kwargs).
@@ -379,6 +428,13 @@ class RedisInvalidationBus:
     def is_subscribed(self) -> bool:
         """Whether the subscriber currently holds a confirmed subscription."""
         return self._subscribed
+
+    @property
+    def rejected(self) -> int:
+        """Received messages dropped so far, for any reason (each also went to ``on_error``
+        as a :class:`RejectedMessageError`). A message whose ``on_message`` failed was valid,
+        so it is not counted here."""
+        return self._rejected
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -584,21 +640,48 @@ class RedisInvalidationBus:
         time.
 
         Raises:
-            RejectedMessageError: If the message must be dropped (see its ``reason``).
+            RejectedMessageError: If the message must be dropped (see its ``reason``); nothing
+                else, whatever the payload.
         """
-        if isinstance(data, bytearray | memoryview):
-            data = bytes(data)
-        if not isinstance(data, bytes):
+        try:
+            return self._decode(data, now)
+        except RejectedMessageError:
+            raise
+        except Exception as exc:
+            # Whatever a check raises drops this one message and says why. Nothing a sender
+            # can put on the channel may reach the subscriber loop, which would take it for a
+            # lost connection: reconnect, lose what was published meanwhile, and have every
+            # stack empty its local layers.
+            raise RejectedMessageError("unexpected", f"checking it raised {exc!r}") from exc
+
+    def _decode(self, data: object, now: float | None) -> InvalidationMessage | None:
+        # Size first, before any work (a memoryview is measured before it is copied).
+        if isinstance(data, memoryview):
+            size = data.nbytes
+        elif isinstance(data, bytes | bytearray):
+            size = len(data)
+        else:
             raise RejectedMessageError("malformed", f"payload is {type(data).__name__}, not bytes")
-        if len(data) > self.max_message_bytes:
+        if size > self.max_message_bytes:
             raise RejectedMessageError(
-                "oversized", f"{len(data)} bytes; the limit is {self.max_message_bytes}"
+                "oversized", f"{size} bytes; the limit is {self.max_message_bytes}"
+            )
+        raw = bytes(data)
+        try:
+            # Strictly UTF-8, as the wire format says (json.loads would guess UTF-16/32 from
+            # the bytes, and let lone surrogates through); the nesting scan relies on it.
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RejectedMessageError("malformed", f"not UTF-8: {exc}") from None
+        if not _nesting_within(raw, _MAX_NESTING):
+            raise RejectedMessageError(
+                "malformed", f"nested deeper than {_MAX_NESTING} levels, or brackets unbalanced"
             )
         try:
             body = json.loads(
-                data, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+                text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
             )
-        except (ValueError, RecursionError) as exc:
+        except ValueError as exc:
             raise RejectedMessageError("malformed", f"not JSON: {exc}") from None
         if not isinstance(body, dict):
             _schema_error(f"a message is a JSON object, not {type(body).__name__}")
@@ -672,11 +755,17 @@ class RedisInvalidationBus:
         return message
 
     async def _receive(self, data: object) -> None:
+        """Decode one received payload and hand it to ``on_message``. Nothing that goes wrong
+        with one message leaves here: a payload that fails any check is dropped, counted and
+        reported; a handler that fails is reported. Only the connection's own errors (in
+        :meth:`_listen`) end a subscription."""
         try:
             message = self.decode(data)
-        except RejectedMessageError as exc:
+        except Exception as exc:  # decode() raises RejectedMessageError only; be sure of it
+            self._rejected += 1
+            reason = exc.reason if isinstance(exc, RejectedMessageError) else "unexpected"
             size = len(data) if isinstance(data, bytes) else None
-            self._report(exc, {"operation": "bus.receive", "reason": exc.reason, "size": size})
+            self._report(exc, {"operation": "bus.receive", "reason": reason, "size": size})
             return
         if message is None or self._on_message is None:
             return
