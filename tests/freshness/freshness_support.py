@@ -306,6 +306,11 @@ class Env:
         return [ABSENT if e is None else e.value for e in await self.entries(key)]
 
     async def drop_from_layers(self, key: str) -> None:
-        """Delete ``key`` from every layer directly, behind the stack's back."""
+        """Make ``key`` vanish from every layer behind the stack's back, as an eviction or an
+        expiry would. (A Redis layer's ``delete`` is a change: its tombstone refuses the
+        store of a fetch in flight. An eviction is not, so the Redis key is unlinked.)"""
         for layer in self.layers:
-            await lcall(layer, "delete", key)
+            if hasattr(layer, "client") and hasattr(layer, "prefix"):
+                await lcall(layer.client, "unlink", (layer.prefix + key).encode())
+            else:
+                await lcall(layer, "delete", key)

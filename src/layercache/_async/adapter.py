@@ -7,7 +7,7 @@ Optional methods are looked up here and nowhere else, so the hot path never call
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -114,6 +114,9 @@ class LayerAdapter:
         self.missed: deque[tuple[str, Any]] = deque()
         self.missed_size = 0  # keys (or patterns/clears) in ``missed``: the bound counts these
         self.missed_keys: set[str] = set()  # the keys of the deletes in ``missed``
+        # Keys a fetch refilled while the layer was away, oldest first (bounded by the stack;
+        # not changes: dropped on recovery, forgotten on overflow, never a reason to fence).
+        self.refills: OrderedDict[str, None] = OrderedDict()
         self.fenced = False
         self.probing = False
         handler_hook = getattr(layer, "set_error_handler", None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import itertools
 import logging
 import random
 import threading
@@ -1042,6 +1043,16 @@ class CacheStack:
         with self._state_lock:  # a replay may be taking items off the queue meanwhile
             if adapter.fenced:
                 return
+            if kind == "refill":
+                refills = adapter.refills
+                for key in arg:
+                    refills[key] = None
+                    refills.move_to_end(key)
+                while len(refills) > _MAX_MISSED:
+                    # Forgetting a refill costs nothing but freshness: the layer keeps a
+                    # value that no change touched.
+                    refills.popitem(last=False)
+                return
             pending = adapter.missed_keys
             if kind == "delete":
                 # One entry per key: every missed operation is a removal, and removals
@@ -1103,6 +1114,7 @@ class CacheStack:
                     adapter.missed.clear()
                     adapter.missed_size = 0
                     adapter.missed_keys.clear()
+                    adapter.refills.clear()
             while True:
                 batch = self._next_batch(adapter.missed, "delete", len)
                 if not batch:
@@ -1121,6 +1133,15 @@ class CacheStack:
                     await adapter.clear()
                     replayed.append(("clear", "clear", ()))
                 self._replayed(adapter, batch)
+            # Keys refetched while the layer was away: its older copies go (not announced:
+            # no change, the other instances' copies are as good as before).
+            while adapter.refills:
+                with self._state_lock:
+                    refilled = list(itertools.islice(adapter.refills, _REPLAY_BATCH))
+                await adapter.delete_many(refilled)
+                with self._state_lock:
+                    for key in refilled:
+                        adapter.refills.pop(key, None)
         except Exception as exc:
             assert self._retry_after is not None
             adapter.degraded_until = self._clock() + self._retry_after
@@ -2011,11 +2032,11 @@ class CacheStack:
             await behind.put(key, ("set", queued))
         wrote_directly = len(remote) < len(writes)
         # A layer that misses a write must drop the key when it recovers, since it may hold
-        # an older value. Not for a fetch's store: the key did not change, the fetch only
-        # refills it (a change made meanwhile is remembered by that change), and counting
+        # an older value. A fetch's store is a refill, not a change: remembered apart, in a
+        # bounded set that forgets its oldest keys instead of fencing the layer (counting
         # every refill during an outage under read load would pass the bound in a second
-        # and fence the layer (cleared on recovery).
-        missed = ("delete", (key,)) if flight is None else None
+        # and clear the whole layer on recovery).
+        missed = ("delete" if flight is None else "refill", (key,))
         try:
             await self._for_layers("set", remote, write, missed, succeeded_elsewhere=wrote_directly)
         except Exception:
