@@ -404,10 +404,13 @@ if current then
     return -1
   end
 end
-for i = 2, #KEYS do
-  local fence = tonumber(redis.call('GET', KEYS[i]) or '')
-  if fence and fence >= read_at then
-    return -2
+if #KEYS > 1 then
+  local fences = redis.call('MGET', unpack(KEYS, 2))
+  for i = 1, #fences do
+    local fence = tonumber(fences[i] or '')
+    if fence and fence >= read_at then
+      return -2
+    end
   end
 end
 if ARGV[5] == '' then
