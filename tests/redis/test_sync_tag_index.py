@@ -290,7 +290,8 @@ def pair_factory(backend: Backend, prefix: str) -> Iterator[Callable[..., list[I
 
 
 def redis_has(instance: Instance, prefix: str, key: str) -> bool:
-    return bool(instance.client.exists(f"{prefix}:{key}".encode()))
+    raw = instance.client.get(f"{prefix}:{key}".encode())
+    return raw is not None and not bytes(raw).startswith(b"\xc1LT")  # not a tombstone
 
 
 def test_invalidate_by_tag_removes_the_other_instances_keys_from_redis(

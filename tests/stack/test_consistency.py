@@ -94,11 +94,33 @@ async def test_invalidation_of_other_keys_does_not_block_storing(env: StackEnv) 
     await wait_event(fetch.started, 2)
     await env.cache.delete("post:2")
     await env.cache.invalidate_by_tag("users")
+    fetch.release.set()
+    assert await join(task) == "kept"
+    assert await env.layer_values("post:1") == ["kept"] * len(env.layers)
+
+
+async def test_an_unrelated_pattern_invalidation_blocks_storing_only_with_leases(
+    env: StackEnv,
+) -> None:
+    """A pattern (or prefix) invalidation marks only the matching flights of this instance;
+    in a layer with leases (Redis) its fence is layer-wide: every fetch in flight there is
+    refused its store (stored nowhere), and the next read fetches and stores again."""
+    leased = any(hasattr(layer, "set_leased") for layer in env.layers)
+    fetch = HeldFetch("kept")
+    task = spawn(env.cache.get, "post:1", fetch, tags=["posts"])
+    await wait_event(fetch.started, 2)
     await env.cache.invalidate_by_pattern("user:*")
     await env.cache.invalidate_by_prefix("post:1:")
     fetch.release.set()
     assert await join(task) == "kept"
-    assert await env.layer_values("post:1") == ["kept"] * len(env.layers)
+    if not leased:
+        assert await env.layer_values("post:1") == ["kept"] * len(env.layers)
+        return
+    assert await env.layer_values("post:1") == [ABSENT] * len(env.layers)
+    again = HeldFetch("again")
+    again.release.set()
+    assert await env.cache.get("post:1", again, tags=["posts"]) == "again"
+    assert await env.layer_values("post:1") == ["again"] * len(env.layers)
 
 
 async def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: StackEnv) -> None:

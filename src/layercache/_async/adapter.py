@@ -30,6 +30,7 @@ _OPTIONAL = (
     "get_many",
     "set_many",
     "delete_many",
+    "purge_many",
     "delete_matching",
     "keys",
     "has",
@@ -223,10 +224,17 @@ class LayerAdapter:
         if keys_fn is None:
             return await self.delete_matching(pattern)
         keys = list(await self.call("keys", keys_fn, pattern))
+        # Keys of a retired generation are read and fetched by nobody: a layer that can remove
+        # keys for good (no tombstone, see RedisLayer.purge_many) does so.
+        purge = self._optional.get("purge_many")
         for start in range(0, len(keys), batch_size):
             if start:
                 await pause(0)
-            await self.delete_many(keys[start : start + batch_size])
+            batch = keys[start : start + batch_size]
+            if purge is not None:
+                await self.call("purge_many", purge, batch)
+            else:
+                await self.delete_many(batch)
         return len(keys)
 
     async def ping(self) -> bool:

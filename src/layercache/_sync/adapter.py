@@ -32,6 +32,7 @@ _OPTIONAL = (
     "get_many",
     "set_many",
     "delete_many",
+    "purge_many",
     "delete_matching",
     "keys",
     "has",
@@ -225,10 +226,17 @@ class LayerAdapter:
         if keys_fn is None:
             return self.delete_matching(pattern)
         keys = list(self.call("keys", keys_fn, pattern))
+        # Keys of a retired generation are read and fetched by nobody: a layer that can remove
+        # keys for good (no tombstone, see RedisLayer.purge_many) does so.
+        purge = self._optional.get("purge_many")
         for start in range(0, len(keys), batch_size):
             if start:
                 pause(0)
-            self.delete_many(keys[start : start + batch_size])
+            batch = keys[start : start + batch_size]
+            if purge is not None:
+                self.call("purge_many", purge, batch)
+            else:
+                self.delete_many(batch)
         return len(keys)
 
     def ping(self) -> bool:

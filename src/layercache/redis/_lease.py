@@ -85,13 +85,24 @@ class ServerClock:
     margin it is still a lower bound, so nobody else waits for the new one.
     """
 
-    __slots__ = ("_skew_us", "_state", "refreshing")
+    __slots__ = ("_floor", "_skew_us", "_state", "refreshing")
 
     def __init__(self, skew_us: int = 0) -> None:
         self._skew_us = skew_us
         # (t1, offset) replaced as one tuple, so that threads read a consistent pair.
         self._state: tuple[int, int] | None = None
         self.refreshing = False
+        # A server time known to have passed: see raise_floor.
+        self._floor = 0
+
+    def raise_floor(self, server_us: int) -> None:
+        """Record that the server's clock has reached ``server_us`` (a fence this process
+        wrote returned that time). A read sent after that runs later on the server, so the
+        bound never needs to be below it: without this floor a fetch that reads right after
+        this process's own invalidation (within the margin) would be refused its store.
+        Single server only: on a cluster the fence's node is not the key's."""
+        if server_us > self._floor:
+            self._floor = server_us
 
     def read_at(self) -> int | None:
         """The bound now, or ``None`` when the layer must measure first (none yet, or the
@@ -103,7 +114,8 @@ class ServerClock:
         age = now - state[0]
         if age > REMEASURE_US and not self.refreshing:
             return None
-        return now + state[1] - _BASE_MARGIN_US - age // _DRIFT_DIVISOR - self._skew_us
+        bound = now + state[1] - _BASE_MARGIN_US - age // _DRIFT_DIVISOR - self._skew_us
+        return max(bound, self._floor)
 
     def update(self, t1_us: int, server_us: int) -> None:
         """Record one ``TIME`` reply (``server_us``) received at local time ``t1_us``."""

@@ -397,8 +397,10 @@ local read_at = tonumber(ARGV[1])
 if now_us() - read_at >= tonumber(ARGV[2]) then
   return 0
 end
-local current = redis.pcall('GET', KEYS[1])
-if current then
+-- GETRANGE 0 -1 reads the whole value like GET (an absent key reads as ''), and keeps the
+-- server's GET statistics a count of the clients' own reads.
+local current = redis.pcall('GETRANGE', KEYS[1], 0, -1)
+if current and current ~= '' then
   -- Another type under the key (an error reply, a table) never equals what was seen.
   if type(current) ~= 'string' or ARGV[3] == '' or redis.sha1hex(current) ~= ARGV[3] then
     return -1

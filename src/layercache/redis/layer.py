@@ -479,7 +479,10 @@ class RedisLayer:
         return read_at
 
     async def _write_fences(self, keys: Sequence[bytes]) -> None:
-        await self._each_key(self._fence_script, keys, [self._lease_px])
+        replies = await self._each_key(self._fence_script, keys, [self._lease_px])
+        if not self._is_cluster and replies:
+            # Reads sent from now on run after these fences: they are not older than them.
+            self._clock.raise_floor(max(int(reply) for reply in replies) + 1)
 
     async def _live(self, raws: Sequence[bytes]) -> list[bool]:
         """Which scanned keys hold something other than a tombstone."""
@@ -646,6 +649,16 @@ class RedisLayer:
         with self._driver_errors("delete_many"):
             for start in range(0, len(keys), _UNLINK_BATCH):
                 await self._remove([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
+
+    async def purge_many(self, keys: Sequence[str]) -> None:
+        """Remove ``keys`` for good (UNLINK in batches of 500, never a tombstone): for keys
+        nobody reads or fetches any more, such as a retired generation's. A tombstone would
+        only hold memory for ``lease_ttl``."""
+        if self._cluster_pending:
+            await self._initialize_cluster()
+        with self._driver_errors("purge_many"):
+            for start in range(0, len(keys), _UNLINK_BATCH):
+                await self._unlink([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
 
     async def delete_matching(self, pattern: str) -> int:
         """Remove every key of this layer matching the glob ``pattern``; return how many.

@@ -95,11 +95,33 @@ def test_invalidation_of_other_keys_does_not_block_storing(env: StackEnv) -> Non
     wait_event(fetch.started, 2)
     env.cache.delete("post:2")
     env.cache.invalidate_by_tag("users")
+    fetch.release.set()
+    assert join(task) == "kept"
+    assert env.layer_values("post:1") == ["kept"] * len(env.layers)
+
+
+def test_an_unrelated_pattern_invalidation_blocks_storing_only_with_leases(
+    env: StackEnv,
+) -> None:
+    """A pattern (or prefix) invalidation marks only the matching flights of this instance;
+    in a layer with leases (Redis) its fence is layer-wide: every fetch in flight there is
+    refused its store (stored nowhere), and the next read fetches and stores again."""
+    leased = any(hasattr(layer, "set_leased") for layer in env.layers)
+    fetch = HeldFetch("kept")
+    task = spawn(env.cache.get, "post:1", fetch, tags=["posts"])
+    wait_event(fetch.started, 2)
     env.cache.invalidate_by_pattern("user:*")
     env.cache.invalidate_by_prefix("post:1:")
     fetch.release.set()
     assert join(task) == "kept"
-    assert env.layer_values("post:1") == ["kept"] * len(env.layers)
+    if not leased:
+        assert env.layer_values("post:1") == ["kept"] * len(env.layers)
+        return
+    assert env.layer_values("post:1") == [ABSENT] * len(env.layers)
+    again = HeldFetch("again")
+    again.release.set()
+    assert env.cache.get("post:1", again, tags=["posts"]) == "again"
+    assert env.layer_values("post:1") == ["again"] * len(env.layers)
 
 
 def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: StackEnv) -> None:

@@ -73,7 +73,8 @@ def test_threads_across_two_backends_lose_no_increment(
     assert 0 < raw.pttl("dj::1:n") <= 300_000
     assert one._engine.stack.inspect(":1:n").tags == ("counters",)
     assert one.invalidate_by_tag("counters") == 1
-    assert raw.exists("dj::1:n") == 0
+    gone = raw.get("dj::1:n")  # a delete leaves a tombstone (\xc1LT...), read as absent
+    assert gone is None or gone.startswith(b"\xc1LT")
 
 
 async def test_async_gather_across_two_backends(
