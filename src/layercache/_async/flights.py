@@ -206,6 +206,22 @@ class Flights:
                         else:
                             del self._active_keys[key]
 
+    def unless_changed(self, flight: Flight, write: Callable[[], None]) -> bool:
+        """Run ``write`` (a fetch's synchronous, in-process store) unless ``flight`` was
+        invalidated; whether it ran.
+
+        Atomic with respect to changes: a change marks flights under this lock on entry, and
+        removes the key from the layers after that. So either the change marked ``flight``
+        first (nothing is written) or it comes after the write and removes it. A check and
+        a write apart would let a change slip in between, and the fetched value would sit in
+        L1 after the change returned, until the fetch's own clean-up removed it.
+        """
+        with self._lock:
+            if flight.invalidated:
+                return False
+            write()
+            return True
+
     def changing_all(self) -> contextlib.AbstractContextManager[None]:
         """:meth:`changing` of every key (a clear, a reconnect)."""
         return self.changing(_everything)

@@ -623,12 +623,9 @@ class SyncCacheStack:
             )
             for chunk in chunks
         ]
-        with self._state_lock:
-            queued = bool(self._unsent)
-            if queued:
-                # Older announcements that failed go first, so the others hear them in order.
-                self._unsent.extend(messages)
-        if queued:
+        # Older announcements that failed go first, so the others hear them in order: behind
+        # them in the (bounded) queue.
+        if self._keep_unsent(messages, only_behind=True):
             self._flush_unsent()
             return
         for position, message in enumerate(messages):
@@ -641,10 +638,15 @@ class SyncCacheStack:
                 self._keep_unsent(messages[position:])
                 return
 
-    def _keep_unsent(self, messages: Sequence[InvalidationMessage]) -> None:
+    def _keep_unsent(
+        self, messages: Sequence[InvalidationMessage], *, only_behind: bool = False
+    ) -> bool:
         """Graceful degradation: keep announcements that could not be published (bounded;
-        past the bound they collapse into one ``clear``, which is always safe to send)."""
+        past the bound they collapse into one ``clear``, which is always safe to send).
+        ``only_behind``: keep them only if older ones are queued (returns whether kept)."""
         with self._state_lock:
+            if only_behind and not self._unsent:
+                return False
             self._unsent.extend(messages)
             if len(self._unsent) > _MAX_UNSENT:
                 self._unsent.clear()
@@ -657,6 +659,7 @@ class SyncCacheStack:
                         timestamp=time.time(),
                     )
                 )
+        return True
 
     def _flush_unsent(self) -> None:
         """Publish kept announcements, oldest first, until one fails again.
@@ -860,7 +863,12 @@ class SyncCacheStack:
         """
         if self._retry_after is None:
             return call()
-        if self._tags_down_until is not None and not self._recover_tags():
+        # A record that follows a value written to a shared layer asks the index at once
+        # instead of waiting out retry_after: that layer answered, so the index (usually on
+        # the same Redis) likely does too, and a tagged value in Redis that the index does not
+        # know would escape another instance's invalidation of its tags meanwhile.
+        urgent = operation == "record" and shared
+        if self._tags_down_until is not None and not self._recover_tags(urgent):
             self._remember_tags(missed, shared)
             return default
         try:
@@ -887,6 +895,13 @@ class SyncCacheStack:
             for kind, arg in missed if isinstance(missed, list) else [missed]:
                 if self._tags_fenced:
                     return
+                if kind in ("remove", "pattern", "clear"):
+                    # Removals are not replayed: one replayed after another instance wrote the
+                    # key again would erase that newer entry, and the next invalidation of its
+                    # tags would miss its value. A removal that never happens leaves the index
+                    # an entry too many (an invalidation then deletes a key that is gone, or
+                    # one that moved to other tags: harmless), until the entry's own expiry.
+                    continue
                 if kind == "record":
                     # Not while a replay runs: it may be sending that very entry.
                     held = None if self._tags_probing else tail.get(arg[0])
@@ -941,13 +956,14 @@ class SyncCacheStack:
             popped.append(queue.popleft())
         return popped
 
-    def _recover_tags(self) -> bool:
+    def _recover_tags(self, urgent: bool = False) -> bool:
         """Replay what the tag index missed once ``retry_after`` passed; ``True`` when it is
         back in service. A fenced index (it missed too much to replay) is cleared together
         with the shared layers whose tags it no longer knows."""
         assert self._tags_down_until is not None
         assert self._retry_after is not None
-        if self._clock() < self._tags_down_until or not self._claim_probe(self, "_tags_probing"):
+        early = self._clock() < self._tags_down_until
+        if (early and not urgent) or not self._claim_probe(self, "_tags_probing"):
             return False
         # What the replay deleted from the layers, announced once it is done: the other
         # instances' L1 copies of those keys must go too (a shared index resolves keys for
@@ -956,8 +972,11 @@ class SyncCacheStack:
         try:
             if self._tags_fenced:
                 # The index lost track of what was tagged meanwhile: drop every value it may
-                # not know, in the shared layers only if one of them got such a value.
-                self._tags.clear()
+                # not know, in the shared layers only if one of them got such a value. (The
+                # index itself is kept: what it knows of other instances' keys still holds.)
+                # Only once it answers again: the fence is lifted by this, and records that
+                # go on failing would be lost with it.
+                self._tags.tags_of("layercache:health-probe")
                 everywhere = self._tags_missed_shared
                 targets = [a for a in self._layers if everywhere or a.is_local]
                 with self._flights.changing_all():
@@ -986,20 +1005,17 @@ class SyncCacheStack:
                         self._drop_evicted(evicted, announce=False)
                         announce.append(("keys", "delete", evicted))
                     continue
-                if kind == "remove":
-                    self._tags.remove(arg)
-                elif kind == "invalidate":
-                    tags, mode = arg
-                    keys = sorted(self._tags.keys_for_tags(list(tags), mode))
-                    if keys:
-                        with self._flights.changing(_among(keys), keys):
-                            self._delete_everywhere(keys)
-                            self._tags.remove(keys)
-                        announce.append(("keys", "invalidate", keys))
-                elif kind == "pattern":
-                    self._forget_tagged_matching(arg)
-                else:
-                    self._tags.clear()
+                # The only other kind remembered (removals are not: see _remember_tags). Its
+                # keys are resolved now, so a key written again since is deleted too: more
+                # than needed, never too little.
+                assert kind == "invalidate", kind
+                tags, mode = arg
+                keys = sorted(self._tags.keys_for_tags(list(tags), mode))
+                if keys:
+                    with self._flights.changing(_among(keys), keys):
+                        self._delete_everywhere(keys)
+                        self._tags.remove(keys)
+                    announce.append(("keys", "invalidate", keys))
                 with self._state_lock:
                     self._pop_replayed(self._tags_missed, batch)
         except LayerCacheError as exc:
@@ -2007,13 +2023,20 @@ class SyncCacheStack:
         def drop(adapter: LayerAdapter) -> None:
             adapter.delete(key)
 
-        remote: list[LayerAdapter] = []
-        for adapter, entry in writes:
-            if adapter.direct_set is None:
-                remote.append(adapter)
-            else:
+        remote = [a for a, _ in writes if a.direct_set is None]
+        direct = [(a, e) for a, e in writes if a.direct_set is not None]
+
+        def write_direct() -> None:
+            for adapter, entry in direct:
                 assert entry is not None
                 self._direct_write(adapter, key, entry, entry.storage_ttl(now))
+
+        if flight is None:
+            write_direct()
+        elif not self._flights.unless_changed(flight, write_direct):
+            # Changed since the fetch began: its value is stored nowhere more (a conditional
+            # store that went through before the change was undone by that change).
+            return
         behind = self._behind
         if behind is not None:
             # Write-behind: non-local layers get the write from the queue, in a later batch.
