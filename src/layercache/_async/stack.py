@@ -2005,12 +2005,15 @@ class CacheStack:
         plan = self._entries_for(key, value, opts, now)
         writes = [(a, e) for a, e in plan if e is not None]
         skipped = [a for a, e in plan if e is None]
+        leased_stored = False
         if flight is not None and self._leasing and self._behind is None:
             # A fetch's value goes to the layers with conditional stores first, and nowhere
             # if one of them refuses it: it may be older than a change made meanwhile.
             if not await self._store_leased(key, writes, flight, opts.tags or (), now):
                 return
-            writes = [(a, e) for a, e in writes if not a.leases]
+            others = [(a, e) for a, e in writes if not a.leases]
+            leased_stored = len(others) < len(writes)
+            writes = others
         by_name = {a.name: e for a, e in writes}
 
         failed: set[str] = set()
@@ -2038,8 +2041,13 @@ class CacheStack:
         if flight is None:
             write_direct()
         elif not self._flights.unless_changed(flight, write_direct):
-            # Changed since the fetch began: its value is stored nowhere more (a conditional
-            # store that went through before the change was undone by that change).
+            # Changed since the fetch began: the value goes nowhere more. A conditional store
+            # that went through before the change reached Redis is taken back: the change may
+            # not have removed it (a tag invalidation resolves keys through the index, and
+            # this value's record was never made).
+            if leased_stored:
+                with self._flights.changing(_no_flight, (key,)):
+                    await self._delete_everywhere([key])
             return
         behind = self._behind
         if behind is not None:
