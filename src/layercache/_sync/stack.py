@@ -891,6 +891,10 @@ class SyncCacheStack:
         with self._state_lock:  # a replay may be taking items off the queue meanwhile
             if shared and missed:
                 self._tags_missed_shared = True
+            if self._tags_down_until is None:
+                # A replay finished between this caller's decision and now: it would never
+                # see what is queued here. Due at once, so the next tag operation replays it.
+                self._tags_down_until = self._clock()
             tail = self._tags_tail
             for kind, arg in missed if isinstance(missed, list) else [missed]:
                 if self._tags_fenced:
@@ -1010,11 +1014,15 @@ class SyncCacheStack:
                 # than needed, never too little.
                 assert kind == "invalidate", kind
                 tags, mode = arg
+                # In the order of invalidate_by_tags: the fences first, the index entries
+                # before the values (an entry removed after the value's delete could be a
+                # newer fetch's record, made after that delete, whose value then escapes).
+                self._fence_tags(tags)
                 keys = sorted(self._tags.keys_for_tags(list(tags), mode))
                 if keys:
                     with self._flights.changing(_among(keys), keys):
-                        self._delete_everywhere(keys)
                         self._tags.remove(keys)
+                        self._delete_everywhere(keys)
                     announce.append(("keys", "invalidate", keys))
                 with self._state_lock:
                     self._pop_replayed(self._tags_missed, batch)
@@ -1027,7 +1035,10 @@ class SyncCacheStack:
         with self._state_lock:
             if not self._tags_missed:
                 self._tags_missed_shared = False
-        self._tags_down_until = None
+                self._tags_down_until = None
+            else:
+                # Remembered after this replay's last look: due at once, for the next caller.
+                self._tags_down_until = self._clock()
         for scope, operation, changed in announce:
             self._publish(scope, operation, changed)
         return True
@@ -1909,6 +1920,12 @@ class SyncCacheStack:
         self._store(key, value, opts, flight)
         return value
 
+    def _fence_tags(self, tags: Sequence[str]) -> None:
+        """Put up the fences of ``tags`` in the layers with conditional stores."""
+        if self._leasing:
+            leased = [a for a in self._layers if a.leases]
+            self._for_layers("invalidate_by_tags", leased, lambda a: a.fence_tags(tags))
+
     def _take_leases(self, key: str, flight: Flight) -> None:
         """Leases on ``key`` from the layers with conditional stores that this fetch has
         none of (it read nothing from them: a background refresh, a bulk read, a queued
@@ -2354,14 +2371,10 @@ class SyncCacheStack:
         # that stores and records its tags in between would be neither in the answer nor
         # still in flight to be marked, and its value would outlive the invalidation.
         with self._flights.changing(tagged):
-            if self._leasing:
-                # Likewise on other instances, in Redis itself: the tags' fences go up before
-                # the keys are resolved, so a fetch of a tagged key that read before now is
-                # refused its store, or stored early enough to be resolved and deleted here.
-                leased = [a for a in self._layers if a.leases]
-                self._for_layers(
-                    "invalidate_by_tags", leased, lambda a: a.fence_tags(wanted_tags)
-                )
+            # Likewise on other instances, in Redis itself: the tags' fences go up before the
+            # keys are resolved, so a fetch of a tagged key that read before now is refused
+            # its store, or stored early enough to be resolved and deleted here.
+            self._fence_tags(wanted_tags)
             keys: set[str] = self._tag_op(
                 "keys_for_tags",
                 functools.partial(self._tags.keys_for_tags, list(wanted_tags), mode),
