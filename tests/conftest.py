@@ -23,25 +23,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _components import redis_binary
 from _redis_server import RedisServer
 from _tcp_proxy import TcpProxy
-
-
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A ``redis-server`` for the whole session (``host``, ``port``, ``url``, ``stop()``,
     ``start()``, ``restart()``; the port survives a restart)."""
-    server = RedisServer(_redis_binary(), workdir=tmp_path_factory.mktemp("redis-server"))
+    server = RedisServer(redis_binary(), workdir=tmp_path_factory.mktemp("redis-server"))
     server.start()
     try:
         yield server
@@ -87,7 +78,7 @@ def redis_sync_client(redis_clean: RedisServer) -> Iterator[Any]:
 def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A one-node Redis Cluster owning every slot (cross-slot rules apply as in a real one)."""
     server = RedisServer(
-        _redis_binary(), workdir=tmp_path_factory.mktemp("redis-cluster"), cluster=True
+        redis_binary(), workdir=tmp_path_factory.mktemp("redis-cluster"), cluster=True
     )
     server.start()
     try:
@@ -161,7 +152,7 @@ def redis_cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     / ``redis-cli`` locally, a failure under ``CI=true``."""
     from _redis_server import RedisCluster3
 
-    binary = _redis_binary()
+    binary = redis_binary()
     cluster = RedisCluster3(
         binary,
         _redis_cli_binary(binary),

@@ -12,13 +12,13 @@ pytest reads options only from the conftest files it loads at start-up) or ``LAY
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from _components import redis_binary
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -52,17 +52,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def soak(request: pytest.FixtureRequest) -> bool:
     """``True`` in a soak run (longer runs, more seeds' worth of work per test)."""
     return soak_requested(request.config)
-
-
-def redis_binary() -> str:
-    """``redis-server``'s path; skipped locally without it, a failure under ``CI=true``."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
 
 
 @pytest.fixture

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-import redis.cluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from tag_index_support import Backend
 
-from _redis_server import RedisServer
 from layercache._codec import EntryCodec
 from layercache._entry import Entry
 from layercache._exceptions import CacheLayerError
@@ -43,31 +39,10 @@ def tag_fence(tag: str) -> bytes:
     return PREFIX.encode() + b"\x00fence:tag:" + tag.encode()
 
 
-@pytest.fixture(params=["single", "cluster3"])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """Sync clients on the session server or on the three-master cluster (closed afterwards)."""
-    if request.param == "single":
-        server: RedisServer = request.getfixturevalue("redis_clean")
-
-        def make() -> Any:
-            return redis.Redis(host=server.host, port=server.port, socket_timeout=5)
-
-    else:
-        cluster = request.getfixturevalue("redis_cluster3")
-        cluster.flushall()
-
-        def make() -> Any:
-            return redis.RedisCluster(
-                startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in cluster.startup_nodes],
-                socket_timeout=5,
-            )
-
-    created = Backend(request.param, make)
-    try:
-        yield created
-    finally:
-        for client in created.clients:
-            client.close()
+@pytest.fixture
+def backend(sync_backend: Backend) -> Backend:
+    """Sync clients on a single server and on the three-master cluster (tests/redis/conftest.py)."""
+    return sync_backend
 
 
 class Pair:
@@ -208,7 +183,7 @@ def test_read_at_is_a_lower_bound_of_the_server_clock(pair: Pair) -> None:
 
 
 # A single server checks the fences in the store's own script: these are the cluster's steps.
-@pytest.mark.parametrize("backend", ["cluster3"], indirect=True)
+@pytest.mark.parametrize("sync_backend", ["cluster3"], indirect=True)
 def test_fence_written_between_store_and_fence_read_is_undone(backend: Backend) -> None:
     pair = Pair(backend)
     _, lease = pair.ours.get_leased("k")
@@ -228,7 +203,7 @@ def test_fence_written_between_store_and_fence_read_is_undone(backend: Backend) 
     assert pair.raw.exists(b"lease:k") == 0
 
 
-@pytest.mark.parametrize("backend", ["cluster3"], indirect=True)
+@pytest.mark.parametrize("sync_backend", ["cluster3"], indirect=True)
 def test_an_unchecked_cluster_store_is_taken_back(backend: Backend) -> None:
     pair = Pair(backend)
     _, lease = pair.ours.get_leased("k")

@@ -47,30 +47,10 @@ def wait_past(moment: float) -> None:
     eventually(lambda: time.time() > moment + 0.01, timeout=2.0)
 
 
-@pytest.fixture(params=["single", "cluster3"])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if request.param == "single":
-        server: RedisServer = request.getfixturevalue("redis_clean")
-
-        def make() -> Any:
-            return redis.Redis(host=server.host, port=server.port, socket_timeout=5)
-
-    else:
-        cluster = request.getfixturevalue("redis_cluster3")
-        cluster.flushall()
-
-        def make() -> Any:
-            return redis.RedisCluster(
-                startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in cluster.startup_nodes],
-                socket_timeout=5,
-            )
-
-    created = Backend(request.param, make)
-    try:
-        yield created
-    finally:
-        for client in created.clients:
-            client.close()
+@pytest.fixture
+def backend(sync_backend: Backend) -> Backend:
+    """Sync clients on a single server and on the three-master cluster (tests/redis/conftest.py)."""
+    return sync_backend
 
 
 @pytest.fixture

@@ -183,3 +183,65 @@ async def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
     await cache.delete("k")
     assert await join(reader) == "old"  # the caller gets what it read...
     assert memory.get("k") is None  # ...but it is not backfilled after the delete
+
+
+async def test_a_caller_after_a_change_never_follows_a_read_that_began_during_it() -> None:
+    # A read that begins while a change is under way (after the change marked the running
+    # flights) may read the value the change replaces; a caller arriving after the change
+    # returned used to follow that read and get the old value (found by the chaos suite's
+    # thread test). The change marks the flights again at its end.
+    from layercache import CacheStack, Entry, MemoryLayer
+
+    class SlowLayer:
+        name, default_ttl, is_local = "slow", 300, False
+
+        def __init__(self) -> None:
+            self.data: dict[str, Entry] = {}
+            self.gets = 0
+            self.reading = Event()
+            self.release_get = Event()
+            self.deleting = Event()
+            self.release_delete = Event()
+
+        async def get(self, key: str) -> Entry | None:
+            self.gets += 1
+            entry = self.data.get(key)
+            self.reading.set()
+            await self.release_get.wait()
+            return entry
+
+        async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+            self.data[key] = entry
+
+        async def delete(self, key: str) -> None:
+            self.deleting.set()
+            await self.release_delete.wait()
+            self.data.pop(key, None)
+
+        async def clear(self) -> None:
+            self.data.clear()
+
+    memory, slow = MemoryLayer(), SlowLayer()
+    cache = CacheStack([memory, slow])
+    await cache.set("k", "old")
+    memory.clear()
+    change = spawn(cache.delete, "k")
+    await wait_event(slow.deleting, 5)  # the change is under way: flights marked, L1 done
+    during = spawn(cache.get, "k")
+    await wait_event(slow.reading, 5)  # a read began during the change, holding "old"
+    slow.release_delete.set()
+    await join(change)  # the change returned
+    after = spawn(cache.get, "k")
+
+    def reached() -> bool:
+        followed = any(
+            flight.future is not None
+            for flights in cache._flights._reads.values()
+            for flight in flights.values()
+        )
+        return followed or slow.gets == 2
+
+    await eventually(reached, "the later caller to follow the read or start its own")
+    slow.release_get.set()
+    assert await join(during) == "old"  # it began before the change returned: allowed
+    assert await join(after) is None, "a read issued after delete() got the deleted value"

@@ -1534,7 +1534,7 @@ class CacheStack:
             if entry.is_fresh(now):
                 metrics.layers[adapter.name].hits += 1
                 if index and not self._flights.changed_since(key, epoch):
-                    await self._backfill(key, entry, layers[:index], adapter.name, now)
+                    await self._backfill(key, entry, layers[:index], adapter.name, now, epoch)
                     await self._undo_late_backfill([key], layers[:index], epoch)
                 return _Lower(entry, index, stale)
             metrics.layers[adapter.name].misses += 1
@@ -1720,8 +1720,15 @@ class CacheStack:
         targets: Sequence[LayerAdapter],
         source: str,
         now: float,
+        epoch: int | None = None,
     ) -> None:
-        """Copy a lower layer's hit into the layers above it, each with its own TTL."""
+        """Copy a lower layer's hit into the layers above it, each with its own TTL.
+
+        ``epoch``: when the value was read. The in-process layers are then written only if
+        the key did not change since, in one step with that check (a change landing between
+        a check and the write would leave the value it replaced in L1 after it returned);
+        nothing is backfilled if it did.
+        """
 
         def copy_for(adapter: LayerAdapter) -> tuple[Entry, float | None]:
             own_ttl = adapter.default_ttl
@@ -1733,14 +1740,19 @@ class CacheStack:
             if ttl is None or ttl > 0:
                 await adapter.set(key, copy, ttl)
 
-        remote: list[LayerAdapter] = []
-        for adapter in targets:
-            if adapter.direct_set is None:
-                remote.append(adapter)
-                continue
-            copy, ttl = copy_for(adapter)
-            if ttl is None or ttl > 0:
-                self._direct_write(adapter, key, copy, ttl)
+        remote = [a for a in targets if a.direct_set is None]
+        direct = [a for a in targets if a.direct_set is not None]
+
+        def write_direct() -> None:
+            for adapter in direct:
+                copy, ttl = copy_for(adapter)
+                if ttl is None or ttl > 0:
+                    self._direct_write(adapter, key, copy, ttl)
+
+        if epoch is None:
+            write_direct()
+        elif not self._flights.unless_changed_since(key, epoch, write_direct):
+            return
         if remote:
             await self._for_layers("backfill", remote, fill)
         if entry.tags:

@@ -197,7 +197,10 @@ class Flights:
             yield
         finally:
             with self._lock:
-                self._mark(_nothing, names)
+                # Again at the end, flights included: a read that began during the change
+                # may have read the value it replaces, and a caller arriving after the change
+                # returned must not be handed that read's result (nor join its fetch).
+                self._mark(predicate, names)
                 if names is None:
                     self._active_broad -= 1
                 else:
@@ -258,12 +261,25 @@ class Flights:
         """Whether ``key`` may have been written or invalidated since ``epoch``, or is being
         changed now (a value read meanwhile may be the one the change replaces)."""
         with self._lock:
-            return (
-                self._broad_mark > epoch
-                or self._key_marks.get(key, 0) > epoch
-                or self._active_broad > 0
-                or key in self._active_keys
-            )
+            return self._changed_since(key, epoch)
+
+    def _changed_since(self, key: str, epoch: int) -> bool:
+        return (
+            self._broad_mark > epoch
+            or self._key_marks.get(key, 0) > epoch
+            or self._active_broad > 0
+            or key in self._active_keys
+        )
+
+    def unless_changed_since(self, key: str, epoch: int, write: Callable[[], None]) -> bool:
+        """Run ``write`` (a synchronous, in-process backfill of a value read at ``epoch``)
+        unless ``key`` changed since; whether it ran. Atomic like :meth:`unless_changed`: a
+        change marks under this lock before it removes the key from the layers."""
+        with self._lock:
+            if self._changed_since(key, epoch):
+                return False
+            write()
+            return True
 
 
 def _in_scope(table: _Table, scope: Any) -> dict[str, Flight]:
