@@ -63,6 +63,9 @@ __all__ = ["Lease", "RedisLayer"]
 
 logger = logging.getLogger("layercache.redis")
 
+# The store script's SHA-1, as Redis names it (EVALSHA without redis-py's Script object).
+_LEASE_SET_SHA = hashlib.sha1(LEASE_SET.encode("utf-8")).hexdigest()
+
 # SCAN hint: large enough to keep round trips few, small enough that one reply stays small.
 _SCAN_COUNT = 1000
 # Keys per UNLINK: bounds both the command size and how long one call holds the server.
@@ -288,7 +291,6 @@ class RedisLayer:
         self._fence_all = self._key(FENCE_ALL)
         self._tombstone_script = self._client.register_script(LEASE_TOMBSTONE)
         self._fence_script = self._client.register_script(LEASE_FENCE)
-        self._set_leased_script = self._client.register_script(LEASE_SET)
         self._undo_script = self._client.register_script(LEASE_UNDO)
         self._peek_script = self._client.register_script(LEASE_PEEK)
         self._live_script = self._client.register_script(LEASE_LIVE)
@@ -878,8 +880,8 @@ class RedisLayer:
         fences = [self._fence_all, *(self._tag_fence(t) for t in dict.fromkeys(tags))]
         with self._driver_errors("set_leased"):
             if not self._is_cluster:
-                return int(await self._set_leased_script(keys=[raw_key, *fences], args=args)) == 1
-            if int(await self._set_leased_script(keys=[raw_key], args=args)) != 1:
+                return int(await self._run_set_leased([raw_key, *fences], args)) == 1
+            if int(await self._run_set_leased([raw_key], args)) != 1:
                 return False
             try:
                 values = await self._client.mget_nonatomic(fences)  # type: ignore[union-attr]
@@ -891,6 +893,20 @@ class RedisLayer:
                 return True
             await self._undo_script(keys=[raw_key], args=[hashlib.sha1(data).hexdigest()])
             return False
+
+    async def _run_set_leased(self, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        """One call of the store script, straight through ``EVALSHA``: redis-py's Script
+        object costs about 20 us more per call (measured against a plain ``SET``: 262 vs 250
+        us with it, 242 vs 250 without), and this is the store of every fetch. Loaded again
+        when the server lost it (a restart, ``SCRIPT FLUSH``)."""
+        # Looked up per call (a client built from a URL hands out the current one), typed loosely:
+        # redis-py types execute_command differently in its two clients.
+        execute: Any = self._client.execute_command
+        try:
+            return await execute("EVALSHA", _LEASE_SET_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(LEASE_SET)
+            return await execute("EVALSHA", _LEASE_SET_SHA, len(keys), *keys, *args)
 
     async def _undo_quietly(self, raw_key: bytes, data: bytes) -> None:
         try:
