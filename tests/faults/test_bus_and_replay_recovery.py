@@ -299,3 +299,33 @@ async def test_a_removal_missed_by_the_index_never_erases_a_newer_record(
     finally:
         for c in (direct_a, flaky, direct_b):
             await c.aclose()
+
+
+async def test_a_tagged_write_the_index_cannot_take_stays_out_of_redis(
+    redis_clean: Any, redis_proxy: Any
+) -> None:
+    """With A's tag index out of reach (Redis itself answering), A's tagged write went to
+    Redis while its record waited for the index: B's invalidation of the tag could not see it,
+    and the value outlived it (found by the chaos suite's index watch)."""
+    direct_a = client(redis_clean.url)
+    flaky = client(redis_proxy.url)  # A's tag index only
+    direct_b = client(redis_clean.url)
+
+    def stack(c: Any, index_client: Any) -> CacheStack:
+        return CacheStack(
+            [MemoryLayer(), RedisLayer(client=c, prefix="rr:")],
+            tag_index=RedisTagIndex(client=index_client, prefix="rr:tags"),
+            graceful_degradation={"retry_after": 5},
+        )
+
+    a, b = stack(direct_a, flaky), stack(direct_b, direct_b)
+    try:
+        async with a, b:
+            redis_proxy.cut("refuse")
+            await a.set("k", "old", tags=["t"])  # the index is down: A keeps it in L1 only
+            await b.invalidate_by_tag("t")
+            assert await b.get("k", lambda: "fresh", tags=["t"]) == "fresh"
+    finally:
+        redis_proxy.restore()
+        for c in (direct_a, flaky, direct_b):
+            await c.aclose()

@@ -2121,6 +2121,14 @@ class CacheStack:
             ("record", (key, opts.tags or (), expires)),
             reached_shared,
         )
+        if opts.tags and self._tags_down_until is not None and behind is None:
+            # The index could not take this value's tags now: a tagged value in a shared layer
+            # that the index does not know would escape another instance's invalidation of
+            # its tags. It stays in the local layers only (its record is replayed when the
+            # index is back); the shared copies go (a removal: always safe).
+            # (A degraded layer got no copy: its missed write is remembered already.)
+            shared = [a for a in self._layers if not a.is_local and a.degraded_until is None]
+            await self._for_layers("set", shared, lambda a: a.delete(key), ("delete", (key,)))
         if evicted:
             await self._drop_evicted(evicted)
         if flight is not None and flight.invalidated:
