@@ -42,6 +42,16 @@ async def value_gone(redis_client: Any, raw_key: bytes) -> bool:
     return raw is None or bytes(raw).startswith(b"\xc1LT")
 
 
+def indexed_stack(c: Any, index_client: Any, *, retry_after: float) -> CacheStack:
+    """Memory + Redis on ``c``, the shared tag index on ``index_client`` (a proxied client
+    cuts off the index alone), graceful degradation."""
+    return CacheStack(
+        [MemoryLayer(), RedisLayer(client=c, prefix="rr:")],
+        tag_index=RedisTagIndex(client=index_client, prefix="rr:tags"),
+        graceful_degradation={"retry_after": retry_after},
+    )
+
+
 def client(url: str) -> Any:
     return aioredis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
@@ -266,14 +276,8 @@ async def test_a_removal_missed_by_the_index_never_erases_a_newer_record(
     flaky = client(redis_proxy.url)  # A's tag index only
     direct_b = client(redis_clean.url)
 
-    def stack(c: Any, index_client: Any) -> CacheStack:
-        return CacheStack(
-            [MemoryLayer(), RedisLayer(client=c, prefix="rr:")],
-            tag_index=RedisTagIndex(client=index_client, prefix="rr:tags"),
-            graceful_degradation={"retry_after": 0.2},
-        )
-
-    a, b = stack(direct_a, flaky), stack(direct_b, direct_b)
+    a = indexed_stack(direct_a, flaky, retry_after=0.2)
+    b = indexed_stack(direct_b, direct_b, retry_after=0.2)
     try:
         async with a, b:
             await b.set("k:12", {"v": 1}, tags=["t1"])
@@ -311,14 +315,8 @@ async def test_a_tagged_write_the_index_cannot_take_stays_out_of_redis(
     flaky = client(redis_proxy.url)  # A's tag index only
     direct_b = client(redis_clean.url)
 
-    def stack(c: Any, index_client: Any) -> CacheStack:
-        return CacheStack(
-            [MemoryLayer(), RedisLayer(client=c, prefix="rr:")],
-            tag_index=RedisTagIndex(client=index_client, prefix="rr:tags"),
-            graceful_degradation={"retry_after": 5},
-        )
-
-    a, b = stack(direct_a, flaky), stack(direct_b, direct_b)
+    a = indexed_stack(direct_a, flaky, retry_after=5)
+    b = indexed_stack(direct_b, direct_b, retry_after=5)
     try:
         async with a, b:
             redis_proxy.cut("refuse")

@@ -8,7 +8,7 @@ import pytest
 from stack_support import ABSENT, StackEnv, eventually
 
 from _twins_async import Event, join, spawn, wait_event
-from layercache import CacheStack
+from layercache import CacheStack, Entry
 
 Invalidate = Callable[[CacheStack], Awaitable[object]]
 
@@ -23,6 +23,39 @@ INVALIDATIONS: dict[str, Invalidate] = {
     "prefix": lambda c: c.invalidate_by_prefix("user:"),
     "namespace_clear": lambda c: c.namespace("user").clear(),
 }
+
+
+class SlowLayer:
+    """A lower layer whose reads (and deletes) wait to be released: a read takes the entry
+    first, then waits, so it hands out what was there when it began."""
+
+    name, default_ttl, is_local = "slow", 300, False
+
+    def __init__(self) -> None:
+        self.data: dict[str, Entry] = {}
+        self.gets = 0
+        self.reading = Event()
+        self.release_get = Event()
+        self.deleting = Event()
+        self.release_delete = Event()
+
+    async def get(self, key: str) -> Entry | None:
+        self.gets += 1
+        entry = self.data.get(key)
+        self.reading.set()
+        await self.release_get.wait()
+        return entry
+
+    async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        self.data[key] = entry
+
+    async def delete(self, key: str) -> None:
+        self.deleting.set()
+        await self.release_delete.wait()
+        self.data.pop(key, None)
+
+    async def clear(self) -> None:
+        self.data.clear()
 
 
 class HeldFetch:
@@ -148,38 +181,16 @@ async def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: St
 async def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
     # The lower layer answers a read with the old value, but a delete completes while that
     # read is in flight: the old value must not be copied into the memory layer afterwards.
-    from layercache import CacheStack, Entry, MemoryLayer
-
-    class SlowLayer:
-        name, default_ttl, is_local = "slow", 300, False
-
-        def __init__(self) -> None:
-            self.data: dict[str, Entry] = {}
-            self.reading = Event()
-            self.release = Event()
-
-        async def get(self, key: str) -> Entry | None:
-            entry = self.data.get(key)
-            self.reading.set()
-            await self.release.wait()
-            return entry
-
-        async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
-            self.data[key] = entry
-
-        async def delete(self, key: str) -> None:
-            self.data.pop(key, None)
-
-        async def clear(self) -> None:
-            self.data.clear()
+    from layercache import CacheStack, MemoryLayer
 
     memory, slow = MemoryLayer(), SlowLayer()
+    slow.release_delete.set()  # deletes go through at once here
     cache = CacheStack([memory, slow])
     await cache.set("k", "old")
     memory.clear()
     reader = spawn(cache.get, "k")
     await wait_event(slow.reading, 5)
-    slow.release.set()  # the read already holds the old entry object
+    slow.release_get.set()  # the read already holds the old entry object
     await cache.delete("k")
     assert await join(reader) == "old"  # the caller gets what it read...
     assert memory.get("k") is None  # ...but it is not backfilled after the delete
@@ -190,36 +201,7 @@ async def test_a_caller_after_a_change_never_follows_a_read_that_began_during_it
     # flights) may read the value the change replaces; a caller arriving after the change
     # returned used to follow that read and get the old value (found by the chaos suite's
     # thread test). The change marks the flights again at its end.
-    from layercache import CacheStack, Entry, MemoryLayer
-
-    class SlowLayer:
-        name, default_ttl, is_local = "slow", 300, False
-
-        def __init__(self) -> None:
-            self.data: dict[str, Entry] = {}
-            self.gets = 0
-            self.reading = Event()
-            self.release_get = Event()
-            self.deleting = Event()
-            self.release_delete = Event()
-
-        async def get(self, key: str) -> Entry | None:
-            self.gets += 1
-            entry = self.data.get(key)
-            self.reading.set()
-            await self.release_get.wait()
-            return entry
-
-        async def set(self, key: str, entry: Entry, ttl: float | None) -> None:
-            self.data[key] = entry
-
-        async def delete(self, key: str) -> None:
-            self.deleting.set()
-            await self.release_delete.wait()
-            self.data.pop(key, None)
-
-        async def clear(self) -> None:
-            self.data.clear()
+    from layercache import CacheStack, MemoryLayer
 
     memory, slow = MemoryLayer(), SlowLayer()
     cache = CacheStack([memory, slow])

@@ -11,7 +11,7 @@ import pytest
 from twin_stack_support import ABSENT, StackEnv, eventually
 
 from _twins_sync import Event, join, spawn, wait_event
-from layercache import SyncCacheStack
+from layercache import Entry, SyncCacheStack
 
 Invalidate = Callable[[SyncCacheStack], object]
 
@@ -26,6 +26,39 @@ INVALIDATIONS: dict[str, Invalidate] = {
     "prefix": lambda c: c.invalidate_by_prefix("user:"),
     "namespace_clear": lambda c: c.namespace("user").clear(),
 }
+
+
+class SlowLayer:
+    """A lower layer whose reads (and deletes) wait to be released: a read takes the entry
+    first, then waits, so it hands out what was there when it began."""
+
+    name, default_ttl, is_local = "slow", 300, False
+
+    def __init__(self) -> None:
+        self.data: dict[str, Entry] = {}
+        self.gets = 0
+        self.reading = Event()
+        self.release_get = Event()
+        self.deleting = Event()
+        self.release_delete = Event()
+
+    def get(self, key: str) -> Entry | None:
+        self.gets += 1
+        entry = self.data.get(key)
+        self.reading.set()
+        self.release_get.wait()
+        return entry
+
+    def set(self, key: str, entry: Entry, ttl: float | None) -> None:
+        self.data[key] = entry
+
+    def delete(self, key: str) -> None:
+        self.deleting.set()
+        self.release_delete.wait()
+        self.data.pop(key, None)
+
+    def clear(self) -> None:
+        self.data.clear()
 
 
 class HeldFetch:
@@ -149,38 +182,16 @@ def test_a_caller_arriving_after_the_invalidation_gets_a_new_fetch(env: StackEnv
 def test_a_read_racing_a_delete_does_not_backfill_the_old_value() -> None:
     # The lower layer answers a read with the old value, but a delete completes while that
     # read is in flight: the old value must not be copied into the memory layer afterwards.
-    from layercache import Entry, MemoryLayer, SyncCacheStack
-
-    class SlowLayer:
-        name, default_ttl, is_local = "slow", 300, False
-
-        def __init__(self) -> None:
-            self.data: dict[str, Entry] = {}
-            self.reading = Event()
-            self.release = Event()
-
-        def get(self, key: str) -> Entry | None:
-            entry = self.data.get(key)
-            self.reading.set()
-            self.release.wait()
-            return entry
-
-        def set(self, key: str, entry: Entry, ttl: float | None) -> None:
-            self.data[key] = entry
-
-        def delete(self, key: str) -> None:
-            self.data.pop(key, None)
-
-        def clear(self) -> None:
-            self.data.clear()
+    from layercache import MemoryLayer, SyncCacheStack
 
     memory, slow = MemoryLayer(), SlowLayer()
+    slow.release_delete.set()  # deletes go through at once here
     cache = SyncCacheStack([memory, slow])
     cache.set("k", "old")
     memory.clear()
     reader = spawn(cache.get, "k")
     wait_event(slow.reading, 5)
-    slow.release.set()  # the read already holds the old entry object
+    slow.release_get.set()  # the read already holds the old entry object
     cache.delete("k")
     assert join(reader) == "old"  # the caller gets what it read...
     assert memory.get("k") is None  # ...but it is not backfilled after the delete
@@ -191,36 +202,7 @@ def test_a_caller_after_a_change_never_follows_a_read_that_began_during_it() -> 
     # flights) may read the value the change replaces; a caller arriving after the change
     # returned used to follow that read and get the old value (found by the chaos suite's
     # thread test). The change marks the flights again at its end.
-    from layercache import Entry, MemoryLayer, SyncCacheStack
-
-    class SlowLayer:
-        name, default_ttl, is_local = "slow", 300, False
-
-        def __init__(self) -> None:
-            self.data: dict[str, Entry] = {}
-            self.gets = 0
-            self.reading = Event()
-            self.release_get = Event()
-            self.deleting = Event()
-            self.release_delete = Event()
-
-        def get(self, key: str) -> Entry | None:
-            self.gets += 1
-            entry = self.data.get(key)
-            self.reading.set()
-            self.release_get.wait()
-            return entry
-
-        def set(self, key: str, entry: Entry, ttl: float | None) -> None:
-            self.data[key] = entry
-
-        def delete(self, key: str) -> None:
-            self.deleting.set()
-            self.release_delete.wait()
-            self.data.pop(key, None)
-
-        def clear(self) -> None:
-            self.data.clear()
+    from layercache import MemoryLayer, SyncCacheStack
 
     memory, slow = MemoryLayer(), SlowLayer()
     cache = SyncCacheStack([memory, slow])
