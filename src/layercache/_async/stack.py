@@ -893,8 +893,6 @@ class CacheStack:
         queue overflows, the fence then clears the local layers only, so a read-heavy Redis
         outage never clears Redis)."""
         with self._state_lock:  # a replay may be taking items off the queue meanwhile
-            if shared and missed:
-                self._tags_missed_shared = True
             if self._tags_down_until is None:
                 # A replay finished between this caller's decision and now: it would never
                 # see what is queued here. Due at once, so the next tag operation replays it.
@@ -910,6 +908,8 @@ class CacheStack:
                     # an entry too many (an invalidation then deletes a key that is gone, or
                     # one that moved to other tags: harmless), until the entry's own expiry.
                     continue
+                if shared:
+                    self._tags_missed_shared = True
                 if kind == "record":
                     # Not while a replay runs: it may be sending that very entry.
                     held = None if self._tags_probing else tail.get(arg[0])
@@ -2348,9 +2348,6 @@ class CacheStack:
                 functools.partial(self._tags.remove, unique),
                 None,
                 ("remove", unique),
-                # A lost removal leaves the index an entry too many, never a value it does
-                # not know: not a reason to clear the shared layers on an overflow.
-                False,
             )
             await self._delete_everywhere(unique)
         await self._publish("keys", "delete", unique)
@@ -2421,7 +2418,6 @@ class CacheStack:
                         functools.partial(self._tags.remove, ordered),
                         None,
                         ("remove", ordered),
-                        False,  # as in delete_many
                     )
                 await self._delete_everywhere(ordered)
         await self._publish("tags", "invalidate", wanted_tags, mode)

@@ -889,8 +889,6 @@ class SyncCacheStack:
         queue overflows, the fence then clears the local layers only, so a read-heavy Redis
         outage never clears Redis)."""
         with self._state_lock:  # a replay may be taking items off the queue meanwhile
-            if shared and missed:
-                self._tags_missed_shared = True
             if self._tags_down_until is None:
                 # A replay finished between this caller's decision and now: it would never
                 # see what is queued here. Due at once, so the next tag operation replays it.
@@ -906,6 +904,8 @@ class SyncCacheStack:
                     # an entry too many (an invalidation then deletes a key that is gone, or
                     # one that moved to other tags: harmless), until the entry's own expiry.
                     continue
+                if shared:
+                    self._tags_missed_shared = True
                 if kind == "record":
                     # Not while a replay runs: it may be sending that very entry.
                     held = None if self._tags_probing else tail.get(arg[0])
@@ -2344,9 +2344,6 @@ class SyncCacheStack:
                 functools.partial(self._tags.remove, unique),
                 None,
                 ("remove", unique),
-                # A lost removal leaves the index an entry too many, never a value it does
-                # not know: not a reason to clear the shared layers on an overflow.
-                False,
             )
             self._delete_everywhere(unique)
         self._publish("keys", "delete", unique)
@@ -2417,7 +2414,6 @@ class SyncCacheStack:
                         functools.partial(self._tags.remove, ordered),
                         None,
                         ("remove", ordered),
-                        False,  # as in delete_many
                     )
                 self._delete_everywhere(ordered)
         self._publish("tags", "invalidate", wanted_tags, mode)
