@@ -1010,8 +1010,7 @@ class CacheStack:
                             if self._tags_tail.get(recorded_key) is replayed_record:
                                 del self._tags_tail[recorded_key]
                     if evicted:
-                        await self._drop_evicted(evicted, announce=False)
-                        announce.append(("keys", "delete", evicted))
+                        await self._drop_evicted(evicted)
                     continue
                 # The only other kind remembered (removals are not: see _remember_tags). Its
                 # keys are resolved now, so a key written again since is deleted too: more
@@ -2270,13 +2269,13 @@ class CacheStack:
                 "delete", layers, lambda a: a.delete_many(keys), ("delete", tuple(keys))
             )
 
-    async def _drop_evicted(self, keys: list[str], *, announce: bool = True) -> None:
+    async def _drop_evicted(self, keys: list[str]) -> None:
         """Keys the tag index forgot to stay within its bound: their values go too, since no
         invalidation could reach them any more; on every instance when the index is shared
         (the others would never hear those keys named again)."""
         with self._flights.changing(_among(keys), keys):
             await self._delete_everywhere(keys)
-        if announce and not isinstance(self._tags, InMemoryTagIndex):
+        if not isinstance(self._tags, InMemoryTagIndex):
             await self._publish("keys", "delete", keys)
 
     async def _flush_behind(self, batch: list[tuple[str, tuple[str, Any]]]) -> None:
