@@ -7,6 +7,7 @@ Importing this package without redis-py installed raises ``ImportError`` naming
 ``pip install 'layercache-py[redis]'``.
 """
 
+from ._lease import CasToken
 from ._sync_bus import SyncRedisInvalidationBus
 from ._sync_layer import SyncRedisLayer
 from ._sync_single_flight import SyncRedisSingleFlightCoordinator
@@ -17,6 +18,7 @@ from .single_flight import RedisSingleFlightCoordinator
 from .tag_index import RedisTagIndex
 
 __all__ = [
+    "CasToken",
     "RedisInvalidationBus",
     "RedisLayer",
     "RedisSingleFlightCoordinator",

@@ -9,11 +9,13 @@ an empty key, so "deleted meanwhile" is visible) and no fence (written by ``clea
 ``delete_matching`` and tag invalidations) is newer than the read.
 
 Nothing here does I/O or depends on either twin: the asyncio layer and its generated sync twin
-import it, so both hand out the same :class:`Lease` class.
+import it, so both hand out the same :class:`Lease` class (and :class:`CasToken`, what a read for
+an optimistic update saw).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Final, NamedTuple
 
@@ -23,6 +25,7 @@ __all__ = [
     "INTERNAL_MARK",
     "REMEASURE_US",
     "TOMBSTONE_MAGIC",
+    "CasToken",
     "Lease",
     "ServerClock",
     "fence_at_or_after",
@@ -68,6 +71,18 @@ class Lease(NamedTuple):
 
     read_at: int
     observed: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CasToken:
+    """What :meth:`RedisLayer.get_with_token` read, for a later
+    :meth:`RedisLayer.compare_and_set` of the same key (memcached's ``gets``/``cas`` pattern).
+
+    Opaque: take it from ``get_with_token`` and hand it back; it holds the exact bytes the read
+    found, which the compare-and-set compares with what the key holds then (inside Redis).
+    """
+
+    observed: bytes = dataclasses.field(repr=False)
 
 
 class ServerClock:

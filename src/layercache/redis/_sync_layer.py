@@ -40,12 +40,14 @@ from ._lease import (
     FENCE_TAG,
     INTERNAL_MARK,
     TOMBSTONE_MAGIC,
+    CasToken,
     Lease,
     ServerClock,
     fence_at_or_after,
     monotonic_us,
 )
 from ._scripts import (
+    COUNTER_COMPARE_AND_SET,
     LEASE_FENCE,
     LEASE_LIVE,
     LEASE_PEEK,
@@ -56,7 +58,7 @@ from ._scripts import (
 )
 
 
-__all__ = ["Lease", "SyncRedisLayer"]
+__all__ = ["CasToken", "Lease", "SyncRedisLayer"]
 
 logger = logging.getLogger("layercache.redis")
 
@@ -274,6 +276,7 @@ class SyncRedisLayer:
         self._peek_script = self._client.register_script(LEASE_PEEK)
         self._live_script = self._client.register_script(LEASE_LIVE)
         self._unlink_live_script = self._client.register_script(LEASE_UNLINK_LIVE)
+        self._cas_script = self._client.register_script(COUNTER_COMPARE_AND_SET)
 
     def __repr__(self) -> str:
         return f"SyncRedisLayer(name={self.name!r}, prefix={self.prefix!r}, ttl={self.default_ttl!r})"
@@ -874,6 +877,54 @@ class SyncRedisLayer:
             self._undo_script(keys=[raw_key], args=[hashlib.sha1(data).hexdigest()])
         except Exception:
             logger.warning("%s: could not take back an unchecked store of %r", self.name, raw_key)
+
+    # -- optimistic updates (read, change, compare-and-set) --------------------------------------
+
+    def get_with_token(self, key: str) -> tuple[Entry, CasToken] | None:
+        """The entry under ``key`` and a :class:`CasToken` for :meth:`compare_and_set` of it.
+
+        One GET, read and decoded as :meth:`get` does: ``None`` when the key is absent, deleted
+        (a tombstone) or unreadable (then reported to the error handler as operation
+        ``"get_with_token"``). The entry is returned whether or not it is still fresh: the
+        caller decides (``entry.is_fresh(now)``).
+
+        Raises:
+            CacheLayerError: If Redis cannot be reached or fails.
+        """
+        if self._cluster_pending:
+            self._initialize_cluster()
+        raw: Any
+        with self._driver_errors("get_with_token"):
+            raw = self._client.get(self._key(key))
+        if raw is None:
+            return None
+        entry = self._decode(key, raw, "get_with_token")
+        return None if entry is None else (entry, CasToken(raw))
+
+    def compare_and_set(self, key: str, token: CasToken, entry: Entry) -> bool:
+        """Replace the value of ``key`` with ``entry`` only if ``key`` still holds exactly what
+        the :meth:`get_with_token` that returned ``token`` read; atomic in Redis (one script).
+
+        The key keeps its remaining storage lifetime (``PTTL``; none stays none). An optimistic
+        update, such as a counter's increment, loops: ``get_with_token``, compute the new entry,
+        ``compare_and_set``, and on ``False`` read again (with a short random backoff under
+        contention). A replaced value is a change like any other write: a fetch that read the
+        key before cannot store over it (:meth:`set_leased`).
+
+        Returns:
+            ``True`` when replaced; ``False`` when the key changed, was deleted or expired
+            since that read (nothing was written).
+
+        Raises:
+            CacheLayerError: If Redis cannot be reached or fails.
+            TypeError: If the value cannot be serialized (``UnserializableValueError``).
+        """
+        if self._cluster_pending:
+            self._initialize_cluster()
+        data = self._encode(entry, "compare_and_set")
+        with self._driver_errors("compare_and_set"):
+            replaced = self._cas_script(keys=[self._key(key)], args=[token.observed, data])
+        return int(replaced) == 1
 
     def fence_tags(self, tags: Sequence[str]) -> None:
         """Refuse the stores of every fetch of a key with one of ``tags`` that read before
