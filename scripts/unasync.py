@@ -7,17 +7,18 @@ The jobs, each a source of truth and its generated twin:
 * ``src/layercache/redis/layer.py`` (``RedisLayer``, redis-py's asyncio client) →
   ``src/layercache/redis/_sync_layer.py`` (``SyncRedisLayer``, redis-py's sync client), and the
   coordination components the same way: ``bus.py``, ``single_flight.py`` and ``tag_index.py`` →
-  ``_sync_bus.py``, ``_sync_single_flight.py`` and ``_sync_tag_index.py``.
+  ``_sync_bus.py``, ``_sync_single_flight.py`` and ``_sync_tag_index.py``, and the layer's
+  multi-key commands, ``_keyspace.py`` → ``_sync_keyspace.py``.
 
 The script removes ``async``/``await``, unwraps ``Awaitable[X]`` annotations to ``X``, applies a
 job's exact replacements (each must match, so a changed source fails loudly instead of producing
 a wrong twin), renames the names in its rename table, and drops the regions between
 ``# unasync: begin async-only`` and ``# unasync: end async-only`` (code only the async class
-has, such as the hooks that build its sync twin). A module-level ``# unasync: begin shared`` /
-``# unasync: end shared`` region (plain code: exceptions, stats, wire checks) becomes, in the
-twin, an import of the names it defines from the async module, so both twins share one class
-(``except RejectedMessageError`` catches either's). ``--check`` exits 1 when a generated file
-is stale, and the test command runs it.
+has, such as the hooks that build its sync twin). Plain code both twins share (exceptions,
+stats, the bus's wire format) lives in plain modules they both import (``redis/_wire.py``,
+``_flight_lease.py``, ``_errors.py``...), so it exists once and both twins raise the very same
+classes (``except RejectedMessageError`` catches either's). ``--check`` exits 1 when a generated
+file is stale, and the test command runs it.
 
 Renaming fixes code, not prose, so the generator refuses (exit 1, ``file:line`` of each) a twin
 that still speaks of the asyncio one: ``coroutine``, ``await``, ``asyncio``, ``event loop``,
@@ -32,10 +33,9 @@ Usage: python scripts/unasync.py [--check]
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,21 +79,7 @@ REDIS_LAYER_REPLACEMENTS = (
         "shared cache layer on redis-py's asyncio client",
         "shared cache layer on redis-py's sync client",
     ),
-    ("import asyncio\n", "import threading\n"),
-    ("asyncio.Lock()", "threading.Lock()"),
-    # Both names would become ``Iterator``: import it once.
-    (
-        "from collections.abc import AsyncIterator, Iterator, Sequence",
-        "from collections.abc import Iterator, Sequence",
-    ),
-    # Threads raise the builtin TimeoutError (an OSError) and redis-py's own.
-    (
-        "# Everything the driver can raise when the server is down, slow or confused (the event"
-        " loop's\n# TimeoutError is an OSError only from Python 3.11 on).\n_DRIVER_ERRORS: "
-        "tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)",
-        """# Everything the driver can raise when the server is down, slow or confused.
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)""",
-    ),
+    ("from ._keyspace import", "from ._sync_keyspace import"),
     (
         "    One class for both stacks. ``RedisLayer(client=<redis.Redis or redis.RedisCluster>)``"
         """ (a
@@ -121,9 +107,6 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutE
     worker threads.
 """,
     ),
-    # The sync cluster client loads its slot map in its constructor: nothing to initialize.
-    ("self._cluster_pending = self._is_cluster\n", "self._cluster_pending = False\n"),
-    ("await self._client.initialize()", "pass  # the sync cluster client initializes when built"),
     # A sync layer blocks on the network: the async stack must run it in a worker thread.
     (
         "    # Methods are coroutines (ignored for them); the sync twin blocks and says so, so that"
@@ -164,6 +147,14 @@ BUS_REPLACEMENTS = (
     ),
 )
 SINGLE_FLIGHT_REPLACEMENTS = (_SYNC_LAYER_IMPORT,)
+# The multi-key commands of the layer (and the cluster client's first slot-map load).
+KEYSPACE_REPLACEMENTS = (
+    ("import asyncio\n", "import threading\n"),
+    ("asyncio.Lock()", "threading.Lock()"),
+    # The sync cluster client loads its slot map in its constructor: nothing to initialize.
+    ("self.pending = is_cluster\n", "self.pending = False\n"),
+    _NO_CLUSTER_INIT,
+)
 
 # (source, target, renames, replacements) per generated file.
 JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] = (
@@ -179,6 +170,7 @@ JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] =
         TAG_INDEX_REPLACEMENTS,
     ),
     ("redis/bus.py", "redis/_sync_bus.py", COORDINATION_RENAMES, BUS_REPLACEMENTS),
+    ("redis/_keyspace.py", "redis/_sync_keyspace.py", COORDINATION_RENAMES, KEYSPACE_REPLACEMENTS),
     (
         "redis/single_flight.py",
         "redis/_sync_single_flight.py",
@@ -190,11 +182,6 @@ JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] =
 HEADER = (
     "# DO NOT EDIT: generated from src/layercache/{name} by scripts/unasync.py.\n"
     "# Change the async source and run `python scripts/unasync.py`.\n"
-)
-
-_SHARED = re.compile(
-    r"^# unasync: begin shared\n(.*?)^# unasync: end shared\n",
-    re.DOTALL | re.MULTILINE,
 )
 
 _ASYNC_ONLY = re.compile(
@@ -231,38 +218,13 @@ def _unwrap_awaitable(text: str) -> str:
         i = k
 
 
-def _import_shared(module: str) -> Callable[[re.Match[str]], str]:
-    """Replace a module-level ``# unasync: begin shared`` region by an import of the names it
-    defines from the async module: plain code (exceptions, stats, wire checks) exists once, and
-    both twins raise and return the very same classes."""
-
-    def replace(match: re.Match[str]) -> str:
-        names: list[str] = []
-        for node in ast.parse(match.group(1)).body:
-            if isinstance(node, ast.ClassDef | ast.FunctionDef):
-                names.append(node.name)
-            elif isinstance(node, ast.Assign):
-                names += [t.id for t in node.targets if isinstance(t, ast.Name)]
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                names.append(node.target.id)
-        body = "".join(f"    {name},\n" for name in names)
-        return f"# Shared with the asyncio twin.\nfrom .{module} import (  # noqa: F401\n{body})\n"
-
-    return replace
-
-
 def convert(
     source: str,
     renames: dict[str, str] = RENAMES,
     replacements: tuple[tuple[str, str], ...] = (),
-    module: str | None = None,
 ) -> str:
-    """The sync twin of one async module (``module``: its name, for shared regions)."""
+    """The sync twin of one async module."""
     text = _ASYNC_ONLY.sub("", source)
-    if module is not None:
-        text = _SHARED.sub(_import_shared(module), text)
-    elif _SHARED.search(text):
-        raise SystemExit("unasync: a shared region needs the job's module name")
     for old, new in replacements:
         if old not in text:
             raise SystemExit(f"unasync: replacement source text not found: {old!r}")
@@ -375,10 +337,7 @@ def generate() -> tuple[dict[Path, str], dict[Path, str]]:
     sources: dict[Path, str] = {}
     for source, name, renames, replacements in JOBS:
         text = (PACKAGE / source).read_text(encoding="utf-8")
-        module = Path(source).stem if source.startswith("redis/") else None
-        wanted[PACKAGE / name] = HEADER.format(name=source) + convert(
-            text, renames, replacements, module
-        )
+        wanted[PACKAGE / name] = HEADER.format(name=source) + convert(text, renames, replacements)
         sources[PACKAGE / name] = f"src/layercache/{source}"
     return wanted, sources
 

@@ -32,7 +32,7 @@ import redis.asyncio
 
 from _redis_server import RedisServer
 from layercache._signing import MessageSigner, SignatureError, canonical_bytes
-from layercache.redis import bus as bus_module
+from layercache.redis import _wire as wire_module
 from layercache.redis.bus import InvalidationMessage, RedisInvalidationBus, RejectedMessageError
 from polling import eventually, eventually_async
 
@@ -454,9 +454,9 @@ def test_canonical_bytes_refuses_deep_input_with_a_value_error() -> None:
         signer.verify({"x": deep, "sig": HEX64})
     # Within the bound the bus enforces before parsing it works as ever.
     shallow: list[Any] = []
-    for _ in range(bus_module._MAX_NESTING - 1):
+    for _ in range(wire_module.MAX_NESTING - 1):
         shallow = [shallow]
-    depth = bus_module._MAX_NESTING
+    depth = wire_module.MAX_NESTING
     assert canonical_bytes({"x": shallow}) == b'{"x":' + b"[" * depth + b"]" * depth + b"}"
 
 
@@ -487,7 +487,7 @@ def _random_json(rng: random.Random, depth: int) -> Any:
 
 def test_the_depth_scan_agrees_with_the_parser() -> None:
     rng = random.Random(11_05)
-    within = bus_module._nesting_within
+    within = wire_module.nesting_within
     for _ in range(3000):
         value = _random_json(rng, rng.randrange(1, 12))
         for ensure_ascii in (True, False):

@@ -20,12 +20,13 @@ client for every thread from :func:`sync_url_client` (redis-py's sync pool is th
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -42,6 +43,7 @@ __all__ = [
     "LoopBoundClient",
     "init_signature",
     "pool_exhausted",
+    "sync_twin_for_sync_clients",
     "sync_url_client",
     "url_client",
 ]
@@ -192,6 +194,40 @@ def init_signature(init: Callable[..., None]) -> inspect.Signature:
         parameters=list(signature.parameters.values())[1:],
         return_annotation=inspect.Signature.empty,
     )
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def sync_twin_for_sync_clients(twin: str) -> Callable[[_Class], _Class]:
+    """Class decorator of the asyncio Redis components: one class for both stacks.
+
+    Called with a sync redis-py client (``redis.Redis``, ``redis.RedisCluster``) as its first
+    argument, by position or by name, the decorated class returns its generated sync twin
+    ``twin`` (``"module:Class"``, the module relative to this package, imported then: the twin
+    imports the asyncio module) built with the same arguments; otherwise an instance of
+    itself, as usual. ``help()`` and ``inspect.signature()`` show ``__init__``'s parameters,
+    not the ``(*args, **kwargs)`` of the ``__new__`` this adds.
+    """
+    module_name, _, class_name = twin.partition(":")
+
+    def decorate(cls: _Class) -> _Class:
+        signature = init_signature(cls.__dict__["__init__"])
+        first = next(iter(signature.parameters))
+
+        def __new__(klass: type, *args: Any, **kwargs: Any) -> Any:
+            client = args[0] if args else kwargs.get(first)
+            if isinstance(client, redis.Redis | redis.RedisCluster):
+                module = importlib.import_module(module_name, __package__)
+                return getattr(module, class_name)(*args, **kwargs)
+            return object.__new__(klass)
+
+        __new__.__doc__ = f"A ``{class_name}`` when ``{first}`` is a sync redis-py client."
+        setattr(cls, "__new__", staticmethod(__new__))  # noqa: B010 - mypy refuses cls.__new__ =
+        setattr(cls, "__signature__", signature)  # noqa: B010
+        return cls
+
+    return decorate
 
 
 def pool_exhausted(exc: BaseException) -> bool:

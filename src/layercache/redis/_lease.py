@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "FENCE_ALL",
@@ -135,6 +135,13 @@ class ServerClock:
     def update(self, t1_us: int, server_us: int) -> None:
         """Record one ``TIME`` reply (``server_us``) received at local time ``t1_us``."""
         self._state = (t1_us, server_us - t1_us)
+
+    def update_from_reply(self, t1_us: int, reply: object) -> None:
+        """Record redis-py's reply to ``TIME`` (``(seconds, microseconds)``; a cluster
+        client's may be keyed by node) received at local time ``t1_us``."""
+        pair: Any = next(iter(reply.values())) if isinstance(reply, dict) else reply
+        seconds, micros = pair
+        self.update(t1_us, int(seconds) * 1_000_000 + int(micros))
 
 
 def fence_at_or_after(value: bytes | None, read_at: int) -> bool:

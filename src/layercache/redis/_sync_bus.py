@@ -2,32 +2,21 @@
 # Change the async source and run `python scripts/unasync.py`.
 """``SyncRedisInvalidationBus``: tells the other instances what changed, over Redis pub/sub.
 
-Wire format: one UTF-8 JSON object per pub/sub message::
-
-    {"v": 1, "source_id": "...", "scope": "keys", "operation": "delete",
-     "keys": ["user:1", "user:2"], "timestamp": 1732460000.123, "mode": "any",
-     "nonce": "<32 hex>", "sig": "<64 hex>"}
-
-``sig`` (only with ``signing_secret``) is HMAC-SHA256 over the canonical bytes of every other
-field (:mod:`layercache._signing`). ``nonce`` makes two otherwise identical messages distinct,
-so the replay memory never mistakes a genuine repeat for a replay. Receivers are strict: any
-other field, a wrong type, an unknown scope/operation/mode or an invalid key rejects the whole
-message.
+Wire format (one UTF-8 JSON object per pub/sub message, optionally signed) and the checks of
+received messages: :mod:`layercache.redis._wire`, plain code both twins of the bus use.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
 try:
     import redis as sync_redis
@@ -49,20 +38,30 @@ from .._sync._primitives import (
     wait_future_for,
     wait_signal,
 )
-from .._exceptions import CacheLayerError, LayerCacheError
-from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
-from .._options import MAX_TAG_LENGTH
-from .._signing import (
-    MessageSigner,
-    ReplayError,
-    ReplayGuard,
-    SignatureError,
-    check_timestamp,
-)
+from .._exceptions import CacheLayerError
+from .._keys import _check_text
 from .._types import ErrorHandler, InvalidationMessage
-from ._clients import DEFAULT_SOCKET_TIMEOUT, LoopBoundClient, init_signature, sync_url_client
+from ._clients import (
+    DEFAULT_SOCKET_TIMEOUT,
+    LoopBoundClient,
+    sync_twin_for_sync_clients,
+    sync_url_client,
+)
+from ._errors import DriverErrors, call_error_handler
 from ._keys import generation_key, invalidation_channel
+from ._options import check_raw_client
 from ._scripts import GENERATION_BUMP
+from ._wire import (  # noqa: F401 - re-exported: their import path is layercache.redis.bus
+    MAX_SOURCE_ID,
+    MODES,
+    OPERATIONS,
+    SCOPES,
+    WIRE_VERSION,
+    RejectedMessageError,
+    WireFormat,
+    backoff_delay,
+    validate_message,
+)
 
 __all__ = [
     "InvalidationMessage",
@@ -80,35 +79,15 @@ RedisClient = sync_redis.Redis | RedisCluster
 MessageHandler = Callable[[InvalidationMessage], None]
 ReconnectHandler = Callable[[], None]
 
-# Shared with the asyncio twin.
-from .bus import (  # noqa: F401
-    WIRE_VERSION,
-    SCOPES,
-    OPERATIONS,
-    MODES,
-    _FIELDS,
-    _SIGNATURE_FIELD,
-    _MAX_SOURCE_ID,
-    _NONCE,
-    _GENERATION,
-    _REPLAY_MEMORY,
-    _MAX_POLL,
-    _SUBSCRIBE_TYPES,
-    _UNSUBSCRIBE_TYPES,
-    _DATA_TYPES,
-    _MAX_NESTING,
-    _AS_SQUARE,
-    _NOT_BRACKETS,
-    _MAX_DETAIL,
-    RejectedMessageError,
-    _SubscriberLost,
-    backoff_delay,
-    _schema_error,
-    _reject_duplicates,
-    _reject_constant,
-    _nesting_within,
-    validate_message,
-)
+# How long one read of the pub/sub connection waits before the loop looks at the clock.
+_MAX_POLL = 1.0
+_SUBSCRIBE_TYPES = frozenset({"subscribe", "ssubscribe"})
+_UNSUBSCRIBE_TYPES = frozenset({"unsubscribe", "sunsubscribe"})
+_DATA_TYPES = frozenset({"message", "smessage"})
+
+
+class _SubscriberLost(ConnectionError):
+    """The subscription ended without a driver error (server-side unsubscribe, silence)."""
 
 
 class SyncRedisInvalidationBus:
@@ -190,9 +169,7 @@ class SyncRedisInvalidationBus:
                     f"{role} must be a redis.Redis or RedisCluster, "
                     f"not {type(client).__name__}"
                 )
-            encoder = getattr(client, "get_encoder", None)
-            if encoder is not None and getattr(encoder(), "decode_responses", False):
-                raise ValueError(f"the {role} must be created with decode_responses=False")
+            check_raw_client(client, f"the {role} must be created with decode_responses=False")
         self._sharded = isinstance(publisher, RedisCluster)
         if subscriber is not None and isinstance(subscriber, RedisCluster) != self._sharded:
             raise ValueError("publisher and subscriber must both be cluster clients, or neither")
@@ -223,14 +200,16 @@ class SyncRedisInvalidationBus:
             )
         if source_id is None:
             source_id = f"{socket.gethostname()[:200]}:{os.getpid()}:{secrets.token_hex(8)}"
-        self.source_id: str = _check_text("source_id", source_id, _MAX_SOURCE_ID)
+        self.source_id: str = _check_text("source_id", source_id, MAX_SOURCE_ID)
         self._publisher: Any = publisher
         self._subscriber: Any = subscriber if subscriber is not None else publisher
-        self._signer = None if signing_secret is None else MessageSigner(signing_secret)
-        self._replay = None if self._signer is None else ReplayGuard(replay_window, _REPLAY_MEMORY)
-        self.replay_window = float(replay_window)
-        self.max_message_bytes = max_message_bytes
-        self.max_keys = max_keys
+        self._wire = WireFormat(
+            signing_secret=signing_secret,
+            replay_window=replay_window,
+            max_message_bytes=max_message_bytes,
+            max_keys=max_keys,
+        )
+        self._errors = DriverErrors("bus")
         self.timeout = float(timeout)
         self.health_check_interval = float(health_check_interval)
         self._backoff = (float(base), float(cap))
@@ -250,14 +229,10 @@ class SyncRedisInvalidationBus:
         self._closed = False
         self._rejected = 0
 
-    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
-    # which picks the sync twin, takes *args and **kwargs).
-    __signature__ = init_signature(__init__)
-
     def __repr__(self) -> str:
         return (
             f"SyncRedisInvalidationBus(channel={self._channel_name!r}, source_id={self.source_id!r}, "
-            f"signed={self._signer is not None}, sharded={self._sharded})"
+            f"signed={self.signed}, sharded={self._sharded})"
         )
 
     # -- properties -------------------------------------------------------------------------
@@ -275,7 +250,22 @@ class SyncRedisInvalidationBus:
     @property
     def signed(self) -> bool:
         """Whether messages are signed and signatures required."""
-        return self._signer is not None
+        return self._wire.signed
+
+    @property
+    def replay_window(self) -> float:
+        """Seconds a signed message's timestamp may differ from this instance's clock."""
+        return self._wire.replay_window
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Larger messages are dropped unread, and never sent."""
+        return self._wire.max_message_bytes
+
+    @property
+    def max_keys(self) -> int:
+        """Keys (or tags) per message at most, on both sides."""
+        return self._wire.max_keys
 
     @property
     def is_subscribed(self) -> bool:
@@ -363,10 +353,8 @@ class SyncRedisInvalidationBus:
         if waiter is not None and not waiter.done():
             waiter.cancel()
         if self._owns_client:
-            try:
+            with self._errors("close"):
                 self._publisher.close()
-            except Exception as exc:
-                raise CacheLayerError("bus", "close") from exc
 
     # -- generations -------------------------------------------------------------------------
 
@@ -380,11 +368,9 @@ class SyncRedisInvalidationBus:
         """
         if self._generation_script is None:
             self._generation_script = self._publisher.register_script(GENERATION_BUMP)
-        try:
+        with self._errors("bump_generation"):
             key = generation_key(self._channel_name)
             return int(self._generation_script(keys=[key], args=[int(minimum)]))
-        except Exception as exc:
-            raise CacheLayerError("bus", "bump_generation") from exc
 
     def load_generation(self) -> int | None:
         """The key generation stored in Redis (``None`` when none was ever bumped).
@@ -392,11 +378,9 @@ class SyncRedisInvalidationBus:
         Raises:
             CacheLayerError: Redis failed, or the stored value is not an integer.
         """
-        try:
+        with self._errors("load_generation"):
             raw = self._publisher.get(generation_key(self._channel_name))
             return None if raw is None else int(raw)
-        except Exception as exc:
-            raise CacheLayerError("bus", "load_generation") from exc
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -414,74 +398,22 @@ class SyncRedisInvalidationBus:
         """
         payloads = self.encode(message)
         command = "SPUBLISH" if self._sharded else "PUBLISH"
-        try:
+        # Cancellation (a BaseException) passes through untranslated.
+        with self._errors("publish"):
             for payload in payloads:
                 bounded(
                     self._publisher.execute_command(command, self._channel, payload),
                     self.timeout,
                 )
-        except Cancelled:
-            raise
-        except Exception as exc:
-            raise CacheLayerError("bus", "publish") from exc
 
     def encode(self, message: InvalidationMessage) -> list[bytes]:
-        """The wire payloads :meth:`publish` sends for ``message`` (split as needed).
+        """The wire payloads :meth:`publish` sends for ``message`` (split as needed; see
+        :class:`~layercache.redis._wire.WireFormat`).
 
         Raises:
             ValueError: If the message is invalid, or cannot be split to fit the limits.
         """
-        validate_message(message)
-        keys = tuple(message.keys)
-        splittable = message.scope == "keys" or (message.scope == "tags" and message.mode == "any")
-        if not splittable:
-            if len(keys) > self.max_keys:
-                raise ValueError(
-                    f"{len(keys)} {message.scope} in one message; the limit is {self.max_keys}"
-                )
-            payload = self._wire(message, keys)
-            if len(payload) > self.max_message_bytes:
-                raise ValueError(
-                    f"message is {len(payload)} bytes; max_message_bytes is "
-                    f"{self.max_message_bytes}"
-                )
-            return [payload]
-        step = self.max_keys
-        # A stack of chunks, next one last: halved in place when one is too many bytes.
-        pending = [keys[i : i + step] for i in range(0, len(keys), step)] or [()]
-        pending.reverse()
-        payloads: list[bytes] = []
-        while pending:
-            chunk = pending.pop()
-            payload = self._wire(message, chunk)
-            if len(payload) <= self.max_message_bytes:
-                payloads.append(payload)
-            elif len(chunk) > 1:
-                half = len(chunk) // 2
-                pending.extend((chunk[half:], chunk[:half]))
-            else:
-                raise ValueError(
-                    f"a message with the single key {chunk[0][:40]!r}... is {len(payload)} "
-                    f"bytes; max_message_bytes is {self.max_message_bytes}"
-                )
-        return payloads
-
-    def _wire(self, message: InvalidationMessage, keys: Sequence[str]) -> bytes:
-        body: dict[str, Any] = {
-            "v": WIRE_VERSION,
-            "source_id": message.source_id,
-            "scope": message.scope,
-            "operation": message.operation,
-            "keys": list(keys),
-            "timestamp": float(message.timestamp),
-            "mode": message.mode,
-            "nonce": secrets.token_hex(16),
-        }
-        if self._signer is not None:
-            body = self._signer.signed(body)
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-            "utf-8"
-        )
+        return self._wire.encode(message)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -496,116 +428,7 @@ class SyncRedisInvalidationBus:
             RejectedMessageError: If the message must be dropped (see its ``reason``); nothing
                 else, whatever the payload.
         """
-        try:
-            return self._decode(data, now)
-        except RejectedMessageError:
-            raise
-        except Exception as exc:
-            # Whatever a check raises drops this one message and says why. Nothing a sender
-            # can put on the channel may reach the subscriber loop, which would take it for a
-            # lost connection: reconnect, lose what was published meanwhile, and have every
-            # stack empty its local layers.
-            raise RejectedMessageError("unexpected", f"checking it raised {exc!r}") from exc
-
-    def _decode(self, data: object, now: float | None) -> InvalidationMessage | None:
-        # Size first, before any work (a memoryview is measured before it is copied).
-        if isinstance(data, memoryview):
-            size = data.nbytes
-        elif isinstance(data, bytes | bytearray):
-            size = len(data)
-        else:
-            raise RejectedMessageError("malformed", f"payload is {type(data).__name__}, not bytes")
-        if size > self.max_message_bytes:
-            raise RejectedMessageError(
-                "oversized", f"{size} bytes; the limit is {self.max_message_bytes}"
-            )
-        raw = bytes(data)
-        try:
-            # Strictly UTF-8, as the wire format says (json.loads would guess UTF-16/32 from
-            # the bytes, and let lone surrogates through); the nesting scan relies on it.
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RejectedMessageError("malformed", f"not UTF-8: {exc}") from None
-        if not _nesting_within(raw, _MAX_NESTING):
-            raise RejectedMessageError(
-                "malformed", f"nested deeper than {_MAX_NESTING} levels, or brackets unbalanced"
-            )
-        try:
-            body = json.loads(
-                text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-            )
-        except ValueError as exc:
-            raise RejectedMessageError("malformed", f"not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            _schema_error(f"a message is a JSON object, not {type(body).__name__}")
-        # Authenticate before looking further: an unauthenticated sender learns nothing from
-        # how the rest of its message is judged.
-        signature: str | None = None
-        if self._signer is not None:
-            if _SIGNATURE_FIELD not in body:
-                raise RejectedMessageError("unsigned", "a signing secret is set")
-            try:
-                signature = self._signer.verify(body)
-            except SignatureError as exc:
-                raise RejectedMessageError("forged", str(exc)) from None
-        message = self._parse(body)
-        if message.source_id == self.source_id:
-            return None
-        if self._replay is not None:
-            assert signature is not None
-            clock = time.time() if now is None else now
-            try:
-                check_timestamp(message.timestamp, clock, self.replay_window)
-            except ReplayError as exc:
-                raise RejectedMessageError("stale", str(exc)) from None
-            try:
-                # 128 bits of the digest identify a message as well as all 256, in half the
-                # memory.
-                self._replay.check(bytes.fromhex(signature[:32]), message.timestamp, clock)
-            except ReplayError as exc:
-                raise RejectedMessageError("replayed", str(exc)) from None
-        return message
-
-    def _parse(self, body: dict[str, Any]) -> InvalidationMessage:
-        fields = body.keys() - {_SIGNATURE_FIELD}
-        if fields != _FIELDS:
-            missing, extra = sorted(_FIELDS - fields), sorted(fields - _FIELDS)
-            _schema_error(f"missing fields {missing}, unknown fields {extra}")
-        version = body["v"]
-        if type(version) is not int or version != WIRE_VERSION:
-            _schema_error(f"unsupported version {version!r}")
-        nonce = body["nonce"]
-        if type(nonce) is not str or _NONCE.fullmatch(nonce) is None:
-            _schema_error("nonce must be 16 to 64 lowercase hex digits")
-        keys = body["keys"]
-        if type(keys) is not list:
-            _schema_error(f"keys must be a list, not {type(keys).__name__}")
-        if len(keys) > self.max_keys:
-            _schema_error(f"{len(keys)} keys; the limit is {self.max_keys}")
-        if any(type(k) is not str for k in keys):
-            _schema_error("every key must be a string")
-        message = InvalidationMessage(
-            source_id=body["source_id"],
-            scope=body["scope"],
-            operation=body["operation"],
-            keys=tuple(keys),
-            timestamp=body["timestamp"],
-            mode=body["mode"],
-        )
-        try:
-            validate_message(message, max_keys=self.max_keys)
-        except ValueError as exc:
-            _schema_error(str(exc))
-        if type(message.timestamp) is int:  # JSON without a fraction
-            message = InvalidationMessage(
-                source_id=message.source_id,
-                scope=message.scope,
-                operation=message.operation,
-                keys=message.keys,
-                timestamp=float(message.timestamp),
-                mode=message.mode,
-            )
-        return message
+        return self._wire.decode(data, self.source_id, now)
 
     def _receive(self, data: object) -> None:
         """Decode one received payload and hand it to ``on_message``. Nothing that goes wrong
@@ -629,15 +452,10 @@ class SyncRedisInvalidationBus:
 
     def _report(self, exc: BaseException, context: dict[str, Any]) -> None:
         context = {"channel": self._channel_name, **context}
-        handler = self._on_error
-        if handler is None:
+        # The subscriber must outlive a broken error handler.
+        broken = "invalidation bus: the on_error handler raised"
+        if not call_error_handler(self._on_error, exc, context, logger, broken):
             logger.warning("invalidation bus: %s (%s)", exc, context)
-            return
-        try:
-            handler(exc, context)
-        except Exception:
-            # The subscriber must outlive a broken error handler.
-            logger.exception("invalidation bus: the on_error handler raised")
 
     # -- the subscriber task ----------------------------------------------------------------
 

@@ -8,53 +8,50 @@
 
 from __future__ import annotations
 
-import threading
 import datetime as _dt
 import hashlib
 import logging
-import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 try:
     import redis as sync_redis
     from redis.cluster import RedisCluster
-    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
     ) from exc
 
-from .._codec import CorruptEntryError, EntryCodec, UnserializableValueError
+from .._codec import EntryCodec
 from .._entry import Entry
 from .._exceptions import CacheLayerError
 from .._glob import glob_match
 from .._keys import validate_pattern, validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
-from ._clients import DEFAULT_MAX_CONNECTIONS, init_signature, pool_exhausted, sync_url_client
+from ._clients import DEFAULT_MAX_CONNECTIONS, sync_twin_for_sync_clients, sync_url_client
+from ._entries import StoredEntries
+from ._errors import DriverErrors, pool_detail
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
+from ._sync_keyspace import SCAN_COUNT, UNLINK_BATCH, KeySpace
 from ._lease import (
     FENCE_ALL,
     FENCE_TAG,
     INTERNAL_MARK,
-    TOMBSTONE_MAGIC,
     CasToken,
     Lease,
     ServerClock,
     fence_at_or_after,
     monotonic_us,
 )
+from ._options import check_raw_client, coerce_ttl, lease_options, milliseconds
 from ._scripts import (
     COUNTER_COMPARE_AND_SET,
     LEASE_FENCE,
-    LEASE_LIVE,
     LEASE_PEEK,
     LEASE_SET,
     LEASE_TOMBSTONE,
     LEASE_UNDO,
-    LEASE_UNLINK_LIVE,
 )
 
 
@@ -65,63 +62,7 @@ logger = logging.getLogger("layercache.redis")
 # The store script's SHA-1, as Redis names it (EVALSHA without redis-py's Script object).
 _LEASE_SET_SHA = hashlib.sha1(LEASE_SET.encode("utf-8")).hexdigest()
 
-# SCAN hint: large enough to keep round trips few, small enough that one reply stays small.
-_SCAN_COUNT = 1000
-# Keys per UNLINK: bounds both the command size and how long one call holds the server.
-_UNLINK_BATCH = 500
-# Everything the driver can raise when the server is down, slow or confused.
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-
 RedisClient = sync_redis.Redis | RedisCluster
-
-
-def _coerce_ttl(ttl: float | _dt.timedelta | None) -> float | None:
-    if ttl is None:
-        return None
-    if isinstance(ttl, _dt.timedelta):
-        ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
-        raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
-    return float(ttl)
-
-
-def _milliseconds(ttl: float) -> int:
-    # Round up so that a tiny positive TTL still stores the value (PX 0 is an error).
-    return max(1, math.ceil(ttl * 1000))
-
-
-# Shortest lease_ttl: a fetch (and the lease check of its store) must fit in it, and the
-# tombstones and fences it also sets the lifetime of must outlive a round trip comfortably.
-_MIN_LEASE_TTL = 0.1
-
-
-def _lease_options(lease_ttl: float | None, clock_skew: float) -> tuple[int | None, int]:
-    """``lease_ttl`` and ``clock_skew`` checked, in integer microseconds."""
-
-    def number(value: object) -> bool:
-        return (
-            not isinstance(value, bool)
-            and isinstance(value, int | float)
-            and math.isfinite(value)
-            and value > 0
-        )
-
-    if lease_ttl is not None and not (number(lease_ttl) and lease_ttl >= _MIN_LEASE_TTL):
-        raise ValueError(
-            f"lease_ttl must be None or a finite number of seconds >= {_MIN_LEASE_TTL}, "
-            f"got {lease_ttl!r}"
-        )
-    if not number(clock_skew):
-        raise ValueError(f"clock_skew must be a positive finite number, got {clock_skew!r}")
-    if lease_ttl is not None and clock_skew >= lease_ttl:
-        # On a cluster every lease starts clock_skew old: none could ever be stored.
-        raise ValueError(
-            f"clock_skew ({clock_skew!r}) must be smaller than lease_ttl ({lease_ttl!r})"
-        )
-    return (
-        None if lease_ttl is None else round(lease_ttl * 1_000_000),
-        round(clock_skew * 1_000_000),
-    )
 
 
 class SyncRedisLayer:
@@ -208,7 +149,7 @@ class SyncRedisLayer:
     ) -> None:
         if (client is None) == (url is None):
             raise ValueError("SyncRedisLayer needs exactly one of client= or url=")
-        lease_ttl_us, clock_skew_us = _lease_options(lease_ttl, clock_skew)
+        lease_ttl_us, clock_skew_us = lease_options(lease_ttl, clock_skew)
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a str, not {type(prefix).__name__}")
         if prefix:
@@ -231,16 +172,19 @@ class SyncRedisLayer:
             "lease_ttl": lease_ttl,
             "clock_skew": clock_skew,
         }
-        self.default_ttl = _coerce_ttl(ttl)
+        self.default_ttl = coerce_ttl(ttl)
         self.prefix = prefix
         self.allow_unprefixed_clear = allow_unprefixed_clear
         self._prefix_bytes = prefix.encode("utf-8", "surrogatepass")
-        self._codec = EntryCodec(
+        codec = EntryCodec(
             serializer=serializer,
             compression=compression,
             compression_threshold=compression_threshold,
         )
-        self._error_handler: ErrorHandler | None = None
+        self._entries = StoredEntries(name, codec)
+        # The one place where driver failures become CacheLayerError (redis/_errors.py).
+        detail = pool_detail(url is not None, max_connections, socket_timeout)
+        self._driver_errors = DriverErrors(name, detail)
         if url is not None:
             # A waiting pool: callers beyond max_connections queue for at most socket_timeout
             # instead of failing.
@@ -250,17 +194,14 @@ class SyncRedisLayer:
             self._owns_client = True
         else:
             assert client is not None
-            encoder = getattr(client, "get_encoder", None)
-            if encoder is not None and getattr(encoder(), "decode_responses", False):
-                raise ValueError("SyncRedisLayer needs a client created with decode_responses=False")
+            check_raw_client(
+                client, "SyncRedisLayer needs a client created with decode_responses=False"
+            )
             self._client = client
             self._owns_client = False
         self._is_cluster = isinstance(self._client, RedisCluster)
-        # A fresh RedisCluster client routes its first commands before it knows the slot
-        # map; a burst of them then races its MOVED-triggered refresh (redis-py 8.1). Load
-        # the slot map once, before the first command.
-        self._cluster_pending = False
-        self._cluster_lock = threading.Lock() if self._is_cluster else None
+        # Multi-key commands, and a cluster client's slot map loaded before its first command.
+        self._keyspace = KeySpace(self._client, self._is_cluster, self._driver_errors)
         # Leases (see _lease.py). None: the mechanism is off.
         self.lease_ttl = None if lease_ttl is None else float(lease_ttl)
         self._lease_ttl_us = lease_ttl_us
@@ -274,8 +215,6 @@ class SyncRedisLayer:
         self._fence_script = self._client.register_script(LEASE_FENCE)
         self._undo_script = self._client.register_script(LEASE_UNDO)
         self._peek_script = self._client.register_script(LEASE_PEEK)
-        self._live_script = self._client.register_script(LEASE_LIVE)
-        self._unlink_live_script = self._client.register_script(LEASE_UNLINK_LIVE)
         self._cas_script = self._client.register_script(COUNTER_COMPARE_AND_SET)
 
     def __repr__(self) -> str:
@@ -293,138 +232,19 @@ class SyncRedisLayer:
     @property
     def codec(self) -> EntryCodec:
         """The codec that turns entries into the stored bytes."""
-        return self._codec
+        return self._entries.codec
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _driver_errors(self, operation: str) -> Iterator[None]:
-        """The one place where driver failures become ``CacheLayerError``."""
-        try:
-            yield
-        except (CacheLayerError, UnserializableValueError):
-            raise
-        except _DRIVER_ERRORS as exc:
-            raise self._layer_error(operation, exc) from exc
-        except Exception as exc:
-            # Anything else the client raises (a closed loop, a protocol surprise) is still a
-            # failure of this layer: the stack relies on that to skip its own wrapper.
-            raise CacheLayerError(self.name, operation) from exc
-
-    def _layer_error(self, operation: str, exc: BaseException) -> CacheLayerError:
-        """The ``CacheLayerError`` for a driver failure (the caller chains ``exc``)."""
-        if not pool_exhausted(exc):
-            return CacheLayerError(self.name, operation)
-        if self._url is None:
-            detail = "no free connection in the given client's pool within its timeout"
-        else:
-            detail = (
-                f"every one of max_connections={self._options['max_connections']} stayed busy "
-                f"for socket_timeout={self._options['socket_timeout']}s"
-            )
-        return CacheLayerError(self.name, operation, detail)
-
-    def _initialize_cluster(self) -> None:
-        assert self._cluster_lock is not None
-        with self._cluster_lock:
-            if not self._cluster_pending:
-                return
-            with self._driver_errors("initialize"):
-                pass  # the sync cluster client initializes when built
-            self._cluster_pending = False
 
     def _key(self, key: str) -> bytes:
         return encode_key(self.prefix, key)
 
-    def _decode(self, key: str, raw: Any, operation: str) -> Entry | None:
-        try:
-            return self._codec.decode(raw)
-        except CorruptEntryError as exc:
-            # Checked only here, off the hit path: a tombstone is a delete, not damage.
-            if raw[:3] == TOMBSTONE_MAGIC:
-                return None
-            self._report(exc, {"layer": self.name, "key": key, "operation": operation})
-            return None
-
-    def _report(self, exc: BaseException, context: dict[str, Any]) -> None:
-        handler = self._error_handler
-        if handler is None:
-            logger.warning("unreadable value in %s for key %r: %s", self.name, context["key"], exc)
-            return
-        try:
-            handler(exc, context)
-        except Exception:
-            # A broken handler must not turn a harmless miss into a failed read.
-            logger.exception("error handler of layer %s raised", self.name)
-
-    def _encode(self, entry: Entry, operation: str) -> bytes:
-        try:
-            return self._codec.encode(entry)
-        except UnserializableValueError as exc:
-            # The caller's value, not this layer, is at fault: not a CacheLayerError, so the
-            # stack never takes a healthy Redis out of service for it (graceful degradation)
-            # and the caller always hears of it.
-            raise UnserializableValueError(f"layer {self.name!r} ({operation}): {exc}") from (
-                exc.__cause__ or exc
-            )
-
-    def _scan(self, match: bytes) -> Iterator[bytes]:
-        # scan_iter walks every primary of a cluster client, and one server otherwise.
-        for raw in self._client.scan_iter(match=match, count=_SCAN_COUNT):
-            yield raw
-
-    def _unlink(self, keys: Sequence[bytes]) -> int:
-        # A cluster client splits a multi-key UNLINK per slot itself.
-        return int(self._client.unlink(*keys)) if keys else 0
-
-    def _is_internal(self, raw: bytes) -> bool:
-        """Whether a scanned key is the layer's own bookkeeping (a fence), not a cache key."""
-        return raw.startswith(self._internal_prefix)
+    def _is_cache_key(self, raw: bytes) -> bool:
+        """Whether a scanned key is a cache key, not the layer's own bookkeeping (a fence)."""
+        return not raw.startswith(self._internal_prefix)
 
     def _tag_fence(self, tag: str) -> bytes:
         return self._key(FENCE_TAG + tag)
-
-    def _each_key(self, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> list[Any]:
-        """Run a script that loops over its KEYS on ``keys``; the replies, in order.
-
-        On a single server one call per batch of 500 keys. On a cluster keys of different
-        slots cannot share a script: one single-key call per key, sent as a pipeline per batch.
-        """
-        replies: list[Any] = []
-        for start in range(0, len(keys), _UNLINK_BATCH):
-            chunk = keys[start : start + _UNLINK_BATCH]
-            if self._is_cluster:
-                replies.extend(self._pipelined_script(script, chunk, args))
-            else:
-                replies.append(script(keys=chunk, args=args))
-        return replies
-
-    def _pipelined_script(
-        self, script: Any, keys: Sequence[bytes], args: Sequence[Any]
-    ) -> list[Any]:
-        """One EVALSHA per key in one cluster pipeline; a node that lost the script (restart,
-        SCRIPT FLUSH) gets it loaded and only its calls are sent again."""
-        replies: list[Any] = [None] * len(keys)
-        pending = list(range(len(keys)))
-        for attempt in range(2):
-            pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                pipe.execute_command("EVALSHA", script.sha, 1, keys[i], *args)
-            results = pipe.execute(raise_on_error=False)
-            missing: list[int] = []
-            for i, result in zip(pending, results, strict=True):
-                if isinstance(result, NoScriptError) and attempt == 0:
-                    missing.append(i)
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    replies[i] = result
-            if not missing:
-                break
-            # SCRIPT LOAD goes to every primary of a cluster client.
-            self._client.script_load(script.script)
-            pending = missing
-        return replies
 
     def _measure_clock(self, operation: str) -> int:
         """Measure the server clock (one TIME) and return the new lower bound."""
@@ -433,11 +253,7 @@ class SyncRedisLayer:
         try:
             with self._driver_errors(operation):
                 reply = self._client.time()
-            t1 = monotonic_us()
-            if isinstance(reply, dict):  # a cluster client's reply may be keyed by node
-                reply = next(iter(reply.values()))
-            seconds, micros = reply
-            clock.update(t1, int(seconds) * 1_000_000 + int(micros))
+            clock.update_from_reply(monotonic_us(), reply)
         finally:
             clock.refreshing = False
         read_at = clock.read_at()
@@ -445,17 +261,10 @@ class SyncRedisLayer:
         return read_at
 
     def _write_fences(self, keys: Sequence[bytes]) -> None:
-        replies = self._each_key(self._fence_script, keys, [self._lease_px])
+        replies = self._keyspace.each_key(self._fence_script, keys, [self._lease_px])
         if not self._is_cluster and replies:
             # Reads sent from now on run after these fences: they are not older than them.
             self._clock.raise_floor(max(int(reply) for reply in replies) + 1)
-
-    def _live(self, raws: Sequence[bytes]) -> list[bool]:
-        """Which scanned keys hold something other than a tombstone."""
-        if not raws:
-            return []
-        replies = self._each_key(self._live_script, raws, [])
-        return [bool(int(flag)) for reply in replies for flag in reply]
 
     # -- required methods --------------------------------------------------------------------
 
@@ -465,8 +274,8 @@ class SyncRedisLayer:
         Raises:
             CacheLayerError: If Redis cannot be reached or fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        if self._keyspace.pending:
+            self._keyspace.ready()
         # Inline try (not the _driver_errors context manager): this is the L2 hit path, and a
         # generator-based context manager costs about a microsecond per call.
         try:
@@ -474,10 +283,10 @@ class SyncRedisLayer:
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
-            raise self._layer_error("get", exc) from exc
+            raise self._driver_errors.error("get", exc) from exc
         if raw is None:
             return None
-        return self._decode(key, raw, "get")
+        return self._entries.decode(key, raw, "get")
 
     def set(self, key: str, entry: Entry, ttl: float | None) -> None:
         """Store ``entry`` for ``ttl`` seconds (``None``: no expiry; ``<= 0``: UNLINK it, no
@@ -487,18 +296,17 @@ class SyncRedisLayer:
             CacheLayerError: If Redis fails.
             TypeError: If the value cannot be serialized.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         if ttl is not None and ttl <= 0:
             with self._driver_errors("set"):
                 self._client.unlink(self._key(key))
             return
-        data = self._encode(entry, "set")
+        data = self._entries.encode(entry, "set")
         with self._driver_errors("set"):
             if ttl is None:
                 self._client.set(self._key(key), data)
             else:
-                self._client.set(self._key(key), data, px=_milliseconds(ttl))
+                self._client.set(self._key(key), data, px=milliseconds(ttl))
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (no error when absent).
@@ -507,20 +315,19 @@ class SyncRedisLayer:
         it reads as absent everywhere, and a fetch that read the key before this delete cannot
         store its value over it (:meth:`set_leased`).
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("delete"):
             self._remove([self._key(key)])
 
     def _remove(self, raw_keys: Sequence[bytes]) -> None:
         """Delete keys: tombstones with leases on, a plain UNLINK without."""
         if self._lease_px is None:
-            self._unlink(raw_keys)
+            self._keyspace.unlink(raw_keys)
         elif len(raw_keys) == 1:
             # One key needs no pipeline, even on a cluster.
             self._tombstone_script(keys=raw_keys, args=[self._lease_px])
         else:
-            self._each_key(self._tombstone_script, raw_keys, [self._lease_px])
+            self._keyspace.each_key(self._tombstone_script, raw_keys, [self._lease_px])
 
     def clear(self) -> None:
         """Remove every key under this layer's prefix (SCAN + UNLINK in batches).
@@ -533,8 +340,7 @@ class SyncRedisLayer:
             ValueError: If the prefix is empty and ``allow_unprefixed_clear`` is false.
             CacheLayerError: If Redis fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         if not self.prefix and not self.allow_unprefixed_clear:
             raise ValueError(
                 "SyncRedisLayer.clear() with an empty prefix would delete every key of the "
@@ -543,15 +349,10 @@ class SyncRedisLayer:
         with self._driver_errors("clear"):
             if self._lease_px is not None:
                 self._write_fences([self._fence_all])
-            batch: list[bytes] = []
-            for raw in self._scan(prefix_match(self.prefix)):
-                if self._is_internal(raw):
-                    continue
-                batch.append(raw)
-                if len(batch) >= _UNLINK_BATCH:
-                    self._unlink(batch)
-                    batch = []
-            self._unlink(batch)
+            for batch in self._keyspace.batches(
+                prefix_match(self.prefix), self._is_cache_key
+            ):
+                self._keyspace.unlink(batch)
 
     # -- optional methods --------------------------------------------------------------------
 
@@ -561,8 +362,7 @@ class SyncRedisLayer:
         Raises:
             CacheLayerError: If Redis fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         if not keys:
             return []
         raw_keys = [self._key(k) for k in keys]
@@ -573,7 +373,7 @@ class SyncRedisLayer:
             else:
                 values = self._client.mget(raw_keys)
         return [
-            None if raw is None else self._decode(key, raw, "get_many")
+            None if raw is None else self._entries.decode(key, raw, "get_many")
             for key, raw in zip(keys, values, strict=True)
         ]
 
@@ -584,14 +384,13 @@ class SyncRedisLayer:
             CacheLayerError: If Redis fails.
             TypeError: If a value cannot be serialized.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         if not items:
             return
         encoded = [
             (
                 self._key(key),
-                None if ttl is not None and ttl <= 0 else self._encode(entry, "set_many"),
+                None if ttl is not None and ttl <= 0 else self._entries.encode(entry, "set_many"),
                 ttl,
             )
             for key, entry, ttl in items
@@ -604,27 +403,27 @@ class SyncRedisLayer:
                 elif ttl is None:
                     pipe.execute_command("SET", raw_key, data)
                 else:
-                    pipe.execute_command("SET", raw_key, data, "PX", _milliseconds(ttl))
+                    pipe.execute_command("SET", raw_key, data, "PX", milliseconds(ttl))
             pipe.execute()
 
     def delete_many(self, keys: Sequence[str]) -> None:
         """Remove ``keys`` in batches of 500 (tombstones with leases on, as :meth:`delete`;
         else UNLINK)."""
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("delete_many"):
-            for start in range(0, len(keys), _UNLINK_BATCH):
-                self._remove([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
+            for start in range(0, len(keys), UNLINK_BATCH):
+                self._remove([self._key(k) for k in keys[start : start + UNLINK_BATCH]])
 
     def purge_many(self, keys: Sequence[str]) -> None:
         """Remove ``keys`` for good (UNLINK in batches of 500, never a tombstone): for keys
         nobody reads or fetches any more, such as a retired generation's. A tombstone would
         only hold memory for ``lease_ttl``."""
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("purge_many"):
-            for start in range(0, len(keys), _UNLINK_BATCH):
-                self._unlink([self._key(k) for k in keys[start : start + _UNLINK_BATCH]])
+            for start in range(0, len(keys), UNLINK_BATCH):
+                self._keyspace.unlink(
+                    [self._key(k) for k in keys[start : start + UNLINK_BATCH]]
+                )
 
     def delete_matching(self, pattern: str) -> int:
         """Remove every key of this layer matching the glob ``pattern``; return how many.
@@ -638,30 +437,24 @@ class SyncRedisLayer:
             ValueError: If ``pattern`` is not a valid pattern.
             CacheLayerError: If Redis fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         validate_pattern(pattern)
         deleted = 0
         with self._driver_errors("delete_matching"):
             if self._lease_px is not None:
                 self._write_fences([self._fence_all])
-            batch: list[bytes] = []
-            for raw in self._scan(scan_match(self.prefix, pattern)):
-                key = strip_prefix(self._prefix_bytes, raw)
-                if key is None or key.startswith(INTERNAL_MARK) or not glob_match(pattern, key):
-                    continue
-                batch.append(raw)
-                if len(batch) >= _UNLINK_BATCH:
-                    deleted += self._unlink_live(batch)
-                    batch = []
-            deleted += self._unlink_live(batch)
-        return deleted
 
-    def _unlink_live(self, raws: Sequence[bytes]) -> int:
-        """UNLINK scanned keys; how many of them were not tombstones."""
-        if not raws:
-            return 0
-        return sum(int(n) for n in self._each_key(self._unlink_live_script, raws, []))
+            def matches(raw: bytes) -> bool:
+                key = strip_prefix(self._prefix_bytes, raw)
+                return (
+                    key is not None
+                    and not key.startswith(INTERNAL_MARK)
+                    and glob_match(pattern, key)
+                )
+
+            for batch in self._keyspace.batches(scan_match(self.prefix, pattern), matches):
+                deleted += self._keyspace.unlink_live(batch)
+        return deleted
 
     def keys(self, pattern: str | None = None, limit: int | None = None) -> list[str]:
         """Keys of this layer (without the prefix), optionally filtered by a glob.
@@ -674,8 +467,7 @@ class SyncRedisLayer:
             ValueError: On an invalid pattern or a negative limit.
             CacheLayerError: If Redis fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         if pattern is not None:
             validate_pattern(pattern)
         if limit is not None and (isinstance(limit, bool) or limit < 0):
@@ -688,7 +480,7 @@ class SyncRedisLayer:
         # Candidates are checked for tombstones in batches (one script or pipeline each).
         batch: dict[bytes, str] = {}
         with self._driver_errors("keys"):
-            for raw in self._scan(match):
+            for raw in self._keyspace.scan(match):
                 key = strip_prefix(self._prefix_bytes, raw)
                 if (
                     key is None
@@ -698,7 +490,7 @@ class SyncRedisLayer:
                 ):
                     continue
                 batch[raw] = key
-                wanted = _SCAN_COUNT if limit is None else min(_SCAN_COUNT, limit - len(found))
+                wanted = SCAN_COUNT if limit is None else min(SCAN_COUNT, limit - len(found))
                 if len(batch) >= wanted:
                     self._keep_live(batch, found)
                     batch = {}
@@ -708,22 +500,20 @@ class SyncRedisLayer:
         return list(found)[:limit]
 
     def _keep_live(self, batch: dict[bytes, str], found: dict[str, None]) -> None:
-        for key, live in zip(batch.values(), self._live(list(batch)), strict=True):
+        for key, live in zip(batch.values(), self._keyspace.live(list(batch)), strict=True):
             if live:
                 found[key] = None
 
     def has(self, key: str) -> bool:
         """Whether a value is stored under ``key`` (its content is not checked; a tombstone
         is not a value)."""
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("has"):
             return int(self._peek_script(keys=[self._key(key)])) != -2
 
     def ttl(self, key: str) -> float | None:
         """Remaining storage lifetime of ``key`` in seconds; ``None`` if absent or unexpiring."""
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("ttl"):
             remaining = int(self._peek_script(keys=[self._key(key)]))
         # PTTL: -2 absent (or a tombstone), -1 no expiry.
@@ -731,19 +521,12 @@ class SyncRedisLayer:
 
     def size(self) -> int:
         """Number of keys under the prefix (a SCAN; approximate while keys change)."""
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         count = 0
-        batch: list[bytes] = []
+        match = prefix_match(self.prefix)
         with self._driver_errors("size"):
-            for raw in self._scan(prefix_match(self.prefix)):
-                if self._is_internal(raw):
-                    continue
-                batch.append(raw)
-                if len(batch) >= _SCAN_COUNT:
-                    count += sum(self._live(batch))
-                    batch = []
-            count += sum(self._live(batch))
+            for batch in self._keyspace.batches(match, self._is_cache_key, SCAN_COUNT):
+                count += sum(self._keyspace.live(batch))
         return count
 
     # -- leases (conditional stores) ---------------------------------------------------------
@@ -759,8 +542,8 @@ class SyncRedisLayer:
         Raises:
             CacheLayerError: If Redis cannot be reached or fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        if self._keyspace.pending:
+            self._keyspace.ready()
         read_at = self._clock.read_at() if self._lease_ttl_us is not None else 0
         if read_at is None:
             read_at = self._measure_clock("get")
@@ -771,10 +554,10 @@ class SyncRedisLayer:
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
-            raise self._layer_error("get", exc) from exc
+            raise self._driver_errors.error("get", exc) from exc
         if raw is None:
             return None, Lease(read_at, None)
-        return self._decode(key, raw, "get"), Lease(read_at, raw)
+        return self._entries.decode(key, raw, "get"), Lease(read_at, raw)
 
     def lease(self, key: str) -> Lease:
         """The :class:`Lease` of ``key`` for a fetch that read nothing before (a background
@@ -786,8 +569,7 @@ class SyncRedisLayer:
         """
         if self._lease_ttl_us is None:
             return Lease(0, None)
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         read_at = self._clock.read_at()
         if read_at is None:
             read_at = self._measure_clock("lease")
@@ -825,27 +607,26 @@ class SyncRedisLayer:
             CacheLayerError: If Redis fails.
             TypeError: If the value cannot be serialized.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         if ttl is not None and ttl <= 0:
             return True
-        data = self._encode(entry, "set_leased")
+        data = self._entries.encode(entry, "set_leased")
         raw_key = self._key(key)
         if self._lease_ttl_us is None:
             with self._driver_errors("set_leased"):
                 if ttl is None:
                     self._client.set(raw_key, data)
                 else:
-                    self._client.set(raw_key, data, px=_milliseconds(ttl))
+                    self._client.set(raw_key, data, px=milliseconds(ttl))
             return True
         observed = "" if lease.observed is None else hashlib.sha1(lease.observed).hexdigest()
-        px = "" if ttl is None else str(_milliseconds(ttl))
+        px = "" if ttl is None else str(milliseconds(ttl))
         args: list[bytes | str | int] = [lease.read_at, self._lease_ttl_us, observed, data, px]
         fences = [self._fence_all, *(self._tag_fence(t) for t in dict.fromkeys(tags))]
         with self._driver_errors("set_leased"):
             if not self._is_cluster:
-                return int(self._run_set_leased([raw_key, *fences], args)) == 1
-            if int(self._run_set_leased([raw_key], args)) != 1:
+                return self._store_leased([raw_key, *fences], args) == 1
+            if self._store_leased([raw_key], args) != 1:
                 return False
             try:
                 values = self._client.mget_nonatomic(fences)  # type: ignore[union-attr]
@@ -858,19 +639,9 @@ class SyncRedisLayer:
             self._undo_script(keys=[raw_key], args=[hashlib.sha1(data).hexdigest()])
             return False
 
-    def _run_set_leased(self, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
-        """One call of the store script, straight through ``EVALSHA``: redis-py's Script
-        object costs about 20 us more per call (measured against a plain ``SET``: 262 vs 250
-        us with it, 242 vs 250 without), and this is the store of every fetch. Loaded again
-        when the server lost it (a restart, ``SCRIPT FLUSH``)."""
-        # Looked up per call (a client built from a URL hands out the current one), typed loosely:
-        # redis-py types execute_command differently in its two clients.
-        execute: Any = self._client.execute_command
-        try:
-            return execute("EVALSHA", _LEASE_SET_SHA, len(keys), *keys, *args)
-        except NoScriptError:
-            self._client.script_load(LEASE_SET)
-            return execute("EVALSHA", _LEASE_SET_SHA, len(keys), *keys, *args)
+    def _store_leased(self, keys: Sequence[bytes], args: Sequence[Any]) -> int:
+        # The store of every fetch: a bare EVALSHA (see KeySpace.evalsha).
+        return int(self._keyspace.evalsha(LEASE_SET, _LEASE_SET_SHA, keys, args))
 
     def _undo_quietly(self, raw_key: bytes, data: bytes) -> None:
         try:
@@ -891,14 +662,13 @@ class SyncRedisLayer:
         Raises:
             CacheLayerError: If Redis cannot be reached or fails.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         raw: Any
         with self._driver_errors("get_with_token"):
             raw = self._client.get(self._key(key))
         if raw is None:
             return None
-        entry = self._decode(key, raw, "get_with_token")
+        entry = self._entries.decode(key, raw, "get_with_token")
         return None if entry is None else (entry, CasToken(raw))
 
     def compare_and_set(self, key: str, token: CasToken, entry: Entry) -> bool:
@@ -919,9 +689,8 @@ class SyncRedisLayer:
             CacheLayerError: If Redis cannot be reached or fails.
             TypeError: If the value cannot be serialized (``UnserializableValueError``).
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
-        data = self._encode(entry, "compare_and_set")
+        self._keyspace.ready()
+        data = self._entries.encode(entry, "compare_and_set")
         with self._driver_errors("compare_and_set"):
             replaced = self._cas_script(keys=[self._key(key)], args=[token.observed, data])
         return int(replaced) == 1
@@ -939,8 +708,7 @@ class SyncRedisLayer:
             raise ValueError("tags must be a sequence of str, not a single str")
         if self._lease_px is None or not tags:
             return
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("fence_tags"):
             self._write_fences([self._tag_fence(t) for t in dict.fromkeys(tags)])
 
@@ -950,8 +718,7 @@ class SyncRedisLayer:
         Raises:
             CacheLayerError: If it does not.
         """
-        if self._cluster_pending:
-            self._initialize_cluster()
+        self._keyspace.ready()
         with self._driver_errors("ping"):
             self._client.ping()
         return True
@@ -962,7 +729,7 @@ class SyncRedisLayer:
         ``context`` holds ``layer``, ``key`` and ``operation``. Without a handler the layer
         logs a warning.
         """
-        self._error_handler = handler
+        self._entries.error_handler = handler
 
     def close(self) -> None:
         """Close the client if this layer created it (from ``url``)."""

@@ -19,10 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._sync._primitives import (
@@ -37,11 +35,13 @@ from .._sync._primitives import (
     stop_spawned,
     wait_signal,
 )
-from .._exceptions import CacheLayerError
 from .._keys import validate_prefix
 from .._types import ErrorHandler
-from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, sync_url_client
+from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, sync_url_client
+from ._errors import DriverErrors, call_error_handler
+from ._flight_lease import Found, MustFetch, SingleFlightStats, TakenOver, new_token
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
+from ._options import check_raw_client, positive_seconds
 from ._scripts import SINGLE_FLIGHT_ACQUIRE, SINGLE_FLIGHT_RELEASE, SINGLE_FLIGHT_RENEW
 from ._sync_layer import RedisClient
 
@@ -52,25 +52,28 @@ logger = logging.getLogger("layercache.redis")
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Shared with the asyncio twin.
-from .single_flight import (  # noqa: F401
-    _MIN_CALL_TIME,
-    _SUBSCRIBE_WAIT,
-    _IDLE_TICK,
-    _PING_AFTER,
-    _DEAD_AFTER,
-    _RECONNECT_MIN,
-    _RECONNECT_MAX,
-    _MAX_WAITING_KEYS,
-    _EXPIRY_MARGIN,
-    _WARN_EVERY,
-    SingleFlightStats,
-    _Fetch,
-    _Lead,
-    _Found,
-    _positive,
-    _new_token,
-)
+# A Redis call inside run() is bounded by the time left before the caller's timeout, but never
+# by less than this: a caller with (almost) no time left still gets one real attempt.
+_MIN_CALL_TIME = 0.1
+# How long a new waiter waits for the shared subscription to be confirmed before it starts
+# relying on polling alone (the subscription keeps trying in the background).
+_SUBSCRIBE_WAIT = 1.0
+# Subscription health: get_message wakes up this often; after _PING_AFTER seconds without any
+# traffic it sends a PING, and after _DEAD_AFTER seconds of silence it reconnects (a connection
+# that silently stopped delivering, e.g. a dropped NAT entry, raises no error by itself).
+_IDLE_TICK = 1.0
+_PING_AFTER = 10.0
+_DEAD_AFTER = 25.0
+# Reconnect backoff of the subscription (seconds, doubled per failure, with jitter).
+_RECONNECT_MIN = 0.05
+_RECONNECT_MAX = 5.0
+# At most this many keys have waiters registered for notices; waiters beyond that poll.
+_MAX_WAITING_KEYS = 10_000
+# A waiter that knows the holder's remaining lease sleeps until just after it expires.
+_EXPIRY_MARGIN = 0.002
+# Repeated warnings of the same kind (e.g. every call during an outage) are logged at most
+# this often; the rest go to the debug log.
+_WARN_EVERY = 10.0
 
 
 class SyncRedisSingleFlightCoordinator:
@@ -110,9 +113,9 @@ class SyncRedisSingleFlightCoordinator:
         renew_interval: float | None = None,
     ) -> None:
         validate_prefix(prefix)
-        self._lease = _positive("lease", lease)
+        self._lease = positive_seconds("lease", lease)
         interval = self._lease / 3 if renew_interval is None else renew_interval
-        self._renew_interval = _positive("renew_interval", interval)
+        self._renew_interval = positive_seconds("renew_interval", interval)
         if self._renew_interval >= self._lease:
             raise ValueError(
                 f"renew_interval ({self._renew_interval}) must be shorter than the lease "
@@ -123,11 +126,10 @@ class SyncRedisSingleFlightCoordinator:
         if url is not None:
             client = sync_url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
         assert client is not None
-        encoder = getattr(client, "get_encoder", None)
-        if encoder is not None and getattr(encoder(), "decode_responses", False):
-            raise ValueError(
-                "SyncRedisSingleFlightCoordinator needs a client created with decode_responses=False"
-            )
+        check_raw_client(
+            client,
+            "SyncRedisSingleFlightCoordinator needs a client created with decode_responses=False",
+        )
         self._client = client
         self._owns_client = url is not None
         self.prefix = prefix
@@ -152,10 +154,6 @@ class SyncRedisSingleFlightCoordinator:
         self._closed = False
         self._last_warning: dict[str, float] = {}
 
-    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
-    # which picks the sync twin, takes *args and **kwargs).
-    __signature__ = init_signature(__init__)
-
     def __repr__(self) -> str:
         return (
             f"SyncRedisSingleFlightCoordinator(prefix={self.prefix!r}, lease={self._lease!r}, "
@@ -165,9 +163,9 @@ class SyncRedisSingleFlightCoordinator:
     def configure(self, *, lease: float | None = None, renew_interval: float | None = None) -> None:
         """Set the lease and renewal interval (the stack's ``single_flight_lease`` and
         ``single_flight_renew_interval`` options land here); same checks as the constructor."""
-        new_lease = self._lease if lease is None else _positive("lease", lease)
+        new_lease = self._lease if lease is None else positive_seconds("lease", lease)
         if renew_interval is not None:
-            interval = _positive("renew_interval", renew_interval)
+            interval = positive_seconds("renew_interval", renew_interval)
         elif lease is not None:
             interval = new_lease / 3
         else:
@@ -234,13 +232,13 @@ class SyncRedisSingleFlightCoordinator:
             or not 0 <= timeout < math.inf
         ):
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-        poll = _positive("poll", poll)
+        poll = positive_seconds("poll", poll)
         if self._closed:
             self.stats.degraded += 1
             return fetch()
         deadline = time.monotonic() + timeout
         lock = single_flight_lock(self.prefix, key)
-        token = _new_token()
+        token = new_token()
         try:
             acquired, pttl = self._acquire(lock, token, deadline)
         except Exception as exc:
@@ -249,9 +247,9 @@ class SyncRedisSingleFlightCoordinator:
         if acquired:
             return self._lead(key, lock, token, fetch, read_shared, deadline, timeout)
         outcome = self._await_turn(key, lock, read_shared, deadline, poll, pttl)
-        if isinstance(outcome, _Found):
+        if isinstance(outcome, Found):
             return outcome.value
-        if isinstance(outcome, _Lead):
+        if isinstance(outcome, TakenOver):
             self.stats.takeovers += 1
             return self._lead(key, lock, outcome.token, fetch, read_shared, deadline, timeout)
         return fetch()
@@ -358,7 +356,7 @@ class SyncRedisSingleFlightCoordinator:
         deadline: float,
         poll: float,
         pttl: int,
-    ) -> _Found | _Lead | _Fetch:
+    ) -> Found | TakenOver | MustFetch:
         self.stats.waits += 1
         notice = single_flight_message(key)
         # Registered before the first look at the shared layers, so a notice published after
@@ -374,7 +372,7 @@ class SyncRedisSingleFlightCoordinator:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.stats.timeouts += 1
-                    return _Fetch()
+                    return MustFetch()
                 delay = min(poll, remaining)
                 if pttl >= 0:
                     # The holder's lease ends sooner than the next poll: look right after it,
@@ -387,21 +385,21 @@ class SyncRedisSingleFlightCoordinator:
                 # The lock is free only if the holder finished without storing a value, failed,
                 # or died: at most one waiter wins this SET NX, so no second fetch races the
                 # first one.
-                token = _new_token()
+                token = new_token()
                 acquired, pttl = self._acquire(lock, token, deadline)
                 if acquired:
-                    return _Lead(token)
+                    return TakenOver(token)
         except Timeout:
             # A Redis call (or read_shared) outlived the caller's timeout.
             self.stats.timeouts += 1
-            return _Fetch()
+            return MustFetch()
         except Exception as exc:
             self._degrade(exc, key, "wait")
-            return _Fetch()
+            return MustFetch()
         finally:
             self._unregister(notice, event)
         self.stats.shared_hits += 1
-        return _Found(value)
+        return Found(value)
 
     def _sleep(self, event: Signal | None, delay: float) -> None:
         if event is None:
@@ -552,14 +550,9 @@ class SyncRedisSingleFlightCoordinator:
             key,
             exc,
         )
-        handler = self._error_handler
-        if handler is None:
-            return
-        try:
-            handler(exc, {"component": "single_flight", "key": key, "operation": operation})
-        except Exception:
-            # A broken handler must not break the fallback it is told about.
-            logger.exception("error handler of the single-flight coordinator raised")
+        context = {"component": "single_flight", "key": key, "operation": operation}
+        broken = "error handler of the single-flight coordinator raised"
+        call_error_handler(self._error_handler, exc, context, logger, broken)
 
     def _warn(self, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -586,7 +579,5 @@ class SyncRedisSingleFlightCoordinator:
         # Waiters still running fall back to polling until their timeout.
         self._wake_all()
         if self._owns_client:
-            try:
+            with DriverErrors("single_flight")("close"):
                 self._client.close()
-            except Exception as exc:
-                raise CacheLayerError("single_flight", "close") from exc

@@ -17,10 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._async._primitives import (
@@ -35,11 +33,13 @@ from .._async._primitives import (
     stop_spawned,
     wait_signal,
 )
-from .._exceptions import CacheLayerError
 from .._keys import validate_prefix
 from .._types import ErrorHandler
-from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, url_client
+from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, url_client
+from ._errors import DriverErrors, call_error_handler
+from ._flight_lease import Found, MustFetch, SingleFlightStats, TakenOver, new_token
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
+from ._options import check_raw_client, positive_seconds
 from ._scripts import SINGLE_FLIGHT_ACQUIRE, SINGLE_FLIGHT_RELEASE, SINGLE_FLIGHT_RENEW
 from .layer import RedisClient
 
@@ -49,8 +49,6 @@ logger = logging.getLogger("layercache.redis")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-# unasync: begin shared
 
 # A Redis call inside run() is bounded by the time left before the caller's timeout, but never
 # by less than this: a caller with (almost) no time left still gets one real attempt.
@@ -76,82 +74,9 @@ _EXPIRY_MARGIN = 0.002
 _WARN_EVERY = 10.0
 
 
-@dataclass
-class SingleFlightStats:
-    """Counters of one coordinator (monotonic; read them, do not write them).
-
-    Attributes:
-        acquired: Locks taken (first callers and takeovers).
-        fetches: ``fetch()`` calls made while holding the lock.
-        takeovers: Locks taken by a waiter after the holder died or failed.
-        waits: Calls that found the lock held and waited.
-        shared_hits: Calls answered by ``read_shared()`` (waiters, and holders whose re-check
-            found a value another instance had just stored).
-        notifications: Completion notices received for keys with local waiters.
-        timeouts: Waiters that reached ``timeout`` and fetched by themselves.
-        degraded: Calls that fell back to a direct ``fetch()`` because Redis failed.
-        renewals: Lease renewals of holders.
-        lock_lost: Renewals or releases that found the lock gone or held by another token.
-        renew_failures: Lease renewals that failed (Redis error or slowness).
-        release_failures: Releases that failed (the lease then expires by itself).
-        subscriptions: Confirmed (re)subscriptions of the notification channel.
-        subscription_errors: Failures of the notification subscription (it reconnects).
-    """
-
-    acquired: int = 0
-    fetches: int = 0
-    takeovers: int = 0
-    waits: int = 0
-    shared_hits: int = 0
-    notifications: int = 0
-    timeouts: int = 0
-    degraded: int = 0
-    renewals: int = 0
-    lock_lost: int = 0
-    renew_failures: int = 0
-    release_failures: int = 0
-    subscriptions: int = 0
-    subscription_errors: int = 0
-
-
-class _Fetch:
-    """Outcome of waiting: the caller must fetch (lock-free), no value to return."""
-
-
-class _Lead:
-    """Outcome of waiting: the caller took the lock over with ``token``."""
-
-    __slots__ = ("token",)
-
-    def __init__(self, token: bytes) -> None:
-        self.token = token
-
-
-class _Found:
-    """Outcome of waiting: the shared layers hold ``value``."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _new_token() -> bytes:
-    # 128 random bits: two callers never share a token, so compare-and-delete is exact.
-    return secrets.token_hex(16).encode("ascii")
-
-
-# unasync: end shared
-
-
+# unasync: begin async-only
+@sync_twin_for_sync_clients("._sync_single_flight:SyncRedisSingleFlightCoordinator")
+# unasync: end async-only
 class RedisSingleFlightCoordinator:
     """Cross-instance single-flight on a Redis lock: N instances x M callers = 1 origin fetch.
 
@@ -179,19 +104,6 @@ class RedisSingleFlightCoordinator:
             that decodes responses).
     """
 
-    # unasync: begin async-only
-    def __new__(cls, client: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """A ``SyncRedisSingleFlightCoordinator`` when ``client`` is a sync redis-py client."""
-        # Imported here: the sync twin imports this module (no cycle at import time).
-        from ._sync_layer import RedisClient as SyncRedisClient
-
-        if isinstance(client, SyncRedisClient):
-            from ._sync_single_flight import SyncRedisSingleFlightCoordinator
-
-            return SyncRedisSingleFlightCoordinator(client, *args, **kwargs)
-        return super().__new__(cls)
-
-    # unasync: end async-only
     def __init__(
         self,
         client: RedisClient | None = None,
@@ -202,9 +114,9 @@ class RedisSingleFlightCoordinator:
         renew_interval: float | None = None,
     ) -> None:
         validate_prefix(prefix)
-        self._lease = _positive("lease", lease)
+        self._lease = positive_seconds("lease", lease)
         interval = self._lease / 3 if renew_interval is None else renew_interval
-        self._renew_interval = _positive("renew_interval", interval)
+        self._renew_interval = positive_seconds("renew_interval", interval)
         if self._renew_interval >= self._lease:
             raise ValueError(
                 f"renew_interval ({self._renew_interval}) must be shorter than the lease "
@@ -215,11 +127,10 @@ class RedisSingleFlightCoordinator:
         if url is not None:
             client = url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
         assert client is not None
-        encoder = getattr(client, "get_encoder", None)
-        if encoder is not None and getattr(encoder(), "decode_responses", False):
-            raise ValueError(
-                "RedisSingleFlightCoordinator needs a client created with decode_responses=False"
-            )
+        check_raw_client(
+            client,
+            "RedisSingleFlightCoordinator needs a client created with decode_responses=False",
+        )
         self._client = client
         self._owns_client = url is not None
         self.prefix = prefix
@@ -244,10 +155,6 @@ class RedisSingleFlightCoordinator:
         self._closed = False
         self._last_warning: dict[str, float] = {}
 
-    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
-    # which picks the sync twin, takes *args and **kwargs).
-    __signature__ = init_signature(__init__)
-
     def __repr__(self) -> str:
         return (
             f"RedisSingleFlightCoordinator(prefix={self.prefix!r}, lease={self._lease!r}, "
@@ -257,9 +164,9 @@ class RedisSingleFlightCoordinator:
     def configure(self, *, lease: float | None = None, renew_interval: float | None = None) -> None:
         """Set the lease and renewal interval (the stack's ``single_flight_lease`` and
         ``single_flight_renew_interval`` options land here); same checks as the constructor."""
-        new_lease = self._lease if lease is None else _positive("lease", lease)
+        new_lease = self._lease if lease is None else positive_seconds("lease", lease)
         if renew_interval is not None:
-            interval = _positive("renew_interval", renew_interval)
+            interval = positive_seconds("renew_interval", renew_interval)
         elif lease is not None:
             interval = new_lease / 3
         else:
@@ -326,13 +233,13 @@ class RedisSingleFlightCoordinator:
             or not 0 <= timeout < math.inf
         ):
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
-        poll = _positive("poll", poll)
+        poll = positive_seconds("poll", poll)
         if self._closed:
             self.stats.degraded += 1
             return await fetch()
         deadline = time.monotonic() + timeout
         lock = single_flight_lock(self.prefix, key)
-        token = _new_token()
+        token = new_token()
         try:
             acquired, pttl = await self._acquire(lock, token, deadline)
         except Exception as exc:
@@ -341,9 +248,9 @@ class RedisSingleFlightCoordinator:
         if acquired:
             return await self._lead(key, lock, token, fetch, read_shared, deadline, timeout)
         outcome = await self._await_turn(key, lock, read_shared, deadline, poll, pttl)
-        if isinstance(outcome, _Found):
+        if isinstance(outcome, Found):
             return outcome.value
-        if isinstance(outcome, _Lead):
+        if isinstance(outcome, TakenOver):
             self.stats.takeovers += 1
             return await self._lead(key, lock, outcome.token, fetch, read_shared, deadline, timeout)
         return await fetch()
@@ -450,7 +357,7 @@ class RedisSingleFlightCoordinator:
         deadline: float,
         poll: float,
         pttl: int,
-    ) -> _Found | _Lead | _Fetch:
+    ) -> Found | TakenOver | MustFetch:
         self.stats.waits += 1
         notice = single_flight_message(key)
         # Registered before the first look at the shared layers, so a notice published after
@@ -466,7 +373,7 @@ class RedisSingleFlightCoordinator:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.stats.timeouts += 1
-                    return _Fetch()
+                    return MustFetch()
                 delay = min(poll, remaining)
                 if pttl >= 0:
                     # The holder's lease ends sooner than the next poll: look right after it,
@@ -479,21 +386,21 @@ class RedisSingleFlightCoordinator:
                 # The lock is free only if the holder finished without storing a value, failed,
                 # or died: at most one waiter wins this SET NX, so no second fetch races the
                 # first one.
-                token = _new_token()
+                token = new_token()
                 acquired, pttl = await self._acquire(lock, token, deadline)
                 if acquired:
-                    return _Lead(token)
+                    return TakenOver(token)
         except Timeout:
             # A Redis call (or read_shared) outlived the caller's timeout.
             self.stats.timeouts += 1
-            return _Fetch()
+            return MustFetch()
         except Exception as exc:
             self._degrade(exc, key, "wait")
-            return _Fetch()
+            return MustFetch()
         finally:
             self._unregister(notice, event)
         self.stats.shared_hits += 1
-        return _Found(value)
+        return Found(value)
 
     async def _sleep(self, event: Signal | None, delay: float) -> None:
         if event is None:
@@ -644,14 +551,9 @@ class RedisSingleFlightCoordinator:
             key,
             exc,
         )
-        handler = self._error_handler
-        if handler is None:
-            return
-        try:
-            handler(exc, {"component": "single_flight", "key": key, "operation": operation})
-        except Exception:
-            # A broken handler must not break the fallback it is told about.
-            logger.exception("error handler of the single-flight coordinator raised")
+        context = {"component": "single_flight", "key": key, "operation": operation}
+        broken = "error handler of the single-flight coordinator raised"
+        call_error_handler(self._error_handler, exc, context, logger, broken)
 
     def _warn(self, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -678,7 +580,5 @@ class RedisSingleFlightCoordinator:
         # Waiters still running fall back to polling until their timeout.
         self._wake_all()
         if self._owns_client:
-            try:
+            with DriverErrors("single_flight")("aclose"):
                 await self._client.aclose()
-            except Exception as exc:
-                raise CacheLayerError("single_flight", "aclose") from exc

@@ -38,17 +38,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from .._exceptions import CacheLayerError
 from .._glob import glob_match
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH, MAX_TAGS
-from ._clients import DEFAULT_SOCKET_TIMEOUT, init_signature, url_client
+from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, url_client
+from ._errors import DriverErrors
 from ._keys import (
     from_member,
     scan_match,
@@ -64,6 +63,7 @@ from ._keys import (
     tag_index_tag_set_prefix,
     to_member,
 )
+from ._options import check_raw_client
 from ._scripts import (
     TAG_INDEX_CLEANUP,
     TAG_INDEX_RECORD,
@@ -109,6 +109,9 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+# unasync: begin async-only
+@sync_twin_for_sync_clients("._sync_tag_index:SyncRedisTagIndex")
+# unasync: end async-only
 class RedisTagIndex:
     """Tag bookkeeping in Redis, shared by every instance using the same ``prefix``.
 
@@ -137,19 +140,6 @@ class RedisTagIndex:
 
     name = "tag-index"
 
-    # unasync: begin async-only
-    def __new__(cls, client: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """A ``SyncRedisTagIndex`` when ``client`` is a sync redis-py client."""
-        # Imported here: the sync twin imports this module (no cycle at import time).
-        from ._sync_layer import RedisClient as SyncRedisClient
-
-        if isinstance(client, SyncRedisClient):
-            from ._sync_tag_index import SyncRedisTagIndex
-
-            return SyncRedisTagIndex(client, *args, **kwargs)
-        return super().__new__(cls)
-
-    # unasync: end async-only
     def __init__(
         self,
         client: RedisClient | None = None,
@@ -184,9 +174,7 @@ class RedisTagIndex:
         if url is not None:
             client = url_client(url, socket_timeout=DEFAULT_SOCKET_TIMEOUT)
         assert client is not None
-        encoder = getattr(client, "get_encoder", None)
-        if encoder is not None and getattr(encoder(), "decode_responses", False):
-            raise ValueError("RedisTagIndex needs a client created with decode_responses=False")
+        check_raw_client(client, "RedisTagIndex needs a client created with decode_responses=False")
         self._client = client
         self._owns_client = url is not None
         self.prefix = prefix
@@ -204,10 +192,11 @@ class RedisTagIndex:
         self._record_many_script = client.register_script(TAG_INDEX_RECORD_MANY)
         self._remove_script = client.register_script(TAG_INDEX_REMOVE)
         self._cleanup_script = client.register_script(TAG_INDEX_CLEANUP)
-
-    # help() and inspect.signature() show __init__'s parameters (the asyncio class's __new__,
-    # which picks the sync twin, takes *args and **kwargs).
-    __signature__ = init_signature(__init__)
+        # Failures are CacheLayerError("tag-index", operation); RedisError, OSError, timeouts,
+        # and anything else the client raises (redis-py's cluster client can leak an
+        # AttributeError from a connection it closed under a concurrent command) are all
+        # failures of the index, none a mistake of the caller.
+        self._driver_errors = DriverErrors(self.name, self._layout_mismatch)
 
     def __repr__(self) -> str:
         return (
@@ -222,27 +211,14 @@ class RedisTagIndex:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _driver_errors(self, operation: str) -> Iterator[None]:
-        """The one place where driver failures become ``CacheLayerError``."""
-        try:
-            yield
-        except CacheLayerError:
-            raise
-        except ResponseError as exc:
-            if str(exc).startswith(_LAYOUT_ERROR):
-                raise CacheLayerError(
-                    self.name,
-                    operation,
-                    f"{str(exc)[len(_LAYOUT_ERROR) :].strip()} (prefix {self.prefix!r}); "
-                    "every instance must use the same known_keys_shards",
-                ) from exc
-            raise CacheLayerError(self.name, operation) from exc
-        except Exception as exc:
-            # RedisError, OSError, timeouts, and anything else the client raises (redis-py's
-            # cluster client can leak an AttributeError from a connection it closed under a
-            # concurrent command): all failures of the index, none a mistake of the caller.
-            raise CacheLayerError(self.name, operation) from exc
+    def _layout_mismatch(self, exc: BaseException) -> str | None:
+        """What a script's refusal of another shard count says (``None``: another failure)."""
+        if not (isinstance(exc, ResponseError) and str(exc).startswith(_LAYOUT_ERROR)):
+            return None
+        return (
+            f"{str(exc)[len(_LAYOUT_ERROR) :].strip()} (prefix {self.prefix!r}); "
+            "every instance must use the same known_keys_shards"
+        )
 
     async def _ready(self) -> None:
         """Let a cluster client learn the slot map before the first command.
