@@ -10,7 +10,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._async.stack import CacheNamespace, CacheStack
-from ._circuit import CircuitBreaker
 from ._entry import Entry
 from ._exceptions import (
     CacheLayerError,
@@ -31,8 +30,14 @@ from ._metrics import (
     LayerMetrics,
     LayerStatus,
 )
-from ._options import AdaptiveTtl, CacheEntry, CacheEntryRequest, CacheOptions
-from ._rate_limit_options import RateLimit
+from ._options import (
+    AdaptiveTtl,
+    CacheEntry,
+    CacheEntryRequest,
+    CacheOptions,
+    CircuitBreaker,
+    RateLimit,
+)
 from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._types import CacheLayer, InvalidationMessage
 from .layers.memory import MemoryLayer

@@ -1,5 +1,8 @@
 """Per-key circuit breakers for fetchers: pure bookkeeping, no I/O, shared by both stacks.
 
+The options (:class:`~layercache._options.CircuitBreaker`) live in ``_options.py`` with every
+other option group; this module is the per-key registry only.
+
 A key's circuit is *closed* (fetches go through), *open* (fetches fail fast until the cooldown
 ends) or *half-open* (the cooldown ended: exactly one caller is let through as a probe, the
 others keep failing fast until the probe reports). The stack asks :meth:`CircuitRegistry.
@@ -13,88 +16,19 @@ keys are remembered (see :class:`CircuitRegistry` for what eviction means).
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from ._options import coerce_group
+from ._options import CircuitBreaker, seconds
 
-__all__ = [
-    "CircuitBreaker",
-    "CircuitDecision",
-    "CircuitRegistry",
-    "CircuitStateName",
-    "coerce_circuit_breaker",
-]
+__all__ = ["CircuitDecision", "CircuitRegistry", "CircuitStateName"]
 
 CircuitDecision: TypeAlias = Literal["allow", "probe", "reject"]
 """What ``before_fetch`` tells the caller: fetch, fetch as the one probe, or fail fast."""
 CircuitStateName: TypeAlias = Literal["closed", "open", "half-open"]
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    # Local twin of ``_options.seconds``: importing _options here would make the import cycle
-    # _options -> _circuit -> _options as soon as _options coerces circuit_breaker.
-    if isinstance(value, _dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number of seconds or a timedelta, not {value!r}")
-    result = float(value)
-    if math.isnan(result) or math.isinf(result) or result <= 0:
-        raise ValueError(f"{name} must be a finite, positive number of seconds, not {value!r}")
-    return result
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CircuitBreaker:
-    """Circuit breaker options of a fetcher (per cache key).
-
-    Attributes:
-        failure_threshold: Consecutive fetch failures that open the circuit (at least 1).
-        cooldown: How long an open circuit fails fast before one probe is let through, in
-            seconds or as a ``timedelta`` (stored as float seconds; must be positive).
-
-    Raises:
-        ValueError: On a non-integer or non-positive threshold, or a bad cooldown.
-    """
-
-    failure_threshold: int = 3
-    cooldown: float | _dt.timedelta = 10.0
-
-    def __post_init__(self) -> None:
-        threshold = self.failure_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-            raise ValueError(f"failure_threshold must be an int >= 1, not {threshold!r}")
-        # Frozen dataclass: normalise the timedelta once, here, so every reader sees float.
-        object.__setattr__(self, "cooldown", _positive_seconds("cooldown", self.cooldown))
-
-    @property
-    def cooldown_seconds(self) -> float:
-        """``cooldown`` as float seconds (it always is after construction; typed for mypy)."""
-        cooldown = self.cooldown
-        return cooldown if isinstance(cooldown, float) else _positive_seconds("cooldown", cooldown)
-
-
-def coerce_circuit_breaker(value: object) -> CircuitBreaker | None:
-    """Validate a ``circuit_breaker`` option.
-
-    Args:
-        value: A :class:`CircuitBreaker`, a ``dict`` of its fields, ``True`` (the defaults), or
-            ``None`` / ``False`` (no circuit breaker).
-
-    Returns:
-        The options, or ``None`` when the breaker is off.
-
-    Raises:
-        ValueError: On a bad field value or a value of another type.
-        TypeError: On a dict with an unknown field name (like ``CircuitBreaker(foo=1)``).
-    """
-    return coerce_group("circuit_breaker", CircuitBreaker, value)
 
 
 class _State:
@@ -152,7 +86,7 @@ class CircuitRegistry:
             raise ValueError(f"max_entries must be an int >= 1, not {max_entries!r}")
         self._max_entries = max_entries
         self._clock = clock
-        self._probe_lease = _positive_seconds("probe_lease", probe_lease)
+        self._probe_lease = seconds("probe_lease", probe_lease, allow_zero=False)
         self._counting: OrderedDict[str, _State] = OrderedDict()  # closed, failures > 0
         self._tripped: OrderedDict[str, _State] = OrderedDict()  # open or half-open
         self._lock = threading.Lock()

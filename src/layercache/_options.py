@@ -1,5 +1,9 @@
 """Option dataclasses and the single point where user input is coerced and range-checked.
 
+Every option group lives here: :class:`CacheOptions`, :class:`AdaptiveTtl`,
+:class:`CircuitBreaker` and :class:`RateLimit` (pure data; the code that acts on them imports
+this module, never the other way round).
+
 Entry points accept a :class:`CacheOptions` or an equivalent ``dict`` (or keyword arguments);
 :func:`coerce_options` converts it once (``timedelta`` → seconds, iterables of tags → tuples)
 and raises ``ValueError`` for out-of-range values and ``TypeError`` for unknown names, before
@@ -12,7 +16,7 @@ import datetime as _dt
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from ._keys import _check_text
 
@@ -21,9 +25,14 @@ __all__ = [
     "CacheEntry",
     "CacheEntryRequest",
     "CacheOptions",
+    "CircuitBreaker",
     "PerLayer",
+    "RateLimit",
+    "RateLimitScope",
     "TtlPolicy",
+    "coerce_circuit_breaker",
     "coerce_options",
+    "coerce_rate_limit",
     "merge_options",
     "seconds",
 ]
@@ -129,6 +138,75 @@ class AdaptiveTtl:
         return max(base, min(base + self.step * (reads // self.hot_after), self.max_ttl))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker:
+    """Circuit breaker options of a fetcher (per cache key).
+
+    Attributes:
+        failure_threshold: Consecutive fetch failures that open the circuit (at least 1).
+        cooldown: How long an open circuit fails fast before one probe is let through, in
+            seconds or as a ``timedelta`` (stored as float seconds; must be positive).
+
+    Raises:
+        ValueError: On a non-integer or non-positive threshold, or a bad cooldown.
+    """
+
+    failure_threshold: int = 3
+    cooldown: float | _dt.timedelta = 10.0
+
+    def __post_init__(self) -> None:
+        threshold = self.failure_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+            raise ValueError(f"failure_threshold must be an int >= 1, not {threshold!r}")
+        # Frozen dataclass: normalise the timedelta once, here, so every reader sees float.
+        object.__setattr__(self, "cooldown", seconds("cooldown", self.cooldown, allow_zero=False))
+
+    @property
+    def cooldown_seconds(self) -> float:
+        """``cooldown`` as float seconds (it always is after construction; typed for mypy)."""
+        cooldown = self.cooldown
+        return (
+            cooldown
+            if isinstance(cooldown, float)
+            else seconds("cooldown", cooldown, allow_zero=False)
+        )
+
+
+RateLimitScope: TypeAlias = Literal["key", "global"]
+_SCOPES = ("key", "global")
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """Limit on concurrent fetcher calls.
+
+    Attributes:
+        max_concurrent: Fetcher calls that may run at once in the scope (>= 1).
+        scope: ``"key"`` (per cache key) or ``"global"`` (one limit for the whole stack).
+        max_queue: Callers that may wait for a slot in the scope (>= 0); one more fails
+            with ``FetcherQueueFullError``. Waiters are served first come, first served.
+
+    Raises:
+        ValueError: On a value out of range or of the wrong type.
+    """
+
+    max_concurrent: int = 1
+    scope: RateLimitScope = "key"
+    max_queue: int = 1000
+
+    def __post_init__(self) -> None:
+        _count("max_concurrent", self.max_concurrent, 1)
+        _count("max_queue", self.max_queue, 0)
+        if self.scope not in _SCOPES:
+            raise ValueError(f"scope must be 'key' or 'global', not {self.scope!r}")
+
+
 _OPTION_NAMES = frozenset(f.name for f in fields(CacheOptions) if f.init)
 
 
@@ -174,6 +252,17 @@ def coerce_group(name: str, cls: type[G], value: object) -> G | None:
             raise TypeError(f"unknown {name} option(s): {', '.join(sorted(map(str, unknown)))}")
         return cls(**value)
     raise ValueError(f"{name} must be a {cls.__name__}, a dict, True, False or None, not {value!r}")
+
+
+def coerce_circuit_breaker(value: object) -> CircuitBreaker | None:
+    """The ``circuit_breaker`` option, coerced by :func:`coerce_group` (``None``: no breaker)."""
+    return coerce_group("circuit_breaker", CircuitBreaker, value)
+
+
+def coerce_rate_limit(value: object) -> RateLimit | None:
+    """The ``fetcher_rate_limit`` option, coerced by :func:`coerce_group` (``None``: no
+    limit)."""
+    return coerce_group("fetcher_rate_limit", RateLimit, value)
 
 
 def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
@@ -272,13 +361,9 @@ def coerce_options(options: CacheOptions | Mapping[str, Any] | None) -> CacheOpt
             if adaptive is not None:
                 out[name] = adaptive
         elif name == "circuit_breaker":
-            from ._circuit import coerce_circuit_breaker
-
             # False is kept: it switches off a stack-wide breaker for this call.
             out[name] = False if value is False else coerce_circuit_breaker(value)
         elif name == "fetcher_rate_limit":
-            from ._rate_limit_options import coerce_rate_limit
-
             out[name] = False if value is False else coerce_rate_limit(value)
         elif name == "should_cache":
             if not callable(value):

@@ -16,7 +16,7 @@ from freshness_support import BuildStack, EventLog, Failing, Gate, Value, within
 import layercache
 from _twins_async import join_all, spawn
 from layercache import CircuitOpenError, FetchTimeoutError, LayerCacheError
-from layercache._circuit import CircuitBreaker
+from layercache._options import CircuitBreaker
 
 
 class OriginError(Exception):

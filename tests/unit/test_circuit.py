@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from layercache._circuit import CircuitBreaker, CircuitRegistry, coerce_circuit_breaker
+from layercache._circuit import CircuitRegistry
+from layercache._options import CircuitBreaker, coerce_circuit_breaker
 
 
 class FakeClock:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from layercache._async.rate_limit import FetcherLimiter
-from layercache._exceptions import LayerCacheError
-from layercache._rate_limit_options import FetcherQueueFullError, RateLimit, coerce_rate_limit
+from layercache._exceptions import FetcherQueueFullError, LayerCacheError
+from layercache._options import RateLimit, coerce_rate_limit
 from layercache._sync.rate_limit import FetcherLimiter as SyncFetcherLimiter
 
 ONE = RateLimit(max_concurrent=1)

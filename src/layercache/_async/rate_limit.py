@@ -24,7 +24,8 @@ import asyncio
 from collections import OrderedDict
 from types import TracebackType
 
-from .._rate_limit_options import FetcherQueueFullError, RateLimit
+from .._exceptions import FetcherQueueFullError
+from .._options import RateLimit
 
 __all__ = ["FetcherLimiter", "FetcherSlot"]
 

@@ -14,7 +14,8 @@ import threading
 from collections import OrderedDict
 from types import TracebackType
 
-from .._rate_limit_options import FetcherQueueFullError, RateLimit
+from .._exceptions import FetcherQueueFullError
+from .._options import RateLimit
 
 __all__ = ["FetcherLimiter", "FetcherSlot"]
 

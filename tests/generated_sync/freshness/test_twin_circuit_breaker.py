@@ -19,7 +19,7 @@ from twin_freshness_support import BuildStack, EventLog, Failing, Gate, Value, w
 import layercache
 from _twins_sync import join_all, spawn
 from layercache import CircuitOpenError, FetchTimeoutError, LayerCacheError
-from layercache._circuit import CircuitBreaker
+from layercache._options import CircuitBreaker
 
 
 class OriginError(Exception):
