@@ -2,23 +2,26 @@
 
 The jobs, each a source of truth and its generated twin:
 
-* ``src/layercache/_async/`` → ``src/layercache/_sync/`` (the stack orchestration; the sync
-  primitives, ``_sync/_primitives.py``, are hand-written);
+* ``src/layercache/_async/`` → ``src/layercache/_sync/``: every module (the stack
+  orchestration), so ``_sync/`` is wholly generated and a file there without a source is left
+  over (removed; ``--check`` reports it). The primitives the twins differ by live outside the
+  twin folders, hand-written: ``_primitives/aio.py`` and ``_primitives/threads.py``;
 * ``src/layercache/redis/layer.py`` (``RedisLayer``, redis-py's asyncio client) →
   ``src/layercache/redis/_sync_layer.py`` (``SyncRedisLayer``, redis-py's sync client), and the
   coordination components the same way: ``bus.py``, ``single_flight.py`` and ``tag_index.py`` →
   ``_sync_bus.py``, ``_sync_single_flight.py`` and ``_sync_tag_index.py``, and the layer's
   multi-key commands, ``_keyspace.py`` → ``_sync_keyspace.py``.
 
-The script removes ``async``/``await``, unwraps ``Awaitable[X]`` annotations to ``X``, applies a
-job's exact replacements (each must match, so a changed source fails loudly instead of producing
-a wrong twin), renames the names in its rename table, and drops the regions between
-``# unasync: begin async-only`` and ``# unasync: end async-only`` (code only the async class
-has, such as the hooks that build its sync twin). Plain code both twins share (exceptions,
-stats, the bus's wire format) lives in plain modules they both import (``redis/_wire.py``,
-``_flight_lease.py``, ``_errors.py``...), so it exists once and both twins raise the very same
-classes (``except RejectedMessageError`` catches either's). ``--check`` exits 1 when a generated
-file is stale, and the test command runs it.
+The script removes ``async``/``await``, rewrites imports of the asyncio primitives
+(``_primitives.aio``) to the thread ones (``_primitives.threads``), unwraps ``Awaitable[X]``
+annotations to ``X``, applies a job's exact replacements (each must match, so a changed source
+fails loudly instead of producing a wrong twin), renames the names in its rename table, and
+drops the regions between ``# unasync: begin async-only`` and ``# unasync: end async-only``
+(code only the async class has, such as the hooks that build its sync twin). Plain code both
+twins share (exceptions, stats, the bus's wire format) lives in plain modules they both import
+(``redis/_wire.py``, ``_flight_lease.py``, ``_errors.py``...), so it exists once and both twins
+raise the very same classes (``except RejectedMessageError`` catches either's). ``--check``
+exits 1 when a generated file is stale, and the test command runs it.
 
 Renaming fixes code, not prose, so the generator refuses (exit 1, ``file:line`` of each) a twin
 that still speaks of the asyncio one: ``coroutine``, ``await``, ``asyncio``, ``event loop``,
@@ -156,7 +159,11 @@ KEYSPACE_REPLACEMENTS = (
     _NO_CLUSTER_INIT,
 )
 
-# (source, target, renames, replacements) per generated file.
+# The module of the asyncio primitives and that of the thread ones (every job, in imports).
+PRIMITIVES = ("_primitives.aio", "_primitives.threads")
+
+# (source, target, renames, replacements) per generated file. Every other ``_async/*.py`` is
+# generated into ``_sync/`` too, with RENAMES and ASYNC_REPLACEMENTS (see async_jobs()).
 JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] = (
     ("_async/adapter.py", "_sync/adapter.py", RENAMES, ADAPTER_REPLACEMENTS),
     ("_async/flights.py", "_sync/flights.py", RENAMES, ()),
@@ -179,9 +186,30 @@ JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] =
     ),
 )
 
+# Exact replacements of an ``_async`` module not listed in JOBS, by file name.
+ASYNC_REPLACEMENTS: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+def async_jobs() -> list[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]]]:
+    """JOBS, plus one for every ``_async/*.py`` JOBS does not list (``_sync/`` is generated
+    whole)."""
+    listed = {source for source, _, _, _ in JOBS}
+    extra = [
+        (source, f"_sync/{path.name}", RENAMES, ASYNC_REPLACEMENTS.get(path.name, ()))
+        for path in sorted((PACKAGE / "_async").glob("*.py"))
+        if (source := f"_async/{path.name}") not in listed
+    ]
+    return [*JOBS, *extra]
+
+
 HEADER = (
     "# DO NOT EDIT: generated from src/layercache/{name} by scripts/unasync.py.\n"
     "# Change the async source and run `python scripts/unasync.py`.\n"
+)
+
+# ``from .._primitives.aio import``, ``import layercache._primitives.aio`` and the like.
+_PRIMITIVES_IMPORT = re.compile(
+    rf"^([ \t]*(?:from|import)[ \t]+[\w.]*?){re.escape(PRIMITIVES[0])}\b", re.MULTILINE
 )
 
 _ASYNC_ONLY = re.compile(
@@ -229,6 +257,7 @@ def convert(
         if old not in text:
             raise SystemExit(f"unasync: replacement source text not found: {old!r}")
         text = text.replace(old, new)
+    text = _PRIMITIVES_IMPORT.sub(rf"\g<1>{PRIMITIVES[1]}", text)
     text = re.sub(r"\basync (def|with|for)\b", r"\1", text)
     text = re.sub(r"\bawait ", "", text)
     text = _unwrap_awaitable(text)
@@ -335,18 +364,23 @@ def generate() -> tuple[dict[Path, str], dict[Path, str]]:
     """Every twin's wanted text, and the source each comes from."""
     wanted: dict[Path, str] = {}
     sources: dict[Path, str] = {}
-    for source, name, renames, replacements in JOBS:
+    for source, name, renames, replacements in async_jobs():
         text = (PACKAGE / source).read_text(encoding="utf-8")
         wanted[PACKAGE / name] = HEADER.format(name=source) + convert(text, renames, replacements)
         sources[PACKAGE / name] = f"src/layercache/{source}"
     return wanted, sources
 
 
+def leftovers(wanted: dict[Path, str]) -> list[Path]:
+    """Files of ``_sync/`` that no source generates (a module removed from ``_async/``)."""
+    return [p for p in (PACKAGE / "_sync").glob("*.py") if p not in wanted]
+
+
 def main(argv: list[str]) -> int:
     wanted, sources = generate()
     if check_wording(wanted, sources):
         return 1
-    return write_or_check(wanted, "--check" in argv, "python scripts/unasync.py")
+    return write_or_check(wanted, "--check" in argv, "python scripts/unasync.py", leftovers(wanted))
 
 
 if __name__ == "__main__":

@@ -577,14 +577,15 @@ class _InterruptAfterHandover:
 def test_sync_waiter_interrupted_after_handover_passes_the_slot_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from layercache._primitives import threads
     from layercache._sync import rate_limit
 
-    class Waiter(rate_limit._Waiter):
-        def __init__(self, max_concurrent: int) -> None:
-            super().__init__(max_concurrent)
-            self.lock.release()
-            self.lock = _InterruptAfterHandover()  # type: ignore[assignment]
-            self.lock.acquire()
+    class Waiter(threads.Waiter):
+        def __init__(self) -> None:
+            super().__init__()
+            self._lock.release()
+            self._lock = _InterruptAfterHandover()  # type: ignore[assignment]
+            self._lock.acquire()
 
     limiter = SyncFetcherLimiter()
     entered: list[str] = []
@@ -602,7 +603,7 @@ def test_sync_waiter_interrupted_after_handover_passes_the_slot_on(
             entered.append("later")
 
     with limiter.slot("k", ONE):
-        monkeypatch.setattr(rate_limit, "_Waiter", Waiter)
+        monkeypatch.setattr(rate_limit, "Waiter", Waiter)
         first = threading.Thread(target=victim)
         first.start()
         wait_until(lambda: limiter.waiting("k", ONE) == 1)

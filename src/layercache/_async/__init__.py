@@ -1,1 +1,2 @@
-"""The hand-written asyncio orchestration (the sync twin is generated from it)."""
+"""The stack orchestration: hand-written in ``_async``, generated into ``_sync`` by
+``scripts/unasync.py``."""

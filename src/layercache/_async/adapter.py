@@ -15,7 +15,7 @@ from typing import Any
 from .._codec import UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
-from ._primitives import (
+from .._primitives.aio import (
     Cancelled,
     bind_method,
     gather,

@@ -1,15 +1,16 @@
-"""Fair, bounded limit on concurrent fetcher calls (asyncio).
+"""Fair, bounded limit on concurrent fetcher calls.
 
-``layercache/_sync/rate_limit.py`` is the hand-written thread twin with the same names, so the
-orchestration's ``async with limiter.slot(key, limit):`` becomes ``with limiter.slot(key,
-limit):`` under ``scripts/unasync.py``.
+Written once on the twin primitives (``layercache/_primitives/``): ``scripts/unasync.py``
+generates the thread twin, where ``async with limiter.slot(key, limit):`` blocks instead.
 
 Design: a *bucket* per scope (one per cache key for ``scope="key"``, one for the whole limiter
 for ``scope="global"``) counts its holders and keeps its waiters in arrival order. A released
 slot is handed directly to the first waiter (its count never drops in between), so a newcomer
-cannot overtake the queue and exactly one task is woken per release: no thundering herd, no
-polling. Waiters sit in an ``OrderedDict`` so a cancelled one is removed in O(1) wherever it
-is. A bucket with no holder and no waiter is deleted at once.
+cannot overtake the queue and exactly one waiter is woken per release (each waits on a
+:class:`Waiter` of its own): no thundering herd, no polling. Waiters sit in an ``OrderedDict``
+so one that leaves (cancelled, or interrupted by a signal) is removed in O(1) wherever it is.
+A bucket with no holder and no waiter is deleted at once. Every change of the buckets happens
+under one lock that is never held while waiting (none is needed on one loop).
 
 Bounds: ``RateLimit.max_queue`` waiters per bucket, ``max_keys`` key buckets at once. Past
 either, the call fails with :class:`FetcherQueueFullError` rather than waiting on yet another
@@ -20,12 +21,12 @@ not the key space.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from types import TracebackType
 
 from .._exceptions import FetcherQueueFullError
 from .._options import RateLimit
+from .._primitives.aio import Waiter, new_flight_lock
 
 __all__ = ["FetcherLimiter", "FetcherSlot"]
 
@@ -36,8 +37,8 @@ class _Bucket:
     def __init__(self, name: str | None) -> None:
         self.name = name  # the key, or None for the global bucket
         self.holders = 0
-        # Waiter future -> the max_concurrent it asked for (options may differ per call).
-        self.waiters: OrderedDict[asyncio.Future[None], int] = OrderedDict()
+        # Waiter -> the max_concurrent it asked for (options may differ per call).
+        self.waiters: OrderedDict[Waiter, int] = OrderedDict()
 
 
 class FetcherSlot:
@@ -70,14 +71,15 @@ class FetcherSlot:
 class FetcherLimiter:
     """Per-key or global concurrency limits on fetcher calls, FIFO-fair and bounded.
 
-    Use from one event loop (the stack's).
+    The thread twin is thread-safe; the asyncio twin serves the tasks of one loop (the
+    stack's).
 
     Args:
         max_keys: At most this many keys are limited at once (>= 1); the ``"global"``
             bucket does not count.
     """
 
-    __slots__ = ("_buckets", "_global", "_max_keys")
+    __slots__ = ("_buckets", "_global", "_lock", "_max_keys")
 
     def __init__(self, max_keys: int = 100_000) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
@@ -85,13 +87,15 @@ class FetcherLimiter:
         self._max_keys = max_keys
         self._buckets: dict[str, _Bucket] = {}
         self._global: _Bucket | None = None
+        self._lock = new_flight_lock()
 
     def slot(self, key: str, limit: RateLimit) -> FetcherSlot:
         """A slot for one fetcher call of ``key``: ``async with limiter.slot(key, limit):``.
 
         Entering waits (first come, first served) until fewer than ``limit.max_concurrent``
-        calls of the scope run; leaving (normally, by an exception or by cancellation) frees
-        the slot for the next waiter. A waiter cancelled while queued leaves the queue.
+        calls of the scope run; leaving (normally, or by an exception) frees the slot for the
+        next waiter. A waiter that leaves the queue (cancelled, or interrupted) gives up its
+        place, and passes the slot on if it was handed one meanwhile.
 
         Raises:
             FetcherQueueFullError: On entering, when ``limit.max_queue`` callers already wait
@@ -101,22 +105,26 @@ class FetcherLimiter:
 
     def holders(self, key: str, limit: RateLimit) -> int:
         """Calls holding a slot in the scope of ``key`` under ``limit``."""
-        bucket = self._find(key, limit)
-        return 0 if bucket is None else bucket.holders
+        with self._lock:
+            bucket = self._find(key, limit)
+            return 0 if bucket is None else bucket.holders
 
     def waiting(self, key: str, limit: RateLimit) -> int:
         """Callers queued for a slot in the scope of ``key`` under ``limit``."""
-        bucket = self._find(key, limit)
-        return 0 if bucket is None else len(bucket.waiters)
+        with self._lock:
+            bucket = self._find(key, limit)
+            return 0 if bucket is None else len(bucket.waiters)
 
     def __len__(self) -> int:
         """Scopes currently tracked (keys with a holder or a waiter, plus the global one)."""
-        return len(self._buckets) + (self._global is not None)
+        with self._lock:
+            return len(self._buckets) + (self._global is not None)
 
     def _find(self, key: str, limit: RateLimit) -> _Bucket | None:
         return self._global if limit.scope == "global" else self._buckets.get(key)
 
     def _bucket_for(self, key: str, limit: RateLimit) -> _Bucket:
+        # Caller holds the lock.
         if limit.scope == "global":
             if self._global is None:
                 self._global = _Bucket(None)
@@ -133,53 +141,62 @@ class FetcherLimiter:
         return bucket
 
     async def _acquire(self, key: str, limit: RateLimit) -> _Bucket:
-        bucket = self._bucket_for(key, limit)
-        if not bucket.waiters and bucket.holders < limit.max_concurrent:
-            bucket.holders += 1
-            return bucket
-        if len(bucket.waiters) >= limit.max_queue:
-            self._discard_if_idle(bucket)
-            raise FetcherQueueFullError(key, limit.max_queue)
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        bucket.waiters[waiter] = limit.max_concurrent
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                # The slot was handed over, then this task was cancelled before it resumed:
-                # pass the slot on rather than leak it.
-                self._release(bucket)
-            else:
-                waiter.cancel()
-                bucket.waiters.pop(waiter, None)
-                # Leaving the head of the queue may let the next waiter (with a larger
-                # max_concurrent) in.
-                self._wake(bucket)
+        with self._lock:
+            bucket = self._bucket_for(key, limit)
+            if not bucket.waiters and bucket.holders < limit.max_concurrent:
+                bucket.holders += 1
+                return bucket
+            if len(bucket.waiters) >= limit.max_queue:
                 self._discard_if_idle(bucket)
+                raise FetcherQueueFullError(key, limit.max_queue)
+            waiter = Waiter()
+            bucket.waiters[waiter] = limit.max_concurrent
+        try:
+            await waiter.wait()
+        except BaseException:
+            # Left the queue (cancelled, or a signal handler raised in a blocked thread).
+            with self._lock:
+                if waiter.granted:
+                    # The slot was handed over before the waiter could return: pass it on
+                    # rather than leak it.
+                    self._release_locked(bucket)
+                else:
+                    waiter.abandon()
+                    bucket.waiters.pop(waiter, None)
+                    # Leaving the head of the queue may let the next waiter (with a larger
+                    # max_concurrent) in.
+                    self._wake(bucket)
+                    self._discard_if_idle(bucket)
             raise
         return bucket
 
     def _release(self, bucket: _Bucket) -> None:
+        with self._lock:
+            self._release_locked(bucket)
+
+    def _release_locked(self, bucket: _Bucket) -> None:
         bucket.holders -= 1
         self._wake(bucket)
         self._discard_if_idle(bucket)
 
     @staticmethod
     def _wake(bucket: _Bucket) -> None:
+        # Caller holds the lock.
         waiters = bucket.waiters
         while waiters:
             waiter = next(iter(waiters))
-            if waiter.done():
-                # Cancelled; its task has not run its cleanup yet. Drop it here.
+            if waiter.cancelled:
+                # Gone before its turn; it has not removed itself yet. Drop it here.
                 del waiters[waiter]
                 continue
             if bucket.holders >= waiters[waiter]:
                 return  # the head cannot go yet, and nobody may overtake it
             del waiters[waiter]
             bucket.holders += 1
-            waiter.set_result(None)
+            waiter.wake()
 
     def _discard_if_idle(self, bucket: _Bucket) -> None:
+        # Caller holds the lock.
         if bucket.holders or bucket.waiters:
             return
         if bucket.name is None:

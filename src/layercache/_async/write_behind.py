@@ -1,6 +1,8 @@
-"""Write-behind: writes to non-local layers are queued and flushed in batches (asyncio).
+"""Write-behind: writes to non-local layers are queued and flushed in batches.
 
-``layercache/_sync/write_behind.py`` is the hand-written thread twin with the same names.
+Written once on the twin primitives (``layercache/_primitives/``): ``scripts/unasync.py``
+generates the thread twin, whose flusher is a daemon thread instead of a task.
+
 The queue holds one pending operation per key (``("set", payload)`` or ``("delete", None)``);
 a later operation on a key replaces the earlier one, so a delete queued after a set wins and a
 key is never written twice in one batch. A full queue makes the writer wait for a flush
@@ -9,11 +11,22 @@ key is never written twice in one batch. A full queue makes the writer wait for 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from .._primitives.aio import (
+    Mutex,
+    Signal,
+    Spawned,
+    is_running,
+    join_spawned,
+    new_flight_lock,
+    runs_here,
+    spawn,
+    wait_signal,
+)
 
 __all__ = ["PendingOp", "WriteBehindQueue"]
 
@@ -22,9 +35,13 @@ Flush = Callable[[list[tuple[str, PendingOp]]], Awaitable[None]]
 
 logger = logging.getLogger("layercache.write_behind")
 
+# How long closing waits for the flusher to notice it is closed (it is idle by then: close
+# flushed everything first).
+_JOIN_TIMEOUT = 5.0
+
 
 class WriteBehindQueue:
-    """A coalescing queue flushed by one background task.
+    """A coalescing queue flushed in the background (a task, or a thread in the thread twin).
 
     Args:
         flush: Applies one batch of ``(key, op)`` to the layers. When it raises, the batch is
@@ -43,20 +60,26 @@ class WriteBehindQueue:
         self._pending: OrderedDict[str, PendingOp] = OrderedDict()
         # The batch being written: still "pending" for readers until it has landed.
         self._inflight: dict[str, PendingOp] = {}
-        self._wakeup = asyncio.Event()
-        self._lock = asyncio.Lock()  # one flush at a time: batches land in queue order
-        self._task: asyncio.Task[None] | None = None
+        self._state = new_flight_lock()  # guards _pending, _inflight and _flusher
+        self._flushing = Mutex()  # one flush at a time: batches land in queue order
+        self._wakeup = Signal()
+        self._flusher: Spawned | None = None
         self._closed = False
 
     def pending(self, key: str) -> PendingOp | None:
         """The operation queued for ``key``, if any (reads consult it before lower layers)."""
-        op = self._pending.get(key)
-        return op if op is not None else self._inflight.get(key)
+        with self._state:
+            op = self._pending.get(key)
+            return op if op is not None else self._inflight.get(key)
 
     async def discard(self, drop: Callable[[str], bool]) -> None:
         """Forget pending operations of keys ``drop`` selects (a clear or pattern
         invalidation supersedes them), after any batch being written has landed."""
-        async with self._lock:
+        async with self._flushing:
+            self._drop(drop)
+
+    def _drop(self, drop: Callable[[str], bool]) -> None:
+        with self._state:
             for key in [k for k in self._pending if drop(k)]:
                 del self._pending[key]
 
@@ -67,29 +90,35 @@ class WriteBehindQueue:
         """Queue ``op`` for ``key`` (replacing a pending one); wait when the queue is full."""
         if self._closed:
             raise RuntimeError("write-behind queue is closed")
-        pending = self._pending
-        if key in pending:
-            del pending[key]
-        elif len(pending) >= self.max_queue:
+        while True:
+            with self._state:
+                pending = self._pending
+                replaced = pending.pop(key, None) is not None
+                if replaced or len(pending) < self.max_queue:
+                    pending[key] = op  # a replaced key moves to the end
+                    size = len(pending)
+                    self._start_flusher()
+                    break
             await self.flush_all()
-        pending[key] = op
-        task = self._task
-        if task is None or task.done() or task.get_loop().is_closed():
-            # The first flusher, or a new one on this loop after the loop the last one ran on
-            # ended (a stack used from several asyncio.run() calls): an Event or a Lock of an
-            # ended loop cannot be waited for on another, so they are made anew with it.
-            self._wakeup = asyncio.Event()
-            self._lock = asyncio.Lock()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        if len(pending) >= self.batch_size:
+        if size >= self.batch_size:
             self._wakeup.set()
+
+    def _start_flusher(self) -> None:
+        # Caller holds _state (two writers never both start one).
+        if is_running(self._flusher):
+            return
+        if self._flusher is not None:
+            # The loop the last flusher ran on ended (a stack used from several runs of a
+            # loop): a Signal or a Mutex bound to an ended loop cannot be waited for on
+            # another, so they are made anew with the new flusher. (A flusher thread ends
+            # only once the queue is closed.)
+            self._wakeup = Signal()
+            self._flushing = Mutex()
+        self._flusher = spawn(self._run, "layercache-write-behind")
 
     async def _run(self) -> None:
         while not self._closed:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
-            except asyncio.TimeoutError:
-                pass
+            await wait_signal(self._wakeup, self.flush_interval)
             self._wakeup.clear()
             try:
                 if self._pending:
@@ -102,21 +131,24 @@ class WriteBehindQueue:
                 logger.warning("layercache: write-behind flush failed; retrying later")
 
     async def _flush_some(self, limit: int) -> None:
-        async with self._lock:
-            batch: list[tuple[str, PendingOp]] = []
-            while self._pending and len(batch) < limit:
-                batch.append(self._pending.popitem(last=False))
-            if not batch:
-                return
-            self._inflight = dict(batch)
+        async with self._flushing:
+            with self._state:
+                batch: list[tuple[str, PendingOp]] = []
+                while self._pending and len(batch) < limit:
+                    batch.append(self._pending.popitem(last=False))
+                if not batch:
+                    return
+                self._inflight = dict(batch)
             try:
                 await self._flush(batch)
             except BaseException:
-                # Also when cancelled (the loop ends under a flush): nothing queued is lost.
-                _requeue(self._pending, batch)
+                # Also when the flusher is stopped under a flush: nothing queued is lost.
+                with self._state:
+                    _requeue(self._pending, batch)
                 raise
             finally:
-                self._inflight = {}
+                with self._state:
+                    self._inflight = {}
 
     async def flush_all(self) -> None:
         """Flush every pending operation now, in batches, in queue order."""
@@ -124,19 +156,15 @@ class WriteBehindQueue:
             await self._flush_some(self.batch_size)
 
     async def aclose(self) -> None:
-        """Flush everything and stop the background task (a failed flush raises)."""
+        """Flush everything and stop the flusher (a failed flush raises)."""
         try:
             await self.flush_all()
         finally:
             self._closed = True
-            task = self._task
-            if (
-                task is not None
-                and not task.done()
-                and task.get_loop() is asyncio.get_running_loop()
-            ):
+            flusher = self._flusher
+            if flusher is not None and runs_here(flusher):
                 self._wakeup.set()
-                await asyncio.gather(task, return_exceptions=True)
+                await join_spawned(flusher, _JOIN_TIMEOUT)
 
 
 def _requeue(pending: OrderedDict[str, PendingOp], batch: list[tuple[str, PendingOp]]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from .._codec import UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
-from ._primitives import (
+from .._primitives.threads import (
     Cancelled,
     bind_method,
     gather,

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeAlias
 
-from ._primitives import FlightFuture, flight_scope, new_future
+from .._primitives.threads import FlightFuture, flight_scope, new_future
 
 __all__ = ["FOLLOW", "JOIN_FETCH", "LEAD", "Flight", "Flights"]
 

@@ -1,35 +1,36 @@
-"""Fair, bounded limit on concurrent fetcher calls (threads).
+# DO NOT EDIT: generated from src/layercache/_async/rate_limit.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""Fair, bounded limit on concurrent fetcher calls.
 
-Hand-written twin of ``layercache/_async/rate_limit.py`` with the same names: ``with
-limiter.slot(key, limit):`` blocks where the asyncio version awaits. Same design: a bucket per
-scope counts its holders and queues its waiters in arrival order; a released slot is handed
-directly to the first waiter, which alone is woken (each waiter blocks on its own pre-acquired
-lock). Bounded by ``RateLimit.max_queue`` waiters per bucket and ``max_keys`` key buckets; past
-either the call fails with :class:`FetcherQueueFullError`. An idle bucket is deleted at once.
+Written once on the twin primitives (``layercache/_primitives/``): ``scripts/unasync.py``
+generates the thread twin, where ``with limiter.slot(key, limit):`` blocks instead.
+
+Design: a *bucket* per scope (one per cache key for ``scope="key"``, one for the whole limiter
+for ``scope="global"``) counts its holders and keeps its waiters in arrival order. A released
+slot is handed directly to the first waiter (its count never drops in between), so a newcomer
+cannot overtake the queue and exactly one waiter is woken per release (each waits on a
+:class:`Waiter` of its own): no thundering herd, no polling. Waiters sit in an ``OrderedDict``
+so one that leaves (cancelled, or interrupted by a signal) is removed in O(1) wherever it is.
+A bucket with no holder and no waiter is deleted at once. Every change of the buckets happens
+under one lock that is never held while waiting (none is needed on one loop).
+
+Bounds: ``RateLimit.max_queue`` waiters per bucket, ``max_keys`` key buckets at once. Past
+either, the call fails with :class:`FetcherQueueFullError` rather than waiting on yet another
+(unbounded) queue: load shedding is the point of a rate limit. Buckets only exist while a
+fetch of their key runs or waits, so ``max_keys`` bounds simultaneous fetches of distinct keys,
+not the key space.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from types import TracebackType
 
 from .._exceptions import FetcherQueueFullError
 from .._options import RateLimit
+from .._primitives.threads import Waiter, new_flight_lock
 
 __all__ = ["FetcherLimiter", "FetcherSlot"]
-
-
-class _Waiter:
-    __slots__ = ("granted", "lock", "max_concurrent")
-
-    def __init__(self, max_concurrent: int) -> None:
-        self.max_concurrent = max_concurrent
-        self.granted = False
-        # Acquired now, released by whoever hands the slot over: the waiting thread blocks on
-        # its second acquire. Cheaper than an Event and wakes exactly this thread.
-        self.lock = threading.Lock()
-        self.lock.acquire()
 
 
 class _Bucket:
@@ -38,7 +39,8 @@ class _Bucket:
     def __init__(self, name: str | None) -> None:
         self.name = name  # the key, or None for the global bucket
         self.holders = 0
-        self.waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        # Waiter -> the max_concurrent it asked for (options may differ per call).
+        self.waiters: OrderedDict[Waiter, int] = OrderedDict()
 
 
 class FetcherSlot:
@@ -71,7 +73,8 @@ class FetcherSlot:
 class FetcherLimiter:
     """Per-key or global concurrency limits on fetcher calls, FIFO-fair and bounded.
 
-    Thread-safe.
+    The thread twin is thread-safe; the asyncio twin serves the tasks of one loop (the
+    stack's).
 
     Args:
         max_keys: At most this many keys are limited at once (>= 1); the ``"global"``
@@ -86,14 +89,15 @@ class FetcherLimiter:
         self._max_keys = max_keys
         self._buckets: dict[str, _Bucket] = {}
         self._global: _Bucket | None = None
-        self._lock = threading.Lock()
+        self._lock = new_flight_lock()
 
     def slot(self, key: str, limit: RateLimit) -> FetcherSlot:
         """A slot for one fetcher call of ``key``: ``with limiter.slot(key, limit):``.
 
-        Entering blocks (first come, first served) until fewer than ``limit.max_concurrent``
-        calls of the scope run; leaving (normally or by an exception) frees the slot for the
-        next waiter.
+        Entering waits (first come, first served) until fewer than ``limit.max_concurrent``
+        calls of the scope run; leaving (normally, or by an exception) frees the slot for the
+        next waiter. A waiter that leaves the queue (cancelled, or interrupted) gives up its
+        place, and passes the slot on if it was handed one meanwhile.
 
         Raises:
             FetcherQueueFullError: On entering, when ``limit.max_queue`` callers already wait
@@ -147,18 +151,22 @@ class FetcherLimiter:
             if len(bucket.waiters) >= limit.max_queue:
                 self._discard_if_idle(bucket)
                 raise FetcherQueueFullError(key, limit.max_queue)
-            waiter = _Waiter(limit.max_concurrent)
-            bucket.waiters[waiter] = None
+            waiter = Waiter()
+            bucket.waiters[waiter] = limit.max_concurrent
         try:
-            waiter.lock.acquire()
+            waiter.wait()
         except BaseException:
-            # Interrupted while queued (KeyboardInterrupt in the main thread): leave the
-            # queue, or pass the slot on when it was handed over meanwhile.
+            # Left the queue (cancelled, or a signal handler raised in a blocked thread).
             with self._lock:
                 if waiter.granted:
+                    # The slot was handed over before the waiter could return: pass it on
+                    # rather than leak it.
                     self._release_locked(bucket)
                 else:
+                    waiter.abandon()
                     bucket.waiters.pop(waiter, None)
+                    # Leaving the head of the queue may let the next waiter (with a larger
+                    # max_concurrent) in.
                     self._wake(bucket)
                     self._discard_if_idle(bucket)
             raise
@@ -179,12 +187,15 @@ class FetcherLimiter:
         waiters = bucket.waiters
         while waiters:
             waiter = next(iter(waiters))
-            if bucket.holders >= waiter.max_concurrent:
+            if waiter.cancelled:
+                # Gone before its turn; it has not removed itself yet. Drop it here.
+                del waiters[waiter]
+                continue
+            if bucket.holders >= waiters[waiter]:
                 return  # the head cannot go yet, and nobody may overtake it
             del waiters[waiter]
             bucket.holders += 1
-            waiter.granted = True
-            waiter.lock.release()
+            waiter.wake()
 
     def _discard_if_idle(self, bucket: _Bucket) -> None:
         # Caller holds the lock.

@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .._sync._primitives import (
+from .._keys import validate_prefix
+from .._primitives.threads import (
     Cancelled,
     Signal,
     Timeout,
@@ -35,7 +36,6 @@ from .._sync._primitives import (
     stop_spawned,
     wait_signal,
 )
-from .._keys import validate_prefix
 from .._types import ErrorHandler
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, sync_url_client
 from ._errors import DriverErrors, call_error_handler

@@ -24,7 +24,9 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test 
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
     ) from exc
 
-from .._async._primitives import (
+from .._exceptions import CacheLayerError
+from .._keys import _check_text
+from .._primitives.aio import (
     Cancelled,
     Signal,
     bounded,
@@ -36,8 +38,6 @@ from .._async._primitives import (
     wait_future_for,
     wait_signal,
 )
-from .._exceptions import CacheLayerError
-from .._keys import _check_text
 from .._types import ErrorHandler, InvalidationMessage
 from ._clients import (
     DEFAULT_SOCKET_TIMEOUT,

@@ -21,7 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .._async._primitives import (
+from .._keys import validate_prefix
+from .._primitives.aio import (
     Cancelled,
     Signal,
     Timeout,
@@ -33,7 +34,6 @@ from .._async._primitives import (
     stop_spawned,
     wait_signal,
 )
-from .._keys import validate_prefix
 from .._types import ErrorHandler
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, url_client
 from ._errors import DriverErrors, call_error_handler

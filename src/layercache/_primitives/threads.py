@@ -1,0 +1,437 @@
+"""The thread primitives the generated sync twins run on: the same names as ``aio.py``
+beside it (``scripts/unasync.py`` rewrites the async sources' imports of ``aio`` to this
+module). Hand-written: this file and ``aio.py`` are the whole difference between the twins.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = [
+    "Cancelled",
+    "FlightFuture",
+    "Mutex",
+    "Signal",
+    "Spawned",
+    "Timeout",
+    "bounded",
+    "check_component",
+    "bind_method",
+    "call_fetcher",
+    "gather",
+    "gather_settled",
+    "is_async_callable",
+    "is_running",
+    "join_spawned",
+    "launch",
+    "launch_background",
+    "flight_scope",
+    "settle",
+    "new_flight_lock",
+    "new_future",
+    "new_workers",
+    "pause",
+    "runs_here",
+    "spawn",
+    "stack_layer",
+    "stop_spawned",
+    "wait_future",
+    "wait_future_for",
+    "wait_launched",
+    "wait_signal",
+    "running_loop",
+    "loop_ended",
+    "with_timeout",
+    "Waiter",
+    "Workers",
+]
+
+T = TypeVar("T")
+FlightFuture = concurrent.futures.Future
+Timeout = TimeoutError
+Signal = threading.Event
+# A lock held across blocking work (``with``): one thread at a time.
+Mutex = threading.Lock
+# What spawn() returns: a daemon thread.
+Spawned = threading.Thread
+
+
+class Cancelled(BaseException):
+    """Never raised in the sync world; keeps ``except Cancelled`` clauses meaningful."""
+
+
+def bind_method(fn: Callable[..., Any], blocking: bool) -> Callable[..., Any]:
+    """A layer method called directly (the sync stack refuses async layers)."""
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"{getattr(fn, '__qualname__', fn)!r} is async; the sync stack needs a layer "
+            "with plain methods (use CacheStack for async layers)"
+        )
+    return fn
+
+
+def stack_layer(layer: Any) -> Any:
+    """The layer the sync stack calls: a layer's sync twin when it offers one.
+
+    ``RedisLayer(url=...)`` is an asyncio layer; its ``_sync_twin()`` builds the equivalent
+    ``SyncRedisLayer`` (or raises ``TypeError`` when it was built on an asyncio client). Any
+    other layer is used as given (and refused by :func:`bind_method` if its methods are async).
+    """
+    twin = getattr(layer, "_sync_twin", None)
+    return twin() if callable(twin) else layer
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether ``fn`` is a coroutine function."""
+    return inspect.iscoroutinefunction(fn)
+
+
+def gather(thunks: Sequence[Callable[[], T]]) -> list[T]:
+    """Run the thunks one after another; the first error propagates."""
+    return [t() for t in thunks]
+
+
+def gather_settled(thunks: Sequence[Callable[[], T]]) -> list[T | Exception]:
+    """Run every thunk; each result is a value or the ``Exception`` it raised."""
+    out: list[T | Exception] = []
+    for thunk in thunks:
+        try:
+            out.append(thunk())
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def new_future() -> concurrent.futures.Future[Any]:
+    """A future the single-flight waiters (other threads) share."""
+    return concurrent.futures.Future()
+
+
+def settle(
+    future: concurrent.futures.Future[Any], value: Any = None, error: Exception | None = None
+) -> None:
+    """Hand ``value`` (or ``error``) to whoever waits on ``future``."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+
+
+def launch(
+    future: concurrent.futures.Future[Any],
+    thunk: Callable[[], Any],
+    on_done: Callable[[], None],
+) -> threading.Thread | None:
+    """Run ``thunk`` in the calling (leader) thread, settling ``future`` for the followers."""
+    try:
+        value = thunk()
+    except BaseException as exc:
+        future.set_exception(exc)
+        on_done()
+        return None
+    future.set_result(value)
+    on_done()
+    return None
+
+
+def wait_future(future: concurrent.futures.Future[Any]) -> Any:
+    """Block until the shared future is settled."""
+    return future.result()
+
+
+def wait_future_for(future: concurrent.futures.Future[T], timeout: float) -> T:
+    """:func:`wait_future` for at most ``timeout`` seconds, telling a timeout of the wait (the
+    builtin ``TimeoutError``, raised here) from a ``TimeoutError`` the work raised itself
+    (passed through unchanged: from Python 3.11 on both are the same class)."""
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError as exc:
+        if future.done() and not future.cancelled() and future.exception() is exc:
+            raise
+        raise TimeoutError from None
+
+
+def wait_launched(handles: Sequence[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` for work submitted to a stack's workers (background refreshes,
+    generation cleanups); leaders run their own fetches in their threads (no handle)."""
+    pending = [h for h in handles if isinstance(h, concurrent.futures.Future)]
+    if pending:
+        concurrent.futures.wait(pending, timeout)
+
+
+def call_fetcher(fetcher: Callable[[], Any]) -> Any:
+    """Call a sync fetcher; an async one is refused with a clear error."""
+    if inspect.iscoroutinefunction(fetcher):
+        raise TypeError("the sync stack needs a plain (non-async) fetcher")
+    return fetcher()
+
+
+class _DaemonPool:
+    """A bounded pool of daemon threads, started as work arrives.
+
+    Not ``ThreadPoolExecutor``: its threads are joined when the interpreter exits, so one fetch
+    that never returns (abandoned by its caller after ``fetch_timeout``) would keep the process
+    from ever exiting.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Any, Any] | None]
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
+        """Queue ``fn(*args)``; ``None`` once the pool is shut down."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                return None
+            self._queue.put((future, fn, args))
+            # Each piece of work claims an idle thread or starts one, so none waits behind a
+            # slow fetch while the pool has room (at the bound, it waits for a free thread).
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self._size:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _work(self) -> None:
+        # A new thread was started for work already queued: it is not idle before that.
+        started = True
+        while True:
+            if not started:
+                with self._lock:
+                    self._idle += 1  # claimed (decremented) by the submit of its next work
+            started = False
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, timeout: float) -> None:
+        """Drop queued work, stop the threads once their current work ends; wait up to
+        ``timeout`` for that (a thread still busy after it is abandoned: it is a daemon)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class Workers:
+    """The threads one stack owns: fetches bounded by a timeout (a thread cannot be
+    interrupted, so the caller waits on a worker instead) and background refreshes.
+
+    Two pools of daemon threads, created on first use, so a refresh burst never starves timed
+    fetches. Both are bounded; ``close()`` of the stack shuts them down (work already running
+    finishes, queued work is dropped: the stack waited for its refreshes before).
+    """
+
+    # Fetches in flight at once per stack (callers beyond it queue, still bounded by their
+    # timeout), and background refreshes at once.
+    FETCH_THREADS = 32
+    REFRESH_THREADS = 8
+
+    def __init__(self, name: str) -> None:
+        self._fetch = _DaemonPool(self.FETCH_THREADS, f"{name}-fetch")
+        self._refresh = _DaemonPool(self.REFRESH_THREADS, f"{name}-refresh")
+
+    def submit(
+        self, refresh: bool, fn: Callable[..., T], *args: Any
+    ) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` on the fetch pool (or the refresh pool); after ``close()``, in the
+        calling thread (work racing the shutdown still runs, without new threads)."""
+        future = (self._refresh if refresh else self._fetch).submit(fn, *args)
+        if future is not None:
+            return future
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # handed over like a pool thread would
+            done.set_exception(exc)
+        return done
+
+    def close(self, timeout: float) -> None:
+        """Shut both pools down, waiting up to ``timeout`` in all for their threads."""
+        deadline = time.monotonic() + timeout
+        self._fetch.shutdown(timeout)
+        self._refresh.shutdown(max(0.0, deadline - time.monotonic()))
+
+
+def new_workers(name: str) -> Workers:
+    """The stack's workers (see :class:`Workers`)."""
+    return Workers(name)
+
+
+def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
+    """Run ``thunk`` bounded by ``timeout``; raises the builtin ``TimeoutError``.
+
+    A thread cannot be interrupted, so the work runs on one of the stack's worker threads and
+    the caller stops waiting after ``timeout``; the abandoned work finishes in the background.
+    """
+    return wait_future_for(workers.submit(False, thunk), timeout)
+
+
+def flight_scope() -> Any:
+    """What in-flight work is shared within: every thread of the process (one scope)."""
+    return None
+
+
+def running_loop() -> Any:
+    """Background work is bound to no loop here: threads live as long as the process."""
+    return None
+
+
+def loop_ended(loop: Any) -> bool:
+    """Background threads never end with a loop."""
+    return False
+
+
+def new_flight_lock() -> threading.Lock:
+    """A lock around state that threads change (check-and-register of a flight, a limiter's
+    queues): a real lock."""
+    return threading.Lock()
+
+
+class Waiter:
+    """One queued waiter's wake-up, handed to exactly that thread: it blocks on the second
+    acquire of a lock of its own, acquired when the waiter is made and released by
+    :meth:`wake` (cheaper than an ``Event``, and it wakes this thread alone). Made, woken and
+    abandoned under the owner's :func:`new_flight_lock`; waited for outside it.
+
+    ``granted`` tells, after an interrupted :meth:`wait` (a signal handler raising in the main
+    thread), whether the waiter had been woken meanwhile (what it was handed must then be
+    passed on). ``cancelled`` is always false: a thread cannot be cancelled while queued.
+    """
+
+    __slots__ = ("_lock", "granted")
+
+    def __init__(self) -> None:
+        self.granted = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    @property
+    def cancelled(self) -> bool:
+        """Never: a waiting thread leaves the queue itself, under the owner's lock."""
+        return False
+
+    def wake(self) -> None:
+        """Let the waiting thread go."""
+        self.granted = True
+        self._lock.release()
+
+    def wait(self) -> None:
+        """Block until :meth:`wake`."""
+        self._lock.acquire()
+
+    def abandon(self) -> None:
+        """The waiter leaves without having been woken: nothing to undo here."""
+
+
+def launch_background(
+    future: concurrent.futures.Future[Any],
+    thunk: Callable[[], Any],
+    on_done: Callable[[], None],
+    workers: Workers,
+) -> concurrent.futures.Future[threading.Thread | None]:
+    """Run ``thunk`` on a thread the stack owns (background refreshes), settling ``future``."""
+    return workers.submit(True, launch, future, thunk, on_done)
+
+
+# -- the Redis coordination components' background work: daemon threads. A thread cannot be
+# cancelled, so every loop run this way checks its component's stop flag at least once per
+# poll interval, and stop_spawned joins it for a bounded time.
+
+
+def spawn(thunk: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``thunk()`` on a new daemon thread named ``name``."""
+    thread = threading.Thread(target=thunk, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def is_running(handle: threading.Thread | None) -> bool:
+    """Whether a spawned thread is still running."""
+    return handle is not None and handle.is_alive()
+
+
+def stop_spawned(handle: threading.Thread, timeout: float) -> None:
+    """Wait up to ``timeout`` for a spawned thread that was told to stop (its stop flag set)."""
+    if handle is not threading.current_thread():
+        handle.join(timeout)
+
+
+def runs_here(handle: threading.Thread | None) -> bool:
+    """Whether a spawned thread is still running and another thread than itself asks (a
+    thread cannot wait for itself)."""
+    return handle is not None and handle.is_alive() and handle is not threading.current_thread()
+
+
+def join_spawned(handle: threading.Thread, timeout: float) -> None:
+    """Wait up to ``timeout`` for a spawned thread that was told to stop to end."""
+    if runs_here(handle):
+        handle.join(timeout)
+
+
+def pause(seconds: float) -> None:
+    """Sleep (blocks this thread)."""
+    time.sleep(seconds)
+
+
+def wait_signal(signal: threading.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``signal``; whether it was set."""
+    return signal.wait(timeout)
+
+
+def bounded(result: T, timeout: float) -> T:
+    """The result of a call that was already made: a blocking driver call is bounded by the
+    client's socket timeout (the asyncio twin bounds the awaitable by ``timeout``)."""
+    return result
+
+
+def check_component(component: Any, role: str, method: str) -> None:
+    """Refuse a coordination component whose ``method`` is a coroutine function (built on a
+    ``redis.asyncio`` client: it belongs to ``CacheStack``)."""
+    if component is None:
+        return
+    if inspect.iscoroutinefunction(getattr(component, method, None)):
+        raise TypeError(
+            f"{role} {component!r} is asyncio-based (its {method}() is async); SyncCacheStack "
+            "needs components built on sync redis-py clients (redis.Redis, redis.RedisCluster)"
+        )
