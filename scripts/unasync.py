@@ -47,6 +47,8 @@ PACKAGE = ROOT / "src" / "layercache"
 RENAMES = {
     "CacheStack": "SyncCacheStack",
     "CacheNamespace": "SyncCacheNamespace",
+    # What a stack closes with itself: aclose() on the asyncio side, close() on the threads'.
+    "Closable": "SyncClosable",
     "aclose": "close",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",

@@ -8,8 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "check_imports.py"
 
@@ -101,7 +99,6 @@ def test_from_package_import_a_name_is_an_edge_to_the_package(tmp_path: Path) ->
     assert "pkg.app -> pkg.tools" not in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: circles listed in report")
 def test_the_source_has_no_import_circle() -> None:
     result = check(ROOT / "src" / "layercache")
     assert result.returncode == 0, result.stdout

@@ -39,6 +39,7 @@ from ._options import (
     RateLimit,
 )
 from ._sync.stack import SyncCacheNamespace, SyncCacheStack
+from ._tag_index import InMemoryTagIndex
 from ._types import CacheLayer, InvalidationMessage
 from .layers.memory import MemoryLayer
 
@@ -74,6 +75,7 @@ __all__ = [
     "FetchTimeoutError",
     "FetcherQueueFullError",
     "HitRate",
+    "InMemoryTagIndex",
     "InvalidationMessage",
     "JsonSerializer",
     "LatencySummary",

@@ -21,7 +21,20 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from ._entry import Entry
 
-__all__ = ["CacheLayer", "ErrorHandler", "InvalidationMessage", "LayerItem", "MaybeAwaitable"]
+__all__ = [
+    "CacheLayer",
+    "Closable",
+    "ErrorHandler",
+    "GenerationStore",
+    "InvalidationBus",
+    "InvalidationMessage",
+    "LayerItem",
+    "MaybeAwaitable",
+    "ReportsErrors",
+    "SyncClosable",
+    "SingleFlightCoordinator",
+    "TagIndex",
+]
 
 MaybeAwaitable: TypeAlias = Any
 """``T`` or ``Awaitable[T]``; kept as ``Any`` so sync and async layers both satisfy the protocol."""
@@ -88,3 +101,116 @@ class InvalidationMessage:
     keys: tuple[str, ...]
     timestamp: float
     mode: str = "any"
+
+
+Handler: TypeAlias = Callable[..., Any]
+"""A callback a coordination component is given (plain or ``async`` like the component)."""
+
+
+@runtime_checkable
+class InvalidationBus(Protocol):
+    """Cross-instance announcements (``RedisInvalidationBus``): ``CacheStack(invalidation_bus=)``.
+
+    Methods are ``async`` for ``CacheStack`` and plain for ``SyncCacheStack``. ``aclose()`` (or
+    ``close()``) is optional.
+    """
+
+    source_id: str
+
+    def start(
+        self, on_message: Handler, on_reconnect: Handler, on_error: ErrorHandler
+    ) -> MaybeAwaitable:
+        """Subscribe: call ``on_message(message)`` for every other instance's announcement,
+        ``on_reconnect()`` after the subscription was lost (messages may have been missed) and
+        ``on_error(error, context)`` for what it absorbs. Keeps retrying by itself."""
+        ...
+
+    def publish(self, message: InvalidationMessage) -> MaybeAwaitable:
+        """Send ``message`` to the other instances (``LayerCacheError`` when it cannot)."""
+        ...
+
+
+@runtime_checkable
+class GenerationStore(Protocol):
+    """Where the key generation lives for every instance (``RedisInvalidationBus`` is one)."""
+
+    def load_generation(self) -> MaybeAwaitable:
+        """The stored generation, or ``None``."""
+        ...
+
+    def bump_generation(self, at_least: int) -> MaybeAwaitable:
+        """Store a generation ``>= at_least`` higher than the stored one; returns it."""
+        ...
+
+
+@runtime_checkable
+class TagIndex(Protocol):
+    """Which keys carry which tags (``InMemoryTagIndex``, ``RedisTagIndex``).
+
+    ``record_many``, ``tags_of`` and ``is_shared`` (default: shared between instances) are
+    optional. Methods are plain (no I/O: the in-process index, both stacks), ``async``
+    (``CacheStack``) or plain doing I/O (``SyncCacheStack``).
+    """
+
+    def record(self, key: str, tags: Any, expires_at: float | None = None) -> MaybeAwaitable:
+        """Replace ``key``'s tags; returns keys evicted to keep a bound (the stack deletes
+        them)."""
+        ...
+
+    def remove(self, keys: Any) -> MaybeAwaitable:
+        """Forget ``keys``."""
+        ...
+
+    def keys_for_tags(self, tags: Any, mode: str = "any") -> MaybeAwaitable:
+        """Keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``."""
+        ...
+
+    def keys_matching(self, pattern: str) -> MaybeAwaitable:
+        """Tagged keys matching a glob."""
+        ...
+
+    def clear(self) -> MaybeAwaitable:
+        """Forget everything."""
+        ...
+
+
+@runtime_checkable
+class SingleFlightCoordinator(Protocol):
+    """One fetch of a key across instances (``RedisSingleFlightCoordinator``).
+
+    ``configure(lease=, renew_interval=)`` and ``set_error_handler(handler)`` are optional.
+    """
+
+    def run(
+        self, key: str, fetch: Handler, read_shared: Handler, *, timeout: float, poll: float
+    ) -> MaybeAwaitable:
+        """Run ``fetch()`` here if this instance wins the key's lease; else wait (polling
+        ``read_shared()`` -> ``(found, value)``) for the winner's value, up to ``timeout``."""
+        ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A component the stack closes with itself: ``aclose()`` on ``CacheStack``'s side."""
+
+    def aclose(self) -> MaybeAwaitable:
+        """Release the component's resources."""
+        ...
+
+
+@runtime_checkable
+class ReportsErrors(Protocol):
+    """A component that reports the failures it absorbs to the stack's ``error`` event."""
+
+    def set_error_handler(self, handler: ErrorHandler | None) -> None:
+        """Call ``handler(error, context)`` for every failure absorbed."""
+        ...
+
+
+@runtime_checkable
+class SyncClosable(Protocol):
+    """A component ``SyncCacheStack`` closes with itself: ``close()``."""
+
+    def close(self) -> MaybeAwaitable:
+        """Release the component's resources."""
+        ...

@@ -107,26 +107,18 @@ def build(url: str) -> tuple[CacheStack, Any]:
 
 
 def internal_sizes(stack: CacheStack) -> dict[str, int]:
-    """Sizes of the stack's per-key and queued state (internals, read defensively)."""
-
-    def size(name: str) -> int:
-        value = getattr(stack, name, None)
-        try:
-            return len(value) if value is not None else -1
-        except TypeError:
-            return -1
-
-    layers = getattr(stack, "_layers", [])
-    circuits = getattr(stack, "_circuits", None)
+    """Sizes of the stack's per-key and queued state (internals: each owner's own maps)."""
+    circuits = stack._loader.circuits
+    adapters = stack._layers.adapters
     return {
-        "flights": size("_flights"),
-        "adaptive": size("_reads"),
-        "sliding": size("_extended"),
-        "circuits": len(getattr(circuits, "_counting", ()))
-        + len(getattr(circuits, "_tripped", ())),
-        "unsent": size("_unsent"),
-        "tags_missed": size("_tags_missed"),
-        "layer_missed": sum(len(getattr(a, "missed", ())) for a in layers),
+        "flights": len(stack._flights),
+        "adaptive": len(stack._writer._reads),
+        "sliding": len(stack._loader._extended),
+        "circuits": len(circuits._counting) + len(circuits._tripped),
+        "unsent": stack._announcer.pending(),
+        "tags_missed": len(stack._writer.tags.backlog.queue),
+        "layer_missed": sum(len(a.backlog.queue) for a in adapters),
+        "refills": sum(len(a.refills) for a in adapters),
     }
 
 

@@ -98,7 +98,7 @@ async def test_concurrent_flushes_publish_each_kept_announcement_once_in_order(
             await wait_until(all_heard)
             heard_kept = [key for key in seen if key.startswith("gone:")]
             assert heard_kept == kept  # each once, oldest first
-            assert not stack._unsent
+            assert not stack._announcer.pending()
     finally:
         await pubsub.aclose()
         for c in (direct, flaky, listener):
@@ -126,18 +126,18 @@ async def test_reconnect_drops_l1_before_it_flushes_kept_announcements(
             await stack.set("warm", 1)
             redis_proxy.cut("refuse")
             await stack.delete("gone")  # kept: there is something to flush on reconnect
-            assert stack._unsent
+            assert stack._announcer.pending()
             redis_proxy.cut("blackhole")  # the flush will now hang for socket_timeout
             await stack.set("held", "old")
             assert memory.get("held") is not None
-            original = stack._on_bus_reconnect
+            original = stack._link._on_reconnect
 
             async def observed() -> None:
                 reconnected.set()
                 await original()
 
-            stack._on_bus_reconnect = observed  # type: ignore[method-assign]
-            bus = stack._bus
+            stack._link._on_reconnect = observed  # type: ignore[method-assign]
+            bus = stack._link.bus
             bus._on_reconnect = observed  # the bus holds the bound method it was started with
             # Cut the subscriber's connection from the server side: it reconnects.
             await direct.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
@@ -216,16 +216,16 @@ async def test_a_read_heavy_outage_does_not_fence_redis(redis_clean: Any, redis_
                 assert await stack.get(f"read:{i}", lambda i=i: i, tags=["t"]) == i
             for _ in range(12_000):  # one key changed many times: one entry
                 await stack.delete("hot")
-            adapter = stack._layers[1]
-            assert not adapter.fenced
-            assert adapter.missed_size == 1, list(adapter.missed)[:5]
-            assert not stack._tags_missed_shared
+            adapter = stack._layers.adapters[1]
+            assert not adapter.backlog.fenced
+            assert adapter.backlog.size == 1, list(adapter.backlog.queue)[:5]
+            assert not stack._writer.tags.missed_shared
             redis_proxy.restore()
             probes = iter(range(10_000))
 
             async def recovered() -> bool:
                 await stack.get(f"probe:{next(probes)}", lambda: 1, tags=["t"])
-                return adapter.degraded_until is None and stack._tags_down_until is None
+                return adapter.degraded_until is None and not stack._writer.tags.down
 
             await wait_until(recovered)
             assert await direct.exists(b"rr:keep") == 1  # Redis was not cleared
@@ -258,7 +258,7 @@ async def test_kept_announcements_stay_bounded_while_the_bus_is_down(
             redis_proxy.cut("refuse")
             for i in range(2_500):
                 await stack.delete(f"gone:{i}")
-                assert len(stack._unsent) <= 1_000
+                assert stack._announcer.pending() <= 1_000
             redis_proxy.restore()
     finally:
         for c in (direct, flaky):
@@ -294,7 +294,7 @@ async def test_a_removal_missed_by_the_index_never_erases_a_newer_record(
 
             async def index_back() -> bool:
                 await a.set(f"probe:{next(probes)}", 1, tags=["x"])  # drives A's replay
-                return a._tags_down_until is None
+                return not a._writer.tags.down
 
             await wait_until(index_back)
             assert await b.invalidate_by_tag("t1") == 1

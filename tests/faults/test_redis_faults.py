@@ -505,9 +505,9 @@ async def test_write_during_outage_is_not_undone_by_recovery(
 async def test_graceful_fences_a_layer_that_missed_too_much(
     redis_proxy: TcpProxy, make_env: StackFactory
 ) -> None:
-    from layercache._async import stack as stack_module
+    from layercache._async.adapter import MAX_MISSED
 
-    bound = stack_module._MAX_MISSED
+    bound = MAX_MISSED
     env = await make_env(redis_proxy.url, graceful=True, retry_after=QUICK_RETRY_AFTER)
     await env.cache.set("user:1", "v1")
     await env.cache.set("bystander", "b")

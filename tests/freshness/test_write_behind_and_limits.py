@@ -181,7 +181,7 @@ async def test_a_full_fetcher_queue_fails_fast() -> None:
     limit = {"max_concurrent": 1, "scope": "global", "max_queue": 1}
     first = spawn(cache.get, "a", fetch, fetcher_rate_limit=limit)
     second = spawn(cache.get, "b", fetch, fetcher_rate_limit=limit)
-    await wait_until(lambda: cache._limiter.waiting("b", RateLimit(**limit)) == 1)  # type: ignore[arg-type]
+    await wait_until(lambda: cache._loader.limiter.waiting("b", RateLimit(**limit)) == 1)  # type: ignore[arg-type]
     with pytest.raises(FetcherQueueFullError):
         await cache.get("c", fetch, fetcher_rate_limit=limit)
     release.set()

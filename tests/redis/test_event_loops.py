@@ -221,7 +221,7 @@ def test_write_behind_moves_to_the_next_loop(redis_clean: RedisServer) -> None:
         await wait_until(lambda: cache_pending(cache) == 0, f"{key} flushed")
 
     def cache_pending(stack: CacheStack) -> int:
-        behind: Any = stack._behind
+        behind: Any = stack._writer.behind
         return len(behind) + len(behind._inflight)
 
     for run in range(3):
@@ -270,7 +270,7 @@ def test_components_on_a_url_layers_client_across_runs(redis_clean: RedisServer)
         assert await cache.get(name, lambda: name, tags=["a"]) == name
         assert await cache.invalidate_by_tag("a") == 1
         assert memory.get(name) is None
-        bus: Any = cache._bus
+        bus: Any = cache._link.bus
         assert bus.is_subscribed
 
     for run_number in range(3):

@@ -20,8 +20,7 @@ from tag_index_support import Backend
 
 import layercache.redis.tag_index as tag_index_module
 from _redis_server import find_free_port
-from layercache import CacheEntry, CacheStack, MemoryLayer
-from layercache._async.tag_index import InMemoryTagIndex
+from layercache import CacheEntry, CacheStack, InMemoryTagIndex, MemoryLayer
 from layercache._exceptions import CacheLayerError
 from layercache.redis import RedisLayer
 from layercache.redis._keys import tag_index_shard, tag_index_shard_of, to_member
@@ -264,12 +263,12 @@ async def test_keys_matching_uses_our_glob(backend: Backend, shards: int) -> Non
     reference = InMemoryTagIndex()
     for key in KEYS:
         await index.record(key, ["t"])
-        await reference.record(key, ["t"])
+        reference.record(key, ["t"])
     await index.record("untagged", [])
     for pattern in PATTERNS:
         got = await index.keys_matching(pattern)
         assert len(got) == len(set(got))
-        assert sorted(got) == sorted(await reference.keys_matching(pattern)), pattern
+        assert sorted(got) == sorted(reference.keys_matching(pattern)), pattern
     # Multi-byte characters: Redis's byte-wise '?' alone would miss these.
     assert await index.keys_matching("?moji:?") == ["émoji:🎉"]
     with pytest.raises(ValueError, match="pattern"):
@@ -369,15 +368,13 @@ async def test_keys_for_tags_matches_in_memory_index(
     for i in range(150):
         chosen = rng.sample(tags, rng.randint(1, 6))
         await index.record(f"key:{i}", chosen)
-        await reference.record(f"key:{i}", chosen)
+        reference.record(f"key:{i}", chosen)
     for _ in range(40):
         query = rng.sample([*tags, "absent"], rng.randint(1, 5))
         for mode in ("any", "all"):
-            expected = await reference.keys_for_tags(query, mode)
+            expected = reference.keys_for_tags(query, mode)
             assert await index.keys_for_tags(query, mode) == expected, (query, mode)
-    assert sorted(await index.keys_matching("key:1*")) == sorted(
-        await reference.keys_matching("key:1*")
-    )
+    assert sorted(await index.keys_matching("key:1*")) == sorted(reference.keys_matching("key:1*"))
 
 
 # -- 10,000 tagged keys through a stack --------------------------------------------------------

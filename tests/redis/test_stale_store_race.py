@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tag_index_support import Backend
 
-from layercache import CacheStack, MemoryLayer, RedisTagIndex
+from layercache import CacheStack, InMemoryTagIndex, MemoryLayer, RedisTagIndex
 from layercache.redis import RedisLayer
 
 pytestmark = pytest.mark.redis
@@ -75,7 +75,7 @@ async def race(
     await change(b)  # the change returned
     release.set()
     got = await asyncio.wait_for(fetch, 5)
-    reader = stack_on(b._layers[1].layer.client)
+    reader = stack_on(b._layers.adapters[1].layer.client)
     async with reader:
         later = await reader.get("item:1", lambda: "fresh", tags=["items", "red"])
     return got, later
@@ -151,6 +151,48 @@ async def test_a_background_refresh_takes_its_own_lease(
     while not await refreshed():
         assert loop.time() < deadline
         await asyncio.sleep(0.01)
-    reader = stack_on(b._layers[1].layer.client)
+    reader = stack_on(b._layers.adapters[1].layer.client)
     async with reader:
         assert await reader.get("item:5", lambda: "fresh") == "new"
+
+
+class _GatedIndex(InMemoryTagIndex):
+    """An in-process index whose first record of ``item:1`` waits for a gate: it holds a
+    fetch at the moment it records the tags of the value it fetched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def record(  # type: ignore[override]
+        self, key: str, tags: Any, expires_at: float | None = None
+    ) -> list[str]:
+        if key == "item:1" and not self.gate.is_set():
+            self.entered.set()
+            await self.gate.wait()
+        return super().record(key, tags, expires_at)
+
+
+async def test_a_tag_invalidation_between_a_fetch_store_and_its_record_wins(
+    redis_client: Any,
+) -> None:
+    """A fetch's tags are recorded before its value is stored. Recorded after (before the
+    fix), an invalidation of the tag landing between the fetch's Redis store and its record
+    resolved no key, returned, and a reader then got the fetched (older) value from Redis
+    until the fetch removed it itself. Here the fetch is held at its record: the invalidation
+    returns, and a reader must not find the old value anywhere."""
+    index = _GatedIndex()
+    stack = CacheStack(
+        [MemoryLayer(), RedisLayer(client=redis_client, prefix="gated:")], tag_index=index
+    )
+    async with stack:
+        fetch = asyncio.create_task(stack.get("item:1", lambda: "old", tags=["items"]))
+        await asyncio.wait_for(index.entered.wait(), 5)
+        await stack.invalidate_by_tag("items")  # returned: "old" may be read nowhere now
+        assert await stack.get("item:1") is None
+        assert await redis_client.get("gated:item:1") is None
+        index.gate.set()
+        assert await asyncio.wait_for(fetch, 5) == "old"  # its own caller still gets it
+        assert await stack.get("item:1") is None  # refused in Redis, not written to L1
+        assert await redis_client.get("gated:item:1") is None

@@ -350,7 +350,7 @@ async def test_async_and_sync_stacks_share_single_flight(
     mixed: tuple[Instance, Any, MemoryLayer],
 ) -> None:
     sync_side, async_stack, _ = mixed
-    async_coordinator = async_stack._coordinator
+    async_coordinator = async_stack._loader._coordinator
     fetches = {"sync": 0, "async": 0}
     started, release = threading.Event(), threading.Event()
 

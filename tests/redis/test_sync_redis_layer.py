@@ -62,7 +62,7 @@ def test_sync_stack_builds_a_sync_twin_of_a_url_layer(redis_clean: RedisServer) 
     source = RedisLayer(url=redis_clean.url, prefix=PREFIX, name="shared", ttl=42)
     with SyncCacheStack([MemoryLayer(), source]) as cache:
         cache.set("k", {"v": 1})
-        twin = cache._layers[1].layer
+        twin = cache._layers.adapters[1].layer
         assert type(twin) is SyncRedisLayer
         assert (twin.name, twin.prefix, twin.default_ttl) == ("shared", PREFIX, 42.0)
         assert isinstance(twin.client, redis.Redis)
@@ -155,7 +155,7 @@ def test_redis_hit_backfills_memory(redis_clean: RedisServer, stack: SyncCacheSt
     # A second instance (fresh memory) reads it from Redis, then from its own L1.
     with SyncCacheStack([MemoryLayer(), RedisLayer(url=redis_clean.url, prefix=PREFIX)]) as other:
         assert other.get("k") == 7
-        assert other._layers[0].layer.get("k") is not None
+        assert other._layers.adapters[0].layer.get("k") is not None
 
 
 def test_get_many_and_set_many(stack: SyncCacheStack) -> None:

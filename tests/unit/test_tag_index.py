@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layercache import CacheEntry, CacheStack, DiskLayer, Entry, MemoryLayer
-from layercache._async.tag_index import InMemoryTagIndex
+from layercache import CacheEntry, CacheStack, DiskLayer, Entry, InMemoryTagIndex, MemoryLayer
 from layercache.testing import ManualClock
 
 # -- the index alone ------------------------------------------------------------------------------
@@ -20,65 +19,65 @@ from layercache.testing import ManualClock
 
 async def test_any_and_all() -> None:
     index = InMemoryTagIndex()
-    await index.record("k1", ["a", "b"])
-    await index.record("k2", ["b", "c"])
-    await index.record("k3", ["c"])
-    assert await index.keys_for_tags(["a"]) == {"k1"}
-    assert await index.keys_for_tags(["b"]) == {"k1", "k2"}
-    assert await index.keys_for_tags(["a", "c"], "any") == {"k1", "k2", "k3"}
-    assert await index.keys_for_tags(["b", "c"], "all") == {"k2"}
-    assert await index.keys_for_tags(["a", "c"], "all") == set()
-    assert await index.keys_for_tags(["b", "unknown"], "all") == set()
-    assert await index.keys_for_tags(["unknown"]) == set()
-    assert await index.keys_for_tags([]) == set()
-    assert await index.keys_for_tags([], "all") == set()
+    index.record("k1", ["a", "b"])
+    index.record("k2", ["b", "c"])
+    index.record("k3", ["c"])
+    assert index.keys_for_tags(["a"]) == {"k1"}
+    assert index.keys_for_tags(["b"]) == {"k1", "k2"}
+    assert index.keys_for_tags(["a", "c"], "any") == {"k1", "k2", "k3"}
+    assert index.keys_for_tags(["b", "c"], "all") == {"k2"}
+    assert index.keys_for_tags(["a", "c"], "all") == set()
+    assert index.keys_for_tags(["b", "unknown"], "all") == set()
+    assert index.keys_for_tags(["unknown"]) == set()
+    assert index.keys_for_tags([]) == set()
+    assert index.keys_for_tags([], "all") == set()
 
 
 async def test_results_are_copies() -> None:
     index = InMemoryTagIndex()
-    await index.record("k1", ["a"])
-    result = await index.keys_for_tags(["a"], "all")
+    index.record("k1", ["a"])
+    result = index.keys_for_tags(["a"], "all")
     result.add("intruder")
-    assert await index.keys_for_tags(["a"], "all") == {"k1"}
-    assert await index.keys_for_tags(["a"]) == {"k1"}
+    assert index.keys_for_tags(["a"], "all") == {"k1"}
+    assert index.keys_for_tags(["a"]) == {"k1"}
 
 
 async def test_record_replaces_the_tags() -> None:
     index = InMemoryTagIndex()
-    await index.record("k", ["a", "b"])
-    assert await index.record("k", ["c"]) == []
-    assert await index.tags_of("k") == ("c",)
-    assert await index.keys_for_tags(["a", "b"]) == set()
-    assert await index.keys_for_tags(["c"]) == {"k"}
-    await index.record("k", [])  # no tags: the key leaves the index
-    assert await index.tags_of("k") == ()
-    assert await index.keys_for_tags(["c"]) == set()
+    index.record("k", ["a", "b"])
+    assert index.record("k", ["c"]) == []
+    assert index.tags_of("k") == ("c",)
+    assert index.keys_for_tags(["a", "b"]) == set()
+    assert index.keys_for_tags(["c"]) == {"k"}
+    index.record("k", [])  # no tags: the key leaves the index
+    assert index.tags_of("k") == ()
+    assert index.keys_for_tags(["c"]) == set()
     assert len(index) == 0
 
 
 async def test_remove_clear_and_glob() -> None:
     index = InMemoryTagIndex()
     for key in ("user:1", "user:2", "post:1"):
-        await index.record(key, ["t"])
-    assert sorted(await index.keys_matching("user:*")) == ["user:1", "user:2"]
-    await index.remove(["user:1", "absent"])
-    assert await index.keys_for_tags(["t"]) == {"user:2", "post:1"}
-    await index.clear()
+        index.record(key, ["t"])
+    assert sorted(index.keys_matching("user:*")) == ["user:1", "user:2"]
+    index.remove(["user:1", "absent"])
+    assert index.keys_for_tags(["t"]) == {"user:2", "post:1"}
+    index.clear()
     assert len(index) == 0
-    assert await index.keys_for_tags(["t"]) == set()
+    assert index.keys_for_tags(["t"]) == set()
 
 
 async def test_bound_evicts_the_oldest_recorded_key() -> None:
     index = InMemoryTagIndex(max_keys=3)
     for key in ("k1", "k2", "k3"):
-        assert await index.record(key, ["t"]) == []
-    assert await index.record("k4", ["t"]) == ["k1"]
+        assert index.record(key, ["t"]) == []
+    assert index.record("k4", ["t"]) == ["k1"]
     assert len(index) == 3
-    assert await index.keys_for_tags(["t"]) == {"k2", "k3", "k4"}
-    await index.record("k2", ["u"])  # re-recording makes k2 the newest
-    assert await index.record("k5", ["t"]) == ["k3"]
-    assert await index.keys_for_tags(["t"]) == {"k4", "k5"}
-    assert await index.record("k4", ["t", "u"]) == []  # replacing never evicts
+    assert index.keys_for_tags(["t"]) == {"k2", "k3", "k4"}
+    index.record("k2", ["u"])  # re-recording makes k2 the newest
+    assert index.record("k5", ["t"]) == ["k3"]
+    assert index.keys_for_tags(["t"]) == {"k4", "k5"}
+    assert index.record("k4", ["t", "u"]) == []  # replacing never evicts
     assert len(index) == 3
 
 
@@ -107,10 +106,10 @@ def test_index_matches_a_model(ops: list[tuple[str, str, list[str]]], bound: int
         model: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         for op, key, tags in ops:
             if op == "remove":
-                await index.remove([key])
+                index.remove([key])
                 model.pop(key, None)
                 continue
-            evicted = await index.record(key, tags)
+            evicted = index.record(key, tags)
             model.pop(key, None)
             expected: list[str] = []
             if tags:
@@ -123,10 +122,10 @@ def test_index_matches_a_model(ops: list[tuple[str, str, list[str]]], bound: int
                 wanted = set(tag_set)
                 any_keys = {k for k, t in model.items() if wanted & set(t)}
                 all_keys = {k for k, t in model.items() if wanted <= set(t)}
-                assert await index.keys_for_tags(tag_set, "any") == any_keys
-                assert await index.keys_for_tags(tag_set, "all") == all_keys
+                assert index.keys_for_tags(tag_set, "any") == any_keys
+                assert index.keys_for_tags(tag_set, "all") == all_keys
         for key in model:
-            assert await index.tags_of(key) == model[key]
+            assert index.tags_of(key) == model[key]
 
     asyncio.run(run())
 
@@ -154,8 +153,8 @@ def test_record_many_equals_one_record_per_key(
         for batch in batches:
             expected: list[str] = []
             for key, tags in batch:
-                expected.extend(await one_by_one.record(key, tags))
-            assert await batched.record_many([(k, t, None) for k, t in batch]) == expected
+                expected.extend(one_by_one.record(key, tags))
+            assert batched.record_many([(k, t, None) for k, t in batch]) == expected
             assert batched._key_tags == one_by_one._key_tags
             assert batched._tag_keys == one_by_one._tag_keys
 

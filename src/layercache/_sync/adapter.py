@@ -9,7 +9,7 @@ Optional methods are looked up here and nowhere else, so the hot path never call
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -25,8 +25,19 @@ from .._primitives.threads import (
     pause,
     stack_layer,
 )
+from .recovery import Backlog
 
-__all__ = ["LayerAdapter"]
+__all__ = ["MAX_MISSED", "LayerAdapter"]
+
+# Writes and invalidations a degraded layer may miss (in keys) before it is fenced.
+MAX_MISSED = 10_000
+
+
+def _missed_weight(item: tuple[str, Any]) -> int:
+    """A missed bulk delete counts its keys; a pattern or a clear counts one."""
+    kind, arg = item
+    return len(arg) if kind == "delete" else 1
+
 
 _OPTIONAL = (
     "get_many",
@@ -110,22 +121,30 @@ class LayerAdapter:
                 self._optional[attr] = bind_method(fn, blocking)
         closer = getattr(layer, "close", None)
         self._close = bind_method(closer, blocking) if callable(closer) else None
-        # Graceful degradation: skipped until this wall time; the writes and invalidations it
-        # missed meanwhile, replayed before it serves again (bounded; on overflow the layer is
-        # "fenced": cleared on recovery, since what it missed is no longer known).
-        self.degraded_until: float | None = None
-        self.missed: deque[tuple[str, Any]] = deque()
-        self.missed_size = 0  # keys (or patterns/clears) in ``missed``: the bound counts these
-        self.missed_keys: set[str] = set()  # the keys of the deletes in ``missed``
-        # Keys a fetch refilled while the layer was away, oldest first (bounded by the stack;
-        # not changes: dropped on recovery, forgotten on overflow, never a reason to fence).
+        # Graceful degradation (owned by the layer set): ``backlog.down_until`` is when a
+        # failed layer may be probed again, ``backlog`` what it missed meanwhile, replayed
+        # before it serves again (bounded in keys; on overflow the layer is fenced: cleared
+        # on recovery, since what it missed is no longer known).
+        self.backlog = Backlog(MAX_MISSED, _missed_weight)
+        self.missed_keys: set[str] = set()  # the keys of the deletes in the backlog
+        # Keys a fetch refilled while the layer was away, oldest first (bounded by the layer
+        # set; not changes: dropped on recovery, forgotten on overflow, never a fence).
         self.refills: OrderedDict[str, None] = OrderedDict()
-        self.fenced = False
-        self.probing = False
+        # The layer's own eviction counter (the memory layer's bound), read by get_metrics().
+        self.counts_evictions = hasattr(layer, "evictions")
         handler_hook = getattr(layer, "set_error_handler", None)
         self.set_error_handler: Callable[[Any], Any] | None = (
             handler_hook if callable(handler_hook) else None
         )
+
+    def evictions(self) -> int:
+        """Values the layer evicted to keep its bound (0 for a layer that does not say)."""
+        return int(self.layer.evictions or 0) if self.counts_evictions else 0
+
+    @property
+    def degraded_until(self) -> float | None:
+        """When this degraded layer may be probed again (``None``: in service)."""
+        return self.backlog.down_until
 
     def call(self, operation: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` and translate driver failures into ``CacheLayerError``."""

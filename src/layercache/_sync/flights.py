@@ -27,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeAlias
 
 from .._primitives.threads import FlightFuture, flight_scope, new_future
 
-__all__ = ["FOLLOW", "JOIN_FETCH", "LEAD", "Flight", "Flights"]
+__all__ = ["FOLLOW", "JOIN_FETCH", "LEAD", "Flight", "Flights", "among", "no_flight"]
 
 # What join_read() tells a caller to do.
 LEAD = 0  # read the lower layers for everyone (a new read flight)
@@ -296,3 +296,14 @@ def _everything(_key: str, _flight: Flight) -> bool:
 
 def _nothing(_key: str, _flight: Flight) -> bool:
     return False
+
+
+def no_flight(_key: str, _flight: Flight) -> bool:
+    """For a change that concerns no fetch in flight (it only removes what a fetch stored)."""
+    return False
+
+
+def among(keys: Collection[str]) -> Callable[[str, Flight], bool]:
+    """A change predicate: the flights of ``keys``."""
+    wanted = keys if isinstance(keys, set | frozenset) else set(keys)
+    return lambda key, _flight: key in wanted

@@ -13,9 +13,7 @@ from typing import NoReturn
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from ._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 _MISSING_EXTRA = (
     "Error: the layercache command line needs the 'cli' extra (click, rich): "

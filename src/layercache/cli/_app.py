@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from . import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .demo import demo
 
 __all__ = ["LayerCacheGroup", "cli"]

@@ -142,8 +142,8 @@ def test_a_delete_in_one_worker_drops_the_other_workers_memory_copy(
         LAYERCACHE_INVALIDATION_BUS={**BUS, "CHANNEL": "flask-test-channel"},
         LAYERCACHE_TAG_INDEX="memory",
     )
-    assert a.stack()._bus.channel == "flask-test-channel"
-    assert a.stack()._bus.source_id != b.stack()._bus.source_id
+    assert a.stack()._link.bus.channel == "flask-test-channel"
+    assert a.stack()._link.bus.source_id != b.stack()._link.bus.source_id
     assert b.get() == ("one", "MISS")
     assert a.get() == ("one", "HIT")  # from Redis
     assert b.get() == ("one", "HIT")  # from B's memory
@@ -165,7 +165,7 @@ def test_without_the_bus_the_other_worker_keeps_its_stale_copy(
     with a.app.app_context():
         assert a.ext.invalidate_by_tags(["item", "other"], mode="any") == 1
     assert b.get() == ("one", "HIT")
-    assert b.stack()._bus is None
+    assert b.stack()._link.bus is None
 
 
 # -- the tag index ---------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def test_a_cold_view_renders_once_across_workers(
         assert a.in_view.wait(5)  # A holds the Redis lock and renders
         second = threading.Thread(target=request, args=("b", b))
         second.start()
-        coordinator = b.stack()._coordinator
+        coordinator = b.stack()._loader._coordinator
         # B found the lock held and waits for A's response instead of rendering.
         assert eventually(lambda: coordinator.stats.waits >= 1 or b.in_view.is_set())
     finally:
@@ -236,7 +236,7 @@ def test_a_cold_view_renders_once_across_workers(
     assert results == {"a": ("one", "MISS"), "b": ("one", "HIT")}
     assert a.renders == ["one"]
     assert b.renders == []
-    assert b.stack()._coordinator.prefix == "layercache-flask-single-flight"
+    assert b.stack()._loader._coordinator.prefix == "layercache-flask-single-flight"
 
 
 # -- configuration and lifecycle ---------------------------------------------------------------
@@ -414,7 +414,7 @@ def test_a_forked_worker_builds_its_own_stack_and_hears_the_parent(
         assert os.waitstatus_to_exitcode(status[1]) == 0
         pid = 0
         # The child's close() left the parent's subscription alone.
-        assert parent_stack._bus.is_subscribed
+        assert parent_stack._link.bus.is_subscribed
         assert layercache_threads("layercache-bus:")
     finally:
         if pid:

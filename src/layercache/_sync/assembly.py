@@ -1,0 +1,208 @@
+# DO NOT EDIT: generated from src/layercache/_async/assembly.py by scripts/unasync.py.
+# Change the async source and run `python scripts/unasync.py`.
+"""Builds a stack's collaborators from its settings, once: coerced at the boundary, then wired.
+
+``SyncCacheStack.__init__`` keeps the public signature and hands its arguments here; what comes
+back is every collaborator, each owning its state, wired so that calls go one way (see
+``docs/architecture.md``): stack → reader → loader → writer → tag keeper → layer set →
+adapters; the bus link → layer set, flights, tag index; everyone → announcer, telemetry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .. import _types
+from .._options import CacheOptions, coerce_options, seconds
+from .._primitives.threads import check_component, new_workers
+from .._tag_index import InMemoryTagIndex
+from .._telemetry import Telemetry
+from .announcer import Announcer
+from .bus_link import BusLink
+from .flights import Flights
+from .layer_set import LayerSet, coerce_degradation
+from .loader import Loader
+from .reader import Reader
+from .tag_index import TagIndexAdapter
+from .tag_keeper import TagKeeper
+from .writer import Writer
+
+__all__ = ["Parts", "assemble"]
+
+# The stack arguments that are per-call option defaults (``CacheOptions`` names).
+_DEFAULTS = {
+    "negative_caching": "negative_cache",
+    "negative_ttl": "negative_ttl",
+    "fetch_timeout": "fetch_timeout",
+    "ttl_jitter": "ttl_jitter",
+    "stale_while_revalidate": "stale_while_revalidate",
+    "stale_if_error": "stale_if_error",
+    "fetch_soft_timeout": "fetch_soft_timeout",
+    "adaptive_ttl": "adaptive_ttl",
+    "circuit_breaker": "circuit_breaker",
+    "fetcher_rate_limit": "fetcher_rate_limit",
+}
+
+
+class Parts:
+    """One stack's collaborators."""
+
+    __slots__ = (
+        "announcer",
+        "components",
+        "defaults",
+        "flights",
+        "layers",
+        "link",
+        "loader",
+        "reader",
+        "tag_index",
+        "telemetry",
+        "writer",
+    )
+
+    def __init__(self, **parts: Any) -> None:
+        for name, value in parts.items():
+            setattr(self, name, value)
+
+    announcer: Announcer
+    components: list[Any]
+    defaults: CacheOptions
+    flights: Flights
+    layers: LayerSet
+    link: BusLink
+    loader: Loader
+    reader: Reader
+    tag_index: TagIndexAdapter
+    telemetry: Telemetry
+    writer: Writer
+
+
+def assemble(settings: Mapping[str, Any]) -> Parts:
+    """Validate every setting of ``SyncCacheStack`` (named as its parameters) before any I/O and
+    build the collaborators."""
+    s = settings
+    profiles = s["max_profile_entries"]
+    if not isinstance(profiles, int) or isinstance(profiles, bool) or profiles < 1:
+        raise ValueError("max_profile_entries must be a positive int")
+    tz = s["ttl_policy_timezone"]
+    if isinstance(tz, str):
+        from zoneinfo import ZoneInfo
+
+        tz = ZoneInfo(tz)
+    bus = s["invalidation_bus"]
+    coordinator = s["single_flight_coordinator"]
+    broadcast = s["broadcast_l1_invalidation"]
+    if broadcast and bus is None:
+        raise ValueError("broadcast_l1_invalidation=True needs an invalidation_bus")
+    # A component built on the other kind of Redis client cannot work here: refuse it now
+    # rather than on the first miss.
+    check_component(coordinator, "single_flight_coordinator", "run")
+    check_component(bus, "invalidation_bus", "publish")
+    defaults = coerce_options({option: s[name] for name, option in _DEFAULTS.items()})
+    assert defaults is not None
+    retry_after = coerce_degradation(s["graceful_degradation"])
+    clock = s["clock"]
+    adapters = LayerSet.bind(s["layers"])
+    telemetry = Telemetry([a.name for a in adapters], s["logger"], s["metrics"])
+    announcer = Announcer(
+        bus,
+        broadcast=bus is not None if broadcast is None else bool(broadcast),
+        telemetry=telemetry,
+        retry_after=retry_after,
+    )
+    layer_set = LayerSet(
+        adapters,
+        telemetry=telemetry,
+        announcer=announcer,
+        clock=clock,
+        retry_after=retry_after,
+        write_policy=s["write_policy"],
+    )
+    flights = Flights()
+    index = s["tag_index"]
+    tags = TagIndexAdapter(
+        index if index is not None else InMemoryTagIndex(s["max_tag_index_keys"])
+    )
+    keeper = TagKeeper(tags, layers=layer_set, flights=flights, telemetry=telemetry, clock=clock)
+    writer = Writer(
+        layers=layer_set,
+        tags=keeper,
+        flights=flights,
+        announcer=announcer,
+        telemetry=telemetry,
+        clock=clock,
+        rng=s["rng"],
+        tz=tz,
+        write_strategy=s["write_strategy"],
+        write_behind=s["write_behind"],
+        max_profile_entries=profiles,
+    )
+    lease = s["single_flight_lease"]
+    renew = s["single_flight_renew_interval"]
+    if coordinator is not None:
+        # Handed over once here: the coordinator's own options, and where it reports.
+        if lease is not None or renew is not None:
+            coordinator.configure(
+                lease=None
+                if lease is None
+                else seconds("single_flight_lease", lease, allow_zero=False),
+                renew_interval=None
+                if renew is None
+                else seconds("single_flight_renew_interval", renew, allow_zero=False),
+            )
+        if isinstance(coordinator, _types.ReportsErrors):
+            coordinator.set_error_handler(lambda error, ctx: telemetry.report(error, **ctx))
+    loader = Loader(
+        writer=writer,
+        layers=layer_set,
+        flights=flights,
+        telemetry=telemetry,
+        clock=clock,
+        coordinator=coordinator,
+        single_flight_timeout=seconds(
+            "single_flight_timeout", s["single_flight_timeout"], allow_zero=False
+        ),
+        single_flight_poll=seconds("single_flight_poll", s["single_flight_poll"], allow_zero=False),
+        stampede_prevention=s["stampede_prevention"],
+        background_refresh_timeout=seconds(
+            "background_refresh_timeout", s["background_refresh_timeout"], allow_zero=False
+        ),
+        fetch_timeout=defaults.fetch_timeout,
+        max_profile_entries=profiles,
+        workers=new_workers("layercache"),
+    )
+    reader = Reader(
+        layers=layer_set,
+        writer=writer,
+        loader=loader,
+        flights=flights,
+        telemetry=telemetry,
+        clock=clock,
+    )
+    link = BusLink(
+        bus,
+        announcer=announcer,
+        layers=layer_set,
+        flights=flights,
+        tags=tags,
+        telemetry=telemetry,
+        workers=loader.workers,
+        generation=s["generation"],
+        cleanup=s["generation_cleanup"],
+    )
+    return Parts(
+        announcer=announcer,
+        # Closed with the stack (after the layers' users, before the layers).
+        components=[c for c in (bus, coordinator) if isinstance(c, _types.SyncClosable)],
+        defaults=defaults,
+        flights=flights,
+        layers=layer_set,
+        link=link,
+        loader=loader,
+        reader=reader,
+        tag_index=tags,
+        telemetry=telemetry,
+        writer=writer,
+    )
