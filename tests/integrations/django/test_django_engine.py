@@ -17,7 +17,7 @@ from django.core.cache import caches
 from django.test import override_settings
 from django_support import in_threads
 
-from layercache.integrations import django as integration
+from layercache.integrations import _django_engine as registry
 from layercache.integrations.django import LayerCacheBackend
 
 BACKEND = "layercache.integrations.django.LayerCacheBackend"
@@ -137,14 +137,15 @@ async def test_async_side_per_event_loop(redis_clean: Any) -> None:
                 value = await two.aget("k")
                 mine = two._engine.async_side()
                 await two._engine.aclose_side()  # its connections belong to this loop
-                return value, mine.stack, mine.targets["counter"]
+                return value, mine.stack, mine.targets["redis0"].client.current()
 
             return asyncio.run(work())
 
         value, stack, client = await asyncio.to_thread(other_loop)
         assert value == "v"
         assert stack is not side.stack
-        assert client is not side.targets["counter"]  # a redis.asyncio client per loop
+        mine = side.targets["redis0"].client.current()
+        assert client is not mine  # a redis.asyncio client per loop
     finally:
         await one.ashutdown()
     assert engine.closed
@@ -181,20 +182,20 @@ def test_shutdown_from_one_instance_then_use_from_another(
 
 
 def test_registry_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(integration, "_engines", {})
-    monkeypatch.setattr(integration, "_MAX_ENGINES", 2)
+    monkeypatch.setattr(registry, "engines", {})
+    monkeypatch.setattr(registry, "MAX_ENGINES", 2)
     made = [LayerCacheBackend("", {"OPTIONS": {"MEMORY_MAX_SIZE": 100 + i}}) for i in range(3)]
     first, *rest = (backend._engine for backend in made)
     try:
         assert first.closed  # the least recently created one made room
-        assert list(integration._engines.values()) == rest
+        assert list(registry.engines.values()) == rest
         made[0].set("k", 1)  # its backend still works, on a new engine
         assert made[0].get("k") == 1
         assert rest[0].closed
     finally:
         for backend in made:
             backend.shutdown()
-    assert integration._engines == {}
+    assert registry.engines == {}
 
 
 def test_a_finished_loops_side_is_forgotten() -> None:

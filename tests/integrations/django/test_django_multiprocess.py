@@ -186,8 +186,8 @@ async def test_async_side_publishes_with_the_sync_identity(
         assert await one.aincr("n") == 2
         assert eventually(lambda: two.get("n") == 2)
         # One subscription per backend: the asyncio stack only publishes, as the sync bus.
-        assert one._engine.async_side().stack._bus.source_id == one._engine.stack._bus.source_id
-        assert one._engine.stack._bus.source_id != two._engine.stack._bus.source_id
+        assert one._engine.async_side().targets["bus"].source_id == one._engine.bus.source_id
+        assert one._engine.bus.source_id != two._engine.bus.source_id
         assert len(_bus_threads(channel)) == 2
         # one's own announcements never come back to it: it only hears two.
         two.set("from-two", "s")

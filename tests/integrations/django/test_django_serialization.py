@@ -191,13 +191,12 @@ def test_forged_bytes_in_redis_are_never_unpickled(
     try:
         raw.set(_raw_key(cache, "victim"), planted)
         reader = made(redis_clean.url, **_process(7))  # another process: nothing in memory
-        errors: list[dict[str, Any]] = []
-        reader._engine.stack.on("error", errors.append)
         with caplog.at_level(logging.WARNING, logger="layercache"):
             assert reader.get("victim", "miss") == "miss"
         assert not marker.exists()
-        assert errors, "the forged entry was not reported"
-        assert any("victim" in record.getMessage() for record in caplog.records)
+        assert any("victim" in record.getMessage() for record in caplog.records), (
+            "the forged entry was not reported"
+        )
         assert reader.get_many(["victim"]) == {}
         assert not marker.exists()
         # A forged entry is gone, not kept in memory: the next write and read work normally.
@@ -280,7 +279,7 @@ def test_a_bad_serializer_option_is_improperly_configured(spec: Any) -> None:
 
 
 def test_the_signing_key_depends_on_secret_key_and_prefix(made: Made) -> None:
-    from layercache.integrations.django import _signing_key
+    from layercache.integrations._django_config import signing_key as _signing_key
 
     with override_settings(SECRET_KEY="one"):
         first = _signing_key({})
