@@ -178,14 +178,16 @@ class TagIndex(Protocol):
 class SingleFlightCoordinator(Protocol):
     """One fetch of a key across instances (``RedisSingleFlightCoordinator``).
 
-    ``configure(lease=, renew_interval=)`` and ``set_error_handler(handler)`` are optional.
+    ``add_error_handler(handler)`` is optional (see :class:`ReportsErrors`).
     """
 
     def run(
         self, key: str, fetch: Handler, read_shared: Handler, *, timeout: float, poll: float
     ) -> MaybeAwaitable:
         """Run ``fetch()`` here if this instance wins the key's lease; else wait (polling
-        ``read_shared()`` -> ``(found, value)``) for the winner's value, up to ``timeout``."""
+        ``read_shared()`` -> ``(found, value)``) for the winner's value, up to ``timeout``.
+        A stack given ``single_flight_lease`` / ``single_flight_renew_interval`` also passes
+        ``lease=`` / ``renew_interval=`` (the component itself is never reconfigured)."""
         ...
 
 
@@ -200,10 +202,12 @@ class Closable(Protocol):
 
 @runtime_checkable
 class ReportsErrors(Protocol):
-    """A component that reports the failures it absorbs to the stack's ``error`` event."""
+    """A component that reports the failures it absorbs; each stack using it adds its own
+    handler (and removes it when it closes), so one component may serve several stacks."""
 
-    def set_error_handler(self, handler: ErrorHandler | None) -> None:
-        """Call ``handler(error, context)`` for every failure absorbed."""
+    def add_error_handler(self, handler: ErrorHandler) -> Callable[[], None]:
+        """Also call ``handler(error, context)`` for every failure absorbed; returns the
+        function that removes it."""
         ...
 
 

@@ -274,8 +274,8 @@ def test_the_lease_is_renewed_during_a_fetch_longer_than_it(
     lease = 0.3
     a = make_instance(single_flight_lease=lease)
     b = make_instance(single_flight_lease=lease)
-    assert a.coordinator.lease == lease
-    assert a.coordinator.renew_interval == pytest.approx(lease / 3)
+    # The stack's lease goes with each call; the coordinator itself is not reconfigured.
+    assert a.coordinator.lease != lease
     lock = single_flight_lock(a.coordinator.prefix, "slow")
     origin = GatedOrigin("slow-value")
     holder = Caller(lambda: a.stack.get("slow", origin.fetch))

@@ -130,10 +130,21 @@ class LayerAdapter:
         self.refills: OrderedDict[str, None] = OrderedDict()
         # The layer's own eviction counter (the memory layer's bound), read by get_metrics().
         self.counts_evictions = hasattr(layer, "evictions")
-        handler_hook = getattr(layer, "set_error_handler", None)
-        self.set_error_handler: Callable[[Any], Any] | None = (
-            handler_hook if callable(handler_hook) else None
-        )
+        # Where the layer reports unreadable stored values: a handler of this stack's, added
+        # beside any other (add_error_handler, removed on close), or, for a layer that only
+        # has set_error_handler, set (the layer then serves this stack alone).
+        adder = getattr(layer, "add_error_handler", None)
+        setter = getattr(layer, "set_error_handler", None)
+        self._add_handler: Callable[[Any], Any] | None = adder if callable(adder) else None
+        self._set_handler: Callable[[Any], Any] | None = setter if callable(setter) else None
+
+    def report_to(self, handler: Callable[[BaseException, dict[str, Any]], None]) -> Any:
+        """Have the layer report to ``handler``; returns what undoes it (or ``None``)."""
+        if self._add_handler is not None:
+            return self._add_handler(handler)
+        if self._set_handler is not None:
+            self._set_handler(handler)
+        return None
 
     def evictions(self) -> int:
         """Values the layer evicted to keep its bound (0 for a layer that does not say)."""

@@ -57,6 +57,7 @@ class Parts:
         "reader",
         "tag_index",
         "telemetry",
+        "unreport",
         "writer",
     )
 
@@ -74,6 +75,7 @@ class Parts:
     reader: Reader
     tag_index: TagIndexAdapter
     telemetry: Telemetry
+    unreport: list[Any]
     writer: Writer
 
 
@@ -137,21 +139,24 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         write_behind=s["write_behind"],
         max_profile_entries=profiles,
     )
+    # The coordinator is never reconfigured: this stack's lease terms go with each call.
     lease = s["single_flight_lease"]
     renew = s["single_flight_renew_interval"]
-    if coordinator is not None:
-        # Handed over once here: the coordinator's own options, and where it reports.
-        if lease is not None or renew is not None:
-            coordinator.configure(
-                lease=None
-                if lease is None
-                else seconds("single_flight_lease", lease, allow_zero=False),
-                renew_interval=None
-                if renew is None
-                else seconds("single_flight_renew_interval", renew, allow_zero=False),
+    terms: dict[str, float] = {}
+    if lease is not None:
+        terms["lease"] = seconds("single_flight_lease", lease, allow_zero=False)
+    if renew is not None:
+        terms["renew_interval"] = seconds("single_flight_renew_interval", renew, allow_zero=False)
+        if renew is not None and terms["renew_interval"] >= terms.get("lease", float("inf")):
+            raise ValueError(
+                f"single_flight_renew_interval ({terms['renew_interval']}) must be shorter "
+                f"than single_flight_lease ({terms['lease']})"
             )
-        if isinstance(coordinator, _types.ReportsErrors):
-            coordinator.set_error_handler(lambda error, ctx: telemetry.report(error, **ctx))
+    unreport: list[Any] = []
+    if isinstance(coordinator, _types.ReportsErrors):
+        unreport.append(
+            coordinator.add_error_handler(lambda error, ctx: telemetry.report(error, **ctx))
+        )
     loader = Loader(
         writer=writer,
         layers=layer_set,
@@ -159,6 +164,7 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         telemetry=telemetry,
         clock=clock,
         coordinator=coordinator,
+        coordinator_terms=terms,
         single_flight_timeout=seconds(
             "single_flight_timeout", s["single_flight_timeout"], allow_zero=False
         ),
@@ -194,6 +200,7 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         announcer=announcer,
         # Closed with the stack (after the layers' users, before the layers).
         components=[c for c in (bus, coordinator) if isinstance(c, _types.Closable)],
+        unreport=unreport,
         defaults=defaults,
         flights=flights,
         layers=layer_set,

@@ -87,9 +87,11 @@ class LayerSet:
         self._telemetry = telemetry
         self._announcer = announcer
         self._clock = clock
-        for adapter in self.adapters:
-            if adapter.set_error_handler is not None:
-                adapter.set_error_handler(functools.partial(telemetry.layer_error, adapter.name))
+        # Undone when the stack closes: a layer may outlive it, or serve another stack.
+        self._unreport = [
+            adapter.report_to(functools.partial(telemetry.layer_error, adapter.name))
+            for adapter in self.adapters
+        ]
 
     # ------------------------------------------------------------------ fan-out
 
@@ -341,6 +343,9 @@ class LayerSet:
 
     async def close(self) -> list[BaseException]:
         """Close every layer; returns the failures."""
+        for undo in self._unreport:
+            if undo is not None:
+                undo()
         errors: list[BaseException] = []
         for adapter in self.adapters:
             try:

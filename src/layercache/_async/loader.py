@@ -65,6 +65,7 @@ class Loader:
         telemetry: Telemetry,
         clock: Callable[[], float],
         coordinator: SingleFlightCoordinator | None,
+        coordinator_terms: dict[str, float],
         single_flight_timeout: float,
         single_flight_poll: float,
         stampede_prevention: bool,
@@ -79,6 +80,7 @@ class Loader:
         self._telemetry = telemetry
         self._clock = clock
         self._coordinator = coordinator
+        self._terms = coordinator_terms
         self._single_flight_timeout = single_flight_timeout
         self._single_flight_poll = single_flight_poll
         self.stampede_prevention = stampede_prevention
@@ -202,6 +204,7 @@ class Loader:
             functools.partial(self._read_shared, key),
             timeout=self._single_flight_timeout,
             poll=self._single_flight_poll,
+            **self._terms,
         )
 
     async def _read_shared(self, key: str) -> tuple[bool, Any]:

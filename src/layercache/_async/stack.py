@@ -156,6 +156,7 @@ class CacheStack:
         self._link = parts.link
         self._tag_index = parts.tag_index
         self._components = parts.components
+        self._unreport = parts.unreport
         self._defaults: CacheOptions = parts.defaults
         self._check_layer_names(self._defaults)
         self._clock = clock
@@ -704,6 +705,8 @@ class CacheStack:
         await wait_launched(self._link.cleanups(), _CLOSE_GRACE)
         await self._loader.workers.aclose(_CLOSE_GRACE)
         # The coordination components, then the layers.
+        for undo in self._unreport:
+            undo()
         for component in self._components:
             try:
                 await component.aclose()

@@ -152,6 +152,7 @@ class SyncCacheStack:
         self._link = parts.link
         self._tag_index = parts.tag_index
         self._components = parts.components
+        self._unreport = parts.unreport
         self._defaults: CacheOptions = parts.defaults
         self._check_layer_names(self._defaults)
         self._clock = clock
@@ -687,6 +688,8 @@ class SyncCacheStack:
         wait_launched(self._link.cleanups(), _CLOSE_GRACE)
         self._loader.workers.close(_CLOSE_GRACE)
         # The coordination components, then the layers.
+        for undo in self._unreport:
+            undo()
         for component in self._components:
             try:
                 component.close()

@@ -9,8 +9,7 @@ from typing import Any
 from .._codec import CorruptEntryError, EntryCodec
 from .._entry import Entry
 from .._exceptions import UnserializableValueError
-from .._types import ErrorHandler
-from ._errors import call_error_handler
+from ._errors import ErrorHandlers, call_error_handler
 from ._lease import TOMBSTONE_MAGIC
 
 __all__ = ["StoredEntries"]
@@ -31,7 +30,7 @@ class StoredEntries:
     def __init__(self, name: str, codec: EntryCodec) -> None:
         self.name = name
         self.codec = codec
-        self.error_handler: ErrorHandler | None = None
+        self.error_handler = ErrorHandlers()
 
     def decode(self, key: str, raw: Any, operation: str) -> Entry | None:
         """The entry in ``raw`` read from ``key``, or ``None`` (a tombstone, unreadable)."""

@@ -10,6 +10,7 @@ theirs. Plain code: no I/O, imported by both twins.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from .._exceptions import CacheLayerError, UnserializableValueError
 from .._types import ErrorHandler
 from ._clients import pool_exhausted
 
-__all__ = ["DriverErrors", "call_error_handler", "pool_detail"]
+__all__ = ["DriverErrors", "ErrorHandlers", "call_error_handler", "pool_detail"]
 
 
 class DriverErrors:
@@ -76,7 +77,7 @@ def call_error_handler(
     broken handler must not turn what it is told about (a harmless miss, a dropped message, a
     fallback) into a failure, nor stop a background loop.
     """
-    if handler is None:
+    if not handler:
         return False
     try:
         handler(exc, context)
@@ -103,3 +104,45 @@ def pool_detail(
         )
 
     return detail
+
+
+class ErrorHandlers:
+    """Where a component reports the failures it absorbs: the handler its owner set
+    (``set_error_handler``) and one per stack using it (``add_error_handler``, removed when
+    that stack closes). A stack never replaces a handler: one component may serve several
+    stacks, and each hears of its failures. Falsy when there is none (the caller logs)."""
+
+    __slots__ = ("_added", "_lock", "own")
+
+    def __init__(self) -> None:
+        self.own: ErrorHandler | None = None
+        self._added: tuple[ErrorHandler, ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, handler: ErrorHandler) -> Callable[[], None]:
+        """Add ``handler``; returns the function that removes it again."""
+        with self._lock:
+            self._added = (*self._added, handler)
+
+        def remove() -> None:
+            with self._lock:
+                kept = list(self._added)
+                if handler in kept:
+                    kept.remove(handler)
+                self._added = tuple(kept)
+
+        return remove
+
+    def __bool__(self) -> bool:
+        return self.own is not None or bool(self._added)
+
+    def __call__(self, exc: BaseException, context: dict[str, Any]) -> None:
+        handlers = (self.own, *self._added) if self.own is not None else self._added
+        failed: BaseException | None = None
+        for handler in handlers:
+            try:
+                handler(exc, dict(context))
+            except Exception as error:  # the others still hear of it
+                failed = failed or error
+        if failed is not None:
+            raise failed

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 try:
@@ -729,7 +729,13 @@ class SyncRedisLayer:
         ``context`` holds ``layer``, ``key`` and ``operation``. Without a handler the layer
         logs a warning.
         """
-        self._entries.error_handler = handler
+        self._entries.error_handler.own = handler
+
+    def add_error_handler(self, handler: ErrorHandler) -> Callable[[], None]:
+        """Also call ``handler(exc, context)`` when stored bytes are unreadable (beside the
+        handler set with :meth:`set_error_handler`); returns the function that removes it.
+        Each stack using this layer adds its own, so a layer may serve several stacks."""
+        return self._entries.error_handler.add(handler)
 
     def close(self) -> None:
         """Close the client if this layer created it (from ``url``)."""

@@ -38,7 +38,7 @@ from .._primitives.threads import (
 )
 from .._types import ErrorHandler
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, sync_url_client
-from ._errors import DriverErrors, call_error_handler
+from ._errors import DriverErrors, ErrorHandlers, call_error_handler
 from ._flight_lease import Found, MustFetch, SingleFlightStats, TakenOver, new_token
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
 from ._options import check_raw_client, positive_seconds
@@ -141,7 +141,7 @@ class SyncRedisSingleFlightCoordinator:
         self._renew_script = client.register_script(SINGLE_FLIGHT_RENEW)
         self._release_script = client.register_script(SINGLE_FLIGHT_RELEASE)
         self.stats = SingleFlightStats()
-        self._error_handler: ErrorHandler | None = None
+        self._error_handler = ErrorHandlers()
         # Waiters of this instance, by notice (the key's bytes): each has its own Event.
         self._waiters: dict[bytes, set[Signal]] = {}
         # Guards _waiters and starting the listener (a real lock only in the sync twin, where
@@ -161,8 +161,18 @@ class SyncRedisSingleFlightCoordinator:
         )
 
     def configure(self, *, lease: float | None = None, renew_interval: float | None = None) -> None:
-        """Set the lease and renewal interval (the stack's ``single_flight_lease`` and
-        ``single_flight_renew_interval`` options land here); same checks as the constructor."""
+        """Set the default lease and renewal interval; same checks as the constructor. (A
+        stack passes its own ``single_flight_lease`` with each :meth:`run` instead.)"""
+        lease_ms, interval = self._terms(lease, renew_interval)
+        if lease is not None:
+            self._lease = positive_seconds("lease", lease)
+        self._renew_interval = interval
+        self._lease_ms = lease_ms
+
+    def _terms(self, lease: float | None, renew_interval: float | None) -> tuple[int, float]:
+        """``(lease in ms, renew interval)`` of a call: given, or this coordinator's."""
+        if lease is None and renew_interval is None:
+            return self._lease_ms, self._renew_interval
         new_lease = self._lease if lease is None else positive_seconds("lease", lease)
         if renew_interval is not None:
             interval = positive_seconds("renew_interval", renew_interval)
@@ -175,9 +185,7 @@ class SyncRedisSingleFlightCoordinator:
                 f"renew_interval ({interval}) must be shorter than the lease ({new_lease}), "
                 "or the lock expires between renewals"
             )
-        self._lease = new_lease
-        self._renew_interval = interval
-        self._lease_ms = max(1, math.ceil(new_lease * 1000))
+        return max(1, math.ceil(new_lease * 1000)), interval
 
     @property
     def lease(self) -> float:
@@ -196,7 +204,13 @@ class SyncRedisSingleFlightCoordinator:
         subscription) and ``operation`` (``acquire``, ``wait``, ``recheck``, ``renew``,
         ``release`` or ``subscribe``). Without a handler the coordinator only logs.
         """
-        self._error_handler = handler
+        self._error_handler.own = handler
+
+    def add_error_handler(self, handler: ErrorHandler) -> Callable[[], None]:
+        """Also call ``handler(exc, context)`` for every failure absorbed (beside the handler
+        set with :meth:`set_error_handler`); returns the function that removes it. Each stack
+        using this coordinator adds its own: one coordinator may serve several stacks."""
+        return self._error_handler.add(handler)
 
     # -- the one entry point -----------------------------------------------------------------
 
@@ -208,6 +222,8 @@ class SyncRedisSingleFlightCoordinator:
         *,
         timeout: float = 5.0,
         poll: float = 0.05,
+        lease: float | None = None,
+        renew_interval: float | None = None,
     ) -> T | Any:
         """Run ``fetch()`` here if no other instance is fetching ``key``; else wait for its value.
 
@@ -218,6 +234,11 @@ class SyncRedisSingleFlightCoordinator:
                 ``key``, else ``(False, None)``.
             timeout: Longest a waiter waits for another instance before fetching by itself.
             poll: Seconds between ``read_shared()`` polls, the fallback for a missed notice.
+            lease: This call's lock lifetime (default: the coordinator's ``lease``); a stack's
+                ``single_flight_lease`` arrives here, so one coordinator may serve stacks with
+                different settings.
+            renew_interval: This call's renewal interval (default: a third of ``lease`` when
+                it is given, else the coordinator's).
 
         Returns:
             The value from ``fetch()``, or the one another instance stored.
@@ -233,6 +254,7 @@ class SyncRedisSingleFlightCoordinator:
         ):
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
         poll = positive_seconds("poll", poll)
+        terms = self._terms(lease, renew_interval)
         if self._closed:
             self.stats.degraded += 1
             return fetch()
@@ -240,18 +262,20 @@ class SyncRedisSingleFlightCoordinator:
         lock = single_flight_lock(self.prefix, key)
         token = new_token()
         try:
-            acquired, pttl = self._acquire(lock, token, deadline)
+            acquired, pttl = self._acquire(lock, token, deadline, terms)
         except Exception as exc:
             self._degrade(exc, key, "acquire")
             return fetch()
         if acquired:
-            return self._lead(key, lock, token, fetch, read_shared, deadline, timeout)
-        outcome = self._await_turn(key, lock, read_shared, deadline, poll, pttl)
+            return self._lead(key, lock, token, fetch, read_shared, deadline, timeout, terms)
+        outcome = self._await_turn(key, lock, read_shared, deadline, poll, pttl, terms)
         if isinstance(outcome, Found):
             return outcome.value
         if isinstance(outcome, TakenOver):
             self.stats.takeovers += 1
-            return self._lead(key, lock, outcome.token, fetch, read_shared, deadline, timeout)
+            return self._lead(
+                key, lock, outcome.token, fetch, read_shared, deadline, timeout, terms
+            )
         return fetch()
 
     # -- holder ------------------------------------------------------------------------------
@@ -265,6 +289,7 @@ class SyncRedisSingleFlightCoordinator:
         read_shared: Callable[[], tuple[bool, Any]],
         deadline: float,
         timeout: float,
+        terms: tuple[int, float],
     ) -> T | Any:
         self.stats.acquired += 1
         # Re-check under the lock: another instance may have stored the value and released the
@@ -285,26 +310,28 @@ class SyncRedisSingleFlightCoordinator:
         done = Signal()
 
         def renew() -> None:
-            self._renew(key, lock, token, done)
+            self._renew(key, lock, token, done, terms)
 
         renewer = spawn(renew, "layercache-lease")
         try:
             result = fetch()
         except BaseException:
-            self._stop(renewer, done)
+            self._stop(renewer, done, terms[1])
             # Released and announced, so that a waiter takes over now rather than at expiry.
             self._release(key, lock, token, timeout, notify=True)
             raise
-        self._stop(renewer, done)
+        self._stop(renewer, done, terms[1])
         self._release(key, lock, token, timeout, notify=True)
         return result
 
-    def _renew(self, key: str, lock: bytes, token: bytes, done: Signal) -> None:
-        interval = self._renew_interval
+    def _renew(
+        self, key: str, lock: bytes, token: bytes, done: Signal, terms: tuple[int, float]
+    ) -> None:
+        lease_ms, interval = terms
         while not wait_signal(done, interval):
             try:
                 renewed = bounded(
-                    self._renew_script(keys=[lock], args=[token, self._lease_ms]), interval
+                    self._renew_script(keys=[lock], args=[token, lease_ms]), interval
                 )
             except Exception as exc:
                 # The lease is still running; the next renewal may get through.
@@ -320,11 +347,11 @@ class SyncRedisSingleFlightCoordinator:
                 return
             self.stats.renewals += 1
 
-    def _stop(self, renewer: Any, done: Signal) -> None:
+    def _stop(self, renewer: Any, done: Signal, interval: float) -> None:
         done.set()
         # A renewal in flight is bounded by the renew interval (the client's socket timeout in
         # the sync twin): wait that long at most.
-        stop_spawned(renewer, self._renew_interval + _MIN_CALL_TIME)
+        stop_spawned(renewer, interval + _MIN_CALL_TIME)
 
     def _release(
         self, key: str, lock: bytes, token: bytes, timeout: float, *, notify: bool
@@ -356,6 +383,7 @@ class SyncRedisSingleFlightCoordinator:
         deadline: float,
         poll: float,
         pttl: int,
+        terms: tuple[int, float],
     ) -> Found | TakenOver | MustFetch:
         self.stats.waits += 1
         notice = single_flight_message(key)
@@ -386,7 +414,7 @@ class SyncRedisSingleFlightCoordinator:
                 # or died: at most one waiter wins this SET NX, so no second fetch races the
                 # first one.
                 token = new_token()
-                acquired, pttl = self._acquire(lock, token, deadline)
+                acquired, pttl = self._acquire(lock, token, deadline, terms)
                 if acquired:
                     return TakenOver(token)
         except Timeout:
@@ -526,9 +554,11 @@ class SyncRedisSingleFlightCoordinator:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _acquire(self, lock: bytes, token: bytes, deadline: float) -> tuple[bool, int]:
+    def _acquire(
+        self, lock: bytes, token: bytes, deadline: float, terms: tuple[int, float]
+    ) -> tuple[bool, int]:
         reply = self._bounded(
-            self._acquire_script(keys=[lock], args=[token, self._lease_ms]), deadline
+            self._acquire_script(keys=[lock], args=[token, terms[0]]), deadline
         )
         acquired, pttl = reply
         return bool(int(acquired)), int(pttl)

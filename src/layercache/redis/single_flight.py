@@ -36,7 +36,7 @@ from .._primitives.aio import (
 )
 from .._types import ErrorHandler
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, url_client
-from ._errors import DriverErrors, call_error_handler
+from ._errors import DriverErrors, ErrorHandlers, call_error_handler
 from ._flight_lease import Found, MustFetch, SingleFlightStats, TakenOver, new_token
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
 from ._options import check_raw_client, positive_seconds
@@ -142,7 +142,7 @@ class RedisSingleFlightCoordinator:
         self._renew_script = client.register_script(SINGLE_FLIGHT_RENEW)
         self._release_script = client.register_script(SINGLE_FLIGHT_RELEASE)
         self.stats = SingleFlightStats()
-        self._error_handler: ErrorHandler | None = None
+        self._error_handler = ErrorHandlers()
         # Waiters of this instance, by notice (the key's bytes): each has its own Event.
         self._waiters: dict[bytes, set[Signal]] = {}
         # Guards _waiters and starting the listener (a real lock only in the sync twin, where
@@ -162,8 +162,18 @@ class RedisSingleFlightCoordinator:
         )
 
     def configure(self, *, lease: float | None = None, renew_interval: float | None = None) -> None:
-        """Set the lease and renewal interval (the stack's ``single_flight_lease`` and
-        ``single_flight_renew_interval`` options land here); same checks as the constructor."""
+        """Set the default lease and renewal interval; same checks as the constructor. (A
+        stack passes its own ``single_flight_lease`` with each :meth:`run` instead.)"""
+        lease_ms, interval = self._terms(lease, renew_interval)
+        if lease is not None:
+            self._lease = positive_seconds("lease", lease)
+        self._renew_interval = interval
+        self._lease_ms = lease_ms
+
+    def _terms(self, lease: float | None, renew_interval: float | None) -> tuple[int, float]:
+        """``(lease in ms, renew interval)`` of a call: given, or this coordinator's."""
+        if lease is None and renew_interval is None:
+            return self._lease_ms, self._renew_interval
         new_lease = self._lease if lease is None else positive_seconds("lease", lease)
         if renew_interval is not None:
             interval = positive_seconds("renew_interval", renew_interval)
@@ -176,9 +186,7 @@ class RedisSingleFlightCoordinator:
                 f"renew_interval ({interval}) must be shorter than the lease ({new_lease}), "
                 "or the lock expires between renewals"
             )
-        self._lease = new_lease
-        self._renew_interval = interval
-        self._lease_ms = max(1, math.ceil(new_lease * 1000))
+        return max(1, math.ceil(new_lease * 1000)), interval
 
     @property
     def lease(self) -> float:
@@ -197,7 +205,13 @@ class RedisSingleFlightCoordinator:
         subscription) and ``operation`` (``acquire``, ``wait``, ``recheck``, ``renew``,
         ``release`` or ``subscribe``). Without a handler the coordinator only logs.
         """
-        self._error_handler = handler
+        self._error_handler.own = handler
+
+    def add_error_handler(self, handler: ErrorHandler) -> Callable[[], None]:
+        """Also call ``handler(exc, context)`` for every failure absorbed (beside the handler
+        set with :meth:`set_error_handler`); returns the function that removes it. Each stack
+        using this coordinator adds its own: one coordinator may serve several stacks."""
+        return self._error_handler.add(handler)
 
     # -- the one entry point -----------------------------------------------------------------
 
@@ -209,6 +223,8 @@ class RedisSingleFlightCoordinator:
         *,
         timeout: float = 5.0,
         poll: float = 0.05,
+        lease: float | None = None,
+        renew_interval: float | None = None,
     ) -> T | Any:
         """Run ``fetch()`` here if no other instance is fetching ``key``; else wait for its value.
 
@@ -219,6 +235,11 @@ class RedisSingleFlightCoordinator:
                 ``key``, else ``(False, None)``.
             timeout: Longest a waiter waits for another instance before fetching by itself.
             poll: Seconds between ``read_shared()`` polls, the fallback for a missed notice.
+            lease: This call's lock lifetime (default: the coordinator's ``lease``); a stack's
+                ``single_flight_lease`` arrives here, so one coordinator may serve stacks with
+                different settings.
+            renew_interval: This call's renewal interval (default: a third of ``lease`` when
+                it is given, else the coordinator's).
 
         Returns:
             The value from ``fetch()``, or the one another instance stored.
@@ -234,6 +255,7 @@ class RedisSingleFlightCoordinator:
         ):
             raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
         poll = positive_seconds("poll", poll)
+        terms = self._terms(lease, renew_interval)
         if self._closed:
             self.stats.degraded += 1
             return await fetch()
@@ -241,18 +263,20 @@ class RedisSingleFlightCoordinator:
         lock = single_flight_lock(self.prefix, key)
         token = new_token()
         try:
-            acquired, pttl = await self._acquire(lock, token, deadline)
+            acquired, pttl = await self._acquire(lock, token, deadline, terms)
         except Exception as exc:
             self._degrade(exc, key, "acquire")
             return await fetch()
         if acquired:
-            return await self._lead(key, lock, token, fetch, read_shared, deadline, timeout)
-        outcome = await self._await_turn(key, lock, read_shared, deadline, poll, pttl)
+            return await self._lead(key, lock, token, fetch, read_shared, deadline, timeout, terms)
+        outcome = await self._await_turn(key, lock, read_shared, deadline, poll, pttl, terms)
         if isinstance(outcome, Found):
             return outcome.value
         if isinstance(outcome, TakenOver):
             self.stats.takeovers += 1
-            return await self._lead(key, lock, outcome.token, fetch, read_shared, deadline, timeout)
+            return await self._lead(
+                key, lock, outcome.token, fetch, read_shared, deadline, timeout, terms
+            )
         return await fetch()
 
     # -- holder ------------------------------------------------------------------------------
@@ -266,6 +290,7 @@ class RedisSingleFlightCoordinator:
         read_shared: Callable[[], Awaitable[tuple[bool, Any]]],
         deadline: float,
         timeout: float,
+        terms: tuple[int, float],
     ) -> T | Any:
         self.stats.acquired += 1
         # Re-check under the lock: another instance may have stored the value and released the
@@ -286,26 +311,28 @@ class RedisSingleFlightCoordinator:
         done = Signal()
 
         async def renew() -> None:
-            await self._renew(key, lock, token, done)
+            await self._renew(key, lock, token, done, terms)
 
         renewer = spawn(renew, "layercache-lease")
         try:
             result = await fetch()
         except BaseException:
-            await self._stop(renewer, done)
+            await self._stop(renewer, done, terms[1])
             # Released and announced, so that a waiter takes over now rather than at expiry.
             await self._release(key, lock, token, timeout, notify=True)
             raise
-        await self._stop(renewer, done)
+        await self._stop(renewer, done, terms[1])
         await self._release(key, lock, token, timeout, notify=True)
         return result
 
-    async def _renew(self, key: str, lock: bytes, token: bytes, done: Signal) -> None:
-        interval = self._renew_interval
+    async def _renew(
+        self, key: str, lock: bytes, token: bytes, done: Signal, terms: tuple[int, float]
+    ) -> None:
+        lease_ms, interval = terms
         while not await wait_signal(done, interval):
             try:
                 renewed = await bounded(
-                    self._renew_script(keys=[lock], args=[token, self._lease_ms]), interval
+                    self._renew_script(keys=[lock], args=[token, lease_ms]), interval
                 )
             except Exception as exc:
                 # The lease is still running; the next renewal may get through.
@@ -321,11 +348,11 @@ class RedisSingleFlightCoordinator:
                 return
             self.stats.renewals += 1
 
-    async def _stop(self, renewer: Any, done: Signal) -> None:
+    async def _stop(self, renewer: Any, done: Signal, interval: float) -> None:
         done.set()
         # A renewal in flight is bounded by the renew interval (the client's socket timeout in
         # the sync twin): wait that long at most.
-        await stop_spawned(renewer, self._renew_interval + _MIN_CALL_TIME)
+        await stop_spawned(renewer, interval + _MIN_CALL_TIME)
 
     async def _release(
         self, key: str, lock: bytes, token: bytes, timeout: float, *, notify: bool
@@ -357,6 +384,7 @@ class RedisSingleFlightCoordinator:
         deadline: float,
         poll: float,
         pttl: int,
+        terms: tuple[int, float],
     ) -> Found | TakenOver | MustFetch:
         self.stats.waits += 1
         notice = single_flight_message(key)
@@ -387,7 +415,7 @@ class RedisSingleFlightCoordinator:
                 # or died: at most one waiter wins this SET NX, so no second fetch races the
                 # first one.
                 token = new_token()
-                acquired, pttl = await self._acquire(lock, token, deadline)
+                acquired, pttl = await self._acquire(lock, token, deadline, terms)
                 if acquired:
                     return TakenOver(token)
         except Timeout:
@@ -527,9 +555,11 @@ class RedisSingleFlightCoordinator:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    async def _acquire(self, lock: bytes, token: bytes, deadline: float) -> tuple[bool, int]:
+    async def _acquire(
+        self, lock: bytes, token: bytes, deadline: float, terms: tuple[int, float]
+    ) -> tuple[bool, int]:
         reply = await self._bounded(
-            self._acquire_script(keys=[lock], args=[token, self._lease_ms]), deadline
+            self._acquire_script(keys=[lock], args=[token, terms[0]]), deadline
         )
         acquired, pttl = reply
         return bool(int(acquired)), int(pttl)
