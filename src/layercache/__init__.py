@@ -20,6 +20,7 @@ from ._exceptions import (
     LayerCacheError,
     UnserializableValueError,
 )
+from ._keys import MAX_KEY_LENGTH, validate_key, validate_prefix
 from ._metrics import (
     CacheInspectResult,
     CacheMetrics,
@@ -83,6 +84,7 @@ __all__ = [
     "LayerHealth",
     "LayerMetrics",
     "LayerStatus",
+    "MAX_KEY_LENGTH",
     "MemoryLayer",
     "MsgpackSerializer",
     "PickleSerializer",
@@ -98,6 +100,8 @@ __all__ = [
     "SyncRedisSingleFlightCoordinator",
     "SyncRedisTagIndex",
     "UnserializableValueError",
+    "validate_key",
+    "validate_prefix",
 ]
 
 __version__ = "0.1.0"

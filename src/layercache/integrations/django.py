@@ -118,7 +118,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without Django
         "layercache.integrations.django needs Django: pip install 'layercache-py[django]'"
     ) from exc
 
-from .._keys import validate_key
+from .. import validate_key
 from ._django_engine import Engine, engine_for, live_engine
 from ._django_ops import UnreadableValueError
 

@@ -84,8 +84,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "layercache.integrations.flask needs Flask: pip install 'layercache-py[flask]'"
     ) from exc
 
-from .._keys import validate_key, validate_prefix
-from .._sync.stack import SyncCacheStack
+from .. import SyncCacheStack, validate_key, validate_prefix
 from ..layers.memory import MemoryLayer
 from ._coordination import TAG_INDEXES, bus_kwargs, coordination_kwargs
 
@@ -187,7 +186,7 @@ class _Plan:
         if self.url is None:
             return SyncCacheStack([memory], **self.options)
         # Imported here: a memory-only application does not need the redis extra.
-        from ..redis._sync_layer import SyncRedisLayer
+        from ..redis import SyncRedisLayer
 
         redis_ttl: float | None = self.ttl if self.ttl is not None else DEFAULT_TTL
         # The sync layer itself (not RedisLayer, which SyncCacheStack would swap for one): the
