@@ -4,10 +4,9 @@ flusher and the one flush at a time hold, and nothing queued is lost."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,14 +21,8 @@ THREADS = 32
 ROUNDS = 200
 
 
-@pytest.fixture(autouse=True)
-def fast_switching() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
+# Every test here runs with threads preempted every microsecond (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_switching")
 
 
 def run_threads(target: Callable[[int], None], count: int = THREADS) -> None:
