@@ -30,9 +30,14 @@ __all__ = [
     "RateLimit",
     "RateLimitScope",
     "TtlPolicy",
+    "WriteBehindSettings",
     "coerce_circuit_breaker",
+    "coerce_degradation",
+    "coerce_generation",
+    "coerce_generation_cleanup",
     "coerce_options",
     "coerce_rate_limit",
+    "coerce_write_behind",
     "merge_options",
     "seconds",
 ]
@@ -382,3 +387,84 @@ def merge_options(base: CacheOptions, override: CacheOptions | None) -> CacheOpt
     merged = {f: getattr(base, f) for f in _OPTION_NAMES}
     merged.update(changes)
     return CacheOptions(**merged)
+
+
+# -- the stack settings (CacheStack's constructor), coerced once before any I/O ---------------
+
+
+def coerce_degradation(value: bool | Mapping[str, Any] | None) -> float | None:
+    """``graceful_degradation`` → seconds a failed layer is skipped (``None``: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 10.0
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"retry_after"}
+        if unknown:
+            raise ValueError(f"unknown graceful_degradation option(s): {sorted(unknown)}")
+        return seconds(
+            "graceful_degradation['retry_after']", value.get("retry_after", 10), allow_zero=False
+        )
+    raise ValueError(f"graceful_degradation must be a bool or a dict, not {value!r}")
+
+
+def coerce_generation_cleanup(value: Mapping[str, Any] | bool | None) -> int | None:
+    """``generation_cleanup`` → batch size of the background deletion (``None``: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 500
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"batch_size"}
+        if unknown:
+            raise ValueError(f"unknown generation_cleanup option(s): {sorted(unknown)}")
+        size = value.get("batch_size", 500)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"generation_cleanup batch_size must be a positive int, not {size!r}")
+        return size
+    raise ValueError(f"generation_cleanup must be a dict, a bool or None, not {value!r}")
+
+
+def coerce_generation(generation: object) -> int | None:
+    """``generation`` → a non-negative int, or ``None`` (generations off)."""
+    if generation is None:
+        return None
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError(f"generation must be a non-negative int or None, not {generation!r}")
+    return generation
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBehindSettings:
+    """``write_strategy="write-behind"`` with its ``write_behind`` options."""
+
+    batch_size: int = 100
+    flush_interval: float = 0.05
+    max_queue: int = 10_000
+
+
+def coerce_write_behind(
+    strategy: str, settings: Mapping[str, Any] | None
+) -> WriteBehindSettings | None:
+    """``write_strategy`` / ``write_behind`` → the queue's settings (``None``: write-through)."""
+    if strategy not in ("write-through", "write-behind"):
+        raise ValueError(
+            f"write_strategy must be 'write-through' or 'write-behind', not {strategy!r}"
+        )
+    if strategy == "write-through":
+        if settings is not None:
+            raise ValueError("write_behind settings need write_strategy='write-behind'")
+        return None
+    options = dict(settings or {})
+    unknown = set(options) - {"batch_size", "flush_interval", "max_queue"}
+    if unknown:
+        raise ValueError(f"unknown write_behind option(s): {sorted(unknown)}")
+    batch_size = options.get("batch_size", 100)
+    max_queue = options.get("max_queue", 10_000)
+    for name, number in (("batch_size", batch_size), ("max_queue", max_queue)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise ValueError(f"write_behind {name} must be a positive int, not {number!r}")
+    interval = seconds(
+        "write_behind['flush_interval']", options.get("flush_interval", 0.05), allow_zero=False
+    )
+    return WriteBehindSettings(batch_size, interval, max_queue)

@@ -12,14 +12,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import _types
-from .._options import CacheOptions, coerce_options, seconds
+from .._options import (
+    CacheOptions,
+    coerce_degradation,
+    coerce_generation,
+    coerce_generation_cleanup,
+    coerce_options,
+    coerce_write_behind,
+    seconds,
+)
 from .._primitives.aio import check_component, new_workers
 from .._tag_index import InMemoryTagIndex
 from .._telemetry import Telemetry
 from .announcer import Announcer
 from .bus_link import BusLink
 from .flights import Flights
-from .layer_set import LayerSet, coerce_degradation
+from .layer_set import LayerSet
 from .loader import Loader
 from .reader import Reader
 from .tag_index import TagIndexAdapter
@@ -135,8 +143,7 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         clock=clock,
         rng=s["rng"],
         tz=tz,
-        write_strategy=s["write_strategy"],
-        write_behind=s["write_behind"],
+        write_behind=coerce_write_behind(s["write_strategy"], s["write_behind"]),
         max_profile_entries=profiles,
     )
     # The coordinator is never reconfigured: this stack's lease terms go with each call.
@@ -193,8 +200,8 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         tags=tags,
         telemetry=telemetry,
         workers=loader.workers,
-        generation=s["generation"],
-        cleanup=s["generation_cleanup"],
+        generation=coerce_generation(s["generation"]),
+        cleanup_batch=coerce_generation_cleanup(s["generation_cleanup"]),
     )
     return Parts(
         announcer=announcer,

@@ -11,7 +11,6 @@ announcer; nothing calls it but the stack.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import LayerCacheError
@@ -24,32 +23,7 @@ from .flights import Flight, Flights, among
 from .layer_set import LayerSet
 from .tag_index import TagIndexAdapter
 
-__all__ = ["BusLink", "coerce_cleanup"]
-
-
-def coerce_cleanup(value: Mapping[str, Any] | bool | None) -> int | None:
-    """``generation_cleanup`` → batch size of the background deletion (``None``: off)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return 500
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"batch_size"}
-        if unknown:
-            raise ValueError(f"unknown generation_cleanup option(s): {sorted(unknown)}")
-        size = value.get("batch_size", 500)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"generation_cleanup batch_size must be a positive int, not {size!r}")
-        return size
-    raise ValueError(f"generation_cleanup must be a dict, a bool or None, not {value!r}")
-
-
-def _coerce_generation(generation: int | None) -> int | None:
-    if generation is not None and (
-        isinstance(generation, bool) or not isinstance(generation, int) or generation < 0
-    ):
-        raise ValueError(f"generation must be a non-negative int or None, not {generation!r}")
-    return generation
+__all__ = ["BusLink"]
 
 
 class BusLink:
@@ -66,7 +40,7 @@ class BusLink:
         telemetry: Telemetry,
         workers: Any,
         generation: int | None,
-        cleanup: Mapping[str, Any] | bool | None,
+        cleanup_batch: int | None,
     ) -> None:
         self.bus = bus
         self._announcer = announcer
@@ -77,8 +51,8 @@ class BusLink:
         self._telemetry = telemetry
         self._workers = workers
         self._store: GenerationStore | None = bus if isinstance(bus, GenerationStore) else None
-        self.generation = _coerce_generation(generation)
-        self._cleanup_batch = coerce_cleanup(cleanup)
+        self.generation = generation
+        self._cleanup_batch = cleanup_batch
         self._cleanups: list[Any] = []
         self.started = bus is None
         # unasync: begin async-wording

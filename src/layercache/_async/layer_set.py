@@ -11,40 +11,23 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
 from .._metrics import LayerHealth, LayerStatus
-from .._options import seconds
 from .._primitives.aio import gather, gather_settled
 from .._telemetry import Telemetry
 from .adapter import MAX_MISSED, LayerAdapter
 from .announcer import Announcer
 from .recovery import Item, catch_up
 
-__all__ = ["REPLAY_BATCH", "LayerSet", "coerce_degradation"]
+__all__ = ["REPLAY_BATCH", "LayerSet"]
 
 # Keys per bulk delete when a recovered layer catches up.
 REPLAY_BATCH = 1_000
 _WRITE_POLICIES = ("strict", "best-effort")
-
-
-def coerce_degradation(value: bool | Mapping[str, Any] | None) -> float | None:
-    """``graceful_degradation`` → seconds a failed layer is skipped (``None``: off)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return 10.0
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"retry_after"}
-        if unknown:
-            raise ValueError(f"unknown graceful_degradation option(s): {sorted(unknown)}")
-        return seconds(
-            "graceful_degradation['retry_after']", value.get("retry_after", 10), allow_zero=False
-        )
-    raise ValueError(f"graceful_degradation must be a bool or a dict, not {value!r}")
 
 
 class LayerSet:

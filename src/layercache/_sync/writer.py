@@ -17,14 +17,14 @@ import functools
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from .._codec import UnserializableValueError
 from .._entry import Entry
 from .._exceptions import CacheLayerError, LayerCacheError
 from .._glob import compile_glob
-from .._options import CacheOptions, seconds
+from .._options import CacheOptions, WriteBehindSettings
 from .._policy import build_entry
 from .._tag_index import TagRecord
 from .._telemetry import Telemetry
@@ -36,40 +36,11 @@ from .recovery import Item
 from .tag_keeper import TagKeeper, TagReplay
 from .write_behind import WriteBehindQueue
 
-__all__ = ["Writer", "coerce_write_behind"]
+__all__ = ["Writer"]
 
 T = TypeVar("T")
 # A value to store: the key, the value, and its options.
 Planned = tuple[LayerAdapter, Entry | None]
-
-
-def coerce_write_behind(
-    strategy: str,
-    settings: Mapping[str, Any] | None,
-    flush: Callable[[list[tuple[str, tuple[str, Any]]]], None],
-) -> WriteBehindQueue | None:
-    """Validate ``write_strategy`` / ``write_behind`` and build the queue."""
-    if strategy not in ("write-through", "write-behind"):
-        raise ValueError(
-            f"write_strategy must be 'write-through' or 'write-behind', not {strategy!r}"
-        )
-    if strategy == "write-through":
-        if settings is not None:
-            raise ValueError("write_behind settings need write_strategy='write-behind'")
-        return None
-    options = dict(settings or {})
-    unknown = set(options) - {"batch_size", "flush_interval", "max_queue"}
-    if unknown:
-        raise ValueError(f"unknown write_behind option(s): {sorted(unknown)}")
-    batch_size = options.get("batch_size", 100)
-    max_queue = options.get("max_queue", 10_000)
-    for name, number in (("batch_size", batch_size), ("max_queue", max_queue)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-            raise ValueError(f"write_behind {name} must be a positive int, not {number!r}")
-    interval = seconds(
-        "write_behind['flush_interval']", options.get("flush_interval", 0.05), allow_zero=False
-    )
-    return WriteBehindQueue(flush, batch_size, interval, max_queue)
 
 
 def _latest_expiry(plan: Sequence[Planned]) -> float | None:
@@ -99,8 +70,7 @@ class Writer:
         clock: Callable[[], float],
         rng: random.Random | None,
         tz: _dt.tzinfo,
-        write_strategy: str,
-        write_behind: Mapping[str, Any] | None,
+        write_behind: WriteBehindSettings | None,
         max_profile_entries: int,
     ) -> None:
         self._layers = layers
@@ -112,7 +82,16 @@ class Writer:
         self._rng = rng
         self._tz = tz
         self._max_profiles = max_profile_entries
-        self.behind = coerce_write_behind(write_strategy, write_behind, self._flush_behind)
+        self.behind = (
+            None
+            if write_behind is None
+            else WriteBehindQueue(
+                self._flush_behind,
+                write_behind.batch_size,
+                write_behind.flush_interval,
+                write_behind.max_queue,
+            )
+        )
         # Adaptive TTL: reads per key since its last write, oldest first (bounded).
         self._reads: OrderedDict[str, int] = OrderedDict()
         self._reads_lock = threading.Lock()
