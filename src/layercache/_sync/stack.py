@@ -642,6 +642,12 @@ class SyncCacheStack:
         """Unsubscribe ``handler`` from ``event``."""
         self._telemetry.events.off(event, handler)
 
+    def report_error(self, error: BaseException, **context: Any) -> None:
+        """Count ``error`` and announce it as an ``error`` event (``{"error", "context"}``),
+        as the stack does for the failures it absorbs itself: for an integration or wrapper
+        that absorbs one on the stack's behalf (the Django backend's unreadable values)."""
+        self._telemetry.report(error, **context)
+
     _evictions_base = 0
 
     def get_metrics(self) -> CacheMetrics:

@@ -212,6 +212,9 @@ class Operations:
         _logger.warning(
             "layercache: unreadable value for key %r dropped (%s: %s)", key, operation, error
         )
+        yield Call(
+            "stack", "report_error", (error,), {"key": key, "operation": operation}, plain=True
+        )
         yield Call("stack", "delete", (key,))
 
     def read(self, key: str, data: Any, operation: str) -> Steps[Any]:

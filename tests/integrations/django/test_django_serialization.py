@@ -191,9 +191,14 @@ def test_forged_bytes_in_redis_are_never_unpickled(
     try:
         raw.set(_raw_key(cache, "victim"), planted)
         reader = made(redis_clean.url, **_process(7))  # another process: nothing in memory
+        errors: list[dict[str, Any]] = []
+        reader._engine.stack.on("error", errors.append)
         with caplog.at_level(logging.WARNING, logger="layercache"):
             assert reader.get("victim", "miss") == "miss"
         assert not marker.exists()
+        assert errors, "the forged entry was not reported as the stack's error event"
+        assert "victim" in errors[0]["context"]["key"]
+        assert errors[0]["context"]["operation"] == "get"
         assert any("victim" in record.getMessage() for record in caplog.records), (
             "the forged entry was not reported"
         )
