@@ -1,0 +1,432 @@
+"""HTTP caching rules shared by the web integrations (framework-free, no I/O).
+
+What a shared HTTP cache in front of an application decides, as plain functions over plain
+data: which requests may be answered from the cache, which responses may be stored and for how
+long, the cache key (path, sorted query, host, the request headers a ``Vary`` names), and the
+stored form of a response (a ``dict`` of ``str``/``int``/``float``/``list`` only, so it
+round-trips through every layer's serializer, JSON in Redis included).
+
+Header lists are sequences of ``(name, value)`` ``str`` pairs. A server's raw header bytes map
+to ``str`` with ``latin-1`` (one character per byte, so the round trip is exact); names are
+compared case-insensitively. The ASGI middleware (:mod:`layercache.integrations.asgi`) is one
+user; an aiohttp middleware can use the same functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from .. import validate_key, validate_prefix
+
+__all__ = [
+    "CACHEABLE_STATUSES",
+    "DEFAULT_MAX_BODY_SIZE",
+    "BYPASS_HEADER",
+    "HOP_BY_HOP",
+    "MAX_PLAIN_KEY",
+    "OWN_HEADERS",
+    "Headers",
+    "StoredResponse",
+    "Verdict",
+    "build_key",
+    "cache_control",
+    "check_prefix",
+    "check_statuses",
+    "check_tags",
+    "finish_key",
+    "freeze",
+    "header_values",
+    "hit_headers",
+    "is_vary_marker",
+    "request_bypass",
+    "response_verdict",
+    "sorted_query",
+    "storable_headers",
+    "tags_of",
+    "thaw",
+    "vary_marker",
+    "vary_names",
+    "vary_suffix",
+]
+
+Headers = Sequence[tuple[str, str]]
+
+#: Statuses stored by default: the 2xx/3xx ones RFC 9110 calls heuristically cacheable,
+#: without partial content (206) and temporary redirects (302, 303, 307). Anything outside
+#: 200-399 is never stored, whatever the option says.
+CACHEABLE_STATUSES: frozenset[int] = frozenset({200, 203, 204, 300, 301, 308})
+DEFAULT_MAX_BODY_SIZE = 1024 * 1024
+#: Headers that describe one connection, never stored (RFC 9110 section 7.6.1).
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Headers the cache itself owns on what it sends: never stored.
+OWN_HEADERS: frozenset[str] = frozenset({"x-cache", "age", "x-cache-bypass"})
+#: A response header the application sets to keep one response out of the cache.
+BYPASS_HEADER = "x-cache-bypass"
+# Longest key kept verbatim (a namespace adds its own prefix on top); longer keys are hashed.
+MAX_PLAIN_KEY = 512
+FORMAT = 1
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """Every value of header ``name`` (lower-case), in order."""
+    return [value for key, value in headers if key.lower() == name]
+
+
+def cache_control(values: Iterable[str]) -> dict[str, str | None]:
+    """``Cache-Control`` directives (lower-case names; quoted arguments unquoted)."""
+    directives: dict[str, str | None] = {}
+    for value in values:
+        for part in value.split(","):
+            name, sep, argument = part.partition("=")
+            name = name.strip().lower()
+            if not name:
+                continue
+            directives[name] = argument.strip().strip('"') if sep else None
+    return directives
+
+
+def check_statuses(statuses: Collection[int] | None) -> frozenset[int]:
+    """The statuses that may be stored: ``None`` is :data:`CACHEABLE_STATUSES`; others must be
+    ints within 200-399 (non-2xx/3xx statuses are never cached)."""
+    if statuses is None:
+        return CACHEABLE_STATUSES
+    frozen = frozenset(statuses)
+    for status in frozen:
+        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 399:
+            raise ValueError(f"cacheable statuses must be ints within 200-399, not {status!r}")
+    return frozen
+
+
+def request_bypass(method: str, headers: Headers, *, credentials_allowed: bool) -> str | None:
+    """Why a request must go straight to the application (``None``: it may use the cache).
+
+    Only ``GET`` and ``HEAD`` use the cache; never a request with ``Authorization`` or
+    ``Cookie`` (unless ``credentials_allowed``: a key resolver that tells users apart),
+    ``Range``, or ``Cache-Control: no-store`` / ``private``.
+    """
+    if method != "GET" and method != "HEAD":
+        return "method"
+    control: list[str] | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "authorization" or lowered == "cookie":
+            if not credentials_allowed:
+                return "credentials"
+        elif lowered == "range":
+            return "range"
+        elif lowered == "cache-control":
+            control = [value] if control is None else [*control, value]
+    if control is not None:
+        directives = cache_control(control)
+        if "no-store" in directives or "private" in directives:
+            return "request cache-control"
+    return None
+
+
+def sorted_query(query: str) -> str:
+    """The query string with its parameters sorted by name (stable: repeated parameters keep
+    their order, which applications may rely on); the raw encoding is kept."""
+    if not query:
+        return ""
+    parts = [part for part in query.split("&") if part]
+    if len(parts) < 2:
+        return "&".join(parts)
+    parts.sort(key=lambda part: part.partition("=")[0])
+    return "&".join(parts)
+
+
+def vary_names(headers: Headers) -> tuple[str, ...] | None:
+    """The request headers a response's ``Vary`` names (sorted, lower-case, no duplicates);
+    ``None`` for ``Vary: *`` (never cached)."""
+    names: set[str] = set()
+    for value in header_values(headers, "vary"):
+        for part in value.split(","):
+            name = part.strip().lower()
+            if name == "*":
+                return None
+            if name:
+                names.add(name)
+    return tuple(sorted(names))
+
+
+def vary_suffix(names: Sequence[str], request_headers: Headers) -> str:
+    """The key part for the varied request headers: ``name=value`` per name (repeated header
+    lines joined with ``, ``, surrounding whitespace dropped; absent and empty are the same)."""
+    if not names:
+        return ""
+    wanted = {name: [] for name in names}  # type: dict[str, list[str]]
+    for name, value in request_headers:
+        bucket = wanted.get(name.lower())
+        if bucket is not None:
+            bucket.append(value.strip())
+    rendered = "&".join(
+        f"{name}={quote(', '.join(wanted[name]), safe='', errors='surrogatepass')}"
+        for name in names
+    )
+    return f"|vary:{rendered}"
+
+
+def build_key(
+    prefix: str,
+    path: str,
+    query: str,
+    *,
+    host: str | None = None,
+    vary: str = "",
+    extra: str | None = None,
+) -> str:
+    """The cache key of a request, the same for ``GET`` and ``HEAD``.
+
+    ``prefix:host/path?sorted-query`` (path percent-quoted, so it is printable), then the
+    :func:`vary_suffix` and ``|key:`` + ``extra`` (a key resolver's part). A key longer than
+    512 characters, or one that :func:`layercache.validate_key` refuses, becomes
+    ``prefix:sha256:<hex>`` of the whole text: distinct requests keep distinct keys.
+    """
+    rendered_path = quote(path, safe=_PATH_SAFE, errors="surrogatepass")
+    text = f"{prefix}:{host or ''}{rendered_path}?{sorted_query(query)}{vary}"
+    if extra is not None:
+        text = f"{text}|key:{extra}"
+    return finish_key(prefix, text)
+
+
+def finish_key(prefix: str, text: str) -> str:
+    """``text`` as a valid cache key: itself when it is at most 512 characters of valid key
+    text, else ``prefix:sha256:<hex of text>``."""
+    if len(text) <= MAX_PLAIN_KEY:
+        try:
+            return validate_key(text)
+        except ValueError:
+            pass
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}:sha256:{digest}"
+
+
+def check_prefix(prefix: str) -> str:
+    """A valid key prefix (``ValueError`` otherwise)."""
+    validate_prefix(prefix)
+    return prefix
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a response: store it for ``ttl`` seconds (``reason`` is ``None``), or
+    not (``reason`` says why). ``error`` marks a server error (5xx), which a stale response
+    may replace (stale-if-error). ``vary`` is the varied request headers of a storable one."""
+
+    ttl: float
+    reason: str | None
+    vary: tuple[str, ...] = ()
+    error: bool = False
+
+
+def response_verdict(
+    status: int,
+    headers: Headers,
+    *,
+    ttl: float,
+    statuses: Collection[int] = CACHEABLE_STATUSES,
+    respect_cache_control: bool = False,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+) -> Verdict:
+    """Whether a response (status and headers; the body's size is checked as it comes) may be
+    stored, and for how long.
+
+    Never stored: statuses outside ``statuses`` (5xx are flagged ``error``), ``Set-Cookie``,
+    ``Cache-Control: no-store``, ``private`` or ``no-cache``, ``Vary: *``, the
+    ``X-Cache-Bypass`` header (any value), a ``Content-Length`` above ``max_body_size``. With
+    ``respect_cache_control``, ``s-maxage`` (else ``max-age``) sets the TTL, and 0 means not
+    stored; without, ``ttl`` applies.
+    """
+    if status not in statuses:
+        return Verdict(0.0, f"status {status}", error=status >= 500)
+    control: list[str] = []
+    vary: list[str] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "set-cookie":
+            return Verdict(0.0, "set-cookie")
+        if lowered == "cache-control":
+            control.append(value)
+        elif lowered == "vary":
+            vary.append(value)
+        elif lowered == BYPASS_HEADER:
+            return Verdict(0.0, "bypass header")
+        elif lowered == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return Verdict(0.0, "bad content-length")
+            if length > max_body_size:
+                return Verdict(0.0, "body too large")
+    varied = vary_names([("vary", value) for value in vary])
+    if varied is None:
+        return Verdict(0.0, "vary *")
+    directives = cache_control(control)
+    for directive in ("no-store", "private", "no-cache"):
+        if directive in directives:
+            return Verdict(0.0, f"cache-control {directive}")
+    lifetime = ttl
+    if respect_cache_control:
+        for directive in ("s-maxage", "max-age"):
+            if directive in directives:
+                argument = directives[directive]
+                try:
+                    lifetime = float(int(argument or ""))
+                except ValueError:
+                    return Verdict(0.0, f"bad {directive}")
+                break
+    if lifetime <= 0:
+        return Verdict(0.0, "zero lifetime")
+    return Verdict(lifetime, None, varied)
+
+
+def storable_headers(headers: Headers) -> list[list[str]]:
+    """The headers kept in a stored response: without hop-by-hop ones (and those a
+    ``Connection`` header names) nor the cache's own (``X-Cache``, ``Age``, ``X-Cache-Bypass``)."""
+    dropped = set(HOP_BY_HOP) | OWN_HEADERS
+    for value in header_values(headers, "connection"):
+        dropped.update(part.strip().lower() for part in value.split(","))
+    return [[name, value] for name, value in headers if name.lower() not in dropped]
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response read back from the cache."""
+
+    status: int
+    headers: list[list[str]]
+    body: bytes
+    stored_at: float
+    ttl: float
+
+    def age(self, now: float) -> int:
+        return max(0, int(now - self.stored_at))
+
+    def is_stale(self, now: float) -> bool:
+        return now >= self.stored_at + self.ttl
+
+
+def freeze(status: int, headers: Headers, body: bytes, *, ttl: float, now: float) -> dict[str, Any]:
+    """The stored form of a response: ``{"v", "status", "headers", "body", "at", "ttl"}``;
+    the body is a ``latin-1`` ``str`` (exact for any bytes, 1:1 for ASCII text in JSON)."""
+    return {
+        "v": FORMAT,
+        "status": status,
+        "headers": storable_headers(headers),
+        "body": body.decode("latin-1"),
+        "at": now,
+        "ttl": ttl,
+    }
+
+
+def vary_marker(names: Sequence[str], *, ttl: float, now: float) -> dict[str, Any]:
+    """What the request's plain key holds when responses vary: the varied header names (the
+    responses themselves are under keys with :func:`vary_suffix`)."""
+    return {"v": FORMAT, "vary": list(names), "at": now, "ttl": ttl}
+
+
+def is_vary_marker(value: Any) -> tuple[str, ...] | None:
+    """The header names of a valid vary marker, else ``None``."""
+    if (
+        type(value) is dict
+        and value.get("v") == FORMAT
+        and "status" not in value
+        and isinstance(names := value.get("vary"), list)
+        and names
+        and all(type(name) is str for name in names)
+    ):
+        return tuple(names)
+    return None
+
+
+def thaw(value: Any) -> StoredResponse | None:
+    """A stored response back, or ``None`` when ``value`` has not the shape :func:`freeze`
+    writes (foreign data under the key, another format): treat it as a miss."""
+    if type(value) is not dict or value.get("v") != FORMAT:
+        return None
+    status, headers, body = value.get("status"), value.get("headers"), value.get("body")
+    at, ttl = value.get("at"), value.get("ttl")
+    if (
+        type(status) is not int
+        or not 100 <= status <= 999
+        or type(body) is not str
+        or not isinstance(at, int | float)
+        or not isinstance(ttl, int | float)
+        or not isinstance(headers, list)
+    ):
+        return None
+    for pair in headers:
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and type(pair[0]) is str
+            and type(pair[1]) is str
+        ):
+            return None
+    try:
+        raw = body.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    return StoredResponse(status, [list(pair) for pair in headers], raw, float(at), float(ttl))
+
+
+def hit_headers(stored: StoredResponse, x_cache: str, now: float) -> list[tuple[str, str]]:
+    """The headers to send with a response served from the cache: the stored ones, ``Age``
+    and ``X-Cache``, and ``Content-Length`` when the stored ones have none (a body that was
+    streamed is sent in one piece)."""
+    out = [(name, value) for name, value in stored.headers]
+    if stored.status not in (204, 304) and not any(
+        name.lower() == "content-length" for name, _ in out
+    ):
+        out.append(("content-length", str(len(stored.body))))
+    out.append(("age", str(stored.age(now))))
+    out.append(("x-cache", x_cache))
+    return out
+
+
+def tags_of(
+    tags: Iterable[str] | Callable[[Any], Iterable[str]] | None, request: Any
+) -> tuple[str, ...]:
+    """The tags of a request: a static iterable, or a callable of the request."""
+    if tags is None:
+        return ()
+    if callable(tags):
+        produced = tags(request)
+        if isinstance(produced, str):
+            raise TypeError("tags(request) must return an iterable of str, not a str")
+        return tuple(produced)
+    return tuple(tags)
+
+
+def check_tags(
+    tags: Iterable[str] | Callable[[Any], Iterable[str]] | None,
+) -> tuple[str, ...] | Callable[[Any], Iterable[str]]:
+    """Static tags frozen into a tuple (a lone ``str`` is refused), or the callable."""
+    if tags is None:
+        return ()
+    if callable(tags):
+        return tags
+    if isinstance(tags, str):
+        raise ValueError("tags must be an iterable of str, not a single str")
+    frozen = tuple(tags)
+    for tag in frozen:
+        if not isinstance(tag, str):
+            raise ValueError(f"tags must be str, not {type(tag).__name__}")
+    return frozen
