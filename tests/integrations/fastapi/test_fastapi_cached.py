@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import itertools
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -394,3 +396,37 @@ async def test_key_text_of_plain_values_and_objects() -> None:
     for opened in (2, 3):
         await wrapped("z" * 5000, 1, Filter(colour="r", sizes=[]), User(1), Session(opened), set())
     assert calls == ["1", "z" * 5000]
+
+
+async def test_a_response_object_is_not_shared_with_concurrent_requests() -> None:
+    """Requests that waited on a run returning a ``Response`` run the endpoint themselves."""
+    cache = new_stack()
+    app = FastAPI()
+    gate = asyncio.Event()
+    calls: list[int] = []
+
+    @app.get("/accepted", response_model=None)
+    @cached(cache)
+    async def accepted() -> Product | JSONResponse:
+        calls.append(1)
+        await gate.wait()
+        return JSONResponse({"run": len(calls)}, status_code=202)
+
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
+        burst = [asyncio.create_task(client.get("/accepted")) for _ in range(5)]
+        await eventually_async(
+            lambda: cache.get_metrics().stampede_dedupes == 4 and calls == [1],
+            what="four requests waiting on the first one's run",
+        )
+        gate.set()
+        responses = await asyncio.gather(*burst)
+    assert {r.status_code for r in responses} == {202}
+    assert sorted(r.json()["run"] for r in responses) == [1, 2, 3, 4, 5]
+
+
+def test_import_without_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "layercache.integrations.fastapi")
+    with pytest.raises(ImportError, match=r"pip install 'layercache-py\[fastapi\]'"):
+        importlib.import_module("layercache.integrations.fastapi")
