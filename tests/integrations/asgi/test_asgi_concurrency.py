@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette")
-httpx2 = pytest.importorskip("httpx2")
+pytest.importorskip("httpx2")
 
+import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse

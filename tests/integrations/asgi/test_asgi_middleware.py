@@ -3,7 +3,7 @@ never is (issue 13, first bullet)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -67,8 +67,8 @@ def text(body: str, **headers: str) -> Callable[[Request], Any]:
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
-    yield Harness()
+def harness() -> Harness:
+    return Harness()
 
 
 def test_get_is_cached_with_status_headers_and_body(harness: Harness) -> None:
