@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 
 import pytest
@@ -59,6 +60,9 @@ class SlowLayer:
 
     def clear(self) -> None:
         self.data.clear()
+
+    def keys(self, pattern: str | None = None) -> list[str]:
+        return [k for k in self.data if pattern is None or fnmatch.fnmatchcase(k, pattern)]
 
 
 class HeldFetch:
@@ -228,3 +232,37 @@ def test_a_caller_after_a_change_never_follows_a_read_that_began_during_it() -> 
     slow.release_get.set()
     assert join(during) == "old"  # it began before the change returned: allowed
     assert join(after) is None, "a read issued after delete() got the deleted value"
+
+
+@pytest.mark.parametrize("invalidate", INVALIDATIONS.values(), ids=list(INVALIDATIONS))
+def test_a_caller_after_a_change_never_follows_a_read_that_began_before_it(
+    invalidate: Invalidate,
+) -> None:
+    # A read of the lower layers that began before a change holds the value the change
+    # replaces. A caller arriving after the change returned must read again rather than
+    # follow it, for every kind of change: read flights carry no tags, so a tag invalidation
+    # reaches them only through the keys its index resolved (issue 12 guard for the split).
+    from layercache import MemoryLayer, SyncCacheStack
+
+    memory, slow = MemoryLayer(), SlowLayer()
+    slow.release_delete.set()  # the change itself goes through at once
+    cache = SyncCacheStack([memory, slow])
+    cache.set("user:1", "old", tags=["users", "tenant:a"])
+    memory.clear()
+    before = spawn(cache.get, "user:1")
+    wait_event(slow.reading, 5)  # the read began before the change, holding "old"
+    invalidate(cache)  # the change returned
+    after = spawn(cache.get, "user:1")
+
+    def reached() -> bool:
+        followed = any(
+            flight.future is not None
+            for flights in cache._flights._reads.values()
+            for flight in flights.values()
+        )
+        return followed or slow.gets == 2
+
+    eventually(reached, "the later caller to follow the read or start its own")
+    slow.release_get.set()
+    assert join(before) == "old"  # it began before the change: allowed
+    assert join(after) is None, "a read issued after the change got the old value"
