@@ -54,6 +54,10 @@ def test_quick_http_benchmark_runs(
             assert run["requests"] > 0, (layers, run)
             assert sum(run["errors"].values()) == 0, (layers, run)
             assert run["p50_ms"] <= run["p99_ms"]
+            assert run["server_cpu_us"] is None or run["server_cpu_us"] >= 0
+        cost = config["in_process"]["us_per_request"]
+        assert cost["/hard"] > 0
+        assert cost["/cached/1"] > 0
 
         uncached = config["bursts"]["uncached"]
         assert uncached["statuses"] == {200: 500}
