@@ -14,6 +14,7 @@ user; an aiohttp middleware can use the same functions.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,14 +35,23 @@ __all__ = [
     "Verdict",
     "build_key",
     "cache_control",
+    "check_exclude",
     "check_prefix",
     "check_statuses",
     "check_tags",
     "finish_key",
+    "AppFailed",
+    "Pass",
+    "entry_ttl",
+    "fetch_options",
+    "not_pass",
+    "report",
+    "seconds",
     "freeze",
     "header_values",
     "hit_headers",
     "is_vary_marker",
+    "path_excluded",
     "request_bypass",
     "response_verdict",
     "sorted_query",
@@ -430,3 +440,96 @@ def check_tags(
         if not isinstance(tag, str):
             raise ValueError(f"tags must be str, not {type(tag).__name__}")
     return frozen
+
+
+# -- the fetch flow shared by the middlewares ---------------------------------------------------
+
+
+class Pass:
+    """What a fetch returns for a response that must not be stored: never shared with the
+    requests that joined the fetch (they run the application themselves). ``owner`` is the
+    middleware's record of the request that ran the application."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+
+    def __repr__(self) -> str:
+        return "<uncacheable response>"
+
+
+class AppFailed(Exception):
+    """The application failed (raised, or answered 5xx) during a fetch: the stack may serve a
+    stale response instead (stale-if-error); else only the request that ran it gets it."""
+
+    def __init__(self, owner: object, error: BaseException | None) -> None:
+        super().__init__("the application failed")
+        self.owner = owner
+        self.error = error
+
+
+def not_pass(value: Any) -> bool:
+    """The stack's ``should_cache``: a :class:`Pass` is never stored."""
+    return not isinstance(value, Pass)
+
+
+def entry_ttl(_key: str, value: Any) -> float:
+    """The stack's ``ttl_policy``: a stored response (or vary marker) carries its own TTL."""
+    return float(value["ttl"])
+
+
+def fetch_options(
+    stale_while_revalidate: float | None, stale_if_error: float | None
+) -> dict[str, Any]:
+    """The options of every ``cache.get`` a middleware makes (tags are added per request)."""
+    options: dict[str, Any] = {"ttl_policy": entry_ttl, "should_cache": not_pass, "ttl_jitter": 0}
+    if stale_while_revalidate:
+        options["stale_while_revalidate"] = stale_while_revalidate
+    if stale_if_error:
+        options["stale_if_error"] = stale_if_error
+    return options
+
+
+def report(cache: Any, exc: BaseException, key: str, operation: str = "asgi") -> None:
+    """Announce a failure a middleware absorbed through the stack's ``error`` event."""
+    reporter = getattr(cache, "report_error", None)
+    if reporter is not None:
+        try:
+            reporter(exc, operation=operation, key=key)
+        except Exception:  # pragma: no cover - reporting never breaks a response
+            pass
+
+
+def seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
+    """A duration option (number or ``timedelta``) as seconds; ``None`` stays ``None`` unless
+    ``positive`` (then it is refused, as are 0 and negatives)."""
+    if value is None:
+        if positive:
+            raise ValueError(f"{name} must be a positive number of seconds, not None")
+        return None
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def check_exclude(exclude: Iterable[str] | None) -> tuple[str, ...]:
+    """Excluded paths, normalized (no trailing ``/``); a lone ``str`` is refused."""
+    if exclude is None:
+        return ()
+    if isinstance(exclude, str):
+        raise ValueError("exclude must be an iterable of paths, not a single str")
+    return tuple(path.rstrip("/") or "/" for path in exclude)
+
+
+def path_excluded(paths: Sequence[str], path: str) -> bool:
+    """Whether ``path`` is one of ``paths`` or under one (``/admin`` covers ``/admin/users``,
+    not ``/administrators``)."""
+    for excluded in paths:
+        if excluded == "/" or path == excluded or path.startswith(excluded + "/"):
+            return True
+    return False

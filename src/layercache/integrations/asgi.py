@@ -39,35 +39,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _EMPTY_REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
 
 
-class _Pass:
-    """What a fetch returns for a response that must not be stored: never shared with the
-    requests that joined the fetch (they run the application themselves)."""
-
-    __slots__ = ("owner",)
-
-    def __init__(self, owner: _Run) -> None:
-        self.owner = owner
-
-    def __repr__(self) -> str:
-        return "<uncacheable response>"
-
-
-class _AppFailed(Exception):
-    """The application failed (raised, or answered 5xx) during a fetch: the stack may serve a
-    stale response instead (stale-if-error); else only the request that ran it gets it."""
-
-    def __init__(self, owner: _Run, error: BaseException | None) -> None:
-        super().__init__("the application failed")
-        self.owner = owner
-        self.error = error
-
-
-def _not_pass(value: Any) -> bool:
-    return not isinstance(value, _Pass)
-
-
-def _entry_ttl(_key: str, value: Any) -> float:
-    return float(value["ttl"])
+# The fetch flow's markers and helpers, shared with the aiohttp middleware.
+_Pass = _http.Pass
+_AppFailed = _http.AppFailed
+_seconds = _http.seconds
 
 
 class _Run:
@@ -356,10 +331,8 @@ class CacheMiddleware:
         self.exclude_predicate: Callable[[Scope], bool] | None = None
         if callable(exclude):
             self.exclude_predicate = exclude
-        elif exclude is not None:
-            if isinstance(exclude, str):
-                raise ValueError("exclude must be an iterable of paths, not a single str")
-            self.exclude_paths = tuple(path.rstrip("/") or "/" for path in exclude)
+        else:
+            self.exclude_paths = _http.check_exclude(exclude)
         self.statuses = _http.check_statuses(statuses)
         if isinstance(max_body_size, bool) or not isinstance(max_body_size, int):
             raise ValueError(f"max_body_size must be an int, not {max_body_size!r}")
@@ -369,29 +342,17 @@ class CacheMiddleware:
         self.respect_cache_control = respect_cache_control
         self.clock = clock
         self.vary_on_host = vary_on_host
-        self.options: dict[str, Any] = {
-            "ttl_policy": _entry_ttl,
-            "should_cache": _not_pass,
-            "ttl_jitter": 0,
-        }
-        swr = _seconds("stale_while_revalidate", stale_while_revalidate)
-        if swr:
-            self.options["stale_while_revalidate"] = swr
-        sie = _seconds("stale_if_error", stale_if_error)
-        if sie:
-            self.options["stale_if_error"] = sie
+        self.options: dict[str, Any] = _http.fetch_options(
+            _seconds("stale_while_revalidate", stale_while_revalidate),
+            _seconds("stale_if_error", stale_if_error),
+        )
 
     # -- keys -------------------------------------------------------------------------------
 
     def excluded(self, scope: Scope) -> bool:
         if self.exclude_predicate is not None:
             return bool(self.exclude_predicate(scope))
-        if self.exclude_paths:
-            path = scope.get("path", "")
-            for excluded in self.exclude_paths:
-                if excluded == "/" or path == excluded or path.startswith(excluded + "/"):
-                    return True
-        return False
+        return _http.path_excluded(self.exclude_paths, scope.get("path", ""))
 
     def base_key(self, scope: Scope, request: Any) -> str | None:
         """The key text before any vary part (``None``: the key resolver declined)."""
@@ -567,23 +528,4 @@ async def _send(
 
 
 def _report(cache: Any, exc: BaseException, key: str) -> None:
-    report = getattr(cache, "report_error", None)
-    if report is not None:
-        try:
-            report(exc, operation="asgi", key=key)
-        except Exception:  # pragma: no cover - reporting never breaks a response
-            pass
-
-
-def _seconds(name: str, value: Any, *, positive: bool = False) -> float | None:
-    if value is None:
-        if positive:
-            raise ValueError(f"{name} must be a positive number of seconds, not None")
-        return None
-    if isinstance(value, _dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
+    _http.report(cache, exc, key, "asgi")
