@@ -62,10 +62,14 @@ async def test_consecutive_items_of_a_kind_replay_as_one_batch_in_order() -> Non
 
 async def test_one_replay_at_a_time() -> None:
     backlog = Backlog(10)
-    assert backlog.claim()
+    first = backlog.claim()
+    assert first
     assert not backlog.claim()
-    backlog.release()
-    assert backlog.claim()
+    backlog.release(first)
+    second = backlog.claim()
+    assert second
+    backlog.release(first)  # a stale release (its replay finished already) is ignored
+    assert not backlog.claim()
 
 
 async def test_past_the_bound_the_queue_becomes_a_fence() -> None:
@@ -219,7 +223,8 @@ def test_threads_remembering_during_replays_lose_nothing(fast_switching: None) -
         return []
 
     def run_replay() -> None:
-        if backlog.claim():
+        claim = backlog.claim()
+        if claim:
             try:
                 sync_catch_up(
                     backlog,
@@ -229,7 +234,7 @@ def test_threads_remembering_during_replays_lose_nothing(fast_switching: None) -
                     limit=7,
                 )
             finally:
-                backlog.release()
+                backlog.release(claim)
 
     def remember(thread: int) -> None:
         for i in range(400):

@@ -115,7 +115,8 @@ class Announcer:
         the caller's change was applied.
         """
         backlog = self.backlog
-        if self.bus is None or not backlog.claim():
+        claim = 0 if self.bus is None else backlog.claim()
+        if not claim:
             return
         try:
             await catch_up(
@@ -128,7 +129,7 @@ class Announcer:
         except LayerCacheError as exc:
             self._telemetry.report(exc, operation="bus.publish")
         finally:
-            backlog.release()
+            backlog.release(claim)
 
     async def _send(self, scope: str, operation: str) -> list[Any]:
         assert self.bus is not None

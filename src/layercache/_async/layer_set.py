@@ -220,7 +220,8 @@ class LayerSet:
         until = backlog.down_until
         if until is None:
             return True
-        if self._clock() < until or not backlog.claim():
+        claim = 0 if self._clock() < until else backlog.claim()
+        if not claim:
             return False
         try:
             # Operations arriving during the replay are still remembered (the layer counts as
@@ -240,7 +241,7 @@ class LayerSet:
             self._telemetry.report(exc, layer=adapter.name, operation="recover")
             return False
         finally:
-            backlog.release()
+            backlog.release(claim)
         self._telemetry.recovered(adapter.name)
         if replayed and not adapter.is_local:
             # The other instances heard of these changes when they were made (or when kept

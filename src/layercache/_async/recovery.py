@@ -37,7 +37,18 @@ class Backlog:
     ``lock`` guards every field; owners take it to remember items with their own rules.
     """
 
-    __slots__ = ("bound", "down_until", "fenced", "lock", "probing", "queue", "size", "weigh")
+    __slots__ = (
+        "_claims",
+        "_holder",
+        "bound",
+        "down_until",
+        "fenced",
+        "lock",
+        "probing",
+        "queue",
+        "size",
+        "weigh",
+    )
 
     def __init__(self, bound: int, weigh: Callable[[Item], int] | None = None) -> None:
         self.bound = bound
@@ -47,18 +58,23 @@ class Backlog:
         self.size = 0
         self.fenced = False
         self.probing = False
+        self._claims = 0  # claims made so far: each replay's own token
+        self._holder = 0  # the token of the replay under way
         self.lock = threading.Lock()
 
     def _weight(self, item: Item) -> int:
         return 1 if self.weigh is None else self.weigh(item)
 
-    def claim(self) -> bool:
-        """The right to replay: one caller at a time."""
+    def claim(self) -> int:
+        """The right to replay, one caller at a time: a token (true) to :meth:`release` with,
+        or ``0`` when a replay is under way."""
         with self.lock:
             if self.probing:
-                return False
+                return 0
             self.probing = True
-            return True
+            self._claims += 1
+            self._holder = self._claims
+            return self._holder
 
     def push(self, item: Item) -> bool:
         """Queue ``item`` (the lock held); past the bound, fence instead (``False``).
@@ -120,6 +136,7 @@ class Backlog:
                 return False
             self.down_until = None
             self.probing = False
+            self._holder = 0
             return True
 
     def fail(self, until: float | None) -> None:
@@ -127,11 +144,15 @@ class Backlog:
         with self.lock:
             self.down_until = until
             self.probing = False
+            self._holder = 0
 
-    def release(self) -> None:
-        """Give up the replay right (idempotent; after :meth:`finish` or :meth:`fail`)."""
+    def release(self, claim: int) -> None:
+        """Give up the replay right of ``claim`` (idempotent). After :meth:`finish` or
+        :meth:`fail` released it, another caller may hold a newer claim: left alone."""
         with self.lock:
-            self.probing = False
+            if self._holder == claim:
+                self.probing = False
+                self._holder = 0
 
 
 async def catch_up(

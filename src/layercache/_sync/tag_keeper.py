@@ -134,7 +134,8 @@ class TagKeeper:
         if until is None:
             replay.recovered = True
             return replay
-        if (self._clock() < until and not urgent) or not backlog.claim():
+        claim = 0 if self._clock() < until and not urgent else backlog.claim()
+        if not claim:
             return None
         try:
             catch_up(
@@ -151,7 +152,7 @@ class TagKeeper:
             self._telemetry.report(exc, operation="tag_index.recover")
             return replay
         finally:
-            backlog.release()
+            backlog.release(claim)
         with backlog.lock:
             if backlog.down_until is None:
                 self.missed_shared = False
