@@ -21,7 +21,7 @@ from .._primitives.aio import gather, settle, wait_future
 from .._telemetry import Telemetry
 from .flights import FOLLOW, JOIN_FETCH, Flight, Flights
 from .layer_set import LayerSet
-from .loader import Loader, SoftTimeout
+from .loader import FromLayer, Loader, SoftTimeout
 from .writer import Writer
 
 __all__ = ["MISS", "Reader", "with_value"]
@@ -130,7 +130,9 @@ class Reader:
                         return held.value
                 metrics.misses += 1
                 assert fetcher is not None  # JOIN_FETCH is only the answer to a fetching caller
-                return await self._fetch_or_stale(key, fetcher, opts, stale, join=running)
+                return await self._fetch_or_stale(
+                    key, fetcher, opts, stale, join=running, convert=convert
+                )
             found = await self._shared_read(
                 key, start, fetcher, opts, stale, convert, role, running
             )
@@ -173,9 +175,13 @@ class Reader:
             return MISS
         if found.fetch is not None:
             if found.is_leader and found.fetch_is_new:
-                return await self._fetch_or_stale(key, fetcher, opts, stale, lead=found.fetch)
-            return await self._fetch_or_stale(key, fetcher, opts, stale, join=found.fetch)
-        return await self._fetch_or_stale(key, fetcher, opts, stale)
+                return await self._fetch_or_stale(
+                    key, fetcher, opts, stale, lead=found.fetch, convert=convert
+                )
+            return await self._fetch_or_stale(
+                key, fetcher, opts, stale, join=found.fetch, convert=convert
+            )
+        return await self._fetch_or_stale(key, fetcher, opts, stale, convert=convert)
 
     async def _shared_read(
         self,
@@ -330,12 +336,18 @@ class Reader:
         *,
         lead: Flight | None = None,
         join: Flight | None = None,
+        convert: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Fetch through single-flight; fall back to a stale value per the soft timeout and
-        the stale-if-error window. ``lead``/``join``: see :meth:`Loader.load`."""
+        the stale-if-error window. ``lead``/``join``: see :meth:`Loader.load`. A value
+        another instance fetched (read from a shared layer) is rebuilt with ``convert`` like
+        any value read from a layer; the fetcher's own result is returned as it is."""
         soft = opts.fetch_soft_timeout if stale is not None else None
         try:
-            return await self._loader.load(key, fetcher, opts, soft, lead=lead, join=join)
+            value = await self._loader.load(key, fetcher, opts, soft, lead=lead, join=join)
+            if type(value) is FromLayer:
+                value = self._from_layer(key, value, convert)
+            return value
         except SoftTimeout:
             assert stale is not None
             self._telemetry.stale(key, "soft-timeout", stale[1])
@@ -349,6 +361,14 @@ class Reader:
                     self._telemetry.stale(key, "stale-if-error", layer)
                     return entry.value
             raise
+
+    def _from_layer(self, key: str, shared: FromLayer, convert: Callable[[Any], Any] | None) -> Any:
+        """The value another instance stored, as the caller's type (as read, if it is not
+        one: it is the fetch's result all the same, and the mismatch is reported)."""
+        if convert is None:
+            return shared.value
+        value = self.convert(key, shared.value, convert, shared.layer)
+        return shared.value if value is MISS else value
 
     async def read_many(
         self, requests: Sequence[tuple[str, Fetcher | None, CacheOptions]]
@@ -418,5 +438,5 @@ class Reader:
                 ]
             )
             for i, value in zip(loads, values, strict=True):
-                results[i] = value
+                results[i] = value.value if type(value) is FromLayer else value
         return results

@@ -46,9 +46,21 @@ from .layer_set import LayerSet
 from .rate_limit import FetcherLimiter
 from .writer import Writer
 
-__all__ = ["Loader", "SoftTimeout"]
+__all__ = ["FromLayer", "Loader", "SoftTimeout"]
 
 Fetcher = Callable[[], Any]
+
+
+class FromLayer:
+    """A fetch's result that another instance fetched and this one read from a shared layer
+    (distributed single-flight): decoded by the layer's serializer, so each caller rebuilds it
+    as its own ``type=`` (the reader does), unlike a value this instance's fetcher returned."""
+
+    __slots__ = ("layer", "value")
+
+    def __init__(self, value: Any, layer: str) -> None:
+        self.value = value
+        self.layer = layer
 
 
 class SoftTimeout(Exception):
@@ -221,7 +233,7 @@ class Loader:
             if entry is not None and entry.is_fresh(now):
                 if index:
                     self._writer.backfill(key, entry, adapters[:index], adapter.name, now)
-                return True, entry.value
+                return True, FromLayer(entry.value, adapter.name)
         return False, None
 
     def _fetch_here(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
@@ -53,6 +54,19 @@ def dataclass_registry(owner: str, types: Iterable[type]) -> dict[str, type]:
             raise ValueError(f"{owner}(types=...) accepts dataclass types, got {cls!r}")
         registry[type_name(cls)] = cls
     return registry
+
+
+def dataclass_values(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's fields as stored: every field, except one set outside
+    ``__init__`` whose value is a method bound to the instance (behaviour, not data: a
+    Strawberry type's resolver field is such a dataclass field)."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if not field.init and inspect.ismethod(value) and value.__self__ is obj:
+            continue
+        values[field.name] = value
+    return values
 
 
 def build_dataclass(cls: type, values: dict[str, Any]) -> Any:

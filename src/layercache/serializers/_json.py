@@ -16,6 +16,7 @@ from ._base import (
     NOT_A_MODEL,
     build_dataclass,
     dataclass_registry,
+    dataclass_values,
     dump_model,
     type_name,
 )
@@ -158,7 +159,7 @@ class JsonSerializer:
         if isinstance(obj, bytes | bytearray | memoryview):
             return {_TAG: "bytes", "v": base64.b64encode(obj).decode("ascii")}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+            fields = dataclass_values(obj)
             return {_TAG: "dataclass", "t": type_name(type(obj)), "v": self._encode_dict(fields)}
         if isinstance(obj, Mapping):
             return self._encode_dict(obj)

@@ -14,6 +14,7 @@ from ._base import (
     NOT_A_MODEL,
     build_dataclass,
     dataclass_registry,
+    dataclass_values,
     dump_model,
     type_name,
 )
@@ -106,7 +107,7 @@ class MsgpackSerializer:
         if isinstance(obj, decimal.Decimal):
             return ext(_EXT_DECIMAL, str(obj).encode("ascii"))
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+            fields = dataclass_values(obj)
             return ext(_EXT_DATACLASS, self.dumps([type_name(type(obj)), fields]))
         if isinstance(obj, memoryview):
             return obj.tobytes()

@@ -367,18 +367,9 @@ async def test_a_list_of_types_round_trips_through_redis_typed(redis_clean: Redi
 @pytest.mark.redis
 @pytest.mark.parametrize(
     "typed",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="stack defect, reported to the lead: a distributed single-flight waiter "
-                "returns the value Loader._read_shared read from Redis without get()'s type= "
-                "conversion (a dict, not the resolver's type)",
-            ),
-        ),
-    ],
+    # typed=True: a waiter under distributed single-flight returned the raw dict another
+    # instance stored, without get()'s type= conversion (fixed in the loader and reader).
+    [False, True],
 )
 async def test_cold_key_across_two_instances_runs_the_resolver_once(
     redis_clean: RedisServer, typed: bool
@@ -465,11 +456,6 @@ def test_sync_stack_round_trips_through_redis_typed(redis_clean: RedisServer) ->
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="JsonSerializer encodes every dataclass field; a Strawberry resolver method is a "
-    "field (init=False) whose value is a bound method: reported to the lead",
-)
 async def test_a_type_with_a_computed_field_round_trips_through_redis(
     redis_clean: RedisServer,
 ) -> None:
