@@ -64,6 +64,8 @@ SetEntry = tuple[str, Any] | CacheEntry
 _CLOSE_GRACE = 5.0
 # The memory layer's latency is timed on one lookup in (mask + 1) on the L1 path of get().
 _L1_SAMPLE_MASK = 63
+# Per-call option sets remembered after coercion (see SyncCacheStack._options).
+_OPTIONS_MEMO = 256
 
 
 class WrapDecorator(Protocol):
@@ -154,6 +156,7 @@ class SyncCacheStack:
         self._components = parts.components
         self._unreport = parts.unreport
         self._defaults: CacheOptions = parts.defaults
+        self._memo: dict[Any, tuple[Any, CacheOptions]] = {}
         self._check_layer_names(self._defaults)
         self._clock = clock
         self.max_profile_entries = max_profile_entries
@@ -172,17 +175,45 @@ class SyncCacheStack:
     # ------------------------------------------------------------------ helpers
 
     def _options(self, options: OptionsArg, kwargs: Mapping[str, Any]) -> CacheOptions:
-        """Per-call options on top of the stack defaults; validates before any I/O."""
+        """Per-call options on top of the stack defaults; validates before any I/O.
+
+        The result is remembered (bounded) for the same keyword values, compared with their
+        types (``True`` and ``1`` differ), and for the same ``CacheOptions`` object: a call
+        site passing the same options every time (``get(key, fetcher, ttl=60)``) pays for
+        their validation once, not on every hit."""
+        memo: Any = None
         if kwargs:
             if options is not None:
                 raise TypeError("pass options either as keyword arguments or as options=")
+            try:
+                memo = tuple(
+                    (k, v.__class__, tuple(v) if v.__class__ is list else v)
+                    for k, v in kwargs.items()
+                )
+                hash(memo)
+            except TypeError:  # an unhashable value (a per-layer dict): not remembered
+                memo = None
             options = kwargs
-        if options is None:
+        elif options is None:
             return self._defaults
+        elif options.__class__ is CacheOptions:
+            memo = options  # by identity (the key holds it, so its id is never reused)
+        if memo is not None:
+            known = self._memo.get(memo if memo.__class__ is tuple else id(memo))
+            if known is not None and (memo.__class__ is tuple or known[0] is memo):
+                return known[1]
         coerced = coerce_options(options)
         if coerced is not None:
             self._check_layer_names(coerced)
-        return merge_options(self._defaults, coerced)
+        merged = merge_options(self._defaults, coerced)
+        if memo is not None:
+            if len(self._memo) >= _OPTIONS_MEMO:
+                self._memo.clear()  # a forgotten entry only costs its validation again
+            if memo.__class__ is tuple:
+                self._memo[memo] = (None, merged)
+            else:
+                self._memo[id(memo)] = (memo, merged)
+        return merged
 
     def _check_layer_names(self, options: CacheOptions) -> None:
         """A per-layer dict naming no layer of this stack is a typo: refuse it."""
