@@ -37,3 +37,19 @@ ensure_redis_server() {
     return 1
   fi
 }
+
+ensure_wrk() {
+  # The HTTP benchmark's load generator (bench/http.py; its smoke test runs in the suite).
+  if command -v wrk >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing wrk with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+  fi
+  if ! command -v wrk >/dev/null 2>&1; then
+    echo "error: wrk is not installed and could not be installed (need root + apt-get)." >&2
+    return 1
+  fi
+}
