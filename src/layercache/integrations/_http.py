@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .. import validate_key, validate_prefix
+from .. import CacheOptions, validate_key, validate_prefix
 
 __all__ = [
     "CACHEABLE_STATUSES",
@@ -42,8 +42,10 @@ __all__ = [
     "finish_key",
     "AppFailed",
     "Pass",
+    "ReadyMemo",
     "entry_ttl",
     "fetch_options",
+    "stable_options",
     "not_pass",
     "report",
     "seconds",
@@ -52,6 +54,7 @@ __all__ = [
     "hit_headers",
     "is_vary_marker",
     "path_excluded",
+    "ready_headers",
     "request_bypass",
     "response_verdict",
     "sorted_query",
@@ -397,18 +400,75 @@ def thaw(value: Any) -> StoredResponse | None:
     return StoredResponse(status, [list(pair) for pair in headers], raw, float(at), float(ttl))
 
 
-def hit_headers(stored: StoredResponse, x_cache: str, now: float) -> list[tuple[str, str]]:
-    """The headers to send with a response served from the cache: the stored ones, ``Age``
-    and ``X-Cache``, and ``Content-Length`` when the stored ones have none (a body that was
-    streamed is sent in one piece)."""
+def ready_headers(stored: StoredResponse) -> list[tuple[str, str]]:
+    """The headers of a response served from the cache before ``Age`` and ``X-Cache``: the
+    stored ones, and ``Content-Length`` when they have none (a body that was streamed is sent
+    in one piece)."""
     out = [(name, value) for name, value in stored.headers]
     if stored.status not in (204, 304) and not any(
         name.lower() == "content-length" for name, _ in out
     ):
         out.append(("content-length", str(len(stored.body))))
+    return out
+
+
+def hit_headers(stored: StoredResponse, x_cache: str, now: float) -> list[tuple[str, str]]:
+    """The headers to send with a response served from the cache: :func:`ready_headers`,
+    then ``Age`` and ``X-Cache``."""
+    out = ready_headers(stored)
     out.append(("age", str(stored.age(now))))
     out.append(("x-cache", x_cache))
     return out
+
+
+class ReadyMemo:
+    """The ready-to-send form of the responses last read under each key (bounded).
+
+    A layer that keeps Python objects (``MemoryLayer``) hands every hit the same stored
+    ``dict``: its checked, decoded form is built once and found again by the cache key while
+    the stack still returns that very object (compared by identity, so a refreshed,
+    invalidated or replaced entry is never served from here). A layer that decodes each read
+    (Redis) returns a new object every time: such reads miss here and replace the key's entry.
+    The memo keeps at most ``max_entries`` keys and about ``max_bytes`` of bodies; past either
+    it starts over (a forgotten entry only costs one decoding again).
+    """
+
+    __slots__ = ("_entries", "_size", "max_bytes", "max_entries")
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self._entries: dict[str, tuple[object, Any, int]] = {}
+        self._size = 0
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+
+    def get(self, key: str, value: object) -> Any:
+        """The ready form stored for ``key`` if it was built from ``value`` itself, else
+        ``None``."""
+        found = self._entries.get(key)
+        if found is not None and found[0] is value:
+            return found[1]
+        return None
+
+    def put(self, key: str, value: object, ready: Any, size: int) -> None:
+        """Remember ``ready`` (about ``size`` bytes) as the form of ``value`` under ``key``."""
+        entries = self._entries
+        previous = entries.pop(key, None)
+        if previous is not None:
+            self._size -= previous[2]
+        if size > self.max_bytes:
+            return
+        if len(entries) >= self.max_entries or self._size + size > self.max_bytes:
+            entries.clear()
+            self._size = 0
+        entries[key] = (value, ready, size)
+        self._size += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def tags_of(
@@ -489,6 +549,13 @@ def fetch_options(
     if stale_if_error:
         options["stale_if_error"] = stale_if_error
     return options
+
+
+def stable_options(options: dict[str, Any], tags: tuple[str, ...] = ()) -> CacheOptions:
+    """``options`` (from :func:`fetch_options`) plus ``tags`` as one :class:`CacheOptions`
+    built once: the stack recognises the same object on every call and skips validating it
+    again (per-call keyword options built per request would be compared value by value)."""
+    return CacheOptions(**options, tags=tags or None)
 
 
 def report(cache: Any, exc: BaseException, key: str, operation: str = "asgi") -> None:

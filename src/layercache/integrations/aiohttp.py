@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         "layercache.integrations.aiohttp needs aiohttp: pip install 'layercache-py[aiohttp]'"
     ) from exc
 
-from .. import CacheNamespace, CacheStack
+from .. import CacheNamespace, CacheOptions, CacheStack
 from . import _http
 
 __all__ = ["cache_middleware"]
@@ -352,6 +352,12 @@ class _Settings:
             _http.seconds("stale_while_revalidate", stale_while_revalidate),
             _http.seconds("stale_if_error", stale_if_error),
         )
+        # Built once for every cache.get (tags computed per request go as keyword options),
+        # and the checked, decoded form of the responses read (see _http.ReadyMemo).
+        self.stable_options: CacheOptions | None = (
+            None if callable(self.tags) else _http.stable_options(self.options, self.tags)
+        )
+        self.ready = _http.ReadyMemo()
 
     def excluded(self, request: web.Request) -> bool:
         if self.exclude_predicate is not None:
@@ -387,9 +393,26 @@ async def _pass_through(request: web.Request, handler: Handler) -> web.StreamRes
     return _mark_miss(await handler(request if clone is None else clone))
 
 
-def _hit(stored: _http.StoredResponse, x_cache: str, now: float) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict(_http.hit_headers(stored, x_cache, now))
-    return web.Response(status=stored.status, headers=headers, body=stored.body)
+class _Ready:
+    """A stored response as a hit sends it (``Age`` and ``X-Cache`` are added per request)."""
+
+    __slots__ = ("body", "expires", "headers", "size", "status", "stored_at")
+
+    def __init__(self, stored: _http.StoredResponse) -> None:
+        self.status = stored.status
+        self.headers = _http.ready_headers(stored)
+        self.body = stored.body
+        self.stored_at = stored.stored_at
+        self.expires = stored.stored_at + stored.ttl
+        self.size = 2 * len(stored.body) + 256
+
+
+def _hit(ready: _Ready, now: float) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict(ready.headers)
+    age = now - ready.stored_at
+    headers.add("age", str(int(age)) if age > 0 else "0")
+    headers.add("x-cache", "STALE" if now >= ready.expires else "HIT")
+    return web.Response(status=ready.status, headers=headers, body=ready.body)
 
 
 async def _serve(
@@ -401,17 +424,20 @@ async def _serve(
 ) -> web.StreamResponse:
     run = _Run(settings, request, handler)
     cache = settings.cache
-    options = dict(settings.options)
-    tags = settings.tags_for(request)
-    if tags:
-        options["tags"] = tags
+    options = settings.stable_options
+    keywords: dict[str, Any] = {}
+    if options is None:
+        tags = settings.tags_for(request)
+        keywords = dict(settings.options, tags=tags) if tags else settings.options
     text = base
     expected: tuple[str, ...] = ()
     for _ in range(2):  # the plain key, then (a vary marker) the varied key
         key = settings.key_of(text)
         run.waiting = True
         try:
-            value = await cache.get(key, functools.partial(run.fetch, base, expected), **options)
+            value = await cache.get(
+                key, functools.partial(run.fetch, base, expected), options=options, **keywords
+            )
         except _http.AppFailed as failed:
             run.waiting = False
             if failed.owner is not run:
@@ -433,10 +459,14 @@ async def _serve(
             if value.owner is run:
                 return await _own_or_pass(run, request, handler)
             return await _pass_through(request, handler)
-        stored = _http.thaw(value)
-        if stored is not None:
-            now = settings.clock()
-            return _hit(stored, "STALE" if stored.is_stale(now) else "HIT", now)
+        ready: _Ready | None = settings.ready.get(key, value)
+        if ready is None:
+            stored = _http.thaw(value)
+            if stored is not None:
+                ready = _Ready(stored)
+                settings.ready.put(key, value, ready, ready.size)
+        if ready is not None:
+            return _hit(ready, settings.clock())
         names = _http.is_vary_marker(value) if not expected else None
         if names is not None:
             expected = names

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import Any
 
-from .. import CacheNamespace, CacheStack
+from .. import CacheNamespace, CacheOptions, CacheStack
 from . import _http
 
 __all__ = ["CacheMiddleware"]
@@ -37,6 +37,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _EMPTY_REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
+# Request headers that may keep a request away from the cache (``_http.request_bypass``
+# decides); a request without any of them is not read header by header again.
+_CHECKED_REQUEST_HEADERS = frozenset({b"authorization", b"cookie", b"range", b"cache-control"})
+# Keys remembered per middleware (request parts -> key); past this many it starts over.
+_KEY_MEMO = 4096
 
 
 # The fetch flow's markers and helpers, shared with the aiohttp middleware.
@@ -254,6 +259,24 @@ class _Run:
         return self.status, self.headers, b"".join(self.chunks)
 
 
+class _Ready:
+    """A stored response in the form a hit sends: raw header pairs (``Age`` and ``X-Cache``
+    are added per request), the body as bytes, and when it goes stale."""
+
+    __slots__ = ("body", "expires", "headers", "size", "status", "stored_at")
+
+    def __init__(self, stored: _http.StoredResponse) -> None:
+        self.status = stored.status
+        self.headers = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in _http.ready_headers(stored)
+        ]
+        self.body = stored.body
+        self.stored_at = stored.stored_at
+        self.expires = stored.stored_at + stored.ttl
+        self.size = 2 * len(stored.body) + 256
+
+
 def _request_headers(scope: Scope) -> list[tuple[str, str]]:
     return [
         (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
@@ -346,6 +369,14 @@ class CacheMiddleware:
             _seconds("stale_while_revalidate", stale_while_revalidate),
             _seconds("stale_if_error", stale_if_error),
         )
+        # The hit path's allocations, made once: the options of every cache.get (with the
+        # static tags; tags computed per request go as keyword options), the keys of the
+        # requests seen, and the ready-to-send form of the responses read.
+        self._options: CacheOptions | None = (
+            None if callable(self.tags) else _http.stable_options(self.options, self.tags)
+        )
+        self._keys: dict[tuple[Any, ...], tuple[str, str]] = {}
+        self._ready = _http.ReadyMemo()
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -363,16 +394,41 @@ class CacheMiddleware:
                 return None
             if not isinstance(extra, str):
                 raise TypeError(f"key_resolver must return a str, not {type(extra).__name__}")
-        host: str | None = None
+        host: bytes | None = None
         if self.vary_on_host:
             for name, value in scope.get("headers", ()):
                 if bytes(name).lower() == b"host":
-                    host = bytes(value).decode("latin-1").lower()
+                    host = bytes(value)
                     break
-        query = bytes(scope.get("query_string", b"")).decode("latin-1")
-        path = scope.get("root_path", "") + scope.get("path", "")
-        parts = _http.build_key(self.prefix, path, query, host=host, extra=extra)
-        return parts
+        return self._keys_for(scope, host, extra)[0]
+
+    def _keys_for(self, scope: Scope, host: bytes | None, extra: str | None) -> tuple[str, str]:
+        """The base key text of a request and its plain key (remembered per request parts:
+        the same URL, host and key resolver part always build the same key)."""
+        root_path = scope.get("root_path", "")
+        path = scope.get("path", "")
+        raw_query = scope.get("query_string", b"")
+        memo: tuple[Any, ...] | None = (root_path, path, raw_query, host, extra)
+        try:
+            return self._keys[memo]  # type: ignore[index]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable part (a bytearray query): not remembered
+            memo = None
+        query = bytes(raw_query).decode("latin-1")
+        base = _http.build_key(
+            self.prefix,
+            root_path + path,
+            query,
+            host=None if host is None else host.decode("latin-1").lower(),
+            extra=extra,
+        )
+        keys = (base, self.key_of(base))
+        if memo is not None:
+            if len(self._keys) >= _KEY_MEMO:
+                self._keys.clear()
+            self._keys[memo] = keys
+        return keys
 
     def key_of(self, text: str) -> str:
         """A key text (base key, maybe plus a vary part) as a valid cache key."""
@@ -404,34 +460,52 @@ class CacheMiddleware:
         if method != "GET" and method != "HEAD":
             await self.app(scope, receive, send)
             return
-        headers = _request_headers(scope)
-        if _http.request_bypass(
-            method, headers, credentials_allowed=self.key_resolver is not None
-        ) is not None or self.excluded(scope):
+        # One pass over the raw headers: the Host, and whether any header may keep the
+        # request away from the cache (only then are they all decoded and checked).
+        host: bytes | None = None
+        checked = False
+        for name, value in scope.get("headers", ()):
+            if name.__class__ is not bytes:
+                name = bytes(name)
+            lowered = name.lower()
+            if lowered in _CHECKED_REQUEST_HEADERS:
+                checked = True
+            elif lowered == b"host" and host is None:
+                host = bytes(value)
+        if (
+            checked
+            and _http.request_bypass(
+                method, _request_headers(scope), credentials_allowed=self.key_resolver is not None
+            )
+            is not None
+        ) or self.excluded(scope):
             await self.app(scope, receive, send)
             return
-        base = self.base_key(scope, scope)
-        if base is None:
-            await self.app(scope, receive, send)
-            return
-        await self._serve(scope, receive, send, base, headers)
+        extra: str | None = None
+        if self.key_resolver is not None:
+            extra = self.key_resolver(scope)
+            if extra is None:
+                await self.app(scope, receive, send)
+                return
+            if not isinstance(extra, str):
+                raise TypeError(f"key_resolver must return a str, not {type(extra).__name__}")
+        base, key = self._keys_for(scope, host if self.vary_on_host else None, extra)
+        await self._serve(scope, receive, send, base, key)
 
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, base: str, headers: list[tuple[str, str]]
-    ) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, base: str, key: str) -> None:
         run = _Run(self, scope, receive, send)
-        tags = self.tags_for(scope)
-        options = dict(self.options)
-        if tags:
-            options["tags"] = tags
-        text = base
+        cache = self.cache
+        options = self._options
+        keywords: dict[str, Any] = {}
+        if options is None:
+            tags = self.tags_for(scope)
+            keywords = dict(self.options, tags=tags) if tags else self.options
         expected: tuple[str, ...] = ()
         for _ in range(2):  # the plain key, then (a vary marker) the varied key
-            key = self.key_of(text)
             run.waiting = True
             try:
-                value = await self.cache.get(
-                    key, functools.partial(run.fetch, base, expected), **options
+                value = await cache.get(
+                    key, functools.partial(run.fetch, base, expected), options=options, **keywords
                 )
             except _AppFailed as failed:
                 run.waiting = False
@@ -463,29 +537,40 @@ class CacheMiddleware:
             if value is not None and value is run.produced:
                 await self._send_buffered(run, send)
                 return
+            ready: _Ready | None = self._ready.get(key, value)
+            if ready is None and not isinstance(value, _Pass):
+                stored = _http.thaw(value)
+                if stored is not None:
+                    ready = _Ready(stored)
+                    self._ready.put(key, value, ready, ready.size)
+            if ready is not None:
+                now = self.clock()
+                age = now - ready.stored_at
+                headers = ready.headers.copy()
+                headers.append((b"age", b"%d" % (age if age > 0 else 0)))
+                headers.append((b"x-cache", b"STALE" if now >= ready.expires else b"HIT"))
+                await send(
+                    {"type": "http.response.start", "status": ready.status, "headers": headers}
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"" if run.head else ready.body,
+                        "more_body": False,
+                    }
+                )
+                return
             if isinstance(value, _Pass):
                 await self._pass_through(scope, receive, send)
-                return
-            stored = _http.thaw(value)
-            if stored is not None:
-                now = self.clock()
-                x_cache = "STALE" if stored.is_stale(now) else "HIT"
-                await _send(
-                    send,
-                    stored.status,
-                    _http.hit_headers(stored, x_cache, now),
-                    stored.body,
-                    scope["method"] == "HEAD",
-                )
                 return
             names = _http.is_vary_marker(value) if not expected else None
             if names is not None:
                 expected = names
-                text = base + _http.vary_suffix(names, headers)
+                key = self.key_of(base + _http.vary_suffix(names, _request_headers(scope)))
                 continue
             if value is not None:
                 # Foreign or outdated data under the key: drop it; the next request refills.
-                await self.cache.delete(key)
+                await cache.delete(key)
             break
         await self._pass_through(scope, receive, send)
 
