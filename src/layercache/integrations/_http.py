@@ -18,12 +18,14 @@ import datetime as _dt
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from .. import CacheOptions, validate_key, validate_prefix
 
 __all__ = [
+    "Settings",
+    "check_settings",
     "CACHEABLE_STATUSES",
     "DEFAULT_MAX_BODY_SIZE",
     "BYPASS_HEADER",
@@ -600,3 +602,59 @@ def path_excluded(paths: Sequence[str], path: str) -> bool:
         if excluded == "/" or path == excluded or path.startswith(excluded + "/"):
             return True
     return False
+
+
+class Settings(NamedTuple):
+    """A response-cache middleware's options, checked once (the ASGI and aiohttp ones)."""
+
+    ttl: float
+    tags: Any
+    prefix: str
+    exclude_paths: tuple[str, ...]
+    exclude_predicate: Callable[[Any], bool] | None
+    statuses: frozenset[int]
+    max_body_size: int
+    options: dict[str, Any]
+    stable_options: CacheOptions | None
+
+
+def check_settings(
+    *,
+    ttl: Any,
+    tags: Any,
+    prefix: str,
+    exclude: Any,
+    statuses: Collection[int] | None,
+    max_body_size: Any,
+    stale_while_revalidate: Any,
+    stale_if_error: Any,
+) -> Settings:
+    """Check a middleware's options (``ValueError`` on a bad one) and build what every
+    ``cache.get`` it makes passes: the keyword options, and with static tags one
+    :class:`CacheOptions` object (see :func:`stable_options`)."""
+    checked_tags = check_tags(tags)
+    predicate: Callable[[Any], bool] | None = None
+    paths: tuple[str, ...] = ()
+    if callable(exclude):
+        predicate = exclude
+    else:
+        paths = check_exclude(exclude)
+    if isinstance(max_body_size, bool) or not isinstance(max_body_size, int):
+        raise ValueError(f"max_body_size must be an int, not {max_body_size!r}")
+    if max_body_size < 0:
+        raise ValueError("max_body_size must be >= 0")
+    options = fetch_options(
+        seconds("stale_while_revalidate", stale_while_revalidate),
+        seconds("stale_if_error", stale_if_error),
+    )
+    return Settings(
+        ttl=seconds("ttl", ttl, positive=True) or 0.0,
+        tags=checked_tags,
+        prefix=check_prefix(prefix),
+        exclude_paths=paths,
+        exclude_predicate=predicate,
+        statuses=check_statuses(statuses),
+        max_body_size=max_body_size,
+        options=options,
+        stable_options=None if callable(checked_tags) else stable_options(options, checked_tags),
+    )

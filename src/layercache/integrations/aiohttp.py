@@ -329,34 +329,31 @@ class _Settings:
         clock: Callable[[], float],
     ) -> None:
         self.cache = cache
-        self.ttl: float = _http.seconds("ttl", ttl, positive=True) or 0.0
-        self.tags = _http.check_tags(tags)
+        checked = _http.check_settings(
+            ttl=ttl,
+            tags=tags,
+            prefix=prefix,
+            exclude=exclude,
+            statuses=statuses,
+            max_body_size=max_body_size,
+            stale_while_revalidate=stale_while_revalidate,
+            stale_if_error=stale_if_error,
+        )
+        self.ttl = checked.ttl
+        self.tags = checked.tags
         self.key_resolver = key_resolver
-        self.prefix = _http.check_prefix(prefix)
-        self.exclude_paths: tuple[str, ...] = ()
-        self.exclude_predicate: Callable[[web.Request], bool] | None = None
-        if callable(exclude):
-            self.exclude_predicate = exclude
-        else:
-            self.exclude_paths = _http.check_exclude(exclude)
-        self.statuses = _http.check_statuses(statuses)
-        if isinstance(max_body_size, bool) or not isinstance(max_body_size, int):
-            raise ValueError(f"max_body_size must be an int, not {max_body_size!r}")
-        if max_body_size < 0:
-            raise ValueError("max_body_size must be >= 0")
-        self.max_body_size = max_body_size
+        self.prefix = checked.prefix
+        self.exclude_paths = checked.exclude_paths
+        self.exclude_predicate = checked.exclude_predicate
+        self.statuses = checked.statuses
+        self.max_body_size = checked.max_body_size
         self.respect_cache_control = respect_cache_control
         self.vary_on_host = vary_on_host
         self.clock = clock
-        self.options = _http.fetch_options(
-            _http.seconds("stale_while_revalidate", stale_while_revalidate),
-            _http.seconds("stale_if_error", stale_if_error),
-        )
+        self.options = checked.options
         # Built once for every cache.get (tags computed per request go as keyword options),
         # and the checked, decoded form of the responses read (see _http.ReadyMemo).
-        self.stable_options: CacheOptions | None = (
-            None if callable(self.tags) else _http.stable_options(self.options, self.tags)
-        )
+        self.stable_options: CacheOptions | None = checked.stable_options
         self.ready = _http.ReadyMemo()
 
     def excluded(self, request: web.Request) -> bool:
