@@ -20,7 +20,7 @@ from ._exceptions import (
     LayerCacheError,
     UnserializableValueError,
 )
-from ._keys import MAX_KEY_LENGTH, validate_key, validate_prefix
+from ._keys import MAX_KEY_LENGTH, key_part, validate_key, validate_prefix
 from ._metrics import (
     CacheInspectResult,
     CacheMetrics,
@@ -100,6 +100,7 @@ __all__ = [
     "SyncRedisSingleFlightCoordinator",
     "SyncRedisTagIndex",
     "UnserializableValueError",
+    "key_part",
     "validate_key",
     "validate_prefix",
 ]

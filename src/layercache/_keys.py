@@ -18,6 +18,7 @@ __all__ = [
     "MAX_PREFIX_LENGTH",
     "CallKey",
     "ReceiverKind",
+    "key_part",
     "receiver_kind",
     "render_call_key",
     "validate_key",
@@ -77,9 +78,14 @@ def validate_prefix(prefix: object, *, limit: int = MAX_KEY_LENGTH) -> str:
     return _check_text("prefix", prefix, limit)
 
 
-def _render(value: Any) -> str:
-    # Every type renders with a distinct, unambiguous shape: strings are JSON-quoted, so
-    # f("1") and f(1), or f("a:b") and f("a", "b"), can never share a key.
+def key_part(value: Any, fallback: Callable[[Any], str] | None = None) -> str:
+    """Unambiguous text of plain data for a cache key: every type renders with its own
+    shape (strings are JSON-quoted, so ``f("1")`` and ``f(1)``, or ``f("a:b")`` and
+    ``f("a", "b")``, never share a key); containers recurse, sets and mappings are sorted.
+
+    ``fallback`` renders any other value (and is used inside containers too); without it,
+    or when it raises, such a value is a ``TypeError``. Integrations build keys with this.
+    """
     if value is None or isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, enum.Enum):
@@ -98,19 +104,27 @@ def _render(value: Any) -> str:
         return f"U({value})"
     if isinstance(value, _dt.datetime | _dt.date | _dt.time):
         return f"T({value.isoformat()})"
+    if isinstance(value, _dt.timedelta):
+        return f"T({value!r})"
     if isinstance(value, tuple):
-        return "(" + ",".join(_render(v) for v in value) + ")"
+        return "(" + ",".join(key_part(v, fallback) for v in value) + ")"
     if isinstance(value, list):
-        return "[" + ",".join(_render(v) for v in value) + "]"
+        return "[" + ",".join(key_part(v, fallback) for v in value) + "]"
     if isinstance(value, frozenset | set):
-        return "s{" + ",".join(sorted(_render(v) for v in value)) + "}"
+        return "s{" + ",".join(sorted(key_part(v, fallback) for v in value)) + "}"
     if isinstance(value, Mapping):
-        items = sorted((_render(k), _render(v)) for k, v in value.items())
+        items = sorted((key_part(k, fallback), key_part(v, fallback)) for k, v in value.items())
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    if fallback is not None:
+        return fallback(value)
     raise TypeError(
         f"cannot build a cache key from an argument of type {type(value).__name__}; "
         "pass key_resolver= to wrap()"
     )
+
+
+def _render(value: Any) -> str:
+    return key_part(value)
 
 
 _NO_RECEIVER: Any = object()

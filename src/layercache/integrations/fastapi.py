@@ -65,16 +65,12 @@ hold no thread.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import decimal
-import enum
 import functools
 import hashlib
 import inspect
 import json
 import types
 import typing
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -94,6 +90,7 @@ from .. import (
     CacheStack,
     SyncCacheNamespace,
     SyncCacheStack,
+    key_part,
     validate_key,
     validate_prefix,
 )
@@ -391,35 +388,14 @@ def _tags(found: Iterable[str]) -> tuple[str, ...]:
 
 
 def _plain(value: Any) -> str:
-    """Unambiguous text of plain data (strings quoted; each type its own shape)."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, enum.Enum):
-        return f"{builtins_type(value).__name__}.{value.name}"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, bytes):
-        return "b" + json.dumps(value.hex())
-    if isinstance(value, decimal.Decimal):
-        return f"D({value})"
-    if isinstance(value, uuid.UUID):
-        return f"U({value})"
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time | _dt.timedelta):
-        text = value.isoformat() if not isinstance(value, _dt.timedelta) else repr(value)
-        return f"T({text})"
-    if isinstance(value, tuple):
-        return "(" + ",".join(_plain(v) for v in value) + ")"
-    if isinstance(value, list):
-        return "[" + ",".join(_plain(v) for v in value) + "]"
-    if isinstance(value, set | frozenset):
-        return "s{" + ",".join(sorted(_plain(v) for v in value)) + "}"
-    if isinstance(value, Mapping):
-        items = sorted((_plain(k), _plain(v)) for k, v in value.items())
-        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    """Unambiguous text of plain data: the core's :func:`layercache.key_part`, which also
+    renders, here, what has ``__cache_key__``, Pydantic models and dataclasses."""
+    return key_part(value, _rich)
+
+
+def _rich(value: Any) -> str:
+    """Values beyond the core's plain data (inside containers too); anything else is not
+    plain (left out of the key)."""
     hook = getattr(builtins_type(value), "__cache_key__", None)
     if hook is not None:
         key = hook(value)
