@@ -168,7 +168,9 @@ async def wait_past(moment: float) -> None:
 async def test_cleanup_forgets_expired_keys(backend: Backend) -> None:
     writer = backend.index(known_keys_shards=7)
     sweeper = backend.index(known_keys_shards=7)  # another instance cleans up
-    soon = time.time() + 0.2
+    # Long enough that no record made here expires (and is swept by the next record) before
+    # the seven are written: on a loaded 3-master cluster 0.2 s was not (7 expected, 2 left).
+    soon = time.time() + 1.0
     for i in range(5):
         await writer.record(f"old:{i}", ["x", f"o{i}"], expires_at=soon)
     await writer.record("new", ["x"], expires_at=time.time() + 3600)
