@@ -185,38 +185,35 @@ class CacheStack:
         types (``True`` and ``1`` differ), and for the same ``CacheOptions`` object: a call
         site passing the same options every time (``get(key, fetcher, ttl=60)``) pays for
         their validation once, not on every hit."""
-        memo: Any = None
+        key: Any = None  # what the result is remembered under (None: not remembered)
+        owner: Any = None  # the options object a remembered result belongs to (by identity)
         if kwargs:
             if options is not None:
                 raise TypeError("pass options either as keyword arguments or as options=")
-            try:
-                memo = tuple(
-                    (k, v.__class__, tuple(v) if v.__class__ is list else v)
-                    for k, v in kwargs.items()
-                )
-                hash(memo)
-            except TypeError:  # an unhashable value (a per-layer dict): not remembered
-                memo = None
+            key = tuple(
+                (k, v.__class__, tuple(v) if v.__class__ is list else v) for k, v in kwargs.items()
+            )
             options = kwargs
         elif options is None:
             return self._defaults
         elif options.__class__ is CacheOptions:
-            memo = options  # by identity (the key holds it, so its id is never reused)
-        if memo is not None:
-            known = self._memo.get(memo if memo.__class__ is tuple else id(memo))
-            if known is not None and (memo.__class__ is tuple or known[0] is memo):
-                return known[1]
+            key, owner = id(options), options  # the entry holds it: its id is never reused
+        if key is not None:
+            try:
+                known = self._memo.get(key)
+            except TypeError:  # an unhashable value (a per-layer dict): not remembered
+                key = None
+            else:
+                if known is not None and known[0] is owner:
+                    return known[1]
         coerced = coerce_options(options)
         if coerced is not None:
             self._check_layer_names(coerced)
         merged = merge_options(self._defaults, coerced)
-        if memo is not None:
+        if key is not None:
             if len(self._memo) >= _OPTIONS_MEMO:
                 self._memo.clear()  # a forgotten entry only costs its validation again
-            if memo.__class__ is tuple:
-                self._memo[memo] = (None, merged)
-            else:
-                self._memo[id(memo)] = (memo, merged)
+            self._memo[key] = (owner, merged)
         return merged
 
     def _check_layer_names(self, options: CacheOptions) -> None:

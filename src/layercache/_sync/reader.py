@@ -94,6 +94,7 @@ class Reader:
         self._clock = clock
         first = layers.adapters[0]
         self._l1: Callable[[str, float], Entry | None] | None = first.lookup
+        self._l1_counters = telemetry.metrics.layers[first.name]
 
     def read_through(
         self,
@@ -118,7 +119,7 @@ class Reader:
         telemetry = self._telemetry
         metrics = telemetry.metrics
         if start == 1:
-            metrics.layers[self._layers.adapters[0].name].misses += 1
+            self._l1_counters.misses += 1
         if self._loader.stampede_prevention:
             role, running = self._flights.join_read(key, fetcher is not None)
             if role == JOIN_FETCH:
