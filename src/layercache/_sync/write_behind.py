@@ -153,9 +153,14 @@ class WriteBehindQueue:
                     self._inflight = {}
 
     def flush_all(self) -> None:
-        """Flush every pending operation now, in batches, in queue order."""
-        while self._pending:
-            self._flush_some(self.batch_size)
+        """Flush every pending operation now, in batches, in queue order, and wait for a batch
+        the flusher is writing: when it fails it is queued again, and flushed here."""
+        while self._pending or self._inflight:
+            if self._pending:
+                self._flush_some(self.batch_size)
+            else:
+                with self._flushing:  # the flusher's batch has landed or is back
+                    pass
 
     def close(self) -> None:
         """Flush everything and stop the flusher (a failed flush raises)."""
