@@ -22,14 +22,19 @@ from ._exceptions import (
 )
 from ._keys import MAX_KEY_LENGTH, key_part, validate_key, validate_prefix
 from ._metrics import (
+    LATENCY_BUCKETS,
+    BusStatus,
     CacheInspectResult,
     CacheMetrics,
     CacheStats,
+    DegradationEvent,
     HitRate,
     LatencySummary,
     LayerHealth,
     LayerMetrics,
     LayerStatus,
+    OperationLatency,
+    SingleFlightStatus,
 )
 from ._options import (
     AdaptiveTtl,
@@ -41,7 +46,7 @@ from ._options import (
 )
 from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._tag_index import InMemoryTagIndex
-from ._types import CacheLayer, InvalidationMessage
+from ._types import CacheLayer, InvalidationMessage, OperationTracer
 from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
@@ -57,7 +62,9 @@ if TYPE_CHECKING:
     from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer
 
 __all__ = [
+    "LATENCY_BUCKETS",
     "AdaptiveTtl",
+    "BusStatus",
     "CacheEntry",
     "CacheEntryRequest",
     "CacheInspectResult",
@@ -71,6 +78,7 @@ __all__ = [
     "CacheStats",
     "CircuitBreaker",
     "CircuitOpenError",
+    "DegradationEvent",
     "DiskLayer",
     "Entry",
     "FetchTimeoutError",
@@ -87,12 +95,15 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MemoryLayer",
     "MsgpackSerializer",
+    "OperationLatency",
+    "OperationTracer",
     "PickleSerializer",
     "RateLimit",
     "RedisInvalidationBus",
     "RedisLayer",
     "RedisSingleFlightCoordinator",
     "RedisTagIndex",
+    "SingleFlightStatus",
     "SyncCacheNamespace",
     "SyncCacheStack",
     "SyncRedisInvalidationBus",

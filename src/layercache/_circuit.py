@@ -117,23 +117,26 @@ class CircuitRegistry:
             state.probe_deadline = now + self._probe_lease
             return "probe"
 
-    def record_success(self, key: str) -> None:
+    def record_success(self, key: str) -> bool:
         """A fetch of ``key`` succeeded: the circuit closes and its state is dropped.
 
         Any success closes it, including that of a fetch started before the circuit opened:
-        the fetcher demonstrably works.
+        the fetcher demonstrably works. Returns whether a tripped circuit closed.
         """
         with self._lock:
             if self._tripped.pop(key, None) is None:
                 self._counting.pop(key, None)
+                return False
+            return True
 
-    def record_failure(self, key: str, options: CircuitBreaker) -> None:
+    def record_failure(self, key: str, options: CircuitBreaker) -> bool:
         """A fetch of ``key`` failed (raised or timed out).
 
         Closed: one more consecutive failure; at ``options.failure_threshold`` the circuit
         opens for ``options.cooldown``. Half-open (a probe failed, or the cooldown is over):
         it re-opens for another cooldown. Open: counted, the cooldown is not extended (the
-        failure is from a fetch that started before the circuit opened).
+        failure is from a fetch that started before the circuit opened). Returns whether a
+        closed circuit opened.
         """
         cooldown = options.cooldown_seconds
         with self._lock:
@@ -145,10 +148,11 @@ class CircuitRegistry:
                 if state.probe_deadline is not None or now >= state.open_until:
                     state.open_until = now + cooldown
                     state.probe_deadline = None
-                return
+                return False
             state = self._counting.pop(key, None)
             failures = 1 if state is None else state.failures + 1
-            if failures >= options.failure_threshold:
+            opened = failures >= options.failure_threshold
+            if opened:
                 self._tripped[key] = _State(failures, now + cooldown)
             elif state is None:
                 self._counting[key] = _State(failures)
@@ -156,6 +160,7 @@ class CircuitRegistry:
                 state.failures = failures
                 self._counting[key] = state  # re-inserted at the most recent end
             self._evict(key)
+            return opened
 
     def release_probe(self, key: str) -> None:
         """The probe of ``key`` ended without an outcome (its caller was cancelled, or it was

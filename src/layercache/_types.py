@@ -15,7 +15,8 @@ returns ``None`` on a miss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidationMessage",
     "LayerItem",
     "MaybeAwaitable",
+    "OperationTracer",
     "ReportsErrors",
     "SyncClosable",
     "SingleFlightCoordinator",
@@ -217,4 +219,49 @@ class SyncClosable(Protocol):
 
     def close(self) -> MaybeAwaitable:
         """Release the component's resources."""
+        ...
+
+
+@runtime_checkable
+class OperationTracer(Protocol):
+    """What a stack tells a tracer (``CacheStack.set_tracer``): the seam the OpenTelemetry
+    integration plugs into, open to any other tracing system.
+
+    Context managers may span awaits (the same task) or blocking calls (the same thread);
+    exceptions propagate through them. With no tracer set, each point costs the stack one
+    attribute test.
+    """
+
+    def operation(self, name: str, key: str | None) -> AbstractContextManager[Any]:
+        """Around a public operation that goes beyond L1: ``"cache.get"`` (an L1 miss or a
+        stale L1 value), ``"cache.get_many"``, ``"cache.set"``, ``"cache.set_many"``,
+        ``"cache.delete"``, ``"cache.clear"``, ``"cache.invalidate"``,
+        ``"cache.bump_generation"``. ``key``: the stored form of a single key, else ``None``."""
+        ...
+
+    def layer_call(self, layer: str, operation: str) -> AbstractContextManager[Any]:
+        """Around one call to a non-local layer (``"get"``, ``"get_many"``, ``"set"``,
+        ``"set_many"``, ``"delete"``, ``"delete_many"``, ``"clear"``...)."""
+        ...
+
+    def fetch(self, key: str) -> AbstractContextManager[Any]:
+        """Around one origin fetch (inside ``"cache.get"``, or alone for a background
+        refresh)."""
+        ...
+
+    def l1_hit(self, key: str, layer: str) -> None:
+        """A ``get`` answered by the first, in-process layer; no operation was opened. The
+        hot path: it must cost well under a microsecond when nothing records."""
+        ...
+
+    def outcome(self, result: str, layer: str | None) -> None:
+        """The result of the current read below L1: ``"hit"`` (``layer``: where),
+        ``"miss"`` (``None``) or ``"stale"`` (``layer``: where the stale value came from)."""
+        ...
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        """Something that happened during the current operation: ``"stale_serve"``
+        ``{key, state, layer}``, ``"stampede_dedupe"`` ``{key}``, ``"degraded"``
+        ``{layer, operation, error, retry_after}``, ``"recovered"`` ``{layer}``,
+        ``"circuit_open"`` / ``"circuit_closed"`` ``{key}``."""
         ...

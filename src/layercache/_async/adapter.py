@@ -7,6 +7,7 @@ Optional methods are looked up here and nowhere else, so the hot path never call
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -23,12 +24,17 @@ from .._primitives.aio import (
     pause,
     stack_layer,
 )
+from .._telemetry import Telemetry
 from .recovery import Backlog
 
 __all__ = ["MAX_MISSED", "LayerAdapter"]
 
 # Writes and invalidations a degraded layer may miss (in keys) before it is fenced.
 MAX_MISSED = 10_000
+
+
+# Reads are timed and traced by the reader (its fast path calls the layer directly).
+_TIMED_BY_READER = frozenset({"get", "get_many"})
 
 
 def _missed_weight(item: tuple[str, Any]) -> int:
@@ -128,6 +134,10 @@ class LayerAdapter:
         # Keys a fetch refilled while the layer was away, oldest first (bounded by the layer
         # set; not changes: dropped on recovery, forgotten on overflow, never a fence).
         self.refills: OrderedDict[str, None] = OrderedDict()
+        # When the current outage began (the stack's clock; set by the layer set).
+        self.degraded_since: float | None = None
+        # Where calls are timed and traced (set by the layer set).
+        self.telemetry: Telemetry | None = None
         # The layer's own eviction counter (the memory layer's bound), read by get_metrics().
         self.counts_evictions = hasattr(layer, "evictions")
         # Where the layer reports unreadable stored values: a handler of this stack's, added
@@ -156,7 +166,21 @@ class LayerAdapter:
         return self.backlog.down_until
 
     async def call(self, operation: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Run ``fn`` and translate driver failures into ``CacheLayerError``."""
+        """Run ``fn`` and translate driver failures into ``CacheLayerError``; timed (and
+        traced, for a remote layer) unless the reader times it."""
+        telemetry = self.telemetry
+        if telemetry is None or operation in _TIMED_BY_READER:
+            return await self._call(operation, fn, args)
+        began = time.perf_counter()
+        try:
+            with telemetry.layer_call(self.name, operation, not self.is_local):
+                return await self._call(operation, fn, args)
+        finally:
+            telemetry.observe(self.name, time.perf_counter() - began, operation)
+
+    async def _call(
+        self, operation: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+    ) -> Any:
         try:
             return await fn(*args)
         except (LayerCacheError, UnserializableValueError):

@@ -10,6 +10,7 @@ announcer; nothing calls it but the stack.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -83,7 +84,11 @@ class BusLink:
                 # announced meanwhile is lost, as after a reconnect. The local copies go
                 # first; concurrent callers do not wait for the subscription (as on the first
                 # start), and a drop after it would void the fetches they started meanwhile.
-                self._telemetry.logger.info("layercache: bus subscriber moves to a new loop")
+                self._telemetry.log(
+                    logging.INFO,
+                    "layercache: bus subscriber moves to a new loop",
+                    operation="bus.start",
+                )
                 await self._layers.run("bus.restart", self._layers.local, lambda a: a.clear())
             await self.bus.start(self._on_message, self._on_reconnect, self._on_error)
             if self.generation is not None and self._store is not None:
@@ -102,6 +107,7 @@ class BusLink:
 
     async def _on_message(self, message: InvalidationMessage) -> None:
         """Another instance changed something: drop it from this instance's local layers."""
+        self._telemetry.metrics.bus_received += 1
         try:
             await self._apply(message)
         except Exception as exc:  # never let one message break the subscriber
@@ -159,8 +165,10 @@ class BusLink:
 
     async def _on_reconnect(self) -> None:
         """The subscriber was cut off and may have missed invalidations: drop local data."""
-        self._telemetry.logger.warning(
-            "layercache: invalidation bus reconnected; dropping local layers"
+        self._telemetry.log(
+            logging.WARNING,
+            "layercache: invalidation bus reconnected; dropping local layers",
+            operation="bus.reconnect",
         )
         # The local copies go first: nothing that fails later (a flush of kept announcements
         # to a bus that dropped again) may leave them serving values changed elsewhere.
@@ -171,7 +179,10 @@ class BusLink:
             await self._announcer.flush()
 
     def _on_error(self, error: BaseException, context: dict[str, Any]) -> None:
-        self._telemetry.report(error, **{"operation": "bus", **context})
+        context = {"operation": "bus", **context}
+        if context["operation"] == "bus.receive":
+            self._telemetry.metrics.bus_rejected += 1  # a message dropped unapplied
+        self._telemetry.report(error, **context)
 
     # ------------------------------------------------------------------ generations
 

@@ -75,6 +75,8 @@ class LayerSet:
             adapter.report_to(functools.partial(telemetry.layer_error, adapter.name))
             for adapter in self.adapters
         ]
+        for adapter in self.adapters:
+            adapter.telemetry = telemetry
 
     # ------------------------------------------------------------------ fan-out
 
@@ -172,7 +174,10 @@ class LayerSet:
             first = backlog.down_until is None
             backlog.down_until = until
         if first:
-            self._telemetry.degraded(adapter.name, operation, error, self.retry_after)
+            adapter.degraded_since = until - self.retry_after
+            self._telemetry.degraded(
+                adapter.name, operation, error, self.retry_after, adapter.degraded_since
+            )
         self._telemetry.report(error, layer=adapter.name, operation=operation, degraded_until=until)
 
     def remember(self, adapter: LayerAdapter, missed: Item) -> None:
@@ -242,7 +247,8 @@ class LayerSet:
             return False
         finally:
             backlog.release(claim)
-        self._telemetry.recovered(adapter.name)
+        adapter.degraded_since = None
+        self._telemetry.recovered(adapter.name, self._clock())
         if replayed and not adapter.is_local:
             # The other instances heard of these changes when they were made (or when kept
             # announcements were flushed), possibly before this shared layer had them: a peer
@@ -305,7 +311,16 @@ class LayerSet:
 
     def status(self) -> list[LayerStatus]:
         """Every layer's name, locality and degradation."""
-        return [LayerStatus(a.name, a.is_local, a.backlog.down_until) for a in self.adapters]
+        return [
+            LayerStatus(
+                a.name,
+                a.is_local,
+                a.backlog.down_until,
+                a.degraded_since if a.backlog.down_until is not None else None,
+                a.backlog.size,
+            )
+            for a in self.adapters
+        ]
 
     def evictions(self) -> int:
         """Evictions the layers report (the memory layer's bound)."""

@@ -281,17 +281,18 @@ class Reader:
                 continue
             began = time.perf_counter()
             try:
-                if behind is not None and not adapter.is_local:
-                    queued, raw = writer.queued(adapter, key)
-                    if not queued:
+                with telemetry.layer_call(adapter.name, "get", not adapter.is_local):
+                    if behind is not None and not adapter.is_local:
+                        queued, raw = writer.queued(adapter, key)
+                        if not queued:
+                            raw = await adapter.read(key)
+                    elif adapter.read_leased is not None:
+                        raw, lease = await adapter.read_leased(key)
+                        if leases is None:
+                            leases = {}
+                        leases[index] = lease
+                    else:
                         raw = await adapter.read(key)
-                elif adapter.read_leased is not None:
-                    raw, lease = await adapter.read_leased(key)
-                    if leases is None:
-                        leases = {}
-                    leases[index] = lease
-                else:
-                    raw = await adapter.read(key)
             except CacheLayerError as exc:
                 if layers.retry_after is None:
                     raise
@@ -392,7 +393,8 @@ class Reader:
             keys = [requests[i][0] for i in pending]
             began = time.perf_counter()
             try:
-                raws = await adapter.get_many(keys)
+                with telemetry.layer_call(adapter.name, "get_many", not adapter.is_local):
+                    raws = await adapter.get_many(keys)
             except CacheLayerError as exc:
                 if layers.retry_after is None:
                     raise
@@ -403,7 +405,7 @@ class Reader:
                     queued, raw = writer.queued(adapter, key)
                     if queued:
                         raws[position] = raw
-            telemetry.observe(adapter.name, time.perf_counter() - began)
+            telemetry.observe(adapter.name, time.perf_counter() - began, "get_many")
             now = self._clock()
             still: list[int] = []
             fills: list[tuple[str, Entry]] = []

@@ -83,13 +83,19 @@ class Announcer:
             return
         for position, message in enumerate(messages):
             try:
-                bus.publish(message)
+                self._publish(message)
             except LayerCacheError as exc:
                 self._telemetry.report(exc, operation="bus.publish")
                 if self._retry_after is None:
                     raise
                 self._keep(messages[position:])
                 return
+
+    def _publish(self, message: InvalidationMessage) -> None:
+        """Publish one message (counted once sent)."""
+        assert self.bus is not None
+        self.bus.publish(message)
+        self._telemetry.metrics.bus_sent += 1
 
     def announce_all(self, changes: Iterable[Change]) -> None:
         """:meth:`announce` each change, in order."""
@@ -134,15 +140,13 @@ class Announcer:
             backlog.release(claim)
 
     def _send(self, scope: str, operation: str) -> list[Any]:
-        assert self.bus is not None
-        self.bus.publish(self._message(scope, operation, (), "any"))
+        self._publish(self._message(scope, operation, (), "any"))
         return []
 
     def _resend(self, batch: list[Item]) -> list[Any]:
-        assert self.bus is not None
         message = batch[0][1]
         try:
-            self.bus.publish(
+            self._publish(
                 InvalidationMessage(
                     source_id=message.source_id,
                     scope=message.scope,

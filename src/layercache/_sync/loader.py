@@ -21,6 +21,7 @@ from typing import Any
 
 from .._circuit import CircuitRegistry
 from .._entry import Entry
+from .._metrics import SingleFlightStatus
 from .._exceptions import (
     CacheLayerError,
     CircuitOpenError,
@@ -110,6 +111,8 @@ class Loader:
         # Threads this stack owns in the thread twin (timed fetches, background refreshes).
         self.workers = workers
         self.background = 0
+        # Origin fetches running now (foreground and background).
+        self.in_flight = 0
         self.closed = False
         # Sliding TTL: when each layer last had the key extended (bounded).
         self._extended: OrderedDict[str, dict[str, float]] = OrderedDict()
@@ -147,8 +150,7 @@ class Loader:
         else:
             running, flight = self._flights.join_fetch(key, opts.tags or ())
         if running is not None and running.future is not None:
-            self._telemetry.metrics.stampede_dedupes += 1
-            self._telemetry.emit("stampede_dedupe", {"key": key})
+            self._telemetry.dedupe(key)
             return self._wait(running.future, soft)
 
         future = flight.future
@@ -246,35 +248,41 @@ class Loader:
             raise CircuitOpenError(key)
         if self._layers.leased:
             self._take_leases(key, flight)
-        self._telemetry.metrics.fetches += 1
-        self._telemetry.logger.debug("layercache: fetching %s", key)
+        telemetry = self._telemetry
+        telemetry.metrics.fetches += 1
+        self._count_in_flight(1)
+        began = time.perf_counter()
         try:
-            value = self._call_fetcher(
-                key, fetcher, opts.fetch_timeout, opts.fetcher_rate_limit or None
-            )
+            with telemetry.fetch(key):
+                value = self._call_fetcher(
+                    key, fetcher, opts.fetch_timeout, opts.fetcher_rate_limit or None
+                )
         except FetcherQueueFullError:
             # Local overload says nothing about the origin: not a circuit failure.
             if decision == "probe":
                 circuits.release_probe(key)
             raise
         except Exception:
-            if breaker is not None:
-                circuits.record_failure(key, breaker)
+            if breaker is not None and circuits.record_failure(key, breaker):
+                telemetry.circuit(key, "open")
             raise
         except BaseException:
             # Cancelled (or interrupted): not the origin's fault; free the probe slot.
             if decision == "probe":
                 circuits.release_probe(key)
             raise
-        if breaker is not None:
-            circuits.record_success(key)
+        finally:
+            self._count_in_flight(-1)
+            telemetry.fetched(key, time.perf_counter() - began)
+        if breaker is not None and circuits.record_success(key):
+            telemetry.circuit(key, "closed")
         if value is None and not opts.negative_cache:
             return None
         if opts.should_cache is not None and not opts.should_cache(value):
             return value
         if flight.invalidated:
-            self._telemetry.logger.debug(
-                "layercache: %s invalidated during its fetch; not stored", key
+            telemetry.debug(
+                "layercache: invalidated during its fetch; not stored", operation="fetch", key=key
             )
             return value
         self._writer.store(key, value, opts, flight)
@@ -304,6 +312,20 @@ class Loader:
             leases[adapter.index] = lease
 
     # ------------------------------------------------------------------ background refresh
+
+    def single_flight_status(self) -> SingleFlightStatus:
+        """Fetches in flight here, and the coordinator's counters (when it keeps any)."""
+        coordinator = self._coordinator
+        counts = getattr(coordinator, "stats", None) if coordinator is not None else None
+        fields = ("acquired", "waits", "takeovers", "timeouts", "shared_hits", "degraded")
+        values = {name: int(getattr(counts, name, 0) or 0) for name in fields}
+        return SingleFlightStatus(
+            in_flight=self.in_flight, distributed=coordinator is not None, **values
+        )
+
+    def _count_in_flight(self, change: int) -> None:
+        with self._lock:
+            self.in_flight += change
 
     def _count_background(self, change: int) -> None:
         with self._lock:
@@ -349,8 +371,8 @@ class Loader:
             value = self._fetch_and_store(key, fetcher, opts, flight)
         except Exception as exc:
             # A background refresh never surfaces to callers; the stale value stays served.
-            self._telemetry.logger.debug(
-                "layercache: background refresh of %s failed: %r", key, exc
+            self._telemetry.debug(
+                "layercache: background refresh failed: %r", exc, operation="refresh", key=key
             )
             raise
         self._telemetry.metrics.refreshes += 1

@@ -33,7 +33,14 @@ from .._keys import (
 )
 from .._keys import validate_pattern as _validate_pattern
 from .._keys import validate_prefix as _validate_prefix
-from .._metrics import CacheInspectResult, CacheMetrics, CacheStats, HitRate, LayerHealth
+from .._metrics import (
+    BusStatus,
+    CacheInspectResult,
+    CacheMetrics,
+    CacheStats,
+    HitRate,
+    LayerHealth,
+)
 from .._options import (
     AdaptiveTtl,
     CacheEntry,
@@ -44,7 +51,7 @@ from .._options import (
 )
 from .._primitives.threads import wait_launched
 from .._typed import converter_for
-from .._types import InvalidationBus, SingleFlightCoordinator
+from .._types import InvalidationBus, OperationTracer, SingleFlightCoordinator
 from .assembly import assemble
 from .flights import Flight, among
 from .namespace import ANNOTATION, SyncCacheNamespace, cached_decorator
@@ -79,7 +86,9 @@ class SyncCacheStack:
 
     Args:
         layers: The layers, fastest first (e.g. ``[MemoryLayer(), RedisLayer(url=...)]``).
-        logger: Logger for debug lines about layer decisions.
+        logger: Logger for debug lines about layer decisions and one line per degradation,
+            recovery and circuit change (``True``: ``logging.getLogger("layercache")``, the
+            default; ``False``: silent). Lines carry structured ``extra`` fields.
         metrics: Collect counters and per-layer latency.
         stampede_prevention: Share one in-flight fetch among concurrent callers of a key.
         negative_caching: Stack default of ``negative_cache`` (cache ``None`` results).
@@ -106,7 +115,7 @@ class SyncCacheStack:
         self,
         layers: Sequence[Any],
         *,
-        logger: logging.Logger | None = None,
+        logger: logging.Logger | bool | None = None,
         metrics: bool = True,
         stampede_prevention: bool = True,
         negative_caching: bool = False,
@@ -338,14 +347,17 @@ class SyncCacheStack:
                     self._l1_counters.hits += 1
                     if "hit" in self._events.active:
                         self._events.emit("hit", {"key": key, "layer": self._l1_name})
+                    if self._telemetry.tracer is not None:
+                        self._telemetry.tracer.l1_hit(key, self._l1_name)
                     if opts.has_hit_work:
                         self._loader.after_hit(key, entry, fetcher, opts, now, 0)
                     return entry.value
                 stale = (entry, self._l1_name)
         self._open()
-        value = self._reader.read_through(
-            key, fetcher, opts, 1 if l1 is not None else 0, stale, convert=convert
-        )
+        with self._telemetry.operation("cache.get", key):
+            value = self._reader.read_through(
+                key, fetcher, opts, 1 if l1 is not None else 0, stale, convert=convert
+            )
         return None if value is MISS else value
 
     @overload
@@ -410,7 +422,8 @@ class SyncCacheStack:
             if fetcher is not None and not callable(fetcher):
                 raise ValueError(f"get_many fetchers must be callable, not {fetcher!r}")
         self._open()
-        results = self._reader.read_many(requests)
+        with self._telemetry.operation("cache.get_many", None):
+            results = self._reader.read_many(requests)
         return [None if r is MISS else r for r in results]
 
     def has(self, key: str) -> bool:
@@ -472,10 +485,11 @@ class SyncCacheStack:
         key = self._render(validate_key(key))
         opts = self._options(options, kwargs)
         self._open()
-        # An explicit write is newer than a running fetch or read of the key.
-        with self._flights.changing(lambda k, _: k == key, (key,)):
-            self._writer.store(key, value, opts, None)
-        self._announcer.announce("keys", "set", (key,))
+        with self._telemetry.operation("cache.set", key):
+            # An explicit write is newer than a running fetch or read of the key.
+            with self._flights.changing(lambda k, _: k == key, (key,)):
+                self._writer.store(key, value, opts, None)
+            self._announcer.announce("keys", "set", (key,))
 
     def set_many(self, entries: Iterable[SetEntry]) -> None:
         """Store several values; one bulk write per layer."""
@@ -493,9 +507,10 @@ class SyncCacheStack:
         if not items:
             return
         written = {key for key, _, _ in items}
-        with self._flights.changing(among(written), written):
-            self._writer.store_many(items)
-        self._announcer.announce("keys", "set", [key for key, _, _ in items])
+        with self._telemetry.operation("cache.set_many", None):
+            with self._flights.changing(among(written), written):
+                self._writer.store_many(items)
+            self._announcer.announce("keys", "set", [key for key, _, _ in items])
 
     def delete(self, key: str) -> None:
         """Remove ``key`` from every layer; a fetch of it in flight will not be stored."""
@@ -508,9 +523,10 @@ class SyncCacheStack:
         self._open()
         if not unique:
             return
-        with self._flights.changing(among(unique), unique):
-            self._writer.delete(unique)
-        self._announcer.announce("keys", "delete", unique)
+        with self._telemetry.operation("cache.delete", unique[0] if len(unique) == 1 else None):
+            with self._flights.changing(among(unique), unique):
+                self._writer.delete(unique)
+            self._announcer.announce("keys", "delete", unique)
         if self._telemetry.wants("delete"):
             for key in unique:
                 self._telemetry.emit("delete", {"key": key})
@@ -518,9 +534,10 @@ class SyncCacheStack:
     def clear(self) -> None:
         """Remove every key from every layer (each layer clears only what it owns)."""
         self._open()
-        with self._flights.changing_all():
-            self._writer.clear()
-        self._announcer.announce("clear", "clear", ())
+        with self._telemetry.operation("cache.clear", None):
+            with self._flights.changing_all():
+                self._writer.clear()
+            self._announcer.announce("clear", "clear", ())
 
     def invalidate_by_tag(self, tag: str) -> int:
         """Delete every key stored with ``tag``; returns how many keys were known."""
@@ -545,14 +562,15 @@ class SyncCacheStack:
                 return tag_set.issubset(flight.tags)
             return not tag_set.isdisjoint(flight.tags)
 
-        # The change begins before the index is asked which keys carry the tags: a fetch
-        # that stores and records its tags in between would be neither in the answer nor
-        # still in flight to be marked, and its value would outlive the invalidation.
-        with self._flights.changing(tagged):
-            keys = self._writer.invalidate_tags(wanted, mode)
-        self._announcer.announce("tags", "invalidate", wanted, mode)
-        if keys:
-            self._announcer.announce("keys", "invalidate", keys)
+        with self._telemetry.operation("cache.invalidate", None):
+            # The change begins before the index is asked which keys carry the tags: a fetch
+            # that stores and records its tags in between would be neither in the answer nor
+            # still in flight to be marked, and its value would outlive the invalidation.
+            with self._flights.changing(tagged):
+                keys = self._writer.invalidate_tags(wanted, mode)
+            self._announcer.announce("tags", "invalidate", wanted, mode)
+            if keys:
+                self._announcer.announce("keys", "invalidate", keys)
         return len(keys)
 
     def invalidate_by_pattern(self, pattern: str) -> int:
@@ -566,9 +584,10 @@ class SyncCacheStack:
             pattern = escape_glob(f"v{generation}:") + pattern
         glob = compile_glob(pattern)
         self._open()
-        with self._flights.changing(lambda k, _: glob.matches(k)):
-            removed = self._writer.invalidate_pattern(pattern)
-        self._announcer.announce("pattern", "invalidate", (pattern,))
+        with self._telemetry.operation("cache.invalidate", None):
+            with self._flights.changing(lambda k, _: glob.matches(k)):
+                removed = self._writer.invalidate_pattern(pattern)
+            self._announcer.announce("pattern", "invalidate", (pattern,))
         return removed
 
     def invalidate_by_prefix(self, prefix: str) -> int:
@@ -590,7 +609,8 @@ class SyncCacheStack:
         generation's keys in the background in batches.
         """
         self._open()
-        return self._link.bump()
+        with self._telemetry.operation("cache.bump_generation", None):
+            return self._link.bump()
 
     # ------------------------------------------------------------------ wrap, namespace
 
@@ -688,12 +708,45 @@ class SyncCacheStack:
         self._evictions_base = self._layers.evictions()
 
     def get_stats(self) -> CacheStats:
-        """Metrics plus the status of every layer."""
+        """Metrics plus the status of every layer, work in flight, the bus, single-flight,
+        the tag index's size (when it can tell without I/O), open circuits and the recent
+        degradations. No I/O: cheap enough for a scrape every second."""
+        loader = self._loader
+        bus = None
+        metrics = self.get_metrics()
+        if self._link.bus is not None:
+            bus = BusStatus(
+                subscribed=self._link.started,
+                pending_announcements=self._announcer.pending(),
+                sent=metrics.bus_sent,
+                received=metrics.bus_received,
+                rejected=metrics.bus_rejected,
+            )
         return CacheStats(
-            metrics=self.get_metrics(),
+            metrics=metrics,
             layers=self._layers.status(),
-            background_refreshes=self._loader.background,
+            background_refreshes=loader.background,
+            in_flight_fetches=loader.in_flight,
+            bus=bus,
+            single_flight=loader.single_flight_status(),
+            tag_index_keys=self._tag_index.size(),
+            open_circuits=loader.circuits.open_keys(),
+            degradations=self._telemetry.degradations(),
         )
+
+    @property
+    def tracer(self) -> OperationTracer | None:
+        """The tracer this stack reports its operations to (``None``: none)."""
+        return self._telemetry.tracer
+
+    def set_tracer(self, tracer: OperationTracer | None) -> OperationTracer | None:
+        """Report operations to ``tracer`` from now on (``None``: stop); returns the previous
+        one. The seam of ``layercache.integrations.opentelemetry.instrument``."""
+        if tracer is not None and not isinstance(tracer, OperationTracer):
+            raise TypeError(f"tracer must implement layercache.OperationTracer, not {tracer!r}")
+        previous = self._telemetry.tracer
+        self._telemetry.tracer = tracer
+        return previous
 
     def get_hit_rate(self) -> HitRate:
         """Overall and per-layer hit rates."""

@@ -67,6 +67,15 @@ class TagIndexAdapter:
             evicted.extend(self.record(key, tags, expires_at) or ())
         return evicted
 
+    def size(self) -> int | None:
+        """Keys in an in-process index; ``None`` for one that cannot tell without I/O."""
+        if self.is_shared:
+            return None
+        try:
+            return len(self.index)
+        except TypeError:
+            return None
+
     def probe(self) -> None:
         """One cheap call that fails while the index is out of reach."""
         if self._tags_of is not None:

@@ -157,10 +157,12 @@ class Writer:
             "set", targets, write, succeeded_elsewhere=len(targets) < len(writes)
         )
         if refused:
-            self._telemetry.logger.debug(
-                "layercache: %s changed in %s during its fetch; the fetched value is not stored",
-                key,
+            self._telemetry.debug(
+                "layercache: the key changed in %s during its fetch; the fetched value is not "
+                "stored",
                 ", ".join(refused),
+                operation="set",
+                key=key,
             )
             return False
         return True
