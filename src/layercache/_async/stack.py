@@ -184,6 +184,7 @@ class CacheStack:
         self._metrics_enabled = metrics
         self._l1_counters = telemetry.metrics.layers[first.name]
         self._events = telemetry.events
+        self._tracer: OperationTracer | None = None  # the L1 path's copy of telemetry.tracer
 
     # ------------------------------------------------------------------ helpers
 
@@ -351,8 +352,8 @@ class CacheStack:
                     self._l1_counters.hits += 1
                     if "hit" in self._events.active:
                         self._events.emit("hit", {"key": key, "layer": self._l1_name})
-                    if self._telemetry.tracer is not None:
-                        self._telemetry.tracer.l1_hit(key, self._l1_name)
+                    if self._tracer is not None:
+                        self._tracer.l1_hit(key, self._l1_name)
                     if opts.has_hit_work:
                         await self._loader.after_hit(key, entry, fetcher, opts, now, 0)
                     return entry.value
@@ -762,7 +763,7 @@ class CacheStack:
         if tracer is not None and not isinstance(tracer, OperationTracer):
             raise TypeError(f"tracer must implement layercache.OperationTracer, not {tracer!r}")
         previous = self._telemetry.tracer
-        self._telemetry.tracer = tracer
+        self._telemetry.tracer = self._tracer = tracer
         return previous
 
     def get_hit_rate(self) -> HitRate:
