@@ -10,6 +10,7 @@ providers of this test process are never set.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import subprocess
 import sys
@@ -535,6 +536,27 @@ async def test_two_stacks_on_one_meter_need_names(otel: Otel) -> None:
     assert misses == {"default": 0, "second": 1}
     await first.aclose()
     await second.aclose()
+
+
+async def test_a_dropped_stack_leaves_the_metrics(otel: Otel) -> None:
+    cache = CacheStack([MemoryLayer(ttl=60)])
+    handle = instrument(cache, otel.provider, otel.meters)
+    await cache.get("k")
+    assert otel.metrics()["cache.misses"] == [({"cache.stack": "default"}, 1)]
+    await cache.aclose()
+    del cache
+    gc.collect()
+    assert handle.cache is None  # the instrumentation did not keep the stack alive
+    assert otel.metrics().get("cache.misses", []) == []
+    # Its name is free again.
+    other = CacheStack([MemoryLayer(ttl=60)])
+    instrument(other, otel.provider, otel.meters)
+    await other.aclose()
+
+
+def test_instrument_refuses_what_is_not_a_stack(otel: Otel) -> None:
+    with pytest.raises(TypeError, match="CacheStack"):
+        instrument(object(), otel.provider, otel.meters)
 
 
 # -- metrics ----------------------------------------------------------------------------------
