@@ -341,7 +341,9 @@ def _collect(stacks: Iterable[tuple[str, _HasStats]], *, describe: bool = False)
             stats = cache.get_stats()
         except Exception:
             # One broken stack must not fail the whole scrape (a 500 loses every metric).
-            _log.warning("get_stats() failed for stack %r; skipped in this scrape", name)
+            _log.warning(
+                "get_stats() failed for stack %r; skipped in this scrape", name, exc_info=True
+            )
             continue
         samples.add(name, stats)
     return [f for f in families.all() if describe or f.samples]

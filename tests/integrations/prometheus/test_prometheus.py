@@ -529,6 +529,32 @@ def test_a_dropped_stack_is_not_kept_alive(registry: CollectorRegistry) -> None:
     fresh.close()
 
 
+class BrokenStatsStack(SyncCacheStack):
+    """A real stack whose get_stats() fails (fault injection for the scrape)."""
+
+    def get_stats(self) -> CacheStats:
+        raise RuntimeError("stats unavailable")
+
+
+def test_a_failing_stack_is_left_out_of_the_scrape_not_the_others(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = SyncCacheStack([MemoryLayer(ttl=60)])
+    broken = BrokenStatsStack([MemoryLayer(ttl=60)])
+    try:
+        PrometheusCollector(good, stack="good", registry=registry)
+        PrometheusCollector(broken, stack="broken", registry=registry)
+        good.get("k", lambda: 1)
+        with caplog.at_level("WARNING", logger="layercache.prometheus"):
+            _, samples = scrape(registry)
+        assert_matches(samples, "good", good.get_stats())
+        assert not [lab for _, lab in samples if ("stack", "broken") in lab]
+        assert any("'broken'" in r.getMessage() for r in caplog.records)
+    finally:
+        good.close()
+        broken.close()
+
+
 def test_registry_none_registers_nothing_and_collects_its_stack() -> None:
     cache = SyncCacheStack([MemoryLayer(ttl=60)])
     try:
