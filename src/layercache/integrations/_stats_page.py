@@ -28,19 +28,21 @@ h1{font-size:20px;margin:0}h2{font-size:14px;margin:0 0 8px;color:var(--mute);
 text-transform:uppercase;letter-spacing:.04em}
 .mute{color:var(--mute)}.bad{color:var(--bad);font-weight:600}.ok{color:var(--ok)}
 .warn{color:var(--warn);font-weight:600}
-#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(120px,1fr));gap:8px;
+#cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(112px,1fr));gap:8px;
 margin-bottom:12px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:8px 10px}
 .card .label{color:var(--mute);font-size:11px}.card .num{font-size:19px;font-weight:600}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px}
+.grid3{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:12px}
+.tall{max-height:250px}
 section{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:10px 12px;
 margin-bottom:12px;overflow:auto}
 table{border-collapse:collapse;width:100%}
-th,td{text-align:right;padding:3px 6px;border-bottom:1px solid var(--line);white-space:nowrap}
+th,td{text-align:right;padding:2px 6px;border-bottom:1px solid var(--line);white-space:nowrap}
 th{color:var(--mute);font-weight:500;font-size:11px}
 th:first-child,td:first-child,td.text,th.text{text-align:left}
-td.key{font-family:ui-monospace,monospace;max-width:420px;overflow:hidden;text-overflow:ellipsis}
-svg{width:100%;height:180px;display:block}
+td.key{font-family:ui-monospace,monospace;max-width:260px;overflow:hidden;text-overflow:ellipsis}
+svg{width:100%;height:170px;display:block}
 .axis{stroke:#d0d4db;stroke-width:1}.axislabel{fill:#667085;font-size:10px}
 .series{fill:none;stroke-width:2}
 .legend{display:flex;gap:14px;flex-wrap:wrap;margin-top:4px}
@@ -151,10 +153,9 @@ _SCRIPT = r"""
   }
 
   function chart(d) {
-    var NS = "http://www.w3.org/2000/svg", W = 600, H = 160, L = 34, R = 6, T = 6, B = 16;
-    var svg = document.createElementNS(NS, "svg");
-    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("preserveAspectRatio", "none");
+    var svg = $("chart-svg"), NS = svg.namespaceURI;
+    var W = 600, H = 160, L = 34, R = 6, T = 6, B = 16;
+    svg.replaceChildren();
     function line(x1, y1, x2, y2, cls) {
       var l = document.createElementNS(NS, "line");
       l.setAttribute("x1", x1); l.setAttribute("y1", y1); l.setAttribute("x2", x2);
@@ -170,8 +171,7 @@ _SCRIPT = r"""
       line(L, y, W - R, y, "axis"); label(2, y + 3, (v * 100) + "%");
     });
     var names = Object.keys((d.metrics || {}).layers || {});
-    var step = (W - L - R) / (MAX_HISTORY - 1);
-    var x0 = W - R - (history.length - 1) * step;
+    var step = (W - L - R) / Math.max(history.length - 1, 1), x0 = L;
     names.forEach(function (name, i) {
       var segs = [], cur = [];
       history.forEach(function (p, j) {
@@ -200,7 +200,7 @@ _SCRIPT = r"""
     });
     legend.appendChild(num("span", "history", history.length,
       function (n) { return n + " samples"; }));
-    $("chart").replaceChildren(svg, legend);
+    $("legend").replaceChildren(legend);
   }
 
   function backIn(until) {
@@ -375,16 +375,18 @@ failed <span id="failures"><span data-stat="failures" data-value="0">0</span></s
 </header>
 <div id="cards"></div>
 <div class="grid">
-<section><h2>Hit rate per layer (per refresh)</h2><div id="chart"></div></section>
-<section><h2>Bus and single-flight</h2><div id="flight"></div></section>
+<section><h2>Hit rate per layer (per refresh)</h2>
+<svg id="chart-svg" viewBox="0 0 600 160" preserveAspectRatio="none"></svg>
+<div id="legend"></div></section>
+<section class="tall"><h2>Degradations (<span id="history-count"></span>, newest first)</h2>
+<div id="history"></div></section>
 </div>
 <section><h2>Layers</h2><div id="layers"></div></section>
-<div class="grid">
+<div class="grid3">
 <section><h2>Latency per operation</h2><div id="ops"></div></section>
+<section><h2>Bus and single-flight</h2><div id="flight"></div></section>
 <section><h2>Errors by operation</h2><div id="errors"></div></section>
 </div>
-<section><h2>Degradations (<span id="history-count"></span>, newest first)</h2>
-<div id="history"></div></section>
 {top}
 <script type="application/json" id="lc-config">{config}</script>
 <script nonce="{nonce}">{script}</script>
