@@ -53,3 +53,19 @@ ensure_wrk() {
     return 1
   fi
 }
+
+ensure_chromium() {
+  # Headless Chromium for the stats dashboard's browser test (tests/integrations/test_stats_browser.py).
+  if command -v chromium >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+  fi
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "error: chromium is not installed and could not be installed (need root + apt-get)." >&2
+    return 1
+  fi
+}
