@@ -16,7 +16,8 @@ on a warm key, 1 KiB value) is timed on one stack per configuration, all in this
   on every hit (for information: this is the cost ``root_spans`` buys);
 * ``otel: recording``: an SDK provider whose only span processor drops every span (span
   creation is measured, not export), each get inside a recording parent span: every hit makes a
-  ``cache.get`` child span.
+  ``cache.get`` child span. The SDK's own part is printed below the table: a bare
+  ``start_span(...).end()`` with the same provider and no cache.
 
 Method: the subjects' batches of ``--ops`` gets are interleaved within a round (order rotated
 every round, each batch after a short re-warm-up and ``gc.collect()``, the garbage collector
@@ -100,6 +101,7 @@ class Setup:
 
     subjects: list[Subject]
     registry: Any = None  # the Prometheus registry, when the collector exists
+    recording: Any = None  # the recording TracerProvider
     counting: Any = None  # the recording provider's processor (counts, drops)
 
 
@@ -186,7 +188,7 @@ def build(exits: ExitStack) -> Setup:
             recording,
             name=f"{kind}-rec",
         )
-    return Setup(subjects, registry, counting)
+    return Setup(subjects, registry=registry, counting=counting, recording=recording)
 
 
 # -- timing -----------------------------------------------------------------------------------
@@ -260,6 +262,22 @@ async def measure(subjects: list[Subject], rounds: int, ops: int) -> None:
             subject.samples.append(seconds / ops * 1e9)
 
 
+def sdk_span_cost(provider: Any, ops: int, repeats: int) -> float:
+    """Median seconds of one bare ``start_span(...).end()`` of the recording provider inside a
+    recording parent, without any cache: the SDK's own share of the recording rows."""
+    tracer = provider.get_tracer("floor")
+    attributes = {"cache.operation": "get", "cache.result": "hit", "cache.hit": True}
+    times = []
+    with tracer.start_as_current_span("request"):
+        for _ in range(repeats):
+            gc.collect()
+            began = time.perf_counter()
+            for _ in range(ops):
+                tracer.start_span("cache.get", attributes=attributes).end()
+            times.append((time.perf_counter() - began) / ops)
+    return statistics.median(times)
+
+
 def scrape_cost(registry: Any, repeats: int) -> float:
     """Median seconds of one ``generate_latest(registry)``."""
     from prometheus_client import generate_latest
@@ -300,7 +318,9 @@ def rows(subjects: list[Subject]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(table: list[dict[str, Any]], scrape: float | None, settings: str) -> list[str]:
+def markdown(
+    table: list[dict[str, Any]], scrape: float | None, span_floor: float, settings: str
+) -> list[str]:
     lines = [
         "### L1 hit with observability (issue 14)",
         "",
@@ -320,6 +340,11 @@ def markdown(table: list[dict[str, Any]], scrape: float | None, settings: str) -
             f"{row['max_ns']:.0f} | {row['overhead_ns']:+.0f} | {row['ratio']:.2f} | {goal} "
             f"| {row['note']} |"
         )
+    lines.append("")
+    lines.append(
+        f"SDK floor of the recording rows: a bare `start_span(...).end()` (recording parent, "
+        f"dropping processor, no cache): {span_floor * 1e9:.0f} ns"
+    )
     lines.append("")
     if scrape is not None:
         lines.append(
@@ -345,6 +370,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         setup = build(exits)
         asyncio.run(measure(setup.subjects, rounds, ops))
         recorded = setup.counting.ended if setup.counting is not None else 0
+        span_floor = sdk_span_cost(setup.recording, max(100, ops // 10), 3 if args.quick else 9)
         scrape = scrape_cost(setup.registry, 5 if args.quick else 50) if setup.registry else None
         for subject in setup.subjects:
             if subject.is_async:
@@ -357,9 +383,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": table,
         "scrape_seconds": scrape,
         "recorded_spans": recorded,
+        "sdk_span_seconds": span_floor,
         "python": sys.version.split()[0],
     }
-    document["markdown"] = "\n".join(markdown(table, scrape, settings))
+    document["markdown"] = "\n".join(markdown(table, scrape, span_floor, settings))
     if args.json is not None:
         args.json.write_text(json.dumps(document, indent=2))
     return document

@@ -342,6 +342,18 @@ async def test_stale_serve_event(otel: Otel) -> None:
     assert "cache.stale.state" in attributes
     assert _attrs(span)["cache.result"] == "stale"
     assert _attrs(span)["cache.layer"] == "memory"
+    # The background refresh runs after the request's spans ended; it joins their trace as a
+    # child of the cache.get that started it.
+    deadline = time.monotonic() + DEADLINE
+    while not otel.named("cache.fetch"):
+        assert time.monotonic() < deadline, "the background refresh made no span"
+        await asyncio.sleep(0.01)
+    (fetch,) = otel.named("cache.fetch")
+    assert fetch.parent is not None
+    assert span.context is not None
+    assert fetch.parent.span_id == span.context.span_id
+    assert fetch.context is not None
+    assert fetch.context.trace_id == span.context.trace_id
     await cache.aclose()
 
 

@@ -312,11 +312,21 @@ class _CacheTracer:
         self._hit_attributes: dict[str, dict[str, Any]] = {}
 
     def _recording(self) -> bool:
-        """Whether a span created now would be recorded (or may be: a root span)."""
-        span = _get_current().get(_SPAN_KEY)
+        """Whether to create a span now (below L1 only): inside a recording span, inside a
+        local span that was sampled and has ended since, or with no span when root_spans.
+
+        The ended span is the case of background work (a stale-while-revalidate refresh, a
+        write-behind flush) started by a traced operation: the task's context still holds the
+        operation's span, and the work joins its trace. A sampled-out span (not sampled) and a
+        remote parent with no local span (``is_remote``) get no cache spans.
+        """
+        span: Any = _get_current().get(_SPAN_KEY)
         if span is None:
             return self.root_spans
-        return span.is_recording()  # type: ignore[attr-defined, no-any-return]
+        if span.is_recording():
+            return True
+        context = span.get_span_context()
+        return bool(context.trace_flags.sampled and not context.is_remote)
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -456,13 +466,13 @@ class _MeterHub:
             "cache.background_refreshes",
             [self._background],
             unit="{refresh}",
-            description="Background refreshes as reported by get_stats()",
+            description="Background refreshes (stale or refresh-ahead) running now",
         )
         meter.create_observable_gauge(
             "cache.layer.degraded",
             [self._degraded],
             unit="1",
-            description="1 while a layer is skipped after a failure (graceful degradation)",
+            description="1 from a layer's failure until it has recovered (graceful degradation)",
         )
         meter.create_observable_up_down_counter(
             "cache.layer.pending_replay",
@@ -550,11 +560,11 @@ class _MeterHub:
             yield Observation(stats.background_refreshes, {"cache.stack": stack})
 
     def _degraded(self, options: CallbackOptions) -> Iterable[Observation]:
-        now = time.time()
         for stack, stats in self._stats():
             for status in stats.layers:
-                until = status.degraded_until
-                degraded = until is not None and until > now
+                # degraded_until stays set from the failure until the layer has recovered
+                # (past it the layer is only being retried).
+                degraded = status.degraded_until is not None
                 yield Observation(1 if degraded else 0, _layer_attrs(stack, status.name))
 
     def _pending_replay(self, options: CallbackOptions) -> Iterable[Observation]:
