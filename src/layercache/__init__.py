@@ -46,6 +46,7 @@ from ._options import (
 )
 from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._tag_index import InMemoryTagIndex
+from ._telemetry import key_hash
 from ._types import CacheLayer, InvalidationMessage, OperationTracer
 from .layers.memory import MemoryLayer
 
@@ -111,6 +112,7 @@ __all__ = [
     "SyncRedisSingleFlightCoordinator",
     "SyncRedisTagIndex",
     "UnserializableValueError",
+    "key_hash",
     "key_part",
     "validate_key",
     "validate_prefix",

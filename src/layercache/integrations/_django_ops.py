@@ -17,7 +17,14 @@ import types
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .. import CacheEntry, CacheLayerError, InvalidationMessage, MemoryLayer, PickleSerializer
+from .. import (
+    CacheEntry,
+    CacheLayerError,
+    InvalidationMessage,
+    MemoryLayer,
+    PickleSerializer,
+    key_hash,
+)
 
 __all__ = ["Call", "Operations", "Side", "Steps", "UnreadableValueError", "arun", "run"]
 
@@ -210,7 +217,15 @@ class Operations:
         """Report an unreadable value and delete it everywhere, so that it reads as a miss
         (a copy backfilled into memory included) and the next ``add`` can store the key."""
         _logger.warning(
-            "layercache: unreadable value for key %r dropped (%s: %s)", key, operation, error
+            "layercache: unreadable value dropped (%s: %s)",
+            operation,
+            error,
+            extra={
+                "operation": operation,
+                "key_hash": key_hash(key),
+                "layer": None,
+                "duration": None,
+            },
         )
         yield Call(
             "stack", "report_error", (error,), {"key": key, "operation": operation}, plain=True
