@@ -775,6 +775,11 @@ class CacheStack:
         return await self._layers.health(time.perf_counter)
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (a closed stack refuses every operation)."""
+        return self._closed
+
+    @property
     def layers(self) -> list[Any]:
         """The layers, fastest first."""
         return [a.layer for a in self._layers.adapters]

@@ -758,6 +758,11 @@ class SyncCacheStack:
         return self._layers.health(time.perf_counter)
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a closed stack refuses every operation)."""
+        return self._closed
+
+    @property
     def layers(self) -> list[Any]:
         """The layers, fastest first."""
         return [a.layer for a in self._layers.adapters]

@@ -67,6 +67,9 @@ _BOUNDS = tuple(repr(float(bound)) for bound in LATENCY_BUCKETS)
 class _HasStats(Protocol):
     def get_stats(self) -> CacheStats: ...
 
+    @property
+    def closed(self) -> bool: ...
+
 
 # --------------------------------------------------------------------------- metric families
 
@@ -376,8 +379,10 @@ class _SharedCollector:
             live: list[tuple[str, _HasStats]] = []
             for name, entry in list(self.entries.items()):
                 cache = entry.cache()
-                if cache is None:
-                    del self.entries[name]  # the stack was garbage collected
+                if cache is None or cache.closed:
+                    # The stack was garbage collected or closed: it reports no more, and its
+                    # name may be used again.
+                    del self.entries[name]
                 else:
                     live.append((name, cache))
         live.sort(key=lambda item: item[0])
@@ -492,9 +497,10 @@ class PrometheusCollector:
     # A collector of its one stack, for registry=None (or any direct use).
 
     def collect(self) -> Iterator[Metric]:
-        """This stack's metric families (empty once the stack was garbage collected)."""
+        """This stack's metric families (empty once the stack was closed or garbage
+        collected)."""
         cache = self._cache()
-        yield from _collect([] if cache is None else [(self._stack, cache)])
+        yield from _collect([] if cache is None or cache.closed else [(self._stack, cache)])
 
     def describe(self) -> Iterator[Metric]:
         """Every metric family this collector may expose, without samples."""

@@ -529,6 +529,22 @@ def test_a_dropped_stack_is_not_kept_alive(registry: CollectorRegistry) -> None:
     fresh.close()
 
 
+def test_a_closed_stack_leaves_the_scrape_and_frees_its_name(registry: CollectorRegistry) -> None:
+    cache = SyncCacheStack([MemoryLayer(ttl=60)])
+    alone = PrometheusCollector(cache, stack="closing", registry=None)
+    PrometheusCollector(cache, stack="closing", registry=registry)
+    cache.get("k", lambda: 1)
+    assert value(scrape(registry)[1], "layercache_fetches_total", stack="closing") == 1
+    cache.close()
+    assert cache.closed
+    assert not series(scrape(registry)[1], "layercache_hits_total", stack="closing")
+    assert list(alone.collect()) == []
+    fresh = SyncCacheStack([MemoryLayer(ttl=60)])
+    PrometheusCollector(fresh, stack="closing", registry=registry)  # the name is free again
+    assert value(scrape(registry)[1], "layercache_fetches_total", stack="closing") == 0
+    fresh.close()
+
+
 class BrokenStatsStack(SyncCacheStack):
     """A real stack whose get_stats() fails (fault injection for the scrape)."""
 
