@@ -267,6 +267,31 @@ def test_top_keys_is_bounded_and_keeps_heavy_hitters() -> None:
     assert len(top.top(limit=1000)) == 100
 
 
+def test_top_keys_space_saving_invariants() -> None:
+    """On a skewed random stream: the counters sum to the hits recorded, each count is within
+    [true, true + error], and every key with more than total / capacity hits is tracked."""
+    import random
+    from collections import Counter
+
+    rng = random.Random(7)
+    top = TopKeys(capacity=20)
+    truth: Counter[str] = Counter()
+    for _ in range(20_000):
+        key = f"k{min(int(rng.paretovariate(1.2)), 500)}"
+        truth[key] += 1
+        top.record(key)
+    table = top.top(limit=1_000)
+    assert len(table) == 20
+    assert sum(row["hits"] for row in table) == 20_000
+    for row in table:
+        assert row["hits"] - row["error"] <= truth[row["key"]] <= row["hits"]
+    tracked = {row["key"] for row in table}
+    assert {k for k, n in truth.items() if n > 20_000 / 20} <= tracked
+    top.clear()
+    assert len(top) == 0
+    assert top.top() == []
+
+
 def test_error_type_keeps_only_the_type() -> None:
     assert error_type("ConnectionError('Error 111 connecting to x: key k')") == "ConnectionError"
     assert error_type("redis.exceptions.TimeoutError()") == "redis.exceptions.TimeoutError"

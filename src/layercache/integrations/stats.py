@@ -88,22 +88,47 @@ class TopKeys:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self._counts: dict[str, list[int]] = {}  # key -> [count, error]
+        # count -> the keys with that count (a dict as an ordered set), and the smallest count:
+        # every update, eviction included, is O(1).
+        self._buckets: dict[int, dict[str, None]] = {}
+        self._min = 0
         self._lock = threading.Lock()
+
+    def _move(self, key: str, old: int, new: int) -> None:
+        buckets = self._buckets
+        if old:
+            bucket = buckets[old]
+            del bucket[key]
+            if not bucket:
+                del buckets[old]
+                if self._min == old:
+                    self._min = new
+        buckets.setdefault(new, {})[key] = None
 
     def record(self, key: str) -> None:
         """Count one hit of ``key``."""
         with self._lock:
-            slot = self._counts.get(key)
+            counts = self._counts
+            slot = counts.get(key)
             if slot is not None:
                 slot[0] += 1
+                self._move(key, slot[0] - 1, slot[0])
                 return
-            counts = self._counts
             if len(counts) < self.capacity:
                 counts[key] = [1, 0]
+                self._move(key, 0, 1)
+                self._min = 1
                 return
-            smallest = min(counts, key=lambda k: counts[k][0])
-            floor = counts.pop(smallest)[0]
+            floor = self._min
+            smallest = next(iter(self._buckets[floor]))
+            del counts[smallest]
             counts[key] = [floor + 1, floor]
+            bucket = self._buckets[floor]
+            del bucket[smallest]
+            if not bucket:
+                del self._buckets[floor]
+                self._min = floor + 1
+            self._buckets.setdefault(floor + 1, {})[key] = None
 
     def top(self, limit: int = TOP_KEYS_SHOWN) -> list[dict[str, Any]]:
         """The ``limit`` keys with the most hits: ``{"key", "hits", "error"}``, most first."""
@@ -115,6 +140,8 @@ class TopKeys:
     def clear(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._buckets.clear()
+            self._min = 0
 
     def __len__(self) -> int:
         return len(self._counts)
