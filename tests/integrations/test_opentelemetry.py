@@ -216,6 +216,35 @@ async def test_l2_hit_records_the_layer(
 
 
 @pytest.mark.redis
+async def test_bulk_writes_and_invalidations(otel: Otel, redis_stack: CacheStack) -> None:
+    instrument(redis_stack, otel.provider, otel.meters)
+    with otel.app.start_as_current_span("request"):
+        await redis_stack.set_many([("x", 1), ("y", 2)])
+        await redis_stack.delete_many(["x", "y"])
+        await redis_stack.invalidate_by_prefix("p:")
+        await redis_stack.clear()
+    (request,) = otel.named("request")
+    operations = _children(otel, request)
+    assert [span.name for span in operations] == [
+        "cache.set_many",
+        "cache.delete",
+        "cache.invalidate",
+        "cache.clear",
+    ]
+    for span in operations:
+        assert span.kind is SpanKind.INTERNAL
+        assert "cache.key" not in _attrs(span)
+        layer_calls = _children(otel, span)
+        assert layer_calls, span.name
+        for call in layer_calls:
+            assert call.kind is SpanKind.CLIENT
+            assert call.name == f"cache.layer.{_attrs(call)['cache.operation']}"
+            assert _attrs(call)["cache.layer"] == "redis"
+    assert {c.name for c in _children(otel, operations[0])} == {"cache.layer.set_many"}
+    assert {c.name for c in _children(otel, operations[3])} == {"cache.layer.clear"}
+
+
+@pytest.mark.redis
 async def test_record_keys_puts_the_key_on_spans(otel: Otel, redis_stack: CacheStack) -> None:
     handle = instrument(redis_stack, otel.provider, otel.meters, record_keys=True)
     assert handle.record_keys is True
