@@ -638,9 +638,10 @@ class Instrumentation:
         return self._tracer.root_spans
 
     def stats(self) -> CacheStats | None:
-        """The stack's ``get_stats()`` while instrumented, else ``None`` (for the metrics)."""
+        """The stack's ``get_stats()`` while instrumented and open, else ``None`` (for the
+        metrics: a closed or garbage-collected stack leaves them)."""
         cache = self._cache() if self._active else None
-        if cache is None:
+        if cache is None or cache.closed:
             return None
         stats: CacheStats = cache.get_stats()
         return stats
