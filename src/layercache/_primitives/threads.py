@@ -6,6 +6,7 @@ module). Hand-written: this file and ``aio.py`` are the whole difference between
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import inspect
 import queue
 import threading
@@ -195,10 +196,13 @@ class _DaemonPool:
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
         """Queue ``fn(*args)``; ``None`` once the pool is shut down."""
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        # The work runs in the caller's context (its contextvars: a request's trace span, a
+        # tenant id), as an asyncio task or asyncio.to_thread would run it.
+        context = contextvars.copy_context()
         with self._lock:
             if self._closed:
                 return None
-            self._queue.put((future, fn, args))
+            self._queue.put((future, context.run, (fn, *args)))
             # Each piece of work claims an idle thread or starts one, so none waits behind a
             # slow fetch while the pool has room (at the bound, it waits for a free thread).
             if self._idle:
