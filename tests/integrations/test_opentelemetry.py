@@ -386,6 +386,40 @@ async def test_stale_serve_event(otel: Otel) -> None:
     await cache.aclose()
 
 
+def test_sync_stack_background_refresh_joins_the_request_trace(otel: Otel) -> None:
+    """The thread stack runs a background refresh on a worker thread in the caller's context,
+    so the refresh's cache.fetch is a child of the cache.get that served the stale value."""
+    cache = SyncCacheStack([MemoryLayer(ttl=60)])
+    instrument(cache, otel.provider, otel.meters)
+    refreshed = threading.Event()
+
+    def second() -> str:
+        refreshed.set()
+        return "new"
+
+    try:
+        cache.get("k", lambda: "old", ttl=0.05, stale_while_revalidate=30)
+        deadline = time.monotonic() + DEADLINE
+        while not (info := cache.inspect("k")) or not info.is_stale:
+            assert time.monotonic() < deadline, "the entry never became stale"
+            time.sleep(0.01)
+        otel.exporter.clear()
+        with otel.app.start_as_current_span("request"):
+            assert cache.get("k", second, ttl=60, stale_while_revalidate=30) == "old"
+        assert refreshed.wait(DEADLINE)
+        deadline = time.monotonic() + DEADLINE
+        while not otel.named("cache.fetch"):
+            assert time.monotonic() < deadline, "the background refresh made no span"
+            time.sleep(0.01)
+        (get,) = otel.named("cache.get")
+        (fetch,) = otel.named("cache.fetch")
+        assert fetch.parent is not None
+        assert get.context is not None
+        assert fetch.parent.span_id == get.context.span_id
+    finally:
+        cache.close()
+
+
 @pytest.mark.redis
 async def test_degradation_and_recovery_events(
     otel: Otel, redis_proxy: TcpProxy, redis_clean: RedisServer
