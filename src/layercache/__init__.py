@@ -48,6 +48,7 @@ from ._sync.stack import SyncCacheNamespace, SyncCacheStack
 from ._tag_index import InMemoryTagIndex
 from ._telemetry import key_hash
 from ._types import CacheLayer, InvalidationMessage, OperationTracer
+from ._warming import WarmEntry, WarmSummary
 from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ __all__ = [
     "SyncRedisSingleFlightCoordinator",
     "SyncRedisTagIndex",
     "UnserializableValueError",
+    "WarmEntry",
+    "WarmSummary",
     "key_hash",
     "key_part",
     "validate_key",

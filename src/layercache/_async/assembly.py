@@ -9,7 +9,8 @@ adapters; the bus link → layer set, flights, tag index; everyone → announcer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from .. import _types
 from .._options import (
@@ -24,14 +25,17 @@ from .._options import (
 from .._primitives.aio import check_component, new_workers
 from .._tag_index import InMemoryTagIndex
 from .._telemetry import Telemetry
+from ..snapshots import coerce_base_dir
 from .announcer import Announcer
 from .bus_link import BusLink
 from .flights import Flights
 from .layer_set import LayerSet
 from .loader import Loader
 from .reader import Reader
+from .snapshots import Snapshotter
 from .tag_index import TagIndexAdapter
 from .tag_keeper import TagKeeper
+from .warmer import Warmer
 from .writer import Writer
 
 __all__ = ["Parts", "assemble"]
@@ -63,9 +67,12 @@ class Parts:
         "link",
         "loader",
         "reader",
+        "snapshot_base_dir",
+        "snapshots",
         "tag_index",
         "telemetry",
         "unreport",
+        "warmer",
         "writer",
     )
 
@@ -81,9 +88,12 @@ class Parts:
     link: BusLink
     loader: Loader
     reader: Reader
+    snapshot_base_dir: Path | Literal[False]
+    snapshots: Snapshotter
     tag_index: TagIndexAdapter
     telemetry: Telemetry
     unreport: list[Any]
+    warmer: Warmer
     writer: Writer
 
 
@@ -111,6 +121,7 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
     defaults = coerce_options({option: s[name] for name, option in _DEFAULTS.items()})
     assert defaults is not None
     retry_after = coerce_degradation(s["graceful_degradation"])
+    snapshot_base_dir = coerce_base_dir(s["snapshot_base_dir"])
     clock = s["clock"]
     adapters = LayerSet.bind(s["layers"])
     telemetry = Telemetry([a.name for a in adapters], s["logger"], s["metrics"])
@@ -208,12 +219,17 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         # Closed with the stack (after the layers' users, before the layers).
         components=[c for c in (bus, coordinator) if isinstance(c, _types.Closable)],
         unreport=unreport,
+        warmer=Warmer(
+            layers=layer_set, writer=writer, loader=loader, telemetry=telemetry, clock=clock
+        ),
         defaults=defaults,
         flights=flights,
         layers=layer_set,
         link=link,
         loader=loader,
         reader=reader,
+        snapshot_base_dir=snapshot_base_dir,
+        snapshots=Snapshotter(layers=layer_set, writer=writer, clock=clock),
         tag_index=tags,
         telemetry=telemetry,
         writer=writer,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,9 +50,11 @@ from .._options import (
     coerce_options,
     merge_options,
 )
-from .._primitives.threads import wait_launched
+from .._primitives.threads import call_fetcher, wait_launched
 from .._typed import converter_for
 from .._types import InvalidationBus, OperationTracer, SingleFlightCoordinator
+from .._warming import WarmEntry, WarmSummary, coerce_warm_entries
+from ..snapshots import MAX_BYTES, MAX_ENTRIES, read_snapshot, write_snapshot
 from .assembly import assemble
 from .flights import Flight, among
 from .namespace import ANNOTATION, SyncCacheNamespace, cached_decorator
@@ -66,6 +69,7 @@ Fetcher = Callable[[], Any]
 OptionsArg = CacheOptions | Mapping[str, Any] | None
 GetEntry = str | tuple[str, Fetcher | None] | CacheEntryRequest
 SetEntry = tuple[str, Any] | CacheEntry
+WarmItem = WarmEntry | tuple[str, Fetcher]
 
 # How long close() lets in-flight fetches finish before cancelling them.
 _CLOSE_GRACE = 5.0
@@ -109,6 +113,9 @@ class SyncCacheStack:
             other instances, which drop the keys from their local layers.
         broadcast_l1_invalidation: Also announce writes (``set``, ``set_many``), so peers
             drop their L1 copy of the old value. Default: on when a bus is configured.
+        snapshot_base_dir: The directory ``persist_to_file`` / ``restore_from_file`` paths
+            must resolve into (symlinks and ``..`` resolved first); default the current
+            working directory at construction, ``False`` lifts the confinement.
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class SyncCacheStack:
         ttl_policy_timezone: _dt.tzinfo | str = _dt.timezone.utc,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        snapshot_base_dir: str | os.PathLike[str] | Literal[False] | None = None,
     ) -> None:
         settings = dict(locals())
         del settings["self"]
@@ -163,6 +171,9 @@ class SyncCacheStack:
         self._link = parts.link
         self._tag_index = parts.tag_index
         self._components = parts.components
+        self._warmer = parts.warmer
+        self._snapshots = parts.snapshots
+        self._snapshot_base_dir = parts.snapshot_base_dir
         self._unreport = parts.unreport
         self._defaults: CacheOptions = parts.defaults
         self._memo: dict[Any, tuple[Any, CacheOptions]] = {}
@@ -680,6 +691,112 @@ class SyncCacheStack:
     def namespace(self, prefix: str) -> SyncCacheNamespace:
         """A view of this stack whose keys all live under ``prefix:``."""
         return SyncCacheNamespace(self, prefix)
+
+    # ------------------------------------------------------------------ warming, snapshots
+
+    def warm(
+        self,
+        entries: Iterable[WarmItem],
+        *,
+        concurrency: int = 4,
+        continue_on_error: bool = False,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> WarmSummary:
+        """Fill the cache before traffic: fetch and store every key not fresh yet.
+
+        ``entries`` are :class:`~layercache.WarmEntry` (or ``(key, fetcher)`` pairs), taken
+        highest ``priority`` first (equal priorities in order), at most ``concurrency``
+        fetches at once. A key already fresh in some layer is skipped without calling its
+        fetcher; any other is fetched and stored as ``get(key, fetcher, **options)`` would,
+        and a ``warm`` event ``{key}`` is emitted. ``progress(done, total)`` is called after
+        each entry (from the worker that finished it).
+
+        Raises:
+            ValueError: ``concurrency`` below 1, a bad entry, key or option (before any fetch).
+            Exception: The first fetcher error, after the fetches already running end,
+                unless ``continue_on_error`` (then counted in the summary's ``failed``).
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        if progress is not None and not callable(progress):
+            raise ValueError("progress must be callable")
+        plan = [
+            (self._render(validate_key(e.key)), e.fetcher, self._options(e.options, {}))
+            for e in coerce_warm_entries(entries)
+        ]
+        self._open()
+        with self._telemetry.operation("cache.warm", None):
+            return self._warmer.warm(
+                plan,
+                concurrency=concurrency,
+                continue_on_error=continue_on_error,
+                progress=progress,
+            )
+
+    def export_state(
+        self, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES
+    ) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of every fresh key: value, remaining TTLs, tags.
+
+        Each key comes from the first layer that can list its keys and holds it fresh;
+        keys of the current generation appear in their user form. The format is described
+        in :mod:`layercache.snapshots`.
+
+        Raises:
+            ValueError: No layer can list keys, a value JSON cannot carry, or over the bounds.
+            CacheLayerError: A layer failed or is degraded (an export never leaves keys out
+                silently).
+        """
+        self._open()
+        with self._telemetry.operation("cache.export_state", None):
+            return self._snapshots.export(
+                self._link.generation, max_entries=max_entries, max_bytes=max_bytes
+            )
+
+    def import_state(
+        self,
+        snapshot: Mapping[str, Any],
+        *,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
+    ) -> int:
+        """Store a snapshot's entries through every layer (tags recorded, peers told as for
+        :meth:`set_many`); returns how many were stored. The whole snapshot is validated
+        first: a corrupt or truncated one raises ``ValueError`` and imports nothing. Expired
+        entries (``ttl`` <= 0) are skipped.
+        """
+        items = self._snapshots.plan_import(snapshot, max_entries=max_entries, max_bytes=max_bytes)
+        self.set_many(items)
+        return len(items)
+
+    def persist_to_file(
+        self, path: str | os.PathLike[str], *, secret: str | bytes | None = None
+    ) -> None:
+        """Write :meth:`export_state` to ``path`` atomically (temp file, fsync, rename),
+        signed with HMAC-SHA256 when ``secret`` is given.
+
+        Raises:
+            ValueError: ``path`` resolves outside ``snapshot_base_dir``, or the export fails.
+        """
+        snapshot = self.export_state()
+        base = self._snapshot_base_dir
+        call_fetcher(lambda: write_snapshot(snapshot, path, secret=secret, base_dir=base))
+
+    def restore_from_file(
+        self, path: str | os.PathLike[str], *, secret: str | bytes | None = None
+    ) -> int:
+        """Import a file written by :meth:`persist_to_file`; returns the entries stored.
+
+        All or nothing: a corrupt, truncated, unsigned (when ``secret`` is given), signed
+        (when it is not) or mis-signed file raises ``ValueError`` and imports nothing.
+
+        Raises:
+            ValueError: As above, or ``path`` resolves outside ``snapshot_base_dir``.
+            OSError: The file cannot be read.
+        """
+        base = self._snapshot_base_dir
+        snapshot = call_fetcher(lambda: read_snapshot(path, secret=secret, base_dir=base))
+        return self.import_state(snapshot)
 
     # ------------------------------------------------------------------ observability
 
