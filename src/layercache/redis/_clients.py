@@ -15,6 +15,17 @@ connection is free; this one takes the plain pool's path then and waits only whe
 sync one redis-py's ``BlockingConnectionPool``. The sync twins get one
 client for every thread from :func:`sync_url_client` (redis-py's sync pool is thread-safe);
 ``scripts/unasync.py`` renames ``url_client`` to it.
+
+Besides redis-py's ``redis://``, ``rediss://`` and ``unix://`` URLs, a Sentinel-managed master
+is named by ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+(``rediss+sentinel://`` for TLS; query options as below): the client is
+``Sentinel(...).master_for(service)`` on a waiting pool, and it asks the sentinels for the
+master's address whenever it opens a connection, so after a failover new connections go to the
+new master. Options in the query string: ``sentinel_username``, ``sentinel_password`` (the
+sentinels' own credentials: the ones before ``@`` are the data nodes'), ``sentinel_ssl``
+(``rediss+sentinel://`` speaks TLS to the sentinels too unless this is false), and what
+redis-py's URLs accept (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_cert_reqs``, ``db``, ...) for the data nodes.
 """
 
 from __future__ import annotations
@@ -25,23 +36,33 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, unquote
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_SOCKET_TIMEOUT",
     "MAX_LOOPS",
+    "SENTINEL_SCHEMES",
     "LoopBoundClient",
+    "SentinelTarget",
     "init_signature",
+    "is_sentinel_url",
+    "parse_sentinel_url",
     "pool_exhausted",
     "sync_twin_for_sync_clients",
     "sync_url_client",
@@ -155,8 +176,219 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
             self._wake_one()
 
 
+# -- Sentinel URLs ------------------------------------------------------------------------------
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+# Query options that configure the connections to the sentinels, not to the data nodes.
+_SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "sentinel_ssl"})
+# redis-py's parsers of its URLs' query options (db, socket_timeout, ssl_check_hostname, ...).
+_QUERY_PARSERS = cast("Mapping[str, Callable[[str], Any]]", URL_QUERY_ARGUMENT_PARSERS)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def is_sentinel_url(url: object) -> bool:
+    """Whether ``url`` is a ``redis+sentinel://`` or ``rediss+sentinel://`` URL."""
+    return isinstance(url, str) and url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+def _redacted(url: str) -> str:
+    """``url`` with the password of its user part (and of its query) hidden."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    path, question, query = tail.partition("?")
+    if question:
+        query = "&".join(
+            f"{part.partition('=')[0]}=***" if "password" in part.partition("=")[0] else part
+            for part in query.split("&")
+        )
+    return f"{scheme}{sep}{userinfo}{at}{hosts}{slash}{path}{question}{query}"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a Sentinel URL names: the sentinels, the monitored service and the options of the
+    connections to the master (``connection``) and to the sentinels (``sentinel``)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    tls: bool
+    connection: Mapping[str, Any] = field(repr=False)
+    sentinel: Mapping[str, Any] = field(repr=False)
+
+
+def _sentinel_address(text: str, url: str) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, bracket, port_text = text[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ValueError(f"bad sentinel address {text!r} in {_redacted(url)!r}")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = text.partition(":")
+    host = unquote(host)
+    if not host:
+        raise ValueError(f"a sentinel address without a host in {_redacted(url)!r}")
+    if not port_text:
+        return host, DEFAULT_SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad sentinel port {port_text!r} in {_redacted(url)!r}")
+    return host, int(port_text)
+
+
+def _flag(name: str, value: str, url: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true or false in {_redacted(url)!r}, not {value!r}")
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Parse ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    (or ``rediss+sentinel://``; see the module doc for the query options).
+
+    Raises:
+        ValueError: On anything else (the message shows the URL without its passwords).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a redis+sentinel:// URL: {_redacted(url)!r}")
+    tls = scheme.lower() == "rediss+sentinel"
+    rest = rest.partition("#")[0]
+    rest, _, query = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not hosts:
+        raise ValueError(f"a Sentinel URL needs host:port of its sentinels: {_redacted(url)!r}")
+    sentinels = tuple(_sentinel_address(part, url) for part in hosts.split(","))
+    segments = [unquote(segment) for segment in path.split("/")] if path else []
+    if not segments or not segments[0] or len(segments) > 2:
+        raise ValueError(
+            f"a Sentinel URL names its service as /service_name[/db]: {_redacted(url)!r}"
+        )
+    connection: dict[str, Any] = {}
+    if len(segments) == 2 and segments[1]:
+        if not segments[1].isdigit():
+            raise ValueError(f"the database must be a number in {_redacted(url)!r}")
+        connection["db"] = int(segments[1])
+    if at:
+        username, colon, password = userinfo.partition(":")
+        if username:
+            connection["username"] = unquote(username)
+        if colon and password:
+            connection["password"] = unquote(password)
+    sentinel: dict[str, Any] = {}
+    sentinel_tls = tls
+    for name, values in parse_qs(query, keep_blank_values=False, strict_parsing=False).items():
+        value = values[-1]
+        if name == "sentinel_ssl":
+            sentinel_tls = _flag(name, value, url)
+        elif name in _SENTINEL_OPTIONS:
+            sentinel[name.removeprefix("sentinel_")] = value
+        elif name in _QUERY_PARSERS:
+            try:
+                connection[name] = _QUERY_PARSERS[name](value)
+            except (TypeError, ValueError):
+                raise ValueError(f"bad value for {name!r} in {_redacted(url)!r}") from None
+        else:
+            connection[name] = value
+    if tls:
+        connection["ssl"] = True
+    if sentinel_tls:
+        sentinel["ssl"] = True
+        for name, value in connection.items():
+            if name.startswith("ssl_"):
+                sentinel.setdefault(name, value)
+    return SentinelTarget(sentinels, segments[0], tls, connection, sentinel)
+
+
+def _sentinel_options(target: SentinelTarget, socket_timeout: float | None) -> dict[str, Any]:
+    """Connection options for the sentinels themselves."""
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        **target.sentinel,
+    }
+
+
+class _WaitingSentinelPool(AsyncSentinelConnectionPool, WaitingConnectionPool):
+    """A Sentinel-managed master's pool whose callers wait for a free connection (as
+    :class:`WaitingConnectionPool`'s do)."""
+
+
+class _AsyncSentinelMaster(aioredis.Redis):
+    """The master's client made from a Sentinel URL: closing it closes the connections to
+    the sentinels it asked too (they belong to it alone)."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            manager = getattr(self.connection_pool, "sentinel_manager", None)
+            if manager is not None:
+                await manager.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """A Sentinel-managed master's pool whose callers wait for a free connection."""
+
+
+class _SyncSentinelMaster(redis.Redis):
+    """The sync twin of :class:`_AsyncSentinelMaster`."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            manager = getattr(self.connection_pool, "sentinel_manager", None)
+            if manager is not None:
+                manager.close()
+
+
+def _async_sentinel_client(
+    target: SentinelTarget, socket_timeout: float | None, max_connections: int
+) -> aioredis.Redis:
+    manager = AsyncSentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), sentinel_kwargs=_sentinel_options(target, socket_timeout)
+    )
+    options = _pool_options("", socket_timeout, max_connections)
+    options.update(target.connection)
+    client = manager.master_for(
+        target.service_name,
+        redis_class=_AsyncSentinelMaster,
+        connection_pool_class=_WaitingSentinelPool,
+        retry=AsyncRetry(_backoff(), retries=1),
+        **options,
+    )
+    return cast("aioredis.Redis", client)
+
+
+def _sync_sentinel_client(
+    target: SentinelTarget, socket_timeout: float | None, max_connections: int
+) -> redis.Redis:
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), sentinel_kwargs=_sentinel_options(target, socket_timeout)
+    )
+    options = _pool_options("", socket_timeout, max_connections)
+    options.update(target.connection)
+    client = manager.master_for(  # type: ignore[no-untyped-call]
+        target.service_name,
+        redis_class=_SyncSentinelMaster,
+        connection_pool_class=_BlockingSentinelPool,
+        retry=Retry(_backoff(), retries=1),
+        **options,
+    )
+    return cast("redis.Redis", client)
+
+
 def new_async_client(url: str, socket_timeout: float | None, max_connections: int) -> Any:
     """One ``redis.asyncio.Redis`` on its own waiting pool (usable from one event loop)."""
+    if is_sentinel_url(url):
+        return _async_sentinel_client(parse_sentinel_url(url), socket_timeout, max_connections)
     pool = WaitingConnectionPool.from_url(
         url,
         retry=AsyncRetry(_backoff(), retries=1),
@@ -168,7 +400,10 @@ def new_async_client(url: str, socket_timeout: float | None, max_connections: in
 def sync_url_client(
     url: str, *, socket_timeout: float | None, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> redis.Redis:
-    """A sync ``redis.Redis`` on a waiting pool, shared by every thread."""
+    """A sync ``redis.Redis`` on a waiting pool, shared by every thread (``url`` may be a
+    Sentinel URL: see the module doc)."""
+    if is_sentinel_url(url):
+        return _sync_sentinel_client(parse_sentinel_url(url), socket_timeout, max_connections)
     pool = redis.BlockingConnectionPool.from_url(
         url,
         retry=Retry(_backoff(), retries=1),
@@ -275,7 +510,11 @@ class LoopBoundClient:
         self.max_connections = max_connections
         self.max_loops = max_loops
         # Checked once, here: a bad URL fails at construction, not on the first command.
-        template: Any = aioredis.ConnectionPool.from_url(url, decode_responses=False)
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)
+            template: Any = aioredis.ConnectionPool(decode_responses=False)
+        else:
+            template = aioredis.ConnectionPool.from_url(url, decode_responses=False)
         self._encoder = template.get_encoder()
         # Creation order: the oldest loop is the one evicted at the cap.
         self._slots: dict[asyncio.AbstractEventLoop, _Slot] = {}
