@@ -38,6 +38,23 @@ ensure_redis_server() {
   fi
 }
 
+ensure_memcached() {
+  # The memcached layer's tests and benchmark start their own memcached on a free port.
+  if command -v memcached >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing memcached with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached >/dev/null; }
+  fi
+  if ! command -v memcached >/dev/null 2>&1; then
+    echo "error: memcached is not installed and could not be installed (need root + apt-get)." >&2
+    echo "       install it (e.g. 'apt-get install memcached') and run again." >&2
+    return 1
+  fi
+}
+
 ensure_wrk() {
   # The HTTP benchmark's load generator (bench/http.py; its smoke test runs in the suite).
   if command -v wrk >/dev/null 2>&1; then

@@ -10,7 +10,10 @@ The jobs, each a source of truth and its generated twin:
   ``src/layercache/redis/_sync_layer.py`` (``SyncRedisLayer``, redis-py's sync client), and the
   coordination components the same way: ``bus.py``, ``single_flight.py`` and ``tag_index.py`` →
   ``_sync_bus.py``, ``_sync_single_flight.py`` and ``_sync_tag_index.py``, and the layer's
-  multi-key commands, ``_keyspace.py`` → ``_sync_keyspace.py``.
+  multi-key commands, ``_keyspace.py`` → ``_sync_keyspace.py``;
+* ``src/layercache/memcached/layer.py`` (``MemcachedLayer``, aiomcache) →
+  ``src/layercache/memcached/_sync_layer.py`` (``SyncMemcachedLayer``, pymemcache); the commands
+  each sends live in the hand-written ``_aio_client.py`` and ``_sync_client.py``.
 
 The script removes ``async``/``await``, rewrites imports of the asyncio primitives
 (``_primitives.aio``) to the thread ones (``_primitives.threads``), unwraps ``Awaitable[X]``
@@ -121,6 +124,61 @@ REDIS_LAYER_REPLACEMENTS = (
     ),
 )
 
+# The memcached layer: the commands differ by client library (aiomcache, pymemcache) and live in
+# hand-written modules with the same methods, _aio_client.py and _sync_client.py.
+MEMCACHED_LAYER_RENAMES = {
+    "MemcachedLayer": "SyncMemcachedLayer",
+    "AioMemcached": "SyncMemcached",
+    "aclose": "close",
+}
+MEMCACHED_LAYER_REPLACEMENTS = (
+    (
+        '"""``MemcachedLayer``: a shared cache layer in memcached, on aiomcache (asyncio)."""',
+        '"""``MemcachedLayer``: a shared cache layer in memcached, on pymemcache (threads)."""',
+    ),
+    (
+        "from ._aio_client import AioMemcached, MemcacheClient, is_sync_client",
+        "from ._sync_client import MemcacheClient, SyncMemcached",
+    ),
+    (
+        """    One class for both stacks. ``MemcachedLayer(client=<a pymemcache client>)`` returns a
+    :class:`~layercache.SyncMemcachedLayer`, the generated sync twin of this class (on
+    pymemcache), which :class:`~layercache.SyncCacheStack` calls directly.
+    ``MemcachedLayer(servers=...)`` is the asyncio layer (on aiomcache); given to
+    ``SyncCacheStack`` it is swapped, once at construction, for a ``SyncMemcachedLayer`` with
+    the same servers and options (closed by the stack's ``close()``). A ``MemcachedLayer``
+    built on an aiomcache ``client`` is refused by ``SyncCacheStack`` with a ``TypeError``.
+""",
+        # (Applied before the renames: the text avoids the renamed class name.)
+        """    The sync twin of the asyncio layer (``layercache.memcached.layer``), generated
+    from it by ``scripts/unasync.py``, on pymemcache: built by the asyncio class when it is
+    given a pymemcache client, and by ``SyncCacheStack`` in place of an asyncio layer built
+    from ``servers=``. ``SyncCacheStack`` calls its methods directly from the calling threads
+    (one pooled client per server). It declares ``is_blocking``, so ``CacheStack`` runs it in
+    worker threads.
+""",
+    ),
+    (
+        "        client: An ``aiomcache.Client`` (``FlagClient``), used as given and never closed."
+        """ Or a
+            pymemcache client (``Client``, ``PooledClient``, ``HashClient``): then the sync twin
+            is returned.""",
+        "        client: A pymemcache client (``Client``, ``PooledClient``, ``HashClient``), used"
+        """ as
+            given and never closed.""",
+    ),
+    (
+        "        max_connections: Connections per server (per event loop for this asyncio layer).",
+        "        max_connections: Connections per server.",
+    ),
+    (
+        "    # Methods are coroutines (ignored for them); the sync twin blocks and says so, so that"
+        " an\n    # asyncio stack runs it in worker threads.\n    is_blocking = False\n",
+        "    # Methods block on the network: CacheStack runs them in worker threads\n"
+        "    # (SyncCacheStack calls them directly).\n    is_blocking = True\n",
+    ),
+)
+
 # The Redis coordination components (bus, single-flight coordinator, tag index): the same
 # client renames, plus the twins' own names and primitives.
 COORDINATION_RENAMES = {
@@ -180,6 +238,12 @@ JOBS: tuple[tuple[str, str, dict[str, str], tuple[tuple[str, str], ...]], ...] =
     ),
     ("redis/bus.py", "redis/_sync_bus.py", COORDINATION_RENAMES, BUS_REPLACEMENTS),
     ("redis/_keyspace.py", "redis/_sync_keyspace.py", COORDINATION_RENAMES, KEYSPACE_REPLACEMENTS),
+    (
+        "memcached/layer.py",
+        "memcached/_sync_layer.py",
+        MEMCACHED_LAYER_RENAMES,
+        MEMCACHED_LAYER_REPLACEMENTS,
+    ),
     (
         "redis/single_flight.py",
         "redis/_sync_single_flight.py",

@@ -53,6 +53,8 @@ from .layers.memory import MemoryLayer
 
 if TYPE_CHECKING:
     from .layers.disk import DiskLayer
+    from .memcached._sync_layer import SyncMemcachedLayer
+    from .memcached.layer import MemcachedLayer
     from .redis._sync_bus import SyncRedisInvalidationBus
     from .redis._sync_layer import SyncRedisLayer
     from .redis._sync_single_flight import SyncRedisSingleFlightCoordinator
@@ -95,6 +97,7 @@ __all__ = [
     "LayerMetrics",
     "LayerStatus",
     "MAX_KEY_LENGTH",
+    "MemcachedLayer",
     "MemoryLayer",
     "MsgpackSerializer",
     "OperationLatency",
@@ -108,6 +111,7 @@ __all__ = [
     "SingleFlightStatus",
     "SyncCacheNamespace",
     "SyncCacheStack",
+    "SyncMemcachedLayer",
     "SyncRedisInvalidationBus",
     "SyncRedisLayer",
     "SyncRedisSingleFlightCoordinator",
@@ -125,6 +129,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "DiskLayer": "layercache.layers.disk",
+    "MemcachedLayer": "layercache.memcached.layer",
+    "SyncMemcachedLayer": "layercache.memcached._sync_layer",
     "RedisLayer": "layercache.redis.layer",
     "SyncRedisLayer": "layercache.redis._sync_layer",
     "SyncRedisInvalidationBus": "layercache.redis._sync_bus",

@@ -1,0 +1,296 @@
+"""The memcached commands the asyncio layer sends, on aiomcache.
+
+Hand-written, like ``_primitives/aio.py``: the layer's logic (``layer.py``) is the single
+source both twins are generated from, and this module and ``_sync_client.py`` (pymemcache)
+are what they differ by. Both offer the same methods with the same meaning: bulk reads by
+server, stores, ``add``, ``incr``, deletes and ``version``; every call bounded by ``timeout``.
+
+aiomcache connections belong to the event loop that opened them. Built from ``servers``, this
+keeps one set of clients per event loop, made on first use in that loop and closed when the
+loop shuts down (``asyncio.run`` and ``asyncio.Runner`` close the loop's asynchronous
+generators, and one per loop watches for that). A ``client`` you pass is used as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+try:
+    import aiomcache
+    from aiomcache.exceptions import ClientException
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "layercache.memcached needs the 'memcached' extra: pip install 'layercache-py[memcached]'"
+    ) from exc
+
+from ._common import group_by_node, node_labels
+
+__all__ = ["AioMemcached", "MemcacheClient", "is_sync_client"]
+
+logger = logging.getLogger("layercache.memcached")
+
+T = TypeVar("T")
+
+# What the asyncio layer accepts as ``client=``: an aiomcache client.
+MemcacheClient = aiomcache.Client | aiomcache.FlagClient[Any]
+# Keys per multi-get command.
+GET_BATCH = 100
+# Loops whose clients are kept at once.
+MAX_LOOPS = 8
+
+
+def is_sync_client(client: object) -> bool:
+    """Whether ``client`` is a pymemcache client (the sync twin takes it)."""
+    module = type(client).__module__
+    return module == "pymemcache" or module.startswith("pymemcache.")
+
+
+async def _raw_flagged(value: bytes, flags: int) -> bytes:
+    # Items stored with flags by another program: hand back the bytes (the codec refuses them).
+    return value
+
+
+class _Slot:
+    __slots__ = ("clients", "watcher")
+
+    def __init__(self, clients: list[Any]) -> None:
+        self.clients = clients
+        self.watcher: Any = None
+
+
+class AioMemcached:
+    """memcached commands over one aiomcache client per server (per event loop).
+
+    Args:
+        servers: ``(host, port)`` pairs (keys spread by rendezvous hashing); ignored with
+            ``client``.
+        client: An aiomcache client used as given (never closed here).
+        timeout: Seconds any one call may take (``None``: unbounded).
+        max_connections: Connections per server and event loop.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        client: Any = None,
+        *,
+        timeout: float | None,
+        max_connections: int,
+    ) -> None:
+        self._servers = list(servers)
+        self._given = client
+        self.labels = node_labels(self._servers) if client is None else [b"client"]
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self._slots: dict[asyncio.AbstractEventLoop, _Slot] = {}
+        self._last: tuple[asyncio.AbstractEventLoop, list[Any]] | None = None
+        self._lock = threading.Lock()
+
+    # -- clients per loop ---------------------------------------------------------------------
+
+    def _clients(self) -> list[Any]:
+        if self._given is not None:
+            return [self._given]
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
+        slot = self._slots.get(loop) or self._open(loop)
+        self._last = (loop, slot.clients)
+        return slot.clients
+
+    def _new_clients(self) -> list[Any]:
+        return [
+            aiomcache.FlagClient(
+                host,
+                port,
+                pool_size=self.max_connections,
+                pool_minsize=1,
+                get_flag_handler=_raw_flagged,
+            )
+            for host, port in self._servers
+        ]
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> _Slot:
+        with self._lock:
+            slot = self._slots.get(loop)
+            if slot is not None:
+                return slot
+            for other in [other for other in self._slots if other.is_closed()]:
+                # Closed without shutting down its generators: its sockets cannot be closed.
+                self._slots.pop(other)
+            while len(self._slots) >= MAX_LOOPS:
+                oldest = next(iter(self._slots))
+                self._release(oldest, self._slots.pop(oldest))
+            slot = _Slot(self._new_clients())
+            self._slots[loop] = slot
+        if not getattr(loop, "_asyncgens_shutdown_called", False):
+            slot.watcher = self._watch(loop, slot)
+            # Run up to its first yield: from then on the loop's shutdown_asyncgens() runs its
+            # finally block, which closes this loop's clients on the loop.
+            try:
+                slot.watcher.asend(None).send(None)
+            except StopIteration:
+                pass
+        return slot
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._slots.get(loop) is slot:
+                    del self._slots[loop]
+            if self._last is not None and self._last[0] is loop:
+                self._last = None
+            if asyncio._get_running_loop() is loop and not loop.is_closed():
+                await _close_all(slot.clients)
+
+    def _release(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> None:
+        if self._last is not None and self._last[0] is loop:
+            self._last = None
+        watcher, slot.watcher = slot.watcher, None
+        if watcher is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(loop.create_task, watcher.aclose())
+        except RuntimeError:  # closed meanwhile
+            pass
+
+    async def aclose(self) -> None:
+        """Close the clients built here: this loop's now, the others' on their loops."""
+        running = asyncio.get_running_loop()
+        with self._lock:
+            slots = list(self._slots.items())
+            self._slots.clear()
+            self._last = None
+        for loop, slot in slots:
+            if loop is running:
+                watcher, slot.watcher = slot.watcher, None
+                if watcher is not None:
+                    await watcher.aclose()
+                else:
+                    await _close_all(slot.clients)
+            else:
+                self._release(loop, slot)
+
+    # -- bounded calls ------------------------------------------------------------------------
+
+    async def _bounded(self, client: Any, call: Callable[[], Awaitable[T]]) -> T:
+        if self.timeout is None:
+            return await call()
+        try:
+            return await asyncio.wait_for(call(), self.timeout)
+        except TimeoutError:
+            # aiomcache puts a connection cancelled mid-reply back in its pool: drop the idle
+            # ones so that no later command reads the rest of that reply.
+            await _close_quietly(client)
+            raise
+
+    async def _on_node(self, index: int, call: Callable[[Any], Awaitable[T]]) -> T:
+        client = self._clients()[index]
+        return await self._bounded(client, lambda: call(client))
+
+    async def _each_node(
+        self, keys: Sequence[bytes], call: Callable[[Any, list[bytes]], Awaitable[T]]
+    ) -> list[T]:
+        def bind(batch: list[bytes]) -> Callable[[Any], Awaitable[T]]:
+            return lambda client: call(client, batch)
+
+        jobs = [
+            self._on_node(index, bind(node_keys[start : start + GET_BATCH]))
+            for index, node_keys in group_by_node(self.labels, keys).items()
+            for start in range(0, len(node_keys), GET_BATCH)
+        ]
+        if len(jobs) == 1:
+            return [await jobs[0]]
+        return list(await asyncio.gather(*jobs))
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The values found for ``keys`` (distinct), by key."""
+        if len(self.labels) == 1 and len(keys) <= GET_BATCH:
+            client = self._clients()[0]
+            values = await self._bounded(client, lambda: client.multi_get(*keys))
+            return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+        async def fetch(client: Any, batch: list[bytes]) -> dict[bytes, bytes]:
+            values = await client.multi_get(*batch)
+            return {k: v for k, v in zip(batch, values, strict=True) if v is not None}
+
+        found: dict[bytes, bytes] = {}
+        for part in await self._each_node(keys, fetch):
+            found.update(part)
+        return found
+
+    async def set(self, key: bytes, value: bytes, exptime: int) -> bool:
+        """Store ``value`` (``exptime`` as memcached reads it); ``True`` when stored."""
+        index = 0 if len(self.labels) == 1 else group_by_node(self.labels, [key]).popitem()[0]
+        return await self._on_node(index, lambda c: c.set(key, value, exptime=exptime))
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes, int]]) -> None:
+        """Store every ``(key, value, exptime)``, concurrently over the pools."""
+
+        async def one(key: bytes, value: bytes, exptime: int) -> None:
+            await self.set(key, value, exptime)
+
+        await asyncio.gather(*(one(*item) for item in items))
+
+    async def add(self, key: bytes, value: bytes, exptime: int) -> bool:
+        """Store ``value`` only if ``key`` is absent; ``True`` when stored."""
+        index = 0 if len(self.labels) == 1 else group_by_node(self.labels, [key]).popitem()[0]
+        return await self._on_node(index, lambda c: c.add(key, value, exptime=exptime))
+
+    async def incr(self, key: bytes, delta: int) -> int | None:
+        """Add ``delta`` to the decimal number under ``key``; ``None`` when absent."""
+        index = 0 if len(self.labels) == 1 else group_by_node(self.labels, [key]).popitem()[0]
+
+        async def incr(client: Any) -> int | None:
+            try:
+                return int(await client.incr(key, delta))
+            except ClientException as exc:
+                # aiomcache raises on NOT_FOUND instead of returning None.
+                if len(exc.args) > 1 and exc.args[1] == b"NOT_FOUND":
+                    return None
+                raise
+
+        return await self._on_node(index, incr)
+
+    async def delete_many(self, keys: Sequence[bytes]) -> None:
+        """Remove ``keys`` (absent ones are no error)."""
+
+        async def delete(client: Any, batch: list[bytes]) -> None:
+            for key in batch:
+                await client.delete(key)
+
+        if len(keys) == 1:
+            index = 0 if len(self.labels) == 1 else group_by_node(self.labels, keys).popitem()[0]
+            await self._on_node(index, lambda c: c.delete(keys[0]))
+            return
+        # One sequence of deletes per server and batch, the batches concurrently.
+        await self._each_node(keys, delete)
+
+    async def version(self) -> list[str]:
+        """Every server's version (a round trip to each)."""
+        clients = self._clients()
+        replies = await asyncio.gather(
+            *(self._bounded(client, client.version) for client in clients)
+        )
+        return [reply.decode("ascii", "replace") for reply in replies]
+
+
+async def _close_quietly(client: Any) -> None:
+    try:
+        await client.close()
+    except Exception:
+        logger.debug("closing an aiomcache client failed", exc_info=True)
+
+
+async def _close_all(clients: Sequence[Any]) -> None:
+    for client in clients:
+        await _close_quietly(client)

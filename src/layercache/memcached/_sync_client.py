@@ -1,0 +1,139 @@
+"""The memcached commands the sync layer sends, on pymemcache.
+
+Hand-written, like ``_primitives/threads.py``: the twin of ``_aio_client.py`` (same methods,
+same meaning), which the generated ``_sync_layer.py`` imports in place of it. Built from
+``servers``, one pymemcache ``PooledClient`` per server (thread-safe: every thread takes a
+pooled connection) with ``timeout`` as its connect and socket timeout; keys are spread over
+the servers by the same rendezvous hashing as the asyncio twin's. A ``client`` you pass (a
+pymemcache ``Client``, ``PooledClient`` or ``HashClient``) is used as given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from pymemcache.client.base import PooledClient  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "layercache.memcached needs the 'memcached' extra: pip install 'layercache-py[memcached]'"
+    ) from exc
+
+from ._common import group_by_node, node_labels
+
+__all__ = ["MemcacheClient", "SyncMemcached"]
+
+logger = logging.getLogger("layercache.memcached")
+
+# What the sync layer accepts as ``client=``: a pymemcache client.
+MemcacheClient = Any
+# Keys per multi-get command.
+GET_BATCH = 100
+
+
+class SyncMemcached:
+    """memcached commands over one pymemcache pooled client per server.
+
+    Args:
+        servers: ``(host, port)`` pairs (keys spread by rendezvous hashing); ignored with
+            ``client``.
+        client: A pymemcache client used as given (never closed here).
+        timeout: Connect and socket timeout in seconds (``None``: unbounded).
+        max_connections: Connections per server.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        client: Any = None,
+        *,
+        timeout: float | None,
+        max_connections: int,
+    ) -> None:
+        self.timeout = timeout
+        self.max_connections = max_connections
+        if client is not None:
+            self._clients: list[Any] = [client]
+            self._owned = False
+            self.labels = [b"client"]
+        else:
+            self._clients = [
+                PooledClient(
+                    server,
+                    connect_timeout=timeout,
+                    timeout=timeout,
+                    no_delay=True,
+                    max_pool_size=max_connections,
+                    default_noreply=False,
+                )
+                for server in servers
+            ]
+            self._owned = True
+            self.labels = node_labels(servers)
+
+    def _node(self, key: bytes) -> Any:
+        if len(self._clients) == 1:
+            return self._clients[0]
+        return self._clients[group_by_node(self.labels, [key]).popitem()[0]]
+
+    def close(self) -> None:
+        """Close the clients built here."""
+        if self._owned:
+            for client in self._clients:
+                try:
+                    client.close()
+                except Exception:
+                    logger.debug("closing a pymemcache client failed", exc_info=True)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The values found for ``keys`` (distinct), by key."""
+        found: dict[bytes, bytes] = {}
+        for index, node_keys in group_by_node(self.labels, keys).items():
+            client = self._clients[index]
+            for start in range(0, len(node_keys), GET_BATCH):
+                batch = node_keys[start : start + GET_BATCH]
+                found.update(client.get_many(batch))
+        return found
+
+    def set(self, key: bytes, value: bytes, exptime: int) -> bool:
+        """Store ``value`` (``exptime`` as memcached reads it); ``True`` when stored."""
+        return bool(self._node(key).set(key, value, expire=exptime, noreply=False))
+
+    def set_many(self, items: Sequence[tuple[bytes, bytes, int]]) -> None:
+        """Store every ``(key, value, exptime)``: one pipelined ``set_many`` per server and
+        expiry time."""
+        groups: dict[tuple[int, int], dict[bytes, bytes]] = {}
+        for key, value, exptime in items:
+            index = 0 if len(self._clients) == 1 else group_by_node(self.labels, [key]).popitem()[0]
+            groups.setdefault((index, exptime), {})[key] = value
+        for (index, exptime), values in groups.items():
+            self._clients[index].set_many(values, expire=exptime, noreply=False)
+
+    def add(self, key: bytes, value: bytes, exptime: int) -> bool:
+        """Store ``value`` only if ``key`` is absent; ``True`` when stored."""
+        return bool(self._node(key).add(key, value, expire=exptime, noreply=False))
+
+    def incr(self, key: bytes, delta: int) -> int | None:
+        """Add ``delta`` to the decimal number under ``key``; ``None`` when absent."""
+        result = self._node(key).incr(key, delta, noreply=False)
+        return None if result is None else int(result)
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        """Remove ``keys`` (absent ones are no error)."""
+        if len(keys) == 1:
+            self._node(keys[0]).delete(keys[0], noreply=False)
+            return
+        for index, node_keys in group_by_node(self.labels, keys).items():
+            self._clients[index].delete_many(node_keys, noreply=False)
+
+    def version(self) -> list[str]:
+        """Every server's version (a round trip to each)."""
+        replies = [client.version() for client in self._clients]
+        return [
+            reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
+            for reply in replies
+        ]
