@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .commands import redis_commands
 from .demo import demo
 
 __all__ = ["LayerCacheGroup", "cli"]
@@ -86,3 +87,5 @@ def cli() -> None:
 
 
 cli.add_command(demo)
+for _command in redis_commands():  # stats, keys, inspect, invalidate, ... (H6)
+    cli.add_command(_command)
