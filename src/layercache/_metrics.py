@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -220,6 +221,11 @@ class Histogram:
         self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.sum += seconds
 
+    def reset(self) -> None:
+        # In place: timers hold this object (see _LayerCounters.timer).
+        self.counts[:] = [0] * len(self.counts)
+        self.sum = 0.0
+
     def snapshot(self) -> OperationLatency:
         cumulative: list[int] = []
         total = 0
@@ -240,6 +246,32 @@ class _LayerCounters:
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         # One histogram per operation name (the stack's own, a handful).
         self.operations: dict[str, Histogram] = {}
+
+    def timer(self, operation: str) -> Callable[[float], None]:
+        """The recorder of one operation's latencies: one call per timed operation, with the
+        histogram (and, for reads, the summary window) bound in advance."""
+        histogram = self.operations.get(operation)
+        if histogram is None:
+            histogram = self.operations.setdefault(operation, Histogram())
+        counts = histogram.counts
+        bounds = LATENCY_BUCKETS
+        if operation != "get" and operation != "get_many":
+
+            def record(seconds: float) -> None:
+                counts[bisect_left(bounds, seconds)] += 1
+                histogram.sum += seconds
+
+            return record
+        latencies = self.latencies
+
+        def record_read(seconds: float) -> None:
+            counts[bisect_left(bounds, seconds)] += 1
+            histogram.sum += seconds
+            self.count += 1
+            self.total_latency += seconds
+            latencies.append(seconds)
+
+        return record_read
 
 
 class MetricsRecorder:
@@ -265,16 +297,12 @@ class MetricsRecorder:
 
     def observe(self, layer: str, seconds: float, operation: str = "get") -> None:
         """Record one operation's latency for ``layer``: reads feed the layer's latency
-        summary, every operation its own histogram."""
-        counters = self.layers[layer]
-        if operation == "get" or operation == "get_many":
-            counters.count += 1
-            counters.total_latency += seconds
-            counters.latencies.append(seconds)
-        histogram = counters.operations.get(operation)
-        if histogram is None:
-            histogram = counters.operations.setdefault(operation, Histogram())
-        histogram.observe(seconds)
+        summary, every operation its own histogram (hot paths hold a :meth:`timer`)."""
+        self.layers[layer].timer(operation)(seconds)
+
+    def timer(self, layer: str, operation: str) -> Callable[[float], None]:
+        """The recorder of ``layer``'s ``operation`` latencies (see ``_LayerCounters``)."""
+        return self.layers[layer].timer(operation)
 
     def error(self, operation: str | None) -> None:
         """Count one absorbed error, under its operation."""
@@ -291,13 +319,15 @@ class MetricsRecorder:
             setattr(self, name, 0)
         self.bus_sent = self.bus_received = self.bus_rejected = 0
         self.errors_by_operation = {}
-        self.fetch_latency = Histogram()
-        # Reset in place: the stack keeps references to the L1 counters on its hot path.
+        self.fetch_latency.reset()
+        # Reset in place: the stack keeps references to the L1 counters on its hot path, and
+        # timers to the histograms.
         for counters in self.layers.values():
             counters.hits = counters.misses = counters.count = 0
             counters.total_latency = 0.0
             counters.latencies.clear()
-            counters.operations = {}
+            for histogram in counters.operations.values():
+                histogram.reset()
 
     def snapshot(self, extra_evictions: int = 0) -> CacheMetrics:
         """A frozen copy of the counters."""
@@ -310,7 +340,11 @@ class MetricsRecorder:
             else:
                 p50 = p99 = 0.0
             mean = c.total_latency / c.count if c.count else 0.0
-            operations = {op: h.snapshot() for op, h in list(c.operations.items())}
+            operations = {}
+            for op, histogram in list(c.operations.items()):
+                latency = histogram.snapshot()
+                if latency.count:  # a timer made in advance for an operation not yet seen
+                    operations[op] = latency
             layers[name] = LayerMetrics(
                 c.hits, c.misses, LatencySummary(c.count, mean, p50, p99), operations
             )

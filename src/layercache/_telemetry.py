@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._events import EventHub
@@ -28,6 +28,10 @@ __all__ = ["Telemetry", "key_hash", "resolve_logger"]
 
 # A context manager that does nothing, shared by every tracing point when no tracer is set.
 _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def _ignore(_seconds: float) -> None:
+    """The timer of a stack whose metrics are disabled."""
 
 
 def key_hash(key: str | None) -> str | None:
@@ -116,6 +120,13 @@ class Telemetry:
         """One timed operation of ``layer`` (only when metrics are enabled)."""
         if self.enabled:
             self.metrics.observe(layer, seconds, operation)
+
+    def timer(self, layer: str, operation: str) -> Callable[[float], None]:
+        """A recorder of ``layer``'s ``operation`` latencies for a hot path to hold (a no-op
+        when metrics are disabled)."""
+        if not self.enabled:
+            return _ignore
+        return self.metrics.timer(layer, operation)
 
     def report(self, error: BaseException, **context: Any) -> None:
         """An error the caller did not see (it was absorbed): counted under its operation and

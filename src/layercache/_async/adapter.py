@@ -136,8 +136,10 @@ class LayerAdapter:
         self.refills: OrderedDict[str, None] = OrderedDict()
         # When the current outage began (the stack's clock; set by the layer set).
         self.degraded_since: float | None = None
-        # Where calls are timed and traced (set by the layer set).
+        # Where calls are timed and traced (set by the layer set), and the recorders of
+        # each operation's latency, bound on first use.
         self.telemetry: Telemetry | None = None
+        self._timers: dict[str, Callable[[float], None]] = {}
         # The layer's own eviction counter (the memory layer's bound), read by get_metrics().
         self.counts_evictions = hasattr(layer, "evictions")
         # Where the layer reports unreadable stored values: a handler of this stack's, added
@@ -171,12 +173,17 @@ class LayerAdapter:
         telemetry = self.telemetry
         if telemetry is None or operation in _TIMED_BY_READER:
             return await self._call(operation, fn, args)
+        timer = self._timers.get(operation)
+        if timer is None:
+            timer = self._timers[operation] = telemetry.timer(self.name, operation)
         began = time.perf_counter()
         try:
-            with telemetry.layer_call(self.name, operation, not self.is_local):
+            if telemetry.tracer is None or self.is_local:
+                return await self._call(operation, fn, args)
+            with telemetry.tracer.layer_call(self.name, operation):
                 return await self._call(operation, fn, args)
         finally:
-            telemetry.observe(self.name, time.perf_counter() - began, operation)
+            timer(time.perf_counter() - began)
 
     async def _call(
         self, operation: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]

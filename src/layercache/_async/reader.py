@@ -93,6 +93,9 @@ class Reader:
         first = layers.adapters[0]
         self._l1: Callable[[str, float], Entry | None] | None = first.lookup
         self._l1_counters = telemetry.metrics.layers[first.name]
+        # Each layer's read latency recorders, bound once.
+        self._get_timers = [telemetry.timer(a.name, "get") for a in layers.adapters]
+        self._get_many_timers = [telemetry.timer(a.name, "get_many") for a in layers.adapters]
 
     async def read_through(
         self,
@@ -280,25 +283,34 @@ class Reader:
             if adapter.backlog.down_until is not None and not await layers.usable(adapter):
                 continue
             began = time.perf_counter()
+            # A tracer's span around a remote read (a branch, not a no-op context manager:
+            # this is the path of every L2 hit).
+            span = None
+            if telemetry.tracer is not None and not adapter.is_local:
+                span = telemetry.tracer.layer_call(adapter.name, "get")
+                span.__enter__()
             try:
-                with telemetry.layer_call(adapter.name, "get", not adapter.is_local):
-                    if behind is not None and not adapter.is_local:
-                        queued, raw = writer.queued(adapter, key)
-                        if not queued:
-                            raw = await adapter.read(key)
-                    elif adapter.read_leased is not None:
-                        raw, lease = await adapter.read_leased(key)
-                        if leases is None:
-                            leases = {}
-                        leases[index] = lease
-                    else:
+                if behind is not None and not adapter.is_local:
+                    queued, raw = writer.queued(adapter, key)
+                    if not queued:
                         raw = await adapter.read(key)
-            except CacheLayerError as exc:
-                if layers.retry_after is None:
+                elif adapter.read_leased is not None:
+                    raw, lease = await adapter.read_leased(key)
+                    if leases is None:
+                        leases = {}
+                    leases[index] = lease
+                else:
+                    raw = await adapter.read(key)
+            except BaseException as exc:
+                if span is not None:
+                    span.__exit__(type(exc), exc, exc.__traceback__)
+                if not isinstance(exc, CacheLayerError) or layers.retry_after is None:
                     raise
                 layers.degrade(adapter, exc, "get")
                 continue
-            telemetry.observe(adapter.name, time.perf_counter() - began)
+            if span is not None:
+                span.__exit__(None, None, None)
+            self._get_timers[index](time.perf_counter() - began)
             entry = layers.entry_or_miss(adapter, key, raw)
             # Every layer below L1 hands out a decoded copy (Redis, disk, a user's layer), so
             # it is rebuilt as the caller's type before it is backfilled above.
@@ -405,7 +417,7 @@ class Reader:
                     queued, raw = writer.queued(adapter, key)
                     if queued:
                         raws[position] = raw
-            telemetry.observe(adapter.name, time.perf_counter() - began, "get_many")
+            self._get_many_timers[depth](time.perf_counter() - began)
             now = self._clock()
             still: list[int] = []
             fills: list[tuple[str, Entry]] = []

@@ -194,6 +194,7 @@ class CacheStack:
         self._metrics = telemetry.metrics
         self._metrics_enabled = metrics
         self._l1_counters = telemetry.metrics.layers[first.name]
+        self._l1_timer = telemetry.timer(first.name, "get")
         self._events = telemetry.events
         self._tracer: OperationTracer | None = None  # the L1 path's copy of telemetry.tracer
 
@@ -341,7 +342,7 @@ class CacheStack:
             else:
                 began = time.perf_counter()
                 entry = l1(key, now)
-                self._metrics.observe(self._l1_name, time.perf_counter() - began)
+                self._l1_timer(time.perf_counter() - began)
             if convert is not None and entry is not None:
                 # L1 may hold the raw value a get() without type= backfilled: convert it (a
                 # value already of the type costs one check); not of the type: a miss here.
@@ -370,10 +371,12 @@ class CacheStack:
                     return entry.value
                 stale = (entry, self._l1_name)
         await self._open()
-        with self._telemetry.operation("cache.get", key):
-            value = await self._reader.read_through(
-                key, fetcher, opts, 1 if l1 is not None else 0, stale, convert=convert
-            )
+        start = 1 if l1 is not None else 0
+        if self._tracer is None:
+            value = await self._reader.read_through(key, fetcher, opts, start, stale, convert)
+        else:
+            with self._tracer.operation("cache.get", key):
+                value = await self._reader.read_through(key, fetcher, opts, start, stale, convert)
         return None if value is MISS else value
 
     @overload

@@ -21,13 +21,13 @@ from typing import Any
 
 from .._circuit import CircuitRegistry
 from .._entry import Entry
-from .._metrics import SingleFlightStatus
 from .._exceptions import (
     CacheLayerError,
     CircuitOpenError,
     FetcherQueueFullError,
     FetchTimeoutError,
 )
+from .._metrics import SingleFlightStatus
 from .._options import CacheOptions, merge_options
 from .._policy import per_layer_value
 from .._primitives.threads import (

@@ -190,6 +190,7 @@ class SyncCacheStack:
         self._metrics = telemetry.metrics
         self._metrics_enabled = metrics
         self._l1_counters = telemetry.metrics.layers[first.name]
+        self._l1_timer = telemetry.timer(first.name, "get")
         self._events = telemetry.events
         self._tracer: OperationTracer | None = None  # the L1 path's copy of telemetry.tracer
 
@@ -337,7 +338,7 @@ class SyncCacheStack:
             else:
                 began = time.perf_counter()
                 entry = l1(key, now)
-                self._metrics.observe(self._l1_name, time.perf_counter() - began)
+                self._l1_timer(time.perf_counter() - began)
             if convert is not None and entry is not None:
                 # L1 may hold the raw value a get() without type= backfilled: convert it (a
                 # value already of the type costs one check); not of the type: a miss here.
@@ -366,10 +367,12 @@ class SyncCacheStack:
                     return entry.value
                 stale = (entry, self._l1_name)
         self._open()
-        with self._telemetry.operation("cache.get", key):
-            value = self._reader.read_through(
-                key, fetcher, opts, 1 if l1 is not None else 0, stale, convert=convert
-            )
+        start = 1 if l1 is not None else 0
+        if self._tracer is None:
+            value = self._reader.read_through(key, fetcher, opts, start, stale, convert)
+        else:
+            with self._tracer.operation("cache.get", key):
+                value = self._reader.read_through(key, fetcher, opts, start, stale, convert)
         return None if value is MISS else value
 
     @overload
