@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from .serializers import JsonSerializer, MsgpackSerializer, PickleSerializer
 
 __all__ = [
-    "LATENCY_BUCKETS",
     "AdaptiveTtl",
     "BusStatus",
     "CacheEntry",
@@ -91,6 +90,7 @@ __all__ = [
     "InMemoryTagIndex",
     "InvalidationMessage",
     "JsonSerializer",
+    "LATENCY_BUCKETS",
     "LatencySummary",
     "LayerCacheError",
     "LayerHealth",
