@@ -12,6 +12,7 @@ import click
 from ._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .commands import redis_commands
 from .demo import demo
+from .snapshot import export_command, import_command
 
 __all__ = ["LayerCacheGroup", "cli"]
 
@@ -89,3 +90,5 @@ def cli() -> None:
 cli.add_command(demo)
 for _command in redis_commands():  # stats, keys, inspect, invalidate, ... (H6)
     cli.add_command(_command)
+cli.add_command(export_command)  # H5: layercache export
+cli.add_command(import_command)  # H5: layercache import
