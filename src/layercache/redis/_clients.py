@@ -50,6 +50,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -60,6 +61,7 @@ __all__ = [
     "SENTINEL_SCHEMES",
     "LoopBoundClient",
     "SentinelTarget",
+    "connection_hint",
     "init_signature",
     "is_sentinel_url",
     "parse_sentinel_url",
@@ -383,6 +385,46 @@ def _sync_sentinel_client(
         **options,
     )
     return cast("redis.Redis", client)
+
+
+# -- what a failed connection probably means -----------------------------------------------------
+
+
+def connection_hint(url: str | None, exc: BaseException) -> str | None:
+    """A likely cause and fix of a failed connection made from ``url`` (a plain-text client on
+    a TLS-only port, a certificate that is not trusted, a missing client certificate), or
+    ``None`` when there is nothing to add. For the ``detail`` of a component's errors:
+    redis-py 8's exceptions show only their class in ``repr()``."""
+    if url is None or not isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return None
+    scheme = url.partition("://")[0].lower()
+    text = str(exc)
+    lowered = text.lower()
+    if "certificate required" in lowered:
+        return (
+            "the server requires a client certificate: add ssl_certfile= and ssl_keyfile= "
+            "to the rediss:// URL"
+        )
+    if "certificate_verify_failed" in lowered:
+        return (
+            "the server's certificate is not trusted: add ssl_ca_certs=<the CA's PEM file> "
+            "to the rediss:// URL"
+        )
+    tls = scheme in ("rediss", "rediss+sentinel")
+    if tls and ("wrong version number" in lowered or "record layer failure" in lowered):
+        return "the TLS handshake failed: the server may speak plain text here (redis://)"
+    if tls and isinstance(exc, RedisTimeoutError) and "connecting" in lowered:
+        # A plain-text server reads the TLS hello as the start of a command, and waits.
+        return (
+            "no answer to the TLS handshake: the server may speak plain text here (redis://), "
+            "or be unreachable"
+        )
+    plain_closed = "reset by peer" in lowered or "closed by server" in lowered
+    if scheme in ("redis", "redis+sentinel") and plain_closed:
+        return (
+            "the server closed a plain-text connection: if it speaks TLS only, use a rediss:// URL"
+        )
+    return None
 
 
 def new_async_client(url: str, socket_timeout: float | None, max_connections: int) -> Any:
