@@ -154,7 +154,10 @@ class Telemetry:
     def hit(self, key: str, layer: str) -> None:
         """A read answered from ``layer`` (below L1: the L1 path counts inline)."""
         self.metrics.hits += 1
-        self.debug("layercache: hit in %s", layer, operation="get", key=key, layer=layer)
+        if self.logger.isEnabledFor(logging.DEBUG):  # the common case builds no arguments
+            self.log(
+                logging.DEBUG, "layercache: hit in %s", layer, operation="get", key=key, layer=layer
+            )
         if self.tracer is not None:
             self.tracer.outcome("hit", layer)
         if "hit" in self.events.active:
