@@ -303,14 +303,21 @@ class DriverErrors:
     client raises (socket errors, timeouts, protocol errors) is a failure of the layer.
     """
 
-    __slots__ = ("max_bytes", "name")
+    __slots__ = ("max_bytes", "name", "on_failure")
 
-    def __init__(self, name: str, max_bytes: int) -> None:
+    def __init__(
+        self, name: str, max_bytes: int, on_failure: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
         self.max_bytes = max_bytes
+        # Told of every failure (the layer then reads the namespace version again: a server
+        # that failed may have restarted empty).
+        self.on_failure = on_failure
 
     def error(self, operation: str, exc: BaseException) -> CacheLayerError:
         """The ``CacheLayerError`` for the driver failure ``exc`` (the caller chains it)."""
+        if self.on_failure is not None:
+            self.on_failure()
         if _TOO_LARGE in str(exc):
             return CacheLayerError(
                 self.name,

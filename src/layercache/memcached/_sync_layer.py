@@ -171,7 +171,7 @@ class SyncMemcachedLayer:
             compression_threshold=compression_threshold,
         )
         self._entries = StoredEntries(name, codec, max_value_bytes)
-        self._errors = DriverErrors(name, max_value_bytes)
+        self._errors = DriverErrors(name, max_value_bytes, self._unconfirm)
         self._owns_client = client is None
         self._client = SyncMemcached(
             server_list, client, timeout=timeout, max_connections=max_connections
@@ -193,6 +193,11 @@ class SyncMemcachedLayer:
         return self._entries.codec
 
     # -- the namespace version --------------------------------------------------------------------
+
+    def _unconfirm(self) -> None:
+        """After a failure the next store reads the version again (the server may have
+        restarted empty, without the version key the stores would otherwise reuse)."""
+        self._confirmed = 0.0
 
     def _seen(self, raw: bytes | None) -> bytes | None:
         """Take note of a version read from memcached; ``None`` if absent or not a number."""
