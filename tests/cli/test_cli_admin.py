@@ -435,3 +435,60 @@ def test_cluster_keys_stats_and_invalidate(redis_cluster3: Any) -> None:
     expected = {k for i, k in enumerate(names) if i % 2 == 1} - {f"c:{i}" for i in range(10, 20)}
     assert set(left["keys"]) == expected
     client.close()
+
+
+@pytest.fixture
+def sentinel_port(own_redis: Any, tmp_path: Any) -> Iterator[int]:
+    """A real ``redis-server --sentinel`` monitoring the module's own server as ``main``."""
+    import subprocess
+
+    from _redis_server import find_free_port
+
+    port = find_free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor main 127.0.0.1 {own_redis.port} 1\n"
+    )
+    process = subprocess.Popen(
+        [own_redis.binary, str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def knows_master() -> bool:
+            try:
+                probe = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+                try:
+                    command = probe.execute_command  # type: ignore[no-untyped-call]
+                    return bool(command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "main"))
+                finally:
+                    probe.close()
+            except redis.RedisError:
+                return process.poll() is not None  # ends the wait; the test then fails
+
+        eventually(knows_master, what="sentinel answers for 'main'")
+        assert process.poll() is None, "redis sentinel exited"
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_sentinel_url(own_redis: Any, sentinel_port: int) -> None:
+    client = redis.Redis(host=own_redis.host, port=own_redis.port)
+    client.flushall()
+    stack = SyncCacheStack([RedisLayer(client=client, ttl=60)])
+    stack.set("via:sentinel", {"ok": True}, tags=["s"])
+    stack.close()
+    client.close()
+    url = f"redis+sentinel://127.0.0.1:{sentinel_port}/main"
+    inspected = layercache("inspect", "--redis", url, "via:sentinel", "--json")
+    assert inspected.code == 0, inspected.stderr
+    assert inspected.json()["value"] == {"ok": True}
+    listed = layercache("keys", "--redis", url, "--pattern", "via:*")
+    assert listed.stdout.split() == ["via:sentinel"]
+    refused = layercache("stats", "--redis", url, "--require-tls")
+    assert refused.code == 1
+    assert "rediss+sentinel://" in refused.one_error_line()
