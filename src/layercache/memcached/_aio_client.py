@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -41,6 +42,8 @@ MemcacheClient = aiomcache.Client | aiomcache.FlagClient[Any]
 GET_BATCH = 100
 # Loops whose clients are kept at once.
 MAX_LOOPS = 8
+# asyncio.timeout() (Python 3.11+) bounds a call without a task of its own.
+_HAS_TIMEOUT = sys.version_info >= (3, 11)
 
 
 def is_sync_client(client: object) -> bool:
@@ -184,6 +187,10 @@ class AioMemcached:
         if self.timeout is None:
             return await call()
         try:
+            if _HAS_TIMEOUT:
+                # No task per call (wait_for's costs about 50 us on a 100 us round trip).
+                async with asyncio.timeout(self.timeout):  # type: ignore[attr-defined,unused-ignore]
+                    return await call()
             return await asyncio.wait_for(call(), self.timeout)
         except TimeoutError:
             # aiomcache puts a connection cancelled mid-reply back in its pool: drop the idle

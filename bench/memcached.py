@@ -1,0 +1,253 @@
+"""What the memcached layer costs over its client library, cold, in one run (issue 15).
+
+Three cold-start scenarios against one local ``memcached`` (started here on a free port, the
+test suite's launcher), each for the asyncio stack (aiomcache) and the sync stack (pymemcache):
+
+* **cold miss**: a new key each call; the stack misses memory and memcached, calls an instant
+  fetcher and stores its value in both. Floor: the raw client's ``get`` + ``json.dumps`` +
+  ``set``.
+* **cold start, L2 hit**: the keys are in memcached, the instance's memory layer is empty (a
+  restarted process): each call reads memcached, decodes and fills L1. Floor: the raw
+  client's ``get`` + ``json.loads``.
+* **bulk cold start**: ``get_many`` of 100 keys in memcached with an empty L1. Floor: the
+  raw client's multi-get + ``json.loads`` of each.
+
+The stack is ``CacheStack([MemoryLayer(), MemcachedLayer(servers=...)])`` (and its sync twin);
+values are a 1 KiB JSON object. Subjects run in interleaved rounds on fresh keys; the median
+round is reported as wall time per call (per key for the bulk scenario) and the ratio to the
+floor. The layer's extra work per read: the namespace version rides in the same multi-get,
+the entry envelope is decoded.
+
+Usage: ``python -m bench.memcached [--calls N] [--rounds R] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from bench.fixtures import ROOT, VALUE
+
+BULK = 100
+
+
+@contextlib.contextmanager
+def memcached_server() -> Iterator[Any]:
+    """A throwaway ``memcached`` on a free 127.0.0.1 port, killed on exit."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from _memcached_server import MemcachedServer  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    server = MemcachedServer.launch()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+async def run_async(host: str, port: int, calls: int, rounds: int) -> dict[str, float]:
+    import aiomcache
+
+    from layercache import CacheStack, MemoryLayer
+    from layercache.memcached import MemcachedLayer
+
+    raw = aiomcache.Client(host, port, pool_size=4)
+    servers = f"{host}:{port}"
+    counter = iter(range(10**9))
+
+    async def fetch() -> Any:
+        return VALUE
+
+    async def floor_miss() -> None:
+        key = f"raw:{next(counter)}".encode()
+        if await raw.get(key) is None:
+            await raw.set(key, json.dumps(VALUE).encode(), exptime=60)
+
+    stack = CacheStack([MemoryLayer(), MemcachedLayer(servers=servers, prefix="bm:", ttl=60)])
+
+    async def stack_miss() -> None:
+        await stack.get(f"k{next(counter)}", fetch)
+
+    # L2 hits: a writer stack fills memcached; the reader stack's L1 is emptied each round.
+    warm_keys = [f"w{index}" for index in range(calls)]
+    await stack.set_many([(key, VALUE) for key in warm_keys])
+    for key in warm_keys:
+        await raw.set(f"raw:{key}".encode(), json.dumps(VALUE).encode(), exptime=600)
+    reader_layer = MemcachedLayer(servers=servers, prefix="bm:", ttl=60)
+    reader_memory = MemoryLayer()
+    reader = CacheStack([reader_memory, reader_layer])
+    position = iter(range(10**9))
+
+    async def floor_hit() -> None:
+        key = warm_keys[next(position) % calls]
+        json.loads(await raw.get(f"raw:{key}".encode()))
+
+    async def stack_hit() -> None:
+        await reader.get(warm_keys[next(position) % calls], fetch)
+
+    bulk = [warm_keys[start : start + BULK] for start in range(0, calls - BULK + 1, BULK)]
+    bulk_position = iter(range(10**9))
+
+    async def floor_bulk() -> None:
+        keys = bulk[next(bulk_position) % len(bulk)]
+        values = await raw.multi_get(*(f"raw:{key}".encode() for key in keys))
+        [json.loads(value) for value in values]
+
+    async def stack_bulk() -> None:
+        await reader.get_many(bulk[next(bulk_position) % len(bulk)])
+
+    subjects: dict[str, tuple[Callable[[], Awaitable[None]], int]] = {
+        "async cold miss: aiomcache get+set": (floor_miss, 1),
+        "async cold miss: CacheStack[Memory, Memcached]": (stack_miss, 1),
+        "async L2 hit: aiomcache get": (floor_hit, 1),
+        "async L2 hit: CacheStack[Memory, Memcached]": (stack_hit, 1),
+        f"async bulk {BULK}: aiomcache multi_get": (floor_bulk, BULK),
+        f"async bulk {BULK}: CacheStack.get_many": (stack_bulk, BULK),
+    }
+    for call, _ in subjects.values():  # warm up: connections, the namespace version
+        for _ in range(20):
+            await call()
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    for _ in range(rounds):
+        for name, (call, per) in subjects.items():
+            reader_memory.clear()  # every read of this round starts with an empty L1
+            repeat = calls if per == 1 else max(1, calls // BULK)
+            began = time.perf_counter()
+            for _ in range(repeat):
+                await call()
+            samples[name].append((time.perf_counter() - began) / (repeat * per))
+    await stack.aclose()
+    await reader.aclose()
+    await raw.close()
+    return {name: _median(values) for name, values in samples.items()}
+
+
+def run_sync(host: str, port: int, calls: int, rounds: int) -> dict[str, float]:
+    from pymemcache.client.base import Client
+
+    from layercache import MemoryLayer, SyncCacheStack
+    from layercache.memcached import SyncMemcachedLayer
+
+    raw = Client((host, port), no_delay=True, default_noreply=False)
+    servers = f"{host}:{port}"
+    counter = iter(range(10**9))
+
+    def fetch() -> Any:
+        return VALUE
+
+    def floor_miss() -> None:
+        key = f"sraw:{next(counter)}"
+        if raw.get(key) is None:
+            raw.set(key, json.dumps(VALUE).encode(), expire=60, noreply=False)
+
+    stack = SyncCacheStack(
+        [MemoryLayer(), SyncMemcachedLayer(servers=servers, prefix="sbm:", ttl=60)]
+    )
+
+    def stack_miss() -> None:
+        stack.get(f"k{next(counter)}", fetch)
+
+    warm_keys = [f"w{index}" for index in range(calls)]
+    stack.set_many([(key, VALUE) for key in warm_keys])
+    for key in warm_keys:
+        raw.set(f"sraw:{key}", json.dumps(VALUE).encode(), expire=600, noreply=False)
+    reader_memory = MemoryLayer()
+    reader = SyncCacheStack(
+        [reader_memory, SyncMemcachedLayer(servers=servers, prefix="sbm:", ttl=60)]
+    )
+    position = iter(range(10**9))
+
+    def floor_hit() -> None:
+        json.loads(raw.get(f"sraw:{warm_keys[next(position) % calls]}"))
+
+    def stack_hit() -> None:
+        reader.get(warm_keys[next(position) % calls], fetch)
+
+    bulk = [warm_keys[start : start + BULK] for start in range(0, calls - BULK + 1, BULK)]
+    bulk_position = iter(range(10**9))
+
+    def floor_bulk() -> None:
+        keys = [f"sraw:{key}" for key in bulk[next(bulk_position) % len(bulk)]]
+        found = raw.get_many(keys)
+        [json.loads(found[key]) for key in keys]
+
+    def stack_bulk() -> None:
+        reader.get_many(bulk[next(bulk_position) % len(bulk)])
+
+    subjects: dict[str, tuple[Callable[[], None], int]] = {
+        "sync cold miss: pymemcache get+set": (floor_miss, 1),
+        "sync cold miss: SyncCacheStack[Memory, Memcached]": (stack_miss, 1),
+        "sync L2 hit: pymemcache get": (floor_hit, 1),
+        "sync L2 hit: SyncCacheStack[Memory, Memcached]": (stack_hit, 1),
+        f"sync bulk {BULK}: pymemcache get_many": (floor_bulk, BULK),
+        f"sync bulk {BULK}: SyncCacheStack.get_many": (stack_bulk, BULK),
+    }
+    for call, _ in subjects.values():
+        for _ in range(20):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    for _ in range(rounds):
+        for name, (call, per) in subjects.items():
+            reader_memory.clear()
+            repeat = calls if per == 1 else max(1, calls // BULK)
+            began = time.perf_counter()
+            for _ in range(repeat):
+                call()
+            samples[name].append((time.perf_counter() - began) / (repeat * per))
+    stack.close()
+    reader.close()
+    raw.close()
+    return {name: _median(values) for name, values in samples.items()}
+
+
+def ratios(results: dict[str, float]) -> dict[str, float]:
+    """Each stack row over the floor row before it (same scenario and twin)."""
+    names = list(results)
+    return {
+        names[index + 1]: results[names[index + 1]] / results[names[index]]
+        for index in range(0, len(names) - 1, 2)
+    }
+
+
+def report(results: dict[str, float], calls: int, rounds: int) -> list[str]:
+    lines = [
+        f"memcached cold start, 1 KiB JSON values: {rounds} rounds x {calls} calls, median",
+        f"{'subject':52} {'us/key':>9} {'vs floor':>9}",
+    ]
+    over = ratios(results)
+    for name, seconds in results.items():
+        ratio = f"{over[name]:8.2f}x" if name in over else f"{'floor':>9}"
+        lines.append(f"{name:52} {seconds * 1e6:9.1f} {ratio}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 200 calls, 2 rounds")
+    args = parser.parse_args(argv)
+    calls, rounds = (200, 2) if args.quick else (args.calls, args.rounds)
+    calls = max(calls, BULK)
+    with memcached_server() as server:
+        results = asyncio.run(run_async(server.host, server.port, calls, rounds))
+        results.update(run_sync(server.host, server.port, calls, rounds))
+    for line in report(results, calls, rounds):
+        print(line)
+    return {"results": results, "ratios": ratios(results)}
+
+
+if __name__ == "__main__":
+    main()

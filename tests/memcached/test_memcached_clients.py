@@ -1,0 +1,104 @@
+"""The clients under the memcached layer: a hung server (SIGSTOP) fails within ``timeout`` and
+leaves no half-read connection behind; the asyncio layer built from ``servers=`` serves any
+number of event loops (one client per loop, closed when the loop shuts down)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from _memcached_server import MemcachedServer
+from layercache import CacheStack, Entry, MemoryLayer
+from layercache._exceptions import CacheLayerError
+from layercache.memcached import MemcachedLayer, SyncMemcachedLayer
+
+TIMEOUT = 0.3
+
+
+def entry(value: Any) -> Entry:
+    now = time.time()
+    return Entry(value, now, now + 600)
+
+
+@pytest.fixture
+def paused(own_memcached: MemcachedServer) -> Iterator[MemcachedServer]:
+    """A server this test may SIGSTOP; resumed (SIGCONT) afterwards whatever happens."""
+    yield own_memcached
+    if own_memcached.pid is not None:
+        os.kill(own_memcached.pid, signal.SIGCONT)
+
+
+async def test_hung_server_times_out_then_recovers(paused: MemcachedServer, prefix: str) -> None:
+    layer = MemcachedLayer(servers=paused.address, prefix=prefix, timeout=TIMEOUT)
+    try:
+        for index in range(20):
+            await layer.set(f"k:{index}", entry(index), 60)
+        assert paused.pid is not None
+        os.kill(paused.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(CacheLayerError) as caught:
+            await layer.get_many([f"k:{index}" for index in range(20)])
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        assert time.monotonic() - began < TIMEOUT * 5
+        os.kill(paused.pid, signal.SIGCONT)
+        # The connection cancelled mid-reply was dropped: every read answers its own keys.
+        for _ in range(3):
+            got = await layer.get_many([f"k:{index}" for index in range(20)])
+            assert [e.value if e else None for e in got] == list(range(20))
+            assert (await layer.get("k:3")).value == 3  # type: ignore[union-attr]
+    finally:
+        await layer.aclose()
+
+
+def test_sync_hung_server_times_out_then_recovers(paused: MemcachedServer, prefix: str) -> None:
+    layer = SyncMemcachedLayer(servers=paused.address, prefix=prefix, timeout=TIMEOUT)
+    try:
+        for index in range(20):
+            layer.set(f"k:{index}", entry(index), 60)
+        assert paused.pid is not None
+        os.kill(paused.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(CacheLayerError):
+            layer.get_many([f"k:{index}" for index in range(20)])
+        assert time.monotonic() - began < TIMEOUT * 5
+        os.kill(paused.pid, signal.SIGCONT)
+        for _ in range(3):
+            got = layer.get_many([f"k:{index}" for index in range(20)])
+            assert [e.value if e else None for e in got] == list(range(20))
+    finally:
+        layer.close()
+
+
+def test_one_layer_serves_several_event_loops(memcached: MemcachedServer, prefix: str) -> None:
+    """A module-level stack used by several ``asyncio.run()`` calls (and a thread's loop):
+    each loop gets its own connections, closed when it shuts down (no warning escapes)."""
+    layer = MemcachedLayer(servers=memcached.address, prefix=prefix)
+    cache = CacheStack([MemoryLayer(ttl=60), layer])
+
+    async def use(round_: int) -> Any:
+        await cache.set(f"r:{round_}", round_)
+        return [await layer.get(f"r:{r}") for r in range(round_ + 1)]
+
+    for round_ in range(3):
+        got = asyncio.run(use(round_))
+        assert [e.value for e in got] == list(range(round_ + 1))
+
+    import threading
+
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(use(3))))
+    thread.start()
+    thread.join(10)
+    assert [e.value for e in results[0]] == [0, 1, 2, 3]
+    assert layer._client._slots == {}  # every loop's clients were closed at its shutdown
+
+    async def close() -> None:
+        await cache.aclose()
+
+    asyncio.run(close())
