@@ -48,13 +48,22 @@ def assert_one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_help_lists_demo() -> None:
+def test_help_lists_every_command() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    assert re.search(r"^\s+demo\s", result.output, re.MULTILINE)
-    # The admin subcommands belong to a later issue: no placeholders are advertised.
-    for name in ("stats", "keys", "inspect", "invalidate", "migrate-tag-index"):
-        assert not re.search(rf"^\s+{name}\s", result.output, re.MULTILINE)
+    commands = (
+        "demo",
+        "stats",
+        "keys",
+        "inspect",
+        "invalidate",
+        "migrate-tag-index",
+        "doctor",
+        "export",
+        "import",
+    )
+    for name in commands:
+        assert re.search(rf"^\s+{name}\s", result.output, re.MULTILINE), name
 
 
 def test_embedded_demo_shows_layers_timings_and_one_fetch() -> None:
