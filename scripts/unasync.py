@@ -137,7 +137,7 @@ MEMCACHED_LAYER_REPLACEMENTS = (
         '"""``MemcachedLayer``: a shared cache layer in memcached, on pymemcache (threads)."""',
     ),
     (
-        "from ._aio_client import AioMemcached, MemcacheClient, is_sync_client",
+        "from ._aio_client import AioMemcached, MemcacheClient, init_signature, is_sync_client",
         "from ._sync_client import MemcacheClient, SyncMemcached",
     ),
     (

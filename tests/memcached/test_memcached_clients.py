@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,23 @@ def entry(value: Any) -> Entry:
     return Entry(value, now, now + 600)
 
 
+def stop(server: MemcachedServer) -> None:
+    """SIGSTOP the server and wait (bounded) until every one of its threads is stopped: the
+    signal is delivered asynchronously, and a worker thread still running would answer."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    tasks = Path(f"/proc/{server.pid}/task")
+    deadline = time.monotonic() + 5
+    while True:
+        states = [
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()
+        ]
+        if all(state in ("T", "t") for state in states):
+            return
+        assert time.monotonic() < deadline, f"memcached did not stop: {states}"
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def paused(own_memcached: MemcachedServer) -> Iterator[MemcachedServer]:
     """A server this test may SIGSTOP; resumed (SIGCONT) afterwards whatever happens."""
@@ -40,7 +58,7 @@ async def test_hung_server_times_out_then_recovers(paused: MemcachedServer, pref
         for index in range(20):
             await layer.set(f"k:{index}", entry(index), 60)
         assert paused.pid is not None
-        os.kill(paused.pid, signal.SIGSTOP)
+        stop(paused)
         began = time.monotonic()
         with pytest.raises(CacheLayerError) as caught:
             await layer.get_many([f"k:{index}" for index in range(20)])
@@ -62,7 +80,7 @@ def test_sync_hung_server_times_out_then_recovers(paused: MemcachedServer, prefi
         for index in range(20):
             layer.set(f"k:{index}", entry(index), 60)
         assert paused.pid is not None
-        os.kill(paused.pid, signal.SIGSTOP)
+        stop(paused)
         began = time.monotonic()
         with pytest.raises(CacheLayerError):
             layer.get_many([f"k:{index}" for index in range(20)])

@@ -200,3 +200,29 @@ async def test_several_servers_share_the_keys(own_memcached: MemcachedServer, pr
         finally:
             await cache.aclose()
             sync_cache.close()
+
+
+async def test_pattern_invalidation_cannot_reach_memcached(
+    memcached: MemcachedServer, prefix: str
+) -> None:
+    """memcached cannot list keys: a pattern or prefix invalidation says so (use tags, a
+    namespace, bump_generation() or clear() instead)."""
+    import pytest
+
+    from layercache._exceptions import CacheLayerError
+
+    cache = CacheStack([MemoryLayer(), MemcachedLayer(servers=memcached.address, prefix=prefix)])
+    try:
+        await cache.set("user:1", 1)
+        with pytest.raises(CacheLayerError, match="neither delete_matching"):
+            await cache.invalidate_by_pattern("user:*")
+    finally:
+        await cache.aclose()
+
+
+def test_signature_shows_the_constructor() -> None:
+    import inspect
+
+    parameters = inspect.signature(MemcachedLayer).parameters
+    assert list(parameters)[:5] == ["client", "servers", "ttl", "serializer", "name"]
+    assert parameters["prefix"].kind is inspect.Parameter.KEYWORD_ONLY

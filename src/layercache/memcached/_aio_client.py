@@ -14,6 +14,7 @@ generators, and one per loop watches for that). A ``client`` you pass is used as
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
 import threading
@@ -30,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 
 from ._common import group_by_node, node_labels
 
-__all__ = ["AioMemcached", "MemcacheClient", "is_sync_client"]
+__all__ = ["AioMemcached", "MemcacheClient", "init_signature", "is_sync_client"]
 
 logger = logging.getLogger("layercache.memcached")
 
@@ -50,6 +51,16 @@ def is_sync_client(client: object) -> bool:
     """Whether ``client`` is a pymemcache client (the sync twin takes it)."""
     module = type(client).__module__
     return module == "pymemcache" or module.startswith("pymemcache.")
+
+
+def init_signature(init: Callable[..., None]) -> inspect.Signature:
+    """``__init__``'s signature without ``self``: what a class whose ``__new__`` takes
+    ``(*args, **kwargs)`` should show in ``help()`` and ``inspect.signature()``."""
+    signature = inspect.signature(init)
+    return signature.replace(
+        parameters=list(signature.parameters.values())[1:],
+        return_annotation=inspect.Signature.empty,
+    )
 
 
 async def _raw_flagged(value: bytes, flags: int) -> bytes:

@@ -421,3 +421,5 @@ class SyncMemcachedLayer:
         if self._owns_client:
             with self._errors("close"):
                 self._client.close()
+
+

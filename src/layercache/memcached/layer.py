@@ -18,7 +18,7 @@ from .._exceptions import CacheLayerError
 from .._keys import validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
-from ._aio_client import AioMemcached, MemcacheClient, is_sync_client
+from ._aio_client import AioMemcached, MemcacheClient, init_signature, is_sync_client
 from ._common import DriverErrors, KeyMap, StoredEntries, exptime, parse_servers
 
 # unasync: begin async-only
@@ -448,3 +448,9 @@ class MemcachedLayer:
         if self._owns_client:
             with self._errors("aclose"):
                 await self._client.aclose()
+
+
+# unasync: begin async-only
+# help() and inspect.signature() show __init__'s parameters, not __new__'s (*args, **kwargs).
+MemcachedLayer.__signature__ = init_signature(MemcachedLayer.__init__)  # type: ignore[attr-defined]
+# unasync: end async-only
