@@ -60,6 +60,11 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> No
         "health_check_interval": 7,
     }
     assert target.sentinel == {"password": "sp"}
+    assert target.master_check_interval == 1.0  # the default
+    assert (
+        parse_sentinel_url("redis+sentinel://h/s?master_check_interval=0").master_check_interval
+        == 0
+    )
     # The credentials stay out of the repr.
     assert "s@cret" not in repr(target)
     assert "'sp'" not in repr(target)
@@ -91,6 +96,8 @@ def test_rediss_sentinel_speaks_tls_to_the_master_and_to_the_sentinels_unless_to
         ("redis+sentinel://:hunter2@/svc", "host:port"),
         ("redis+sentinel://:hunter2@h:1/svc?sentinel_ssl=maybe", "sentinel_ssl"),
         ("redis+sentinel://:hunter2@h:1/svc?db=x", "'db'"),
+        ("redis+sentinel://:hunter2@h:1/svc?master_check_interval=-1", "master_check_interval"),
+        ("redis+sentinel://:hunter2@h:1/svc?master_check_interval=inf", "master_check_interval"),
     ],
 )
 def test_a_bad_sentinel_url_is_refused_at_construction_without_its_password(

@@ -35,6 +35,7 @@ import importlib
 import inspect
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,16 +44,18 @@ from urllib.parse import parse_qs, unquote
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.backoff import ExponentialBackoff
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -182,6 +185,9 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
+# How often (seconds, per pool) a Sentinel URL's client asks whether the master moved; 0: never
+# (then only a failed connection, or the demoted master's refusals, lead to the new one).
+DEFAULT_MASTER_CHECK_INTERVAL = 1.0
 # Query options that configure the connections to the sentinels, not to the data nodes.
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "sentinel_ssl"})
 # redis-py's parsers of its URLs' query options (db, socket_timeout, ssl_check_hostname, ...).
@@ -221,6 +227,7 @@ class SentinelTarget:
     tls: bool
     connection: Mapping[str, Any] = field(repr=False)
     sentinel: Mapping[str, Any] = field(repr=False)
+    master_check_interval: float = DEFAULT_MASTER_CHECK_INTERVAL
 
 
 def _sentinel_address(text: str, url: str) -> tuple[str, int]:
@@ -247,6 +254,16 @@ def _flag(name: str, value: str, url: str) -> bool:
     if value.lower() in _FALSE:
         return False
     raise ValueError(f"{name} must be true or false in {_redacted(url)!r}, not {value!r}")
+
+
+def _seconds(name: str, value: str, url: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{name} must be seconds >= 0 in {_redacted(url)!r}, not {value!r}")
+    return seconds
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
@@ -285,10 +302,13 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             connection["password"] = unquote(password)
     sentinel: dict[str, Any] = {}
     sentinel_tls = tls
+    master_check_interval = DEFAULT_MASTER_CHECK_INTERVAL
     for name, values in parse_qs(query, keep_blank_values=False, strict_parsing=False).items():
         value = values[-1]
         if name == "sentinel_ssl":
             sentinel_tls = _flag(name, value, url)
+        elif name == "master_check_interval":
+            master_check_interval = _seconds(name, value, url)
         elif name in _SENTINEL_OPTIONS:
             sentinel[name.removeprefix("sentinel_")] = value
         elif name in _QUERY_PARSERS:
@@ -305,7 +325,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         for name, value in connection.items():
             if name.startswith("ssl_"):
                 sentinel.setdefault(name, value)
-    return SentinelTarget(sentinels, segments[0], tls, connection, sentinel)
+    return SentinelTarget(sentinels, segments[0], tls, connection, sentinel, master_check_interval)
 
 
 def _sentinel_options(target: SentinelTarget, socket_timeout: float | None) -> dict[str, Any]:
@@ -317,9 +337,73 @@ def _sentinel_options(target: SentinelTarget, socket_timeout: float | None) -> d
     }
 
 
+class _CheckedSentinelConnection(AsyncSentinelManagedConnection):
+    """A connection to the Sentinel-managed master that, before sending, makes sure the
+    master has not moved (asked of the sentinels at most every ``master_check_interval``
+    seconds per pool): one that has is dropped with a ``ConnectionError``, so the command is
+    retried on a new connection to the new master, and a pub/sub subscribes again there.
+
+    redis-py's own Sentinel connections find the master only when they connect: after a
+    ``SENTINEL FAILOVER`` the old master keeps answering until the sentinels demote it
+    (about ten seconds later), and pooled connections keep writing to it what the demotion
+    then throws away, while subscribers listen on the wrong server."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self.is_connected:
+            moved_to = await self.connection_pool.master_moved((self.host, self.port))
+            if moved_to is not None:
+                await self.disconnect()
+                raise RedisConnectionError(
+                    f"the master of {self.connection_pool.service_name!r} moved to "
+                    f"{moved_to[0]}:{moved_to[1]}"
+                )
+        await super().send_packed_command(command, check_health)
+
+
+class _CheckedSentinelSSLConnection(_CheckedSentinelConnection, AsyncSSLConnection):
+    """:class:`_CheckedSentinelConnection` over TLS."""
+
+
 class _WaitingSentinelPool(AsyncSentinelConnectionPool, WaitingConnectionPool):
     """A Sentinel-managed master's pool whose callers wait for a free connection (as
-    :class:`WaitingConnectionPool`'s do)."""
+    :class:`WaitingConnectionPool`'s do) and whose connections follow a moved master."""
+
+    def __init__(
+        self,
+        service_name: str,
+        sentinel_manager: Any,
+        *,
+        master_check_interval: float = DEFAULT_MASTER_CHECK_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        tls = kwargs.pop("ssl", False)
+        kwargs["connection_class"] = (
+            _CheckedSentinelSSLConnection if tls else _CheckedSentinelConnection
+        )
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self.master_check_interval = master_check_interval
+        self._master_checked = time.monotonic()
+
+    async def master_moved(self, address: tuple[str, int]) -> tuple[str, int] | None:
+        """The master's address if it is no longer ``address`` (``None`` while it is, or
+        while the sentinels cannot say)."""
+        if self.master_check_interval <= 0:
+            return None
+        now = time.monotonic()
+        if now - self._master_checked >= self.master_check_interval:
+            self._master_checked = now
+            try:
+                # Also drops idle connections to a master that moved.
+                await self.get_master_address()  # type: ignore[no-untyped-call]
+            except (RedisConnectionError, RedisTimeoutError):
+                return None  # no sentinel answers, or none knows a healthy master: go on
+        return _moved(self.master_address, address)
+
+
+def _moved(master: Any, address: tuple[str, int]) -> tuple[str, int] | None:
+    if master is None or (master[0], int(master[1])) == (address[0], int(address[1])):
+        return None
+    return str(master[0]), int(master[1])
 
 
 class _AsyncSentinelMaster(aioredis.Redis):
@@ -335,8 +419,64 @@ class _AsyncSentinelMaster(aioredis.Redis):
                 await manager.aclose()
 
 
+class _SyncCheckedSentinelConnection(SentinelManagedConnection):
+    """The sync twin of :class:`_CheckedSentinelConnection`."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self.is_connected:
+            # redis-py hands its sync connections a proxy of the pool.
+            pool = self.connection_pool.connection_pool_ref()
+            moved_to = None if pool is None else pool.master_moved((self.host, self.port))
+            if moved_to is not None:
+                self.disconnect()  # type: ignore[no-untyped-call]
+                raise RedisConnectionError(
+                    f"the master of {pool.service_name!r} moved to {moved_to[0]}:{moved_to[1]}"
+                )
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+class _SyncCheckedSentinelSSLConnection(_SyncCheckedSentinelConnection, SSLConnection):
+    """:class:`_SyncCheckedSentinelConnection` over TLS."""
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
-    """A Sentinel-managed master's pool whose callers wait for a free connection."""
+    """A Sentinel-managed master's pool whose callers wait for a free connection and whose
+    connections follow a moved master."""
+
+    def __init__(
+        self,
+        service_name: str,
+        sentinel_manager: Any,
+        *,
+        master_check_interval: float = DEFAULT_MASTER_CHECK_INTERVAL,
+        **kwargs: Any,
+    ) -> None:
+        tls = kwargs.pop("ssl", False)
+        kwargs["connection_class"] = (
+            _SyncCheckedSentinelSSLConnection if tls else _SyncCheckedSentinelConnection
+        )
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self.master_check_interval = master_check_interval
+        self._master_checked = time.monotonic()
+        self._check_lock = threading.Lock()
+
+    def master_moved(self, address: tuple[str, int]) -> tuple[str, int] | None:
+        """The sync twin of :meth:`_WaitingSentinelPool.master_moved` (one thread asks the
+        sentinels; the others use what it found)."""
+        if self.master_check_interval <= 0:
+            return None
+        now = time.monotonic()
+        if now - self._master_checked >= self.master_check_interval and self._check_lock.acquire(
+            blocking=False
+        ):
+            try:
+                self._master_checked = now
+                self.get_master_address()  # type: ignore[no-untyped-call]
+            except (RedisConnectionError, RedisTimeoutError):
+                return None
+            finally:
+                self._check_lock.release()
+        return _moved(self.master_address, address)
 
 
 class _SyncSentinelMaster(redis.Redis):
@@ -363,6 +503,7 @@ def _async_sentinel_client(
         target.service_name,
         redis_class=_AsyncSentinelMaster,
         connection_pool_class=_WaitingSentinelPool,
+        master_check_interval=target.master_check_interval,
         retry=AsyncRetry(_backoff(), retries=1),
         **options,
     )
@@ -381,6 +522,7 @@ def _sync_sentinel_client(
         target.service_name,
         redis_class=_SyncSentinelMaster,
         connection_pool_class=_BlockingSentinelPool,
+        master_check_interval=target.master_check_interval,
         retry=Retry(_backoff(), retries=1),
         **options,
     )
