@@ -120,3 +120,29 @@ def test_one_layer_serves_several_event_loops(memcached: MemcachedServer, prefix
         await cache.aclose()
 
     asyncio.run(close())
+
+
+def test_sync_twin_under_threads(memcached: MemcachedServer, prefix: str) -> None:
+    """Eight threads share one sync layer (pooled connections): every read answers its own key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = SyncMemcachedLayer(servers=memcached.address, prefix=prefix, max_connections=4)
+
+    def work(worker: int) -> list[Any]:
+        seen = []
+        for index in range(100):
+            key = f"w{worker}:{index}"
+            layer.set(key, entry([worker, index]), 60)
+            got = layer.get_many([key, f"w{worker}:{index // 2}"])
+            seen.append([e.value if e else None for e in got])
+        return seen
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        for worker, seen in enumerate(results):
+            for index, (own, half) in enumerate(seen):
+                assert own == [worker, index]
+                assert half == [worker, index // 2]
+    finally:
+        layer.close()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -181,6 +182,7 @@ class SyncMemcachedLayer:
         # The namespace version last seen, and when (monotonic) it was last confirmed.
         self._version: bytes | None = None
         self._confirmed = 0.0
+        self._version_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -203,10 +205,11 @@ class SyncMemcachedLayer:
         """Take note of a version read from memcached; ``None`` if absent or not a number."""
         if raw is None or not raw.isdigit() or len(raw) > 20:
             return None
-        current = self._version
-        if current is None or int(raw) >= int(current):
-            self._version = raw
-        self._confirmed = time.monotonic()
+        with self._version_lock:  # threads of the sync twin: the version never goes back
+            current = self._version
+            if current is None or int(raw) >= int(current):
+                self._version = raw
+            self._confirmed = time.monotonic()
         return raw
 
     def _start_version(self) -> bytes:

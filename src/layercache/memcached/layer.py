@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -193,6 +194,7 @@ class MemcachedLayer:
         # The namespace version last seen, and when (monotonic) it was last confirmed.
         self._version: bytes | None = None
         self._confirmed = 0.0
+        self._version_lock = threading.Lock()
 
     # unasync: begin async-only
     def _sync_twin(self) -> SyncMemcachedLayer:
@@ -230,10 +232,11 @@ class MemcachedLayer:
         """Take note of a version read from memcached; ``None`` if absent or not a number."""
         if raw is None or not raw.isdigit() or len(raw) > 20:
             return None
-        current = self._version
-        if current is None or int(raw) >= int(current):
-            self._version = raw
-        self._confirmed = time.monotonic()
+        with self._version_lock:  # threads of the sync twin: the version never goes back
+            current = self._version
+            if current is None or int(raw) >= int(current):
+                self._version = raw
+            self._confirmed = time.monotonic()
         return raw
 
     async def _start_version(self) -> bytes:
