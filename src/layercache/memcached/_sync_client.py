@@ -4,15 +4,20 @@ Hand-written, like ``_primitives/threads.py``: the twin of ``_aio_client.py`` (s
 same meaning), which the generated ``_sync_layer.py`` imports in place of it. Built from
 ``servers``, one pymemcache ``PooledClient`` per server (thread-safe: every thread takes a
 pooled connection) with ``timeout`` as its connect and socket timeout; keys are spread over
-the servers by the same rendezvous hashing as the asyncio twin's. A ``client`` you pass (a
-pymemcache ``Client``, ``PooledClient`` or ``HashClient``) is used as given.
+the servers by the same rendezvous hashing as the asyncio twin's. pymemcache's pool raises
+``RuntimeError`` when a thread finds every connection taken, so a semaphore per server makes
+callers beyond ``max_connections`` wait for a free one instead (at most ``timeout``). A
+``client`` you pass (a pymemcache ``Client``, ``PooledClient`` or ``HashClient``) is used as
+given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 try:
     from pymemcache.client.base import PooledClient  # type: ignore[import-untyped]
@@ -31,6 +36,8 @@ logger = logging.getLogger("layercache.memcached")
 MemcacheClient = Any
 # Keys per multi-get command.
 GET_BATCH = 100
+
+T = TypeVar("T")
 
 
 class SyncMemcached:
@@ -54,11 +61,14 @@ class SyncMemcached:
     ) -> None:
         self.timeout = timeout
         self.max_connections = max_connections
+        # Free connections per server (None: a given client, used as it is configured).
+        self._free: list[threading.BoundedSemaphore] | None = None
         if client is not None:
             self._clients: list[Any] = [client]
             self._owned = False
             self.labels = [b"client"]
         else:
+            self._free = [threading.BoundedSemaphore(max_connections) for _ in servers]
             self._clients = [
                 PooledClient(
                     server,
@@ -73,10 +83,27 @@ class SyncMemcached:
             self._owned = True
             self.labels = node_labels(servers)
 
-    def _node(self, key: bytes) -> Any:
-        if len(self._clients) == 1:
-            return self._clients[0]
-        return self._clients[group_by_node(self.labels, [key]).popitem()[0]]
+    def _index(self, key: bytes) -> int:
+        return 0 if len(self._clients) == 1 else group_by_node(self.labels, [key]).popitem()[0]
+
+    @contextlib.contextmanager
+    def _connection(self, index: int) -> Iterator[Any]:
+        """Server ``index``'s client, with one of its connections reserved for the caller."""
+        free = None if self._free is None else self._free[index]
+        if free is not None and not free.acquire(timeout=self.timeout):
+            raise TimeoutError(
+                f"every one of max_connections={self.max_connections} to a memcached server "
+                f"stayed busy for timeout={self.timeout}s"
+            )
+        try:
+            yield self._clients[index]
+        finally:
+            if free is not None:
+                free.release()
+
+    def _on_node(self, key: bytes, call: Callable[[Any], T]) -> T:
+        with self._connection(self._index(key)) as client:
+            return call(client)
 
     def close(self) -> None:
         """Close the clients built here."""
@@ -93,46 +120,49 @@ class SyncMemcached:
         """The values found for ``keys`` (distinct), by key."""
         found: dict[bytes, bytes] = {}
         for index, node_keys in group_by_node(self.labels, keys).items():
-            client = self._clients[index]
             for start in range(0, len(node_keys), GET_BATCH):
-                batch = node_keys[start : start + GET_BATCH]
-                found.update(client.get_many(batch))
+                with self._connection(index) as client:
+                    found.update(client.get_many(node_keys[start : start + GET_BATCH]))
         return found
 
     def set(self, key: bytes, value: bytes, exptime: int) -> bool:
         """Store ``value`` (``exptime`` as memcached reads it); ``True`` when stored."""
-        return bool(self._node(key).set(key, value, expire=exptime, noreply=False))
+        return bool(self._on_node(key, lambda c: c.set(key, value, expire=exptime, noreply=False)))
 
     def set_many(self, items: Sequence[tuple[bytes, bytes, int]]) -> None:
         """Store every ``(key, value, exptime)``: one pipelined ``set_many`` per server and
         expiry time."""
         groups: dict[tuple[int, int], dict[bytes, bytes]] = {}
         for key, value, exptime in items:
-            index = 0 if len(self._clients) == 1 else group_by_node(self.labels, [key]).popitem()[0]
-            groups.setdefault((index, exptime), {})[key] = value
+            groups.setdefault((self._index(key), exptime), {})[key] = value
         for (index, exptime), values in groups.items():
-            self._clients[index].set_many(values, expire=exptime, noreply=False)
+            with self._connection(index) as client:
+                client.set_many(values, expire=exptime, noreply=False)
 
     def add(self, key: bytes, value: bytes, exptime: int) -> bool:
         """Store ``value`` only if ``key`` is absent; ``True`` when stored."""
-        return bool(self._node(key).add(key, value, expire=exptime, noreply=False))
+        return bool(self._on_node(key, lambda c: c.add(key, value, expire=exptime, noreply=False)))
 
     def incr(self, key: bytes, delta: int) -> int | None:
         """Add ``delta`` to the decimal number under ``key``; ``None`` when absent."""
-        result = self._node(key).incr(key, delta, noreply=False)
+        result = self._on_node(key, lambda c: c.incr(key, delta, noreply=False))
         return None if result is None else int(result)
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
         """Remove ``keys`` (absent ones are no error)."""
         if len(keys) == 1:
-            self._node(keys[0]).delete(keys[0], noreply=False)
+            self._on_node(keys[0], lambda c: c.delete(keys[0], noreply=False))
             return
         for index, node_keys in group_by_node(self.labels, keys).items():
-            self._clients[index].delete_many(node_keys, noreply=False)
+            with self._connection(index) as client:
+                client.delete_many(node_keys, noreply=False)
 
     def version(self) -> list[str]:
         """Every server's version (a round trip to each)."""
-        replies = [client.version() for client in self._clients]
+        replies = []
+        for index in range(len(self._clients)):
+            with self._connection(index) as client:
+                replies.append(client.version())
         return [
             reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
             for reply in replies
