@@ -56,6 +56,35 @@ def _read_reply(reader: object) -> bytes | list[object]:
     return rest
 
 
+def _query(
+    port: int, args: tuple[str | bytes, ...], tls: Certificates | None
+) -> bytes | list[object]:
+    """One command over a fresh connection (TLS with the client certificate when ``tls``)."""
+    with socket.create_connection((_HOST, port), timeout=5.0) as raw:
+        if tls is None:
+            raw.sendall(_encode_command(*args))
+            return _read_reply(raw.makefile("rb"))
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        context.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        with context.wrap_socket(raw, server_hostname=_HOST) as sock:
+            sock.sendall(_encode_command(*args))
+            return _read_reply(sock.makefile("rb"))
+
+
+def _tls_options(tls: Certificates, port: int) -> dict[str, str]:
+    """A TLS-only listener on ``port`` that also replicates (and, for a sentinel, talks to
+    the others and to the data nodes) over TLS; clients are not asked for certificates."""
+    return {
+        "port": "0",
+        "tls-port": str(port),
+        "tls-cert-file": str(tls.server_cert),
+        "tls-key-file": str(tls.server_key),
+        "tls-ca-cert-file": str(tls.ca),
+        "tls-replication": "yes",
+        "tls-auth-clients": "no",
+    }
+
+
 def _pairs(reply: object) -> dict[str, str]:
     """A flat ``[name, value, ...]`` reply (SENTINEL MASTER/REPLICAS rows) as a dict."""
     assert isinstance(reply, list)
@@ -67,16 +96,29 @@ class _ConfiguredNode(RedisServer):
     """A ``redis-server`` started from a config file of its own (Sentinel rewrites the
     instances' configs when it reconfigures them) plus extra options."""
 
-    def __init__(self, binary: str, workdir: Path, extra: dict[str, str]) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, extra: dict[str, str], tls: Certificates | None
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(binary, workdir=workdir)
-        self.extra = extra
+        self.tls = tls
+        self.extra = extra if tls is None else {**extra, **_tls_options(tls, self.port)}
         self.config = workdir / "redis.conf"
         self.config.touch()
 
     def _arguments(self) -> list[str]:
+        base = super()._arguments()
+        if self.tls is not None:  # the plain port goes: --port 0 comes with the TLS options
+            at = base.index("--port")
+            del base[at : at + 2]
         options = [part for name, value in self.extra.items() for part in (f"--{name}", value)]
-        return [str(self.config), *super()._arguments(), *options]
+        return [str(self.config), *base, *options]
+
+    def command(self, *args: str | bytes, timeout: float = 5.0) -> bytes:
+        reply = _query(self.port, args, self.tls)
+        if not isinstance(reply, bytes):
+            raise RedisServerError(f"unexpected reply {reply!r}")
+        return reply
 
     def kill(self) -> None:
         """SIGKILL: the process dies at once, as in a crash (no shutdown, no goodbye)."""
@@ -87,16 +129,15 @@ class _ConfiguredNode(RedisServer):
 
     def query(self, *args: str) -> bytes | list[object]:
         """A command whose reply may be an array."""
-        with socket.create_connection((self.host, self.port), timeout=5.0) as sock:
-            sock.sendall(_encode_command(*args))
-            return _read_reply(sock.makefile("rb"))
+        return _query(self.port, args, self.tls)
 
 
 class _Sentinel:
     """One ``redis-server sentinel.conf --sentinel`` process."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, tls: Certificates | None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.tls = tls
         self.binary = binary
         self.workdir = workdir
         self.port = find_free_port()
@@ -112,8 +153,10 @@ class _Sentinel:
             for peer in peers
             if peer is not self
         )
+        listen = {"port": str(self.port)} if self.tls is None else _tls_options(self.tls, self.port)
         self.config.write_text(
-            f"port {self.port}\nbind {_HOST}\ndir {self.workdir}\nsentinel myid {self.myid}\n"
+            "".join(f"{name} {value}\n" for name, value in listen.items())
+            + f"bind {_HOST}\ndir {self.workdir}\nsentinel myid {self.myid}\n"
             f"sentinel announce-ip {_HOST}\nsentinel announce-port {self.port}\n"
             f"sentinel monitor {SERVICE} {_HOST} {master_port} 2\n{settings}{known}"
         )
@@ -135,9 +178,7 @@ class _Sentinel:
         return self._process is not None and self._process.poll() is not None
 
     def query(self, *args: str) -> bytes | list[object]:
-        with socket.create_connection((_HOST, self.port), timeout=5.0) as sock:
-            sock.sendall(_encode_command(*args))
-            return _read_reply(sock.makefile("rb"))
+        return _query(self.port, args, self.tls)
 
     def master_port(self) -> int | None:
         """The master's port this sentinel reports (``None`` while it has none)."""
@@ -180,12 +221,14 @@ class SentinelSet:
         down_after_ms: int = 500,
         failover_timeout_ms: int = 4000,
         start_timeout: float = 20.0,
+        tls: Certificates | None = None,
     ) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.start_timeout = start_timeout
         # A full sync starts at once (diskless, default delay 5 s) on either node as master.
         fast_sync = {"repl-diskless-sync": "yes", "repl-diskless-sync-delay": "0"}
-        self.master = _ConfiguredNode(binary, workdir / "master", fast_sync)
+        self.master = _ConfiguredNode(binary, workdir / "master", fast_sync, tls)
         self.replica = _ConfiguredNode(
             binary,
             workdir / "replica",
@@ -194,13 +237,14 @@ class SentinelSet:
                 "replicaof": f"{_HOST} {self.master.port}",
                 "replica-announce-ip": _HOST,
             },
+            tls,
         )
         settings = (
             f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SERVICE} 1\n"
         )
-        self.sentinels = [_Sentinel(binary, workdir / f"sentinel{i}") for i in range(3)]
+        self.sentinels = [_Sentinel(binary, workdir / f"sentinel{i}", tls) for i in range(3)]
         for sentinel in self.sentinels:
             sentinel.configure(self.master.port, settings, self.sentinels)
 

@@ -5,7 +5,8 @@ the tests that do not fail it over; ``sentinel_clean`` empties its master before
 ``fresh_sentinel_set`` (function) is a set of its own for a test that fails it over.
 ``certificates`` (session) are a CA, a server and a client certificate made with ``openssl``;
 ``tls_server`` (module) is a TLS-only redis-server that verifies the server side only
-(``--tls-auth-clients no``), ``mtls_server`` one that requires client certificates.
+(``--tls-auth-clients no``), ``mtls_server`` one that requires client certificates;
+``tls_sentinel_set`` (module) is a Sentinel set that speaks TLS only.
 Without ``redis-server`` or ``openssl`` these tests are skipped locally and fail under
 ``CI=true``.
 """
@@ -102,3 +103,19 @@ def mtls_server(
 ) -> Iterator[TlsRedisServer]:
     """A TLS-only redis-server started with ``--tls-auth-clients yes``."""
     yield from _tls_server(tmp_path_factory, certificates, mutual=True)
+
+
+@pytest.fixture(scope="module")
+def tls_sentinel_set(
+    tmp_path_factory: pytest.TempPathFactory, certificates: Certificates
+) -> Iterator[SentinelSet]:
+    """A Sentinel set on TLS only: master, replica and sentinels listen on TLS ports, and
+    replicate and talk to each other over TLS (``tls-replication yes``)."""
+    topology = SentinelSet(
+        redis_binary(), tmp_path_factory.mktemp("tls-sentinel-set"), tls=certificates
+    )
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.close()

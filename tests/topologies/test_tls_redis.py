@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pytest
 import redis
 import redis.exceptions
-from _topology_servers import Certificates, TlsRedisServer
+from _topology_servers import Certificates, SentinelSet, TlsRedisServer
 
 from _redis_server import RedisServer
 from layercache import (
@@ -52,7 +52,7 @@ def tls_url(
     return f"{server.url}?{query}"
 
 
-def server_keys(server: TlsRedisServer) -> int:
+def server_keys(server: Any) -> int:
     return int(server.command("DBSIZE"))
 
 
@@ -73,7 +73,7 @@ class AsyncInstance:
         )
 
 
-async def exercise_async(url: str, server: TlsRedisServer, names: str) -> None:
+async def exercise_async(url: str, server: Any, names: str) -> None:
     one, two = AsyncInstance(url, names), AsyncInstance(url, names)
     calls = 0
 
@@ -107,6 +107,24 @@ async def test_a_stack_over_tls_with_client_certificates(
     mtls_server: TlsRedisServer, certificates: Certificates
 ) -> None:
     await exercise_async(tls_url(mtls_server, certificates, client=True), mtls_server, "b")
+
+
+async def test_a_stack_through_a_sentinel_set_that_speaks_tls_only(
+    tls_sentinel_set: SentinelSet, certificates: Certificates
+) -> None:
+    """``rediss+sentinel://``: TLS to the sentinels and to the master they name."""
+    url = tls_sentinel_set.url(scheme="rediss+sentinel")
+    url += f"?ssl_ca_certs={quote(str(certificates.ca))}"
+    await exercise_async(url, tls_sentinel_set.master, "c")
+
+
+async def test_plain_text_to_tls_sentinels_fails_with_a_cache_layer_error(
+    tls_sentinel_set: SentinelSet, certificates: Certificates
+) -> None:
+    url = tls_sentinel_set.url(scheme="rediss+sentinel")
+    url += f"?ssl_ca_certs={quote(str(certificates.ca))}&sentinel_ssl=false"
+    error = await layer_error(url, timeout=0.3)  # a TLS port waits for the rest of a record
+    assert "No master found" in str(error.__cause__)
 
 
 class SyncInstance:
@@ -143,6 +161,20 @@ def test_a_sync_stack_over_tls(
         assert two.stack.invalidate_by_tag("t") == 1
         eventually(lambda: one.memory.get("k") is None, what="peer L1 dropped")
         assert one.stack.get("k") is None
+
+
+def test_a_sync_stack_through_a_sentinel_set_that_speaks_tls_only(
+    tls_sentinel_set: SentinelSet, certificates: Certificates
+) -> None:
+    url = tls_sentinel_set.url(scheme="rediss+sentinel")
+    url += f"?ssl_ca_certs={quote(str(certificates.ca))}"
+    one, two = SyncInstance(url, "d"), SyncInstance(url, "d")
+    with one.stack, two.stack:
+        assert one.stack.get("k", lambda: "v", tags=["t"]) == "v"
+        assert two.stack.get("k") == "v"
+        assert server_keys(tls_sentinel_set.master) > 0
+        assert two.stack.invalidate_by_tag("t") == 1
+        eventually(lambda: one.memory.get("k") is None, what="peer L1 dropped")
 
 
 # -- what fails, and how it says so -------------------------------------------------------------
@@ -208,7 +240,7 @@ async def test_a_client_without_a_certificate_is_refused_by_tls_auth_clients_yes
     url = tls_url(mtls_server, certificates, client=False)
     error = await layer_error(url)
     hint = connection_hint(url, error.__cause__)  # type: ignore[arg-type]
-    assert hint is not None
+    assert hint is not None, str(error.__cause__)
     assert "ssl_certfile" in hint
     # The same URL with the client's certificate is let in.
     layer = RedisLayer(url=tls_url(mtls_server, certificates, client=True))
@@ -245,6 +277,6 @@ def test_connection_hint_adds_nothing_to_other_failures() -> None:
     assert connection_hint(None, redis.ConnectionError("Connection reset by peer")) is None
     assert connection_hint("redis://h:1/0", ValueError("x")) is None
     assert connection_hint("redis://h:1/0", redis.ConnectionError("Connection refused")) is None
-    assert (
-        connection_hint("rediss://h:1/0", redis.ConnectionError("Connection reset by peer")) is None
-    )
+    with_certificate = "rediss://h:1/0?ssl_certfile=/c.pem&ssl_keyfile=/c.key"
+    reset = redis.ConnectionError("Connection reset by peer")
+    assert connection_hint(with_certificate, reset) is None

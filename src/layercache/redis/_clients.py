@@ -49,7 +49,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
@@ -328,11 +328,16 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     return SentinelTarget(sentinels, segments[0], tls, connection, sentinel, master_check_interval)
 
 
-def _sentinel_options(target: SentinelTarget, socket_timeout: float | None) -> dict[str, Any]:
-    """Connection options for the sentinels themselves."""
+def _sentinel_options(
+    target: SentinelTarget, socket_timeout: float | None, retry: Any
+) -> dict[str, Any]:
+    """Connection options for the sentinels themselves. No retries: the master's lookup
+    already moves on to the next sentinel (redis-py's default, three retries with backoff per
+    sentinel, made a lookup with three silent sentinels take twelve socket timeouts)."""
     return {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
+        "retry": retry,
         **target.sentinel,
     }
 
@@ -495,7 +500,8 @@ def _async_sentinel_client(
     target: SentinelTarget, socket_timeout: float | None, max_connections: int
 ) -> aioredis.Redis:
     manager = AsyncSentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs=_sentinel_options(target, socket_timeout)
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_options(target, socket_timeout, AsyncRetry(NoBackoff(), 0)),
     )
     options = _pool_options("", socket_timeout, max_connections)
     options.update(target.connection)
@@ -514,7 +520,8 @@ def _sync_sentinel_client(
     target: SentinelTarget, socket_timeout: float | None, max_connections: int
 ) -> redis.Redis:
     manager = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs=_sentinel_options(target, socket_timeout)
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_options(target, socket_timeout, Retry(NoBackoff(), 0)),
     )
     options = _pool_options("", socket_timeout, max_connections)
     options.update(target.connection)
@@ -562,6 +569,13 @@ def connection_hint(url: str | None, exc: BaseException) -> str | None:
             "or be unreachable"
         )
     plain_closed = "reset by peer" in lowered or "closed by server" in lowered
+    if tls and plain_closed and "ssl_certfile=" not in url:
+        # TLS 1.3: the server checks the client's certificate after the handshake, and its
+        # alert may arrive as a reset.
+        return (
+            "the server closed the TLS connection: if it requires client certificates "
+            "(tls-auth-clients yes), add ssl_certfile= and ssl_keyfile= to the URL"
+        )
     if scheme in ("redis", "redis+sentinel") and plain_closed:
         return (
             "the server closed a plain-text connection: if it speaks TLS only, use a rediss:// URL"
