@@ -202,20 +202,28 @@ async def test_several_servers_share_the_keys(own_memcached: MemcachedServer, pr
             sync_cache.close()
 
 
-async def test_pattern_invalidation_cannot_reach_memcached(
-    memcached: MemcachedServer, prefix: str
+async def test_pattern_invalidation_clears_memcached(
+    memcached: MemcachedServer, prefix: str, caplog: Any
 ) -> None:
-    """memcached cannot list keys: a pattern or prefix invalidation says so (use tags, a
-    namespace, bump_generation() or clear() instead)."""
-    import pytest
+    """memcached cannot list keys: a pattern or prefix invalidation clears the layer (too much
+    is dropped, never too little), with one warning; its other keys are fetched again."""
+    import logging
 
-    from layercache._exceptions import CacheLayerError
-
-    cache = CacheStack([MemoryLayer(), MemcachedLayer(servers=memcached.address, prefix=prefix)])
+    layer = MemcachedLayer(servers=memcached.address, prefix=prefix)
+    cache = CacheStack([MemoryLayer(), layer], graceful_degradation={"retry_after": 60})
+    caplog.set_level(logging.WARNING, logger="layercache")
     try:
         await cache.set("user:1", 1)
-        with pytest.raises(CacheLayerError, match="neither delete_matching"):
-            await cache.invalidate_by_pattern("user:*")
+        await cache.set("other", 2)
+        assert await cache.invalidate_by_pattern("user:*") == 1  # the memory layer's count
+        assert await layer.get("user:1") is None
+        assert await layer.get("other") is None  # cleared with it
+        assert await cache.get("user:1") is None
+        await cache.invalidate_by_prefix("other")
+        status = {s.name: s for s in cache.get_stats().layers}[layer.name]
+        assert status.degraded_until is None  # not taken out of service
+        warnings = [r for r in caplog.records if "cannot list keys" in r.getMessage()]
+        assert len(warnings) == 1
     finally:
         await cache.aclose()
 

@@ -9,6 +9,7 @@ Optional methods are looked up here and nowhere else, so the hot path never call
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -142,6 +143,8 @@ class LayerAdapter:
         # each operation's latency, bound on first use.
         self.telemetry: Telemetry | None = None
         self._timers: dict[str, Callable[[float], None]] = {}
+        # Whether a pattern invalidation has cleared this layer yet (warned about once).
+        self._cleared_for_patterns = False
         # The layer's own eviction counter (the memory layer's bound), read by get_metrics().
         self.counts_evictions = hasattr(layer, "evictions")
         # Where the layer reports unreadable stored values: a handler of this stack's, added
@@ -266,12 +269,22 @@ class LayerAdapter:
             return int(self.call("delete_matching", fn, pattern))
         keys_fn = self._optional.get("keys")
         if keys_fn is None:
-            raise CacheLayerError(
-                self.name,
-                "delete_matching",
-                "the layer has neither delete_matching() nor keys(), so pattern and prefix "
-                "invalidation cannot reach it",
-            )
+            # The layer cannot find the matching keys (memcached cannot list them): it is
+            # cleared instead. Too much is dropped, never too little: refusing would leave the
+            # invalidated values served from it (or, degraded, keep it out of service, its
+            # replay failing the same way every time).
+            if not self._cleared_for_patterns and self.telemetry is not None:
+                self.telemetry.log(
+                    logging.WARNING,
+                    "layercache: layer %s cannot list keys; pattern and prefix invalidations "
+                    "clear it",
+                    self.name,
+                    operation="delete_matching",
+                    layer=self.name,
+                )
+            self._cleared_for_patterns = True
+            self.clear()
+            return 0
         keys = list(self.call("keys", keys_fn, pattern))
         if keys:
             self.delete_many(keys)
