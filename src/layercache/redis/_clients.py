@@ -20,12 +20,14 @@ Besides redis-py's ``redis://``, ``rediss://`` and ``unix://`` URLs, a Sentinel-
 is named by ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
 (``rediss+sentinel://`` for TLS; query options as below): the client is
 ``Sentinel(...).master_for(service)`` on a waiting pool, and it asks the sentinels for the
-master's address whenever it opens a connection, so after a failover new connections go to the
-new master. Options in the query string: ``sentinel_username``, ``sentinel_password`` (the
-sentinels' own credentials: the ones before ``@`` are the data nodes'), ``sentinel_ssl``
-(``rediss+sentinel://`` speaks TLS to the sentinels too unless this is false), and what
-redis-py's URLs accept (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-``ssl_cert_reqs``, ``db``, ...) for the data nodes.
+master's address whenever it opens a connection and, at most every ``master_check_interval``
+seconds, before a command on an open one (a connection to a master that moved is dropped and
+the command retried on the new master). Options in the query string: ``sentinel_username``,
+``sentinel_password`` (the sentinels' own credentials: the ones before ``@`` are the data
+nodes'), ``sentinel_ssl`` (``rediss+sentinel://`` speaks TLS to the sentinels too unless this
+is false), ``master_check_interval`` (seconds, default 1; 0: never), and what redis-py's URLs
+accept (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``db``, ...)
+for the data nodes. docs/topologies.md has the whole story.
 """
 
 from __future__ import annotations
