@@ -51,7 +51,7 @@ PROBE_TTL = 120.0  # the probe stays in L1 until something empties it
 SWITCH_DEADLINE = 5.0
 
 
-def options(names: str, url: str) -> dict[str, Any]:
+def options() -> dict[str, Any]:
     """What both stacks share: short retries, so that the test sees the recovery quickly."""
     return {
         "graceful_degradation": {"retry_after": 0.25},
@@ -119,7 +119,7 @@ class AsyncInstance:
             ),
             tag_index=RedisTagIndex(url=url, prefix="f:tags"),
             single_flight_coordinator=RedisSingleFlightCoordinator(url=url, prefix="f:sf"),
-            **options("f", url),
+            **options(),
         )
 
 
@@ -231,7 +231,7 @@ class SyncInstance:
             ),
             tag_index=SyncRedisTagIndex(url=url, prefix="g:tags"),
             single_flight_coordinator=SyncRedisSingleFlightCoordinator(url=url, prefix="g:sf"),
-            **options("g", url),
+            **options(),
         )
 
 
