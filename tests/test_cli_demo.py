@@ -169,6 +169,11 @@ def test_redact_url_hides_passwords() -> None:
     assert redact_url("redis://:pw@host/0") == "redis://:***@host/0"
     assert "pw" not in redact_url("redis://host/0?password=pw&db=1")
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    # A Sentinel URL: the data nodes' password and the sentinels' own one.
+    sentinel = "redis+sentinel://:pw@h1:26379,h2:26379/mymaster/0?sentinel_password=spw&db=1"
+    assert redact_url(sentinel) == (
+        "redis+sentinel://:***@h1:26379,h2:26379/mymaster/0?sentinel_password=***&db=1"
+    )
 
 
 def test_a_failed_claim_ends_the_demo_with_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:

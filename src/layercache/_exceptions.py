@@ -63,7 +63,11 @@ class CacheLayerError(LayerCacheError):
         if self.message:
             text += f": {self.message}"
         elif self.__cause__ is not None:
-            text += f": {self.__cause__!r}"
+            # The type and the message: a driver exception's repr may show neither (redis-py
+            # 8 renders ConnectionError as "network:ConnectionError", without its text).
+            cause = self.__cause__
+            detail = str(cause)
+            text += f": {type(cause).__name__}: {detail}" if detail else f": {cause!r}"
         return text
 
 

@@ -58,3 +58,27 @@ async def test_a_dropped_bus_message_is_a_layercache_error() -> None:
         assert caught.value.reason == "malformed"
     finally:
         await client.aclose()
+
+
+def test_cache_layer_error_names_the_cause_and_its_message() -> None:
+    """redis-py 8's repr of a ConnectionError is "network:ConnectionError", without the text
+    that says what failed: the layer error shows the type and the message."""
+    import redis
+
+    from layercache import CacheLayerError
+
+    error = CacheLayerError("redis", "get")
+    error.__cause__ = redis.ConnectionError(
+        "Error 111 connecting to 127.0.0.1:1. Connection refused."
+    )
+    assert str(error) == (
+        "layer 'redis' failed during get: ConnectionError: "
+        "Error 111 connecting to 127.0.0.1:1. Connection refused."
+    )
+
+    class Silent(Exception):
+        pass
+
+    quiet = CacheLayerError("disk", "set")
+    quiet.__cause__ = Silent()
+    assert str(quiet) == "layer 'disk' failed during set: Silent()"

@@ -32,7 +32,10 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+        # password=, and the sentinels' own sentinel_password= in a redis+sentinel:// URL.
+        query = urlencode(
+            [(k, "***" if "password" in k.lower() else v) for k, v in pairs], safe="*"
+        )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -99,7 +99,7 @@ DEFAULT_MEMORY_MAX_SIZE = 10_000
 DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
 _CACHED_METHODS = frozenset({"GET", "HEAD"})
 _CREDENTIAL_HEADERS = ("Authorization", "Cookie")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 # Stack options the coordination keys set: given both ways, which one wins would be a guess.
 _COORDINATION_OPTIONS = {
     "invalidation_bus": "LAYERCACHE_INVALIDATION_BUS",
@@ -143,7 +143,11 @@ class _Plan:
             raise ValueError("LAYERCACHE_STACK_OPTIONS must be a mapping of SyncCacheStack options")
         url = config.get("LAYERCACHE_URL") or None
         if url is not None and (not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES)):
-            raise ValueError(f"LAYERCACHE_URL must be a Redis URL (redis://...), not {url!r}")
+            scheme = url.split("://", 1)[0] if isinstance(url, str) else type(url).__name__
+            raise ValueError(
+                "LAYERCACHE_URL must be a Redis URL (redis://, rediss://, unix:// or "
+                f"redis+sentinel://), not one starting with {scheme!r}"
+            )
         self.ttl = ttl
         self.prefix = prefix
         self.max_size: int = max_size

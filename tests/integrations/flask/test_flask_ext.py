@@ -305,6 +305,16 @@ def test_stack_built_from_config(tmp_path: Path) -> None:
         other.config.update(bad)
         with pytest.raises(ValueError, match=r"LAYERCACHE_|prefix"):
             LayerCache(other)
+    # A bad URL's error names its scheme, never the whole URL (it may hold a password).
+    leaky = Flask("leaky")
+    leaky.config["LAYERCACHE_URL"] = "http://user:hunter2@example.com"
+    with pytest.raises(ValueError, match="'http'") as refused:
+        LayerCache(leaky)
+    assert "hunter2" not in str(refused.value)
+    # Sentinel URLs are Redis URLs (tests/topologies runs them against a real Sentinel set).
+    sentinel = Flask("sentinel")
+    sentinel.config["LAYERCACHE_URL"] = "redis+sentinel://127.0.0.1:1/mymaster/0"
+    LayerCache(sentinel).close()
 
 
 def test_responses_survive_a_serialising_layer(tmp_path: Path) -> None:
