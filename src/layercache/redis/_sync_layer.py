@@ -83,7 +83,8 @@ class SyncRedisLayer:
         client: A ``redis.Redis`` or ``redis.RedisCluster`` created with
             ``decode_responses=False`` (the default). The layer uses it as given and does not
             close it.
-        url: A ``redis://``/``rediss://``/``unix://`` URL; the layer builds (and closes in
+        url: A ``redis://``/``rediss://``/``unix://`` URL, or ``redis+sentinel://`` /
+            ``rediss+sentinel://`` (a Sentinel set; docs/topologies.md); the layer builds (and closes in
             :meth:`close`) its own client on a pool of at most ``max_connections``
             connections. hiredis is used for parsing when installed. Exactly one of
             ``client`` and ``url`` is required.
