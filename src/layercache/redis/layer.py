@@ -98,10 +98,10 @@ class RedisLayer:
             ``decode_responses=False`` (the default). The layer uses it as given and does not
             close it.
         url: A ``redis://``/``rediss://``/``unix://`` URL, or ``redis+sentinel://`` /
-            ``rediss+sentinel://`` (a Sentinel set; docs/topologies.md); the layer builds (and closes in
-            :meth:`aclose`) its own client on a pool of at most ``max_connections``
-            connections. hiredis is used for parsing when installed. Exactly one of
-            ``client`` and ``url`` is required.
+            ``rediss+sentinel://`` (a Sentinel set; docs/topologies.md); the layer builds
+            (and closes in :meth:`aclose`) its own client on a pool of at most
+            ``max_connections`` connections. hiredis is used for parsing when installed.
+            Exactly one of ``client`` and ``url`` is required.
         ttl: Default storage lifetime in seconds (or a ``timedelta``); ``None`` for no expiry.
         prefix: Prepended to every key; isolates this cache from other data in the database.
         serializer: Value serializer; default :class:`~layercache.serializers.JsonSerializer`.
