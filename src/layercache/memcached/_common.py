@@ -20,16 +20,15 @@ import hashlib
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from .._codec import CorruptEntryError, EntryCodec
 from .._entry import Entry
+from .._error_handlers import ErrorHandlers, call_error_handler
 from .._exceptions import CacheLayerError, UnserializableValueError
-from .._types import ErrorHandler
+from .._telemetry import key_hash
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -196,44 +195,6 @@ def group_by_node(labels: Sequence[bytes], keys: Sequence[bytes]) -> dict[int, l
     return groups
 
 
-class ErrorHandlers:
-    """Where the layer reports unreadable bytes: the handler its owner set
-    (``set_error_handler``) and one per stack using it (``add_error_handler``). Falsy when
-    there is none (the layer logs instead)."""
-
-    __slots__ = ("_added", "_lock", "own")
-
-    def __init__(self) -> None:
-        self.own: ErrorHandler | None = None
-        self._added: tuple[ErrorHandler, ...] = ()
-        self._lock = threading.Lock()
-
-    def add(self, handler: ErrorHandler) -> Callable[[], None]:
-        """Add ``handler``; returns the function that removes it again."""
-        with self._lock:
-            self._added = (*self._added, handler)
-
-        def remove() -> None:
-            with self._lock:
-                kept = list(self._added)
-                if handler in kept:
-                    kept.remove(handler)
-                self._added = tuple(kept)
-
-        return remove
-
-    def __bool__(self) -> bool:
-        return self.own is not None or bool(self._added)
-
-    def __call__(self, exc: BaseException, context: dict[str, Any]) -> None:
-        handlers = (self.own, *self._added) if self.own is not None else self._added
-        for handler in handlers:
-            try:
-                handler(exc, dict(context))
-            except Exception:  # a broken handler must not turn a miss into a failure
-                logger.exception("error handler of a memcached layer raised")
-
-
 class StoredEntries:
     """Entries to stored bytes and back, for the layer called ``name``.
 
@@ -256,10 +217,11 @@ class StoredEntries:
             return self.codec.decode(raw)
         except CorruptEntryError as exc:
             context = {"layer": self.name, "key": key, "operation": operation}
-            if self.error_handler:
-                self.error_handler(exc, context)
-            else:
-                logger.warning("unreadable value in %s for key %r: %s", self.name, key, exc)
+            broken = f"the error handler of memcached layer {self.name!r} raised"
+            if not call_error_handler(self.error_handler, exc, context, logger, broken):
+                logger.warning(
+                    "unreadable value in %s (key hash %s): %s", self.name, key_hash(key), exc
+                )
             return None
 
     def encode(self, entry: Entry, raw_key: bytes, operation: str) -> bytes:
