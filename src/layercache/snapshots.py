@@ -369,10 +369,7 @@ def resolve_snapshot_path(path: str | os.PathLike[str], base_dir: BaseDir = None
     if base_dir is False:
         resolved = raw.resolve()
     else:
-        if base_dir is None:
-            base = Path.cwd().resolve()
-        else:
-            base = Path(base_dir).resolve()
+        base = Path.cwd().resolve() if base_dir is None else Path(base_dir).resolve()
         resolved = (base / raw).resolve()  # an absolute ``raw`` replaces ``base``
         if not resolved.is_relative_to(base) or resolved == base:
             raise ValueError(

