@@ -230,11 +230,17 @@ class Loader:
         for index, adapter in enumerate(adapters):
             if adapter.is_local:
                 continue
+            # A change of the key here while the layer answers (a delete, an invalidation)
+            # must keep the answer out of the layers above: the waiter still returns it (a
+            # fetch's value), but it is not stored (API.md's rule for in-flight fetches).
+            epoch = self._flights.epoch
             entry = self._writer.peek(adapter, key)
             now = self._clock()
             if entry is not None and entry.is_fresh(now):
                 if index:
-                    self._writer.backfill(key, entry, adapters[:index], adapter.name, now)
+                    above = adapters[:index]
+                    self._writer.backfill(key, entry, above, adapter.name, now, epoch)
+                    self._writer.undo_late_backfill([key], above, epoch)
                 return True, FromLayer(entry.value, adapter.name)
         return False, None
 
