@@ -52,6 +52,20 @@ __all__ = [
 DEFAULT_PREFIX = "layercache:"
 """RedisLayer's default key prefix."""
 DEFAULT_TAG_INDEX_PREFIX = "layercache:tag-index"
+
+# Options several commands share (one definition each).
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+tag_index_prefix_option = click.option(
+    "--tag-index-prefix",
+    default=DEFAULT_TAG_INDEX_PREFIX,
+    show_default=True,
+    help="The RedisTagIndex prefix.",
+)
+progress_option = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
 """RedisTagIndex's default prefix."""
 DEFAULT_BUS_CHANNEL = "layercache:invalidation"
 """RedisInvalidationBus's default channel."""
@@ -157,12 +171,7 @@ def _group_of(key: str) -> str:
 @click.command()
 @redis_options
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="The layer's key prefix.")
-@click.option(
-    "--tag-index-prefix",
-    default=DEFAULT_TAG_INDEX_PREFIX,
-    show_default=True,
-    help="The RedisTagIndex prefix.",
-)
+@tag_index_prefix_option
 @click.option(
     "--scan-limit",
     type=click.IntRange(min=1),
@@ -171,7 +180,7 @@ def _group_of(key: str) -> str:
     help="Most keys examined per master when counting (the counts say when they stopped).",
 )
 @click.option("--groups", "max_groups", type=click.IntRange(min=1), default=25, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 def stats(
     target: RedisTarget,
     prefix: str,
@@ -352,7 +361,7 @@ def _collect_stats(
     show_default=True,
     help="Stop after this many keys (0: no limit).",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 def keys(target: RedisTarget, pattern: str, prefix: str, limit: int, as_json: bool) -> None:
     """Stream the cache keys matching PATTERN (SCAN, never KEYS; every master of a cluster).
 
@@ -441,7 +450,7 @@ def _preview(value: Any, limit: int) -> tuple[str, Any, bool]:
     metavar="VAR",
     help="Environment variable holding a PickleSerializer's signing secret.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 def inspect_key(
     target: RedisTarget,
     key: str,
@@ -691,7 +700,7 @@ def _doctor_node(name: str, node: redis.Redis, multi: bool) -> list[dict[str, st
     show_default=True,
     help="p99 PING round trip above which latency is a warning.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 def doctor(
     target: RedisTarget,
     bus_channel: str,

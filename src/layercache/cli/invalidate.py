@@ -39,11 +39,13 @@ from ._redis import RedisTarget, SyncClient, redis_errors, redis_options
 from .admin import (
     DEFAULT_BUS_CHANNEL,
     DEFAULT_PREFIX,
-    DEFAULT_TAG_INDEX_PREFIX,
     emit_json,
+    json_option,
+    progress_option,
     read_layout,
     scan_cache_keys,
     shown_key,
+    tag_index_prefix_option,
 )
 
 __all__ = ["invalidate"]
@@ -139,12 +141,7 @@ def _selector(
     show_default=True,
     help="The RedisLayer prefix of the deployment.",
 )
-@click.option(
-    "--tag-index-prefix",
-    default=DEFAULT_TAG_INDEX_PREFIX,
-    show_default=True,
-    help="The RedisTagIndex prefix.",
-)
+@tag_index_prefix_option
 @click.option(
     "--bus-channel",
     default=DEFAULT_BUS_CHANNEL,
@@ -166,12 +163,8 @@ def _selector(
     show_default=True,
     help="Ask for confirmation when more keys than this match.",
 )
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@progress_option
+@json_option
 def invalidate(
     target: RedisTarget,
     tags: tuple[str, ...],

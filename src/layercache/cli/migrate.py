@@ -43,7 +43,13 @@ from ..redis._keys import (
 )
 from ._common import CliError
 from ._redis import RedisTarget, SyncClient, redis_errors, redis_options
-from .admin import DEFAULT_TAG_INDEX_PREFIX, emit_json, read_layout
+from .admin import (
+    emit_json,
+    json_option,
+    progress_option,
+    read_layout,
+    tag_index_prefix_option,
+)
 
 __all__ = ["migrate_tag_index"]
 
@@ -225,12 +231,7 @@ class _Migration:
 
 @click.command("migrate-tag-index")
 @redis_options
-@click.option(
-    "--tag-index-prefix",
-    default=DEFAULT_TAG_INDEX_PREFIX,
-    show_default=True,
-    help="The RedisTagIndex prefix.",
-)
+@tag_index_prefix_option
 @click.option(
     "--known-key-shards",
     "shards",
@@ -255,12 +256,8 @@ class _Migration:
     type=click.IntRange(min=1),
     help="Stop after this many batches (run again to continue).",
 )
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Progress bar on stderr (default: when stderr is a terminal).",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@progress_option
+@json_option
 def migrate_tag_index(
     target: RedisTarget,
     tag_index_prefix: str,
