@@ -114,7 +114,7 @@ def test_one_layer_serves_several_event_loops(memcached: MemcachedServer, prefix
     thread.start()
     thread.join(10)
     assert [e.value for e in results[0]] == [0, 1, 2, 3]
-    assert layer._client._slots == {}  # every loop's clients were closed at its shutdown
+    assert len(layer._client._per_loop) == 0  # every loop's clients were closed at its shutdown
 
     async def close() -> None:
         await cache.aclose()

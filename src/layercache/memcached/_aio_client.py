@@ -17,8 +17,7 @@ import asyncio
 import inspect
 import logging
 import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 try:
@@ -29,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "layercache.memcached needs the 'memcached' extra: pip install 'layercache-py[memcached]'"
     ) from exc
 
+from .._primitives.per_loop import PerLoop
 from ._common import group_by_node, node_labels
 
 __all__ = ["AioMemcached", "MemcacheClient", "init_signature", "is_sync_client"]
@@ -68,14 +68,6 @@ async def _raw_flagged(value: bytes, flags: int) -> bytes:
     return value
 
 
-class _Slot:
-    __slots__ = ("clients", "watcher")
-
-    def __init__(self, clients: list[Any]) -> None:
-        self.clients = clients
-        self.watcher: Any = None
-
-
 class AioMemcached:
     """memcached commands over one aiomcache client per server (per event loop).
 
@@ -100,22 +92,16 @@ class AioMemcached:
         self.labels = node_labels(self._servers) if client is None else [b"client"]
         self.timeout = timeout
         self.max_connections = max_connections
-        self._slots: dict[asyncio.AbstractEventLoop, _Slot] = {}
-        self._last: tuple[asyncio.AbstractEventLoop, list[Any]] | None = None
-        self._lock = threading.Lock()
+        self._per_loop: PerLoop[list[Any]] = PerLoop(
+            self._new_clients, _close_all, max_loops=MAX_LOOPS, what="memcached client"
+        )
 
     # -- clients per loop ---------------------------------------------------------------------
 
     def _clients(self) -> list[Any]:
         if self._given is not None:
             return [self._given]
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is not None and last[0] is loop:
-            return last[1]
-        slot = self._slots.get(loop) or self._open(loop)
-        self._last = (loop, slot.clients)
-        return slot.clients
+        return self._per_loop.current()
 
     def _new_clients(self) -> list[Any]:
         return [
@@ -129,68 +115,9 @@ class AioMemcached:
             for host, port in self._servers
         ]
 
-    def _open(self, loop: asyncio.AbstractEventLoop) -> _Slot:
-        with self._lock:
-            slot = self._slots.get(loop)
-            if slot is not None:
-                return slot
-            for other in [other for other in self._slots if other.is_closed()]:
-                # Closed without shutting down its generators: its sockets cannot be closed.
-                self._slots.pop(other)
-            while len(self._slots) >= MAX_LOOPS:
-                oldest = next(iter(self._slots))
-                self._release(oldest, self._slots.pop(oldest))
-            slot = _Slot(self._new_clients())
-            self._slots[loop] = slot
-        if not getattr(loop, "_asyncgens_shutdown_called", False):
-            slot.watcher = self._watch(loop, slot)
-            # Run up to its first yield: from then on the loop's shutdown_asyncgens() runs its
-            # finally block, which closes this loop's clients on the loop.
-            try:
-                slot.watcher.asend(None).send(None)
-            except StopIteration:
-                pass
-        return slot
-
-    async def _watch(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._slots.get(loop) is slot:
-                    del self._slots[loop]
-            if self._last is not None and self._last[0] is loop:
-                self._last = None
-            if asyncio._get_running_loop() is loop and not loop.is_closed():
-                await _close_all(slot.clients)
-
-    def _release(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> None:
-        if self._last is not None and self._last[0] is loop:
-            self._last = None
-        watcher, slot.watcher = slot.watcher, None
-        if watcher is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(loop.create_task, watcher.aclose())
-        except RuntimeError:  # closed meanwhile
-            pass
-
     async def aclose(self) -> None:
         """Close the clients built here: this loop's now, the others' on their loops."""
-        running = asyncio.get_running_loop()
-        with self._lock:
-            slots = list(self._slots.items())
-            self._slots.clear()
-            self._last = None
-        for loop, slot in slots:
-            if loop is running:
-                watcher, slot.watcher = slot.watcher, None
-                if watcher is not None:
-                    await watcher.aclose()
-                else:
-                    await _close_all(slot.clients)
-            else:
-                self._release(loop, slot)
+        await self._per_loop.aclose()
 
     # -- bounded calls ------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote
@@ -58,6 +58,8 @@ from redis.exceptions import MaxConnectionsError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+
+from .._primitives.per_loop import PerLoop
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -670,16 +672,6 @@ def pool_exhausted(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError) and str(exc) == _NO_CONNECTION
 
 
-class _Slot:
-    """One loop's client and the generator that closes it when the loop shuts down."""
-
-    __slots__ = ("client", "watcher")
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.watcher: Any = None
-
-
 class LoopBoundClient:
     """Stands for the running event loop's own ``redis.asyncio.Redis`` (see the module doc).
 
@@ -708,7 +700,6 @@ class LoopBoundClient:
         self._url = url
         self._socket_timeout = socket_timeout
         self.max_connections = max_connections
-        self.max_loops = max_loops
         # Checked once, here: a bad URL fails at construction, not on the first command.
         if is_sentinel_url(url):
             parse_sentinel_url(url)
@@ -716,15 +707,17 @@ class LoopBoundClient:
         else:
             template = aioredis.ConnectionPool.from_url(url, decode_responses=False)
         self._encoder = template.get_encoder()
-        # Creation order: the oldest loop is the one evicted at the cap.
-        self._slots: dict[asyncio.AbstractEventLoop, _Slot] = {}
-        # The last loop served and its client: the common case is one lookup away.
-        self._last: tuple[asyncio.AbstractEventLoop, Any] | None = None
-        # Loops in several threads may make their clients at once.
-        self._lock = threading.Lock()
+        self._clients: PerLoop[Any] = PerLoop(
+            lambda: new_async_client(self._url, self._socket_timeout, self.max_connections),
+            _close_client,
+            max_loops=max_loops,
+            what="Redis client",
+        )
 
     def __repr__(self) -> str:
-        return f"LoopBoundClient(loops={len(self._slots)}, max_connections={self.max_connections})"
+        return (
+            f"LoopBoundClient(loops={len(self._clients)}, max_connections={self.max_connections})"
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "connection_pool":
@@ -733,9 +726,18 @@ class LoopBoundClient:
         return getattr(self.current(), name)
 
     @property
+    def max_loops(self) -> int:
+        """Loops whose clients are kept at once (settable)."""
+        return self._clients.max_loops
+
+    @max_loops.setter
+    def max_loops(self, value: int) -> None:
+        self._clients.max_loops = value
+
+    @property
     def loops(self) -> int:
         """How many loops' clients are held."""
-        return len(self._slots)
+        return len(self._clients)
 
     def get_encoder(self) -> Any:
         """The encoder of every client made here (what ``register_script`` needs)."""
@@ -753,90 +755,13 @@ class LoopBoundClient:
         Raises:
             RuntimeError: Outside a running event loop.
         """
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is not None and last[0] is loop:
-            return last[1]
-        slot = self._slots.get(loop)
-        if slot is None:
-            slot = self._open(loop)
-        self._last = (loop, slot.client)
-        return slot.client
-
-    def _open(self, loop: asyncio.AbstractEventLoop) -> _Slot:
-        with self._lock:
-            slot = self._slots.get(loop)
-            if slot is not None:
-                return slot
-            for other in [other for other in self._slots if other.is_closed()]:
-                # Closed without shutting down its generators (not asyncio.run): its
-                # connections cannot be closed any more; forget them.
-                self._release(other, self._slots.pop(other))
-            while len(self._slots) >= self.max_loops:
-                oldest = next(iter(self._slots))
-                self._release(oldest, self._slots.pop(oldest))
-            slot = _Slot(new_async_client(self._url, self._socket_timeout, self.max_connections))
-            self._slots[loop] = slot
-        if not getattr(loop, "_asyncgens_shutdown_called", False):
-            slot.watcher = self._watch(loop, slot)
-            # Started by hand up to its first yield (no await before it): from then on the
-            # loop's shutdown_asyncgens() runs its finally block on the loop.
-            try:
-                slot.watcher.asend(None).send(None)
-            except StopIteration:
-                pass
-        return slot
-
-    async def _watch(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._slots.get(loop) is slot:
-                    del self._slots[loop]
-            last = self._last
-            if last is not None and last[0] is loop:
-                self._last = None
-            if asyncio._get_running_loop() is loop and not loop.is_closed():
-                try:
-                    await slot.client.aclose()
-                except Exception:
-                    logger.debug("closing a Redis client at loop shutdown failed", exc_info=True)
-
-    def _release(self, loop: asyncio.AbstractEventLoop, slot: _Slot) -> None:
-        """Close a loop's client on that loop (now if it is this thread's, else scheduled)."""
-        if self._last is not None and self._last[0] is loop:
-            self._last = None
-        watcher, slot.watcher = slot.watcher, None
-        if watcher is None:
-            return
-        if loop.is_closed():
-            # Finish the generator here (its finally does not await on a foreign loop), so
-            # that it never asks the closed loop to finalize it.
-            try:
-                watcher.aclose().send(None)
-            except (StopIteration, RuntimeError):
-                pass
-            return
-        try:
-            loop.call_soon_threadsafe(loop.create_task, watcher.aclose())
-        except RuntimeError:  # closed meanwhile
-            pass
+        return self._clients.current()
 
     async def aclose(self) -> None:
         """Close every loop's client: this loop's now, the others' on their loops (a later
         command opens new connections, as redis-py's own clients do)."""
-        running = asyncio.get_running_loop()
-        with self._lock:
-            slots = list(self._slots.items())
-            self._slots.clear()
-            self._last = None
-        for loop, slot in slots:
-            if loop is running and slot.watcher is not None:
-                watcher, slot.watcher = slot.watcher, None
-                # Runs the finally block: closes the client on this loop.
-                await watcher.aclose()
-            elif loop is running:
-                await slot.client.aclose()
-            else:
-                self._release(loop, slot)
+        await self._clients.aclose()
+
+
+async def _close_client(client: Any) -> None:
+    await client.aclose()
