@@ -420,6 +420,17 @@ def test_sync_stack_background_refresh_joins_the_request_trace(otel: Otel) -> No
         cache.close()
 
 
+async def test_get_many_span_counts_hits_and_misses(otel: Otel, redis_stack: CacheStack) -> None:
+    await redis_stack.set_many([("a", 1), ("b", 2)])
+    instrument(redis_stack, otel.provider, otel.meters)
+    with otel.app.start_as_current_span("request"):
+        assert await redis_stack.get_many(["a", "b", "absent"]) == [1, 2, None]
+    (span,) = otel.named("cache.get_many")
+    attributes = _attrs(span)
+    assert attributes["cache.hit_count"] == 2
+    assert attributes["cache.miss_count"] == 1
+
+
 @pytest.mark.redis
 async def test_degradation_and_recovery_events(
     otel: Otel, redis_proxy: TcpProxy, redis_clean: RedisServer

@@ -439,6 +439,13 @@ class Reader:
             pending = still
         metrics.hits += len(requests) - len(pending)
         metrics.misses += len(pending)
+        tracer = telemetry.tracer
+        if tracer is not None:
+            # One outcome per entry (the tracer counts them: hits, misses).
+            for _ in range(len(requests) - len(pending)):
+                tracer.outcome("hit", None)
+            for _ in pending:
+                tracer.outcome("miss", None)
         loads = [i for i in pending if requests[i][1] is not None]
         if loads:
             values = await gather(
