@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -410,3 +411,34 @@ def test_threads_hammering_the_layer(eviction: Any, max_bytes: int | None) -> No
     layer.clear()
     assert layer.size() == 0
     assert layer.approximate_bytes == 0
+
+
+class _InterruptedOnce(OrderedDict[str, Any]):
+    """An OrderedDict whose first copy of its items fails as when another thread moved a key
+    in the middle of it (a read's move_to_end, which takes no lock)."""
+
+    failed = False
+
+    def items(self) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("OrderedDict mutated during iteration")
+        return super().items()
+
+
+@pytest.mark.parametrize("call", ["keys", "delete_matching"])
+def test_listing_survives_a_key_moved_during_the_copy(call: str) -> None:
+    """Regression: keys() and delete_matching() copied the items with no retry; a read moving a
+    key meanwhile (seen once in CI under test_threads_hammering_the_layer) raised
+    RuntimeError to the caller."""
+    layer = MemoryLayer(ttl=60)
+    for key in ("a1", "a2", "b1"):
+        layer.set(key, Entry("v", T0, None), None)
+    data = _InterruptedOnce(layer._data)
+    layer._data = data
+    if call == "keys":
+        assert sorted(layer.keys("a*")) == ["a1", "a2"]
+    else:
+        assert layer.delete_matching("a*") == 2
+        assert layer.keys() == ["b1"]
+    assert data.failed

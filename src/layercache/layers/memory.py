@@ -247,7 +247,7 @@ class MemoryLayer:
         now = self._clock()
         glob = compile_glob(pattern) if pattern is not None else None
         out: list[str] = []
-        for key, entry in list(self._data.items()):
+        for key, entry in self._items():
             if entry.expires_at is not None and now >= entry.expires_at:
                 continue
             if glob is not None and not glob.matches(key):
@@ -261,9 +261,20 @@ class MemoryLayer:
         """Remove every key matching the glob ``pattern``; return how many were removed."""
         glob = compile_glob(pattern)
         removed = 0
-        for key in [k for k in list(self._data) if glob.matches(k)]:
+        for key in [k for k, _ in self._items() if glob.matches(k)]:
             removed += self._discard(key)
         return removed
+
+    def _items(self) -> list[tuple[str, Entry]]:
+        """A copy of the stored items. Reads move keys without the lock (the L1 hit path), and
+        a copy can be interrupted by another thread (a garbage collection running Python
+        finalizers switches threads inside it): the copy then fails with "mutated during
+        iteration", and is simply made again."""
+        while True:
+            try:
+                return list(self._data.items())
+            except RuntimeError:
+                continue
 
     def has(self, key: str) -> bool:
         """Whether a usable entry is stored under ``key``."""
