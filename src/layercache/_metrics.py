@@ -295,11 +295,6 @@ class MetricsRecorder:
         self.errors_by_operation: dict[str, int] = {}
         self.fetch_latency = Histogram()
 
-    def observe(self, layer: str, seconds: float, operation: str = "get") -> None:
-        """Record one operation's latency for ``layer``: reads feed the layer's latency
-        summary, every operation its own histogram (hot paths hold a :meth:`timer`)."""
-        self.layers[layer].timer(operation)(seconds)
-
     def timer(self, layer: str, operation: str) -> Callable[[float], None]:
         """The recorder of ``layer``'s ``operation`` latencies (see ``_LayerCounters``)."""
         return self.layers[layer].timer(operation)

@@ -102,8 +102,7 @@ class Telemetry:
 
     def debug(self, message: str, *args: Any, **fields: Any) -> None:
         """A debug line about one layer decision (see :meth:`log` for ``fields``)."""
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.log(logging.DEBUG, message, *args, **fields)
+        self.log(logging.DEBUG, message, *args, **fields)
 
     # ------------------------------------------------------------------ events, metrics
 
@@ -115,11 +114,6 @@ class Telemetry:
         """Hand ``payload`` to the listeners of ``event`` (if any)."""
         if event in self.events.active:
             self.events.emit(event, payload)
-
-    def observe(self, layer: str, seconds: float, operation: str = "get") -> None:
-        """One timed operation of ``layer`` (only when metrics are enabled)."""
-        if self.enabled:
-            self.metrics.observe(layer, seconds, operation)
 
     def timer(self, layer: str, operation: str) -> Callable[[float], None]:
         """A recorder of ``layer``'s ``operation`` latencies for a hot path to hold (a no-op
