@@ -262,13 +262,21 @@ class LayerAdapter:
         else:
             gather([partial(self.delete, k) for k in keys])
 
+    @property
+    def can_list_keys(self) -> bool:
+        """Whether the layer has ``keys`` (it can say which keys it holds)."""
+        return "keys" in self._optional
+
+    def keys(self, pattern: str | None = None) -> list[str]:
+        """The layer's keys matching a glob (every key without one); needs ``keys``."""
+        return list(self.call("keys", self._optional["keys"], pattern))
+
     def delete_matching(self, pattern: str) -> int:
         """Delete keys matching a glob; needs ``delete_matching`` or ``keys`` on the layer."""
         fn = self._optional.get("delete_matching")
         if fn is not None:
             return int(self.call("delete_matching", fn, pattern))
-        keys_fn = self._optional.get("keys")
-        if keys_fn is None:
+        if not self.can_list_keys:
             # The layer cannot find the matching keys (memcached cannot list them): it is
             # cleared instead. Too much is dropped, never too little: refusing would leave the
             # invalidated values served from it (or, degraded, keep it out of service, its
@@ -285,7 +293,7 @@ class LayerAdapter:
             self._cleared_for_patterns = True
             self.clear()
             return 0
-        keys = list(self.call("keys", keys_fn, pattern))
+        keys = self.keys(pattern)
         if keys:
             self.delete_many(keys)
         return len(keys)
@@ -296,10 +304,9 @@ class LayerAdapter:
         sends one huge command nor holds the stack for its whole length. The keys come from
         the layer's ``keys`` (one listing); a layer without it gets its own
         ``delete_matching``, which chooses its batches itself."""
-        keys_fn = self._optional.get("keys")
-        if keys_fn is None:
+        if not self.can_list_keys:
             return self.delete_matching(pattern)
-        keys = list(self.call("keys", keys_fn, pattern))
+        keys = self.keys(pattern)
         # Keys of a retired generation are read and fetched by nobody: a layer that can remove
         # keys for good (no tombstone, see RedisLayer.purge_many) does so.
         purge = self._optional.get("purge_many")

@@ -66,7 +66,7 @@ class Snapshotter:
             CacheLayerError: A layer failed (or is degraded): an export never silently
                 leaves keys out.
         """
-        listable = [a for a in self._layers.adapters if "keys" in a._optional]
+        listable = [a for a in self._layers.adapters if a.can_list_keys]
         if not listable:
             raise ValueError(
                 "no layer of this stack can list its keys (keys()): nothing to export from"
@@ -78,7 +78,7 @@ class Snapshotter:
         for adapter in listable:
             if adapter.degraded_until is not None and not self._layers.usable(adapter):
                 raise CacheLayerError(adapter.name, "keys")
-            listed = adapter.call("keys", adapter._optional["keys"], pattern)
+            listed = adapter.keys(pattern)
             todo = [k for k in listed if k not in chosen and k.startswith(prefix)]
             for start in range(0, len(todo), _EXPORT_BATCH):
                 batch = todo[start : start + _EXPORT_BATCH]
