@@ -21,20 +21,19 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 from .._codec import CorruptEntryError, EntryCodec
 from .._entry import Entry
 from .._error_handlers import ErrorHandlers, call_error_handler
-from .._exceptions import CacheLayerError, UnserializableValueError
+from .._exceptions import UnserializableValueError
 from .._telemetry import key_hash
 
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_RELATIVE_EXPTIME",
-    "DriverErrors",
     "ErrorHandlers",
+    "failure_detail",
     "KeyMap",
     "MemcachedValueTooLargeError",
     "StoredEntries",
@@ -257,43 +256,21 @@ class StoredEntries:
 _TOO_LARGE = "too large"
 
 
-class DriverErrors:
-    """Turns what the driver raises into ``CacheLayerError(name, operation[, detail])``.
+def failure_detail(
+    max_bytes: int, on_failure: Callable[[], None] | None = None
+) -> Callable[[BaseException], str | None]:
+    """The ``detail`` of a memcached layer's :class:`~layercache._error_handlers.DriverErrors`:
+    tells ``on_failure`` of every failure (the layer then reads the namespace version again: a
+    server that failed may have restarted empty), and explains an item refused as too large."""
 
-    ``CacheLayerError`` and ``UnserializableValueError`` (the caller's value at fault) pass
-    through unchanged; ``BaseException`` (cancellation) is never caught; anything else the
-    client raises (socket errors, timeouts, protocol errors) is a failure of the layer.
-    """
-
-    __slots__ = ("max_bytes", "name", "on_failure")
-
-    def __init__(
-        self, name: str, max_bytes: int, on_failure: Callable[[], None] | None = None
-    ) -> None:
-        self.name = name
-        self.max_bytes = max_bytes
-        # Told of every failure (the layer then reads the namespace version again: a server
-        # that failed may have restarted empty).
-        self.on_failure = on_failure
-
-    def error(self, operation: str, exc: BaseException) -> CacheLayerError:
-        """The ``CacheLayerError`` for the driver failure ``exc`` (the caller chains it)."""
-        if self.on_failure is not None:
-            self.on_failure()
+    def detail(exc: BaseException) -> str | None:
+        if on_failure is not None:
+            on_failure()
         if _TOO_LARGE in str(exc):
-            return CacheLayerError(
-                self.name,
-                operation,
+            return (
                 f"memcached refused an item as too large: its -I limit is below "
-                f"max_value_bytes={self.max_bytes} ({exc})",
+                f"max_value_bytes={max_bytes} ({exc})"
             )
-        return CacheLayerError(self.name, operation)
+        return None
 
-    @contextmanager
-    def __call__(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except (CacheLayerError, UnserializableValueError):
-            raise
-        except Exception as exc:
-            raise self.error(operation, exc) from exc
+    return detail

@@ -15,12 +15,13 @@ from typing import Any
 
 from .._codec import EntryCodec
 from .._entry import Entry
+from .._error_handlers import DriverErrors
 from .._exceptions import CacheLayerError
 from .._keys import validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
 from ._aio_client import AioMemcached, MemcacheClient, init_signature, is_sync_client
-from ._common import DriverErrors, KeyMap, StoredEntries, exptime, parse_servers
+from ._common import KeyMap, StoredEntries, exptime, failure_detail, parse_servers
 
 # unasync: begin async-only
 from ._sync_layer import SyncMemcachedLayer
@@ -184,7 +185,7 @@ class MemcachedLayer:
             compression_threshold=compression_threshold,
         )
         self._entries = StoredEntries(name, codec, max_value_bytes)
-        self._errors = DriverErrors(name, max_value_bytes, self._unconfirm)
+        self._errors = DriverErrors(name, failure_detail(max_value_bytes, self._unconfirm))
         self._owns_client = client is None
         self._client = AioMemcached(
             server_list, client, timeout=timeout, max_connections=max_connections
