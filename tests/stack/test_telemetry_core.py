@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from stack_support import Counter, RecordingLayer, StackEnv
+from stack_support import Counter, RecordingLayer, StackEnv, eventually
 
 from _twins_async import Event, join_all, spawn
 from layercache import (
@@ -407,10 +407,14 @@ async def test_in_flight_count_under_concurrent_callers(memory_env: StackEnv) ->
         await release.wait()
         return 1
 
-    tasks = [spawn(cache.get, f"k{i % 3}", slow) for i in range(30)]
+    tasks = [spawn(cache.get, f"k{i % 3}", slow) for i in range(300)]
     await started.wait()
+    # 300 callers of 3 cold keys: one fetch per key in flight, seen while they wait.
+    await eventually(lambda: cache.get_stats().in_flight_fetches == 3, "3 fetches in flight")
+    assert cache.get_stats().single_flight.in_flight == 3
     release.set()
-    assert sorted(await join_all(tasks)) == [1] * 30
+    assert sorted(await join_all(tasks)) == [1] * 300
     stats = cache.get_stats()
     assert stats.in_flight_fetches == 0
-    assert stats.metrics.fetches == stats.metrics.fetch_latency.count
+    assert stats.metrics.fetches == 3
+    assert stats.metrics.fetch_latency.count == 3
