@@ -33,6 +33,7 @@ __all__ = [
     "WriteBehindSettings",
     "coerce_circuit_breaker",
     "coerce_degradation",
+    "coerce_early_refresh",
     "coerce_generation",
     "coerce_generation_cleanup",
     "coerce_options",
@@ -76,6 +77,11 @@ class CacheOptions:
         sliding_ttl: A hit resets the TTL in every layer holding the key.
         refresh_ahead: A fresh hit with at most this many seconds left refreshes in the
             background.
+        early_refresh: Probabilistic early refresh (XFetch): each fresh hit starts a
+            background refresh with a chance that grows as expiry nears, weighted by how long
+            the key's last fetch took. ``True`` is ``beta=1.0``; a positive number is the
+            ``beta`` (above 1 refreshes earlier, below 1 later); ``False`` switches off a
+            stack-wide default for this call.
         adaptive_ttl: :class:`AdaptiveTtl`: hot keys get longer TTLs on their next write.
         circuit_breaker: ``CircuitBreaker`` for this fetcher key (``False`` disables the
             stack default).
@@ -95,18 +101,19 @@ class CacheOptions:
     stale_if_error: PerLayer | None = None
     sliding_ttl: bool | None = None
     refresh_ahead: float | None = None
+    early_refresh: float | bool | None = None
     adaptive_ttl: AdaptiveTtl | Mapping[str, Any] | None = None
     circuit_breaker: Any = None
     fetcher_rate_limit: Any = None
-    # Derived: whether a hit needs more than "return the value" (sliding, refresh-ahead,
-    # adaptive counting), so the L1 fast path tests one attribute.
+    # Derived: whether a hit needs more than "return the value" (sliding, refresh-ahead, early
+    # refresh, adaptive counting), so the L1 fast path tests one attribute.
     has_hit_work: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self,
             "has_hit_work",
-            bool(self.sliding_ttl or self.refresh_ahead or self.adaptive_ttl),
+            bool(self.sliding_ttl or self.refresh_ahead or self.early_refresh or self.adaptive_ttl),
         )
 
 
@@ -283,6 +290,28 @@ def seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
     return result
 
 
+def coerce_early_refresh(value: object) -> float | Literal[False] | None:
+    """The ``early_refresh`` option: ``True`` → ``beta=1.0``, a positive finite number → that
+    ``beta``, ``False`` → ``False`` (off, also over a stack-wide default), ``None`` → ``None``
+    (not set).
+
+    Raises:
+        ValueError: Zero, a negative, infinite or NaN number, or a value of another type.
+    """
+    if value is None or value is False:
+        return value
+    if value is True:
+        return 1.0
+    if isinstance(value, int | float):
+        beta = float(value) if isinstance(value, float) or abs(value) < 2**53 else math.inf
+        if beta > 0 and not math.isinf(beta):  # NaN fails ``beta > 0``
+            return beta
+    raise ValueError(
+        "early_refresh must be True, False, None or a positive finite number (the beta: "
+        f"1.0 is the default, above 1 refreshes earlier), not {value!r}"
+    )
+
+
 def _per_layer(name: str, value: object) -> PerLayer:
     if isinstance(value, Mapping):
         out: dict[str, float] = {}
@@ -361,6 +390,9 @@ def coerce_options(options: CacheOptions | Mapping[str, Any] | None) -> CacheOpt
             out[name] = value
         elif name == "refresh_ahead":
             out[name] = seconds(name, value, allow_zero=False)
+        elif name == "early_refresh":
+            # False is kept: it switches off a stack-wide default for this call.
+            out[name] = coerce_early_refresh(value)
         elif name == "adaptive_ttl":
             adaptive = coerce_group(name, AdaptiveTtl, value)
             if adaptive is not None:

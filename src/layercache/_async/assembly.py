@@ -50,6 +50,7 @@ _DEFAULTS = {
     "stale_if_error": "stale_if_error",
     "fetch_soft_timeout": "fetch_soft_timeout",
     "adaptive_ttl": "adaptive_ttl",
+    "early_refresh": "early_refresh",
     "circuit_breaker": "circuit_breaker",
     "fetcher_rate_limit": "fetcher_rate_limit",
 }
@@ -194,6 +195,7 @@ def assemble(settings: Mapping[str, Any]) -> Parts:
         fetch_timeout=defaults.fetch_timeout,
         max_profile_entries=profiles,
         workers=new_workers("layercache"),
+        rng=s["rng"],
     )
     reader = Reader(
         layers=layer_set,

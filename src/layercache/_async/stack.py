@@ -103,6 +103,8 @@ class CacheStack:
         negative_ttl: Stack default lifetime of negatively cached results.
         fetch_timeout: Seconds a fetch may run (default 30: no fetch holds a key forever).
         ttl_jitter: Stack default ``ttl_jitter``.
+        early_refresh: Stack default ``early_refresh`` (``True`` or a beta: probabilistic
+            early refresh of fresh values on hits, see ``CacheOptions``).
         write_policy: ``"strict"``: any layer failure fails the write; ``"best-effort"``: a
             write fails only when every layer fails (failures are counted).
         tag_index: The tag index (default: an in-process ``InMemoryTagIndex`` bounded by
@@ -111,7 +113,7 @@ class CacheStack:
         max_profile_entries: Bound on per-key bookkeeping.
         ttl_policy_timezone: Time zone of the ``until-midnight`` / ``next-hour`` policies.
         clock: Wall clock in seconds (inject a fake one in tests).
-        rng: Random source for TTL jitter.
+        rng: Random source for TTL jitter and the draws of ``early_refresh``.
         invalidation_bus: Cross-instance invalidation (e.g. ``RedisInvalidationBus``): with
             it, every delete, invalidation, clear and generation bump is announced to the
             other instances, which drop the keys from their local layers.
@@ -137,6 +139,7 @@ class CacheStack:
         stale_if_error: float | Mapping[str, float] | None = None,
         fetch_soft_timeout: float | _dt.timedelta | None = None,
         adaptive_ttl: AdaptiveTtl | Mapping[str, Any] | None = None,
+        early_refresh: bool | float | None = None,
         circuit_breaker: Any = None,
         fetcher_rate_limit: Any = None,
         background_refresh_timeout: float | _dt.timedelta = 30,

@@ -6,13 +6,14 @@ Local single-flight (concurrent callers of a key share one fetch through the fli
 distributed single-flight (one instance fetches, the others wait for its value in the shared
 layers), the circuit breaker, the fetcher rate limit, timeouts (hard, and the soft timeout that
 lets a caller take a stale value while the fetch goes on), background refresh
-(stale-while-revalidate, refresh-ahead) and per-hit work (adaptive TTL's read count, sliding
-TTL). It stores fetched values through the writer.
+(stale-while-revalidate, refresh-ahead, early refresh) and per-hit work (adaptive TTL's read
+count, sliding TTL). It stores fetched values through the writer.
 """
 
 from __future__ import annotations
 
 import functools
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._circuit import CircuitRegistry
+from .._early_refresh import FetchDurations, should_refresh
 from .._entry import Entry
 from .._exceptions import (
     CacheLayerError,
@@ -88,6 +90,7 @@ class Loader:
         fetch_timeout: float | None,
         max_profile_entries: int,
         workers: Any,
+        rng: random.Random | None = None,
     ) -> None:
         self._writer = writer
         self._layers = layers
@@ -108,6 +111,9 @@ class Loader:
             probe_lease=max(60.0, 2 * (fetch_timeout or 30.0)),
         )
         self.limiter = FetcherLimiter(max_keys=max_profile_entries)
+        # Early refresh (XFetch): each key's last fetch duration, and the draw of each hit.
+        self.fetch_durations = FetchDurations(max_profile_entries)
+        self._draw = (rng or random).random
         # Threads this stack owns in the thread twin (timed fetches, background refreshes).
         self.workers = workers
         self.background = 0
@@ -206,26 +212,51 @@ class Loader:
             raise  # a TimeoutError raised by the fetcher itself is its own error
 
     def _fetch_and_store(
-        self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight
+        self,
+        key: str,
+        fetcher: Fetcher,
+        opts: CacheOptions,
+        flight: Flight,
+        newer_than: float | None = None,
     ) -> Any:
         """The origin fetch and the write of its value; across instances when a
         single-flight coordinator is configured (one instance fetches, the others read the
-        shared layers when it is done)."""
+        shared layers when it is done).
+
+        ``newer_than``: the refresh of a value that is still fresh (refresh-ahead, early
+        refresh), produced at that time: only a value produced later, by another instance,
+        stands in for the fetch (the still-fresh value itself must not: it would end every
+        such refresh without one). Without a coordinator such a value is looked for once
+        before the origin is called.
+        """
         coordinator = self._coordinator
         if coordinator is None:
+            if newer_than is not None and self._layers.shared:
+                try:
+                    found, value = self._read_shared(key, newer_than)
+                except CacheLayerError as exc:
+                    found, value = False, None
+                    self._telemetry.debug(
+                        "layercache: no newer value read before a refresh: %r",
+                        exc,
+                        operation="refresh",
+                        key=key,
+                    )
+                if found:
+                    return value
             return self._fetch_here(key, fetcher, opts, flight)
         return coordinator.run(
             key,
             functools.partial(self._fetch_here, key, fetcher, opts, flight),
-            functools.partial(self._read_shared, key),
+            functools.partial(self._read_shared, key, newer_than),
             timeout=self._single_flight_timeout,
             poll=self._single_flight_poll,
             **self._terms,
         )
 
-    def _read_shared(self, key: str) -> tuple[bool, Any]:
-        """A fresh value of ``key`` in a shared layer (another instance fetched it),
-        backfilled into the layers above it."""
+    def _read_shared(self, key: str, newer_than: float | None = None) -> tuple[bool, Any]:
+        """A fresh value of ``key`` in a shared layer (another instance fetched it; produced
+        after ``newer_than`` when given), backfilled into the layers above it."""
         adapters = self._layers.adapters
         for index, adapter in enumerate(adapters):
             if adapter.is_local:
@@ -236,7 +267,11 @@ class Loader:
             epoch = self._flights.epoch
             entry = self._writer.peek(adapter, key)
             now = self._clock()
-            if entry is not None and entry.is_fresh(now):
+            if (
+                entry is not None
+                and entry.is_fresh(now)
+                and (newer_than is None or entry.stored_at > newer_than)
+            ):
                 if index:
                     above = adapters[:index]
                     self._writer.backfill(key, entry, above, adapter.name, now, epoch)
@@ -258,6 +293,9 @@ class Loader:
         telemetry.metrics.fetches += 1
         self._count_in_flight(1)
         began = time.perf_counter()
+        # On the stack's clock, the one freshness is judged by (early refresh weighs one by
+        # the other; a fake clock in tests moves both).
+        started = self._clock()
         try:
             with telemetry.fetch(key):
                 value = self._call_fetcher(
@@ -280,6 +318,7 @@ class Loader:
         finally:
             self._count_in_flight(-1)
             telemetry.fetched(key, time.perf_counter() - began)
+        self.fetch_durations.record(key if opts.early_refresh else None, self._clock() - started)
         if breaker is not None and circuits.record_success(key):
             telemetry.circuit(key, "closed")
         if value is None and not opts.negative_cache:
@@ -343,9 +382,12 @@ class Loader:
         fetcher: Fetcher,
         opts: CacheOptions,
         leases: dict[int, Any] | None = None,
+        newer_than: float | None = None,
     ) -> None:
         """Start one background refresh of ``key`` unless a fetch of it is already running
-        (``leases``: those of the read that found the key stale, if it read the layers)."""
+        (``leases``: those of the read that found the key stale, if it read the layers;
+        ``newer_than``: the production time of the still-fresh value being refreshed, see
+        :meth:`_fetch_and_store`)."""
         if self.closed:
             return
         running, flight = self._flights.join_fetch(key, opts.tags or ())
@@ -367,14 +409,21 @@ class Loader:
 
         flight.handle = launch_background(
             future,
-            functools.partial(self._refresh, key, fetcher, bounded, flight),
+            functools.partial(self._refresh, key, fetcher, bounded, flight, newer_than),
             finished,
             self.workers,
         )
 
-    def _refresh(self, key: str, fetcher: Fetcher, opts: CacheOptions, flight: Flight) -> Any:
+    def _refresh(
+        self,
+        key: str,
+        fetcher: Fetcher,
+        opts: CacheOptions,
+        flight: Flight,
+        newer_than: float | None,
+    ) -> Any:
         try:
-            value = self._fetch_and_store(key, fetcher, opts, flight)
+            value = self._fetch_and_store(key, fetcher, opts, flight, newer_than)
         except Exception as exc:
             # A background refresh never surfaces to callers; the stale value stays served.
             self._telemetry.debug(
@@ -395,17 +444,20 @@ class Loader:
         now: float,
         hit_index: int,
     ) -> None:
-        """Per-hit work some options ask for: read counting, refresh-ahead, sliding TTL."""
+        """Per-hit work some options ask for: read counting, refresh-ahead, early refresh,
+        sliding TTL."""
         if opts.adaptive_ttl is not None:
             self._writer.count_read(key)
         fresh_until = entry.fresh_until
-        if (
-            opts.refresh_ahead is not None
-            and fetcher is not None
-            and fresh_until is not None
-            and fresh_until - now <= opts.refresh_ahead
-        ):
-            self.refresh_in_background(key, fetcher, opts)
+        if fetcher is not None and fresh_until is not None:
+            remaining = fresh_until - now
+            ahead = opts.refresh_ahead
+            beta = opts.early_refresh
+            if (ahead is not None and remaining <= ahead) or (
+                beta
+                and should_refresh(remaining, self.fetch_durations.delta(key), beta, self._draw)
+            ):
+                self.refresh_in_background(key, fetcher, opts, newer_than=entry.stored_at)
         if opts.sliding_ttl and fresh_until is not None:
             self._slide(key, entry, opts, now, hit_index)
 
