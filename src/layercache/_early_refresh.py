@@ -54,8 +54,10 @@ def should_refresh(remaining: float, delta: float, beta: float, draw: Callable[[
     scale = delta * beta
     if scale <= 0 or remaining > scale * _MAX_EXPONENT:
         return False
-    # 1 - [0, 1) is (0, 1]: log(0) cannot happen.
-    return scale * -math.log(1.0 - draw()) >= remaining
+    u = 1.0 - draw()  # (0, 1] for a draw in [0, 1)
+    if u <= 0.0:  # a random source outside [0, 1): -ln(0) is infinite, refresh
+        return True
+    return scale * -math.log(u) >= remaining
 
 
 class FetchDurations:
