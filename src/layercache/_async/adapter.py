@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from .._codec import UnserializableValueError
-from .._entry import Entry
+from .._entry import Entry, EntryMeta
 from .._exceptions import CacheLayerError, LayerCacheError
 from .._primitives.aio import (
     Cancelled,
@@ -26,6 +26,7 @@ from .._primitives.aio import (
     stack_layer,
 )
 from .._telemetry import Telemetry
+from .batcher import DEFAULT_MAX_BATCH, Batcher
 from .recovery import Backlog
 
 __all__ = ["MAX_MISSED", "LayerAdapter"]
@@ -36,6 +37,18 @@ MAX_MISSED = 10_000
 
 # Reads are timed and traced by the reader (its fast path calls the layer directly).
 _TIMED_BY_READER = frozenset({"get", "get_many"})
+
+
+def _peek_by(
+    lookup: Callable[[str, float], Entry | None],
+) -> Callable[[str, float], tuple[Any, EntryMeta] | None]:
+    """A ``peek`` made of a layer's ``lookup``."""
+
+    def peek(key: str, now: float) -> tuple[Any, EntryMeta] | None:
+        entry = lookup(key, now)
+        return None if entry is None else (entry.value, entry.meta)
+
+    return peek
 
 
 def _missed_weight(item: tuple[str, Any]) -> int:
@@ -86,6 +99,14 @@ class LayerAdapter:
             if lookup is not None and not blocking and not is_async_callable(lookup)
             else None
         )
+        # The same as (value, metadata) without making an Entry (MemoryLayer.peek), or through
+        # lookup() for a layer without peek().
+        peek = getattr(layer, "peek", None)
+        self.peek: Callable[[str, float], tuple[Any, EntryMeta] | None] | None = None
+        if self.lookup is not None:
+            self.peek = (
+                peek if peek is not None and not is_async_callable(peek) else _peek_by(self.lookup)
+            )
         # Layers with a synchronous lookup (the memory layer) are also written synchronously
         # on the stack's hot paths (backfill, store): no extra frames for an L1 write.
         self.direct_set: Callable[[str, Entry, float | None], None] | None = (
@@ -124,6 +145,12 @@ class LayerAdapter:
             fn = getattr(layer, attr, None)
             if callable(fn):
                 self._optional[attr] = bind_method(fn, blocking)
+        # Concurrent reads (and writes) of a remote layer share bulk calls (batcher.py).
+        self.read_batcher: Batcher | None = None
+        self.leased_batcher: Batcher | None = None
+        self.write_batcher: Batcher | None = None
+        if not self.is_local:
+            self._batch(layer, blocking)
         closer = getattr(layer, "aclose", None) or getattr(layer, "close", None)
         self._close = bind_method(closer, blocking) if callable(closer) else None
         # Graceful degradation (owned by the layer set): ``backlog.down_until`` is when a
@@ -152,6 +179,80 @@ class LayerAdapter:
         setter = getattr(layer, "set_error_handler", None)
         self._add_handler: Callable[[Any], Any] | None = adder if callable(adder) else None
         self._set_handler: Callable[[Any], Any] | None = setter if callable(setter) else None
+
+    def _batch(self, layer: Any, blocking: bool) -> None:
+        """Put batchers in front of the layer's reads and writes (see batcher.py).
+
+        A layer tunes them with attributes: ``read_batching`` and ``write_batching`` (on
+        unless false), ``batch_window`` (seconds a batch leader waits for more callers; 0)
+        and ``max_batch`` (items per bulk call). Plain reads are batched through the layer's
+        ``get_batch`` (failures reported as its ``get`` would be) or else its ``get_many``;
+        leased reads through ``get_leased_batch`` only; writes through ``set_batch`` only
+        (one outcome per item: a value that cannot be stored fails its own caller alone).
+        """
+        window = float(getattr(layer, "batch_window", 0.0) or 0.0)
+        max_batch = int(getattr(layer, "max_batch", DEFAULT_MAX_BATCH) or DEFAULT_MAX_BATCH)
+        if getattr(layer, "read_batching", True):
+            many = getattr(layer, "get_batch", None)
+            if not callable(many):
+                many = getattr(layer, "get_many", None)
+            if callable(many):
+                self.read_batcher = Batcher(
+                    self.read,
+                    self._bulk("get", bind_method(many, blocking)),
+                    max_batch=max_batch,
+                    window=window,
+                    dedupe=True,
+                )
+                self.read = self.read_batcher.submit
+            leased = getattr(layer, "get_leased_batch", None)
+            if self.read_leased is not None and callable(leased):
+                self.leased_batcher = Batcher(
+                    self.read_leased,
+                    self._bulk("get", bind_method(leased, blocking)),
+                    max_batch=max_batch,
+                    window=window,
+                    dedupe=True,
+                )
+                self.read_leased = self.leased_batcher.submit
+        stores = getattr(layer, "set_batch", None)
+        if getattr(layer, "write_batching", True) and callable(stores):
+            single = self._set
+
+            async def store(item: tuple[str, Entry, float | None]) -> None:
+                await single(*item)
+
+            self.write_batcher = Batcher(
+                store,
+                self._bulk("set", bind_method(stores, blocking)),
+                max_batch=max_batch,
+                window=window,
+                per_item=True,
+            )
+            submit = self.write_batcher.submit
+
+            async def coalesced(key: str, entry: Entry, ttl: float | None) -> None:
+                await submit((key, entry, ttl))
+
+            self._set = coalesced
+
+    def _bulk(
+        self, operation: str, fn: Callable[[list[Any]], Awaitable[Any]]
+    ) -> Callable[[list[Any]], Awaitable[list[Any]]]:
+        """A layer's bulk call for a batcher: failures translated as ``operation`` (what each
+        caller's own call would have raised), one result per item checked."""
+
+        async def bulk(items: list[Any]) -> list[Any]:
+            results = list(await self._call(operation, fn, (items,)))
+            if len(results) != len(items):
+                raise CacheLayerError(
+                    self.name,
+                    operation,
+                    f"a bulk {operation} returned {len(results)} results for {len(items)} items",
+                )
+            return results
+
+        return bulk
 
     def report_to(self, handler: Callable[[BaseException, dict[str, Any]], None]) -> Any:
         """Have the layer report to ``handler``; returns what undoes it (or ``None``)."""

@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
     ) from exc
 
+from .._batching import batch_options
 from .._codec import EntryCodec
 from .._entry import Entry
 from .._exceptions import CacheLayerError
@@ -109,6 +110,14 @@ class SyncRedisLayer:
         clock_skew: With a cluster client, the most that two nodes' clocks may differ by, in
             seconds (lease times from one node are compared with fences written by another).
             Ignored on a single server.
+        read_batching: Let a stack merge concurrent reads of distinct keys into bulk reads
+            (one ``MGET``; on a cluster one ``MGET`` per slot, one pipeline per node): a read
+            issued while another is in flight waits for it and goes with the next batch. A
+            lone read is sent at once, as without batching (docs/perf-batching.md).
+        write_batching: Likewise merge concurrent stores (``set``) into one pipeline.
+        batch_window: Seconds a batch leader waits for more callers before it sends (0:
+            none; batches then form only behind a call in flight). At most 0.1.
+        max_batch: Keys per bulk read or write at most (1 to 10,000).
 
     Conditional stores (leases): a fetch that read a key (:meth:`get_leased`, :meth:`lease`)
     and then called the origin stores with :meth:`set_leased`, which refuses, atomically in
@@ -147,10 +156,18 @@ class SyncRedisLayer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         lease_ttl: float | None = 10.0,
         clock_skew: float = 0.25,
+        read_batching: bool = True,
+        write_batching: bool = True,
+        batch_window: float = 0.0,
+        max_batch: int = 256,
     ) -> None:
         if (client is None) == (url is None):
             raise ValueError("SyncRedisLayer needs exactly one of client= or url=")
         lease_ttl_us, clock_skew_us = lease_options(lease_ttl, clock_skew)
+        # Read by the stack's adapter, which batches concurrent calls (_async/batcher.py).
+        (self.read_batching, self.write_batching, self.batch_window, self.max_batch) = (
+            batch_options(read_batching, write_batching, batch_window, max_batch)
+        )
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a str, not {type(prefix).__name__}")
         if prefix:
@@ -172,6 +189,10 @@ class SyncRedisLayer:
             "max_connections": max_connections,
             "lease_ttl": lease_ttl,
             "clock_skew": clock_skew,
+            "read_batching": read_batching,
+            "write_batching": write_batching,
+            "batch_window": batch_window,
+            "max_batch": max_batch,
         }
         self.default_ttl = coerce_ttl(ttl)
         self.prefix = prefix
@@ -377,6 +398,97 @@ class SyncRedisLayer:
             None if raw is None else self._entries.decode(key, raw, "get_many")
             for key, raw in zip(keys, values, strict=True)
         ]
+
+    def get_batch(self, keys: Sequence[str]) -> list[Entry | None]:
+        """The reads of several concurrent :meth:`get` calls, in one round trip (what the
+        stack's read batching sends): like :meth:`get_many`, but a failure, or an unreadable
+        value, is reported as operation ``"get"``, as each caller's own read would be.
+
+        Raises:
+            CacheLayerError: ``(name, "get")`` if Redis cannot be reached or fails.
+        """
+        if self._keyspace.pending:
+            self._keyspace.ready()
+        decode = self._entries.decode
+        return [
+            None if raw is None else decode(key, raw, "get")
+            for key, raw in zip(keys, self._read_raw(keys), strict=True)
+        ]
+
+    def get_leased_batch(self, keys: Sequence[str]) -> list[tuple[Entry | None, Lease]]:
+        """The reads of several concurrent :meth:`get_leased` calls, in one round trip.
+
+        One lease time, taken before the bulk read is sent, serves every key: like each
+        single read's, it is a lower bound of the server clock when the read runs.
+
+        Raises:
+            CacheLayerError: ``(name, "get")`` if Redis cannot be reached or fails.
+        """
+        if self._keyspace.pending:
+            self._keyspace.ready()
+        read_at = self._clock.read_at() if self._lease_ttl_us is not None else 0
+        if read_at is None:
+            read_at = self._measure_clock("get")
+        decode = self._entries.decode
+        return [
+            (None, Lease(read_at, None))
+            if raw is None
+            else (decode(key, raw, "get"), Lease(read_at, raw))
+            for key, raw in zip(keys, self._read_raw(keys), strict=True)
+        ]
+
+    def _read_raw(self, keys: Sequence[str]) -> list[Any]:
+        """The stored bytes (or ``None``) of ``keys``: one ``MGET`` on a server; on a cluster
+        one ``MGET`` per slot, sent as one pipeline per node by the cluster client. Failures
+        are reported as operation ``"get"``."""
+        raw_keys = [self._key(k) for k in keys]
+        try:
+            if self._is_cluster:
+                return list(self._client.mget_nonatomic(raw_keys))  # type: ignore[union-attr]
+            return list(self._client.mget(raw_keys))
+        except Exception as exc:
+            if isinstance(exc, CacheLayerError):
+                raise
+            raise self._driver_errors.error("get", exc) from exc
+
+    def set_batch(self, items: Sequence[LayerItem]) -> list[Exception | None]:
+        """The stores of several concurrent :meth:`set` calls, in one pipeline (not a
+        transaction; on a cluster one per node): one outcome per item, ``None`` when stored,
+        else the exception that item's own :meth:`set` would have raised (a value that
+        cannot be serialized fails its own item only, as does an error reply to its
+        command). Items are applied in order.
+
+        Raises:
+            CacheLayerError: ``(name, "set")`` if Redis cannot be reached or fails as a whole.
+        """
+        self._keyspace.ready()
+        outcomes: list[Exception | None] = [None] * len(items)
+        sent: list[int] = []
+        pipe = self._client.pipeline(transaction=False)
+        for position, (key, entry, ttl) in enumerate(items):
+            raw_key = self._key(key)
+            if ttl is not None and ttl <= 0:
+                pipe.execute_command("UNLINK", raw_key)
+                sent.append(position)
+                continue
+            try:
+                data = self._entries.encode(entry, "set")
+                expiry = () if ttl is None else ("PX", milliseconds(ttl))
+            except Exception as exc:  # this item's own failure (UnserializableValueError)
+                outcomes[position] = exc
+                continue
+            pipe.execute_command("SET", raw_key, data, *expiry)
+            sent.append(position)
+        if not sent:
+            return outcomes
+        with self._driver_errors("set"):
+            replies = pipe.execute(raise_on_error=False)
+        for position, reply in zip(sent, replies, strict=True):
+            if isinstance(reply, Exception):
+                failure = self._driver_errors.error("set", reply)
+                failure.__cause__ = reply
+                outcomes[position] = failure
+        return outcomes
 
     def set_many(self, items: Sequence[LayerItem]) -> None:
         """Store several entries in one pipeline (not a transaction).
