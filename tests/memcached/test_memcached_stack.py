@@ -86,8 +86,10 @@ async def test_clear_is_scoped_to_the_prefix(memcached: MemcachedServer, prefix:
     neighbour = MemcachedLayer(servers=memcached.address, prefix=prefix + "other:")
     cache = CacheStack([MemoryLayer(ttl=60), mine])
     other_cache = CacheStack([neighbour])
-    # Another instance of the same prefix, with the namespace version it saw before the clear.
-    peer = MemcachedLayer(servers=memcached.address, prefix=prefix)
+    # Another instance of the same prefix, with the namespace version it saw before the clear
+    # (version_reuse=0: it reads the version with every operation, so it sees the clear at
+    # once; the default bound is tested in test_memcached_version.py).
+    peer = MemcachedLayer(servers=memcached.address, prefix=prefix, version_reuse=0)
     try:
         await cache.set("k", "mine")
         await other_cache.set("k", "theirs")
@@ -166,7 +168,8 @@ async def test_async_stack_reads_what_the_sync_stack_wrote(
     memcached: MemcachedServer, prefix: str
 ) -> None:
     sync_cache = SyncCacheStack([SyncMemcachedLayer(servers=memcached.address, prefix=prefix)])
-    cache = CacheStack([MemcachedLayer(servers=memcached.address, prefix=prefix)])
+    # version_reuse=0: the other stack's clear is seen at once (by default within a second).
+    cache = CacheStack([MemcachedLayer(servers=memcached.address, prefix=prefix, version_reuse=0)])
     try:
         for index, key in enumerate(AWKWARD_KEYS):
             sync_cache.set(key, [index, key])
@@ -186,7 +189,8 @@ async def test_several_servers_share_the_keys(own_memcached: MemcachedServer, pr
     with MemcachedServer.launch(binary=first.binary) as second:
         servers = [first.address, (second.host, second.port)]
         layer = MemcachedLayer(servers=servers, prefix=prefix)
-        sync_layer = SyncMemcachedLayer(servers=servers, prefix=prefix)
+        # version_reuse=0: the other stack's clear is seen at once (by default within a second).
+        sync_layer = SyncMemcachedLayer(servers=servers, prefix=prefix, version_reuse=0)
         cache = CacheStack([layer])
         sync_cache = SyncCacheStack([sync_layer])
         try:

@@ -78,10 +78,13 @@ def _readable(text: str) -> bytes | None:
 class KeyMap:
     """Cache keys to memcached keys for one prefix (see the module doc)."""
 
-    __slots__ = ("prefix", "version_key")
+    __slots__ = ("_base", "prefix", "version_key")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        # The last namespace version seen and its key prefix text (one tuple: threads swap it
+        # whole), so a read does not rebuild it for every key.
+        self._base: tuple[bytes, str] = (b"", prefix)
         # Cache keys continue the prefix with the version's digits: never a letter.
         self.version_key = self.hashed(prefix + "version", prefix + "version")
 
@@ -97,7 +100,10 @@ class KeyMap:
 
     def key(self, version: bytes, key: str) -> bytes:
         """The memcached key of cache key ``key`` in namespace ``version`` (decimal digits)."""
-        base = self.prefix + version.decode("ascii")
+        seen, base = self._base
+        if seen != version:
+            base = self.prefix + version.decode("ascii")
+            self._base = (version, base)
         text = base + ":" + key
         raw = _readable(text)
         if raw is not None:

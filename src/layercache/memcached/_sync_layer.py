@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +29,8 @@ from ._common import KeyMap, StoredEntries, exptime, failure_detail, parse_serve
 
 __all__ = ["SyncMemcachedLayer"]
 
-# How long a namespace version confirmed by a read is reused by stores without reading it
-# again (see "clear() and the namespace version" in the class doc).
+# How long (seconds) a confirmed namespace version is reused by reads and stores without
+# reading it again, by default (see "clear() and the namespace version" in the class doc).
 VERSION_REUSE = 1.0
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 16
@@ -73,11 +74,15 @@ class SyncMemcachedLayer:
 
     clear() and the namespace version: memcached cannot list keys, so :meth:`clear` increments
     the number under ``{prefix}version`` (``incr``); every key of the old namespace becomes
-    unreachable at once and ages out (or is evicted). Reads fetch the version with the data
-    (one multi-get) and so always see the current namespace; deletes read it first; stores
-    reuse a version confirmed within the last second, so a store racing another instance's
-    ``clear`` within that second can land in the cleared namespace (it is then lost, as if it
-    had come just before the clear). Another prefix's keys are untouched by ``clear``.
+    unreachable at once and ages out (or is evicted). Reads and stores reuse a version
+    confirmed within the last ``version_reuse`` seconds (one round trip, the data keys alone);
+    once it is older, the next read fetches the version key in the same multi-get as the data
+    and so confirms it (a second round trip only when the namespace changed). Deletes always
+    read it first. So another instance's ``clear`` is seen by this one's reads and stores
+    within ``version_reuse`` seconds (this instance's own at once): until then a read may
+    still answer from the cleared namespace, and a store may land in it (it is then lost, as
+    if it had come just before the clear). After any failure the version is read again. Another
+    prefix's keys are untouched by ``clear``.
 
     Expiry: memcached keeps whole seconds (a TTL is rounded up; over 30 days it is sent as a
     unix time, as memcached requires); a read of an entry whose windows have all ended
@@ -103,10 +108,14 @@ class SyncMemcachedLayer:
         timeout: Seconds one command may take (connect included) before it fails with
             ``CacheLayerError``; ``None`` waits forever.
         max_connections: Connections per server.
+        version_reuse: Seconds a confirmed namespace version is reused without reading it
+            again: the longest another instance's ``clear`` takes to be seen here. ``0``
+            reads it with every operation (every read then sees another instance's ``clear``
+            at once, and every store costs one more round trip).
 
     Raises:
         ValueError: On a bad argument (both or neither of ``client``/``servers``, a bad
-            ``ttl``, ``prefix``, ``servers`` or ``max_value_bytes``).
+            ``ttl``, ``prefix``, ``servers``, ``max_value_bytes`` or ``version_reuse``).
     """
 
     is_local = False
@@ -130,6 +139,7 @@ class SyncMemcachedLayer:
         compression_threshold: int = 1024,
         timeout: float | None = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        version_reuse: float = VERSION_REUSE,
     ) -> None:
         if (client is None) == (servers is None):
             raise ValueError("SyncMemcachedLayer needs exactly one of client= or servers=")
@@ -149,6 +159,14 @@ class SyncMemcachedLayer:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be a positive int, not {max_connections!r}")
+        if (
+            isinstance(version_reuse, bool)
+            or not isinstance(version_reuse, int | float)
+            or not 0 <= version_reuse < math.inf
+        ):
+            raise ValueError(
+                f"version_reuse must be a number of seconds >= 0, not {version_reuse!r}"
+            )
         server_list = [] if servers is None else parse_servers(servers)
         self.name = name
         self.default_ttl = _coerce_ttl(ttl)
@@ -166,6 +184,7 @@ class SyncMemcachedLayer:
             "compression_threshold": compression_threshold,
             "timeout": timeout,
             "max_connections": max_connections,
+            "version_reuse": version_reuse,
         }
         codec = EntryCodec(
             serializer=serializer,
@@ -180,9 +199,11 @@ class SyncMemcachedLayer:
         )
         self._keys = KeyMap(prefix)
         self._version_key = self._keys.version_key
-        # The namespace version last seen, and when (monotonic) it was last confirmed.
+        # The namespace version last seen, and when (monotonic) it was last confirmed; it is
+        # reused for version_reuse seconds after that.
         self._version: bytes | None = None
         self._confirmed = 0.0
+        self._version_reuse = float(version_reuse)
         self._version_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -198,8 +219,8 @@ class SyncMemcachedLayer:
     # -- the namespace version --------------------------------------------------------------------
 
     def _unconfirm(self) -> None:
-        """After a failure the next store reads the version again (the server may have
-        restarted empty, without the version key the stores would otherwise reuse)."""
+        """After a failure the next read or store reads the version again (the server may
+        have restarted empty, without the version key they would otherwise reuse)."""
         self._confirmed = 0.0
 
     def _seen(self, raw: bytes | None) -> bytes | None:
@@ -229,10 +250,14 @@ class SyncMemcachedLayer:
         return self._seen(fresh) or fresh
 
     def _current_version(self, operation: str, reuse: bool) -> bytes:
-        """The namespace version for a store (``reuse``: one confirmed within the last second
-        will do) or a delete (always read)."""
+        """The namespace version for a store (``reuse``: one confirmed within the last
+        ``version_reuse`` seconds will do) or a delete (always read)."""
         version = self._version
-        if reuse and version is not None and time.monotonic() - self._confirmed < VERSION_REUSE:
+        if (
+            reuse
+            and version is not None
+            and time.monotonic() - self._confirmed < self._version_reuse
+        ):
             return version
         with self._errors(operation):
             found = self._client.get_many([self._version_key])
@@ -240,10 +265,19 @@ class SyncMemcachedLayer:
             return seen if seen is not None else self._start_version()
 
     def _read(self, keys: Sequence[str], operation: str) -> list[bytes | None]:
-        """The stored bytes of ``keys`` in the current namespace: one multi-get with the
-        version key; a second one when the namespace changed since the last read."""
+        """The stored bytes of ``keys`` in the current namespace: the data keys alone while the
+        version is confirmed (``version_reuse``); else one multi-get with the version key, and
+        a second one when the namespace changed since it was last seen."""
         try:
             version = self._version
+            if version is not None and time.monotonic() - self._confirmed < self._version_reuse:
+                # A miss is answered from this version too: reading the version again there
+                # would put a second round trip on every cold miss (see the class doc).
+                raw_keys = [self._keys.key(version, key) for key in keys]
+                found = self._client.get_many(
+                    raw_keys if len(raw_keys) == 1 else list(dict.fromkeys(raw_keys))
+                )
+                return [found.get(raw_key) for raw_key in raw_keys]
             if version is None:
                 version = self._current_version(operation, reuse=False)
             raw_keys = [self._keys.key(version, key) for key in keys]
