@@ -62,6 +62,18 @@ ADAPTER_REPLACEMENTS = (
         'getattr(layer, "aclose", None) or getattr(layer, "close", None)',
         'getattr(layer, "close", None)',
     ),
+    # A driver that raises CacheLayerError itself is called directly when its method is native
+    # to the stack: a coroutine function for the asyncio one, a plain one for the twin (whose
+    # bind_method has already refused coroutine functions). Without these the twin never took
+    # the direct path: two extra frames on every sync L2 hit.
+    (
+        '"raises_layer_errors", False) and is_async_callable(layer.get)',
+        '"raises_layer_errors", False) and callable(layer.get)',
+    ),
+    (
+        '"raises_layer_errors", False) and is_async_callable(layer.get_leased)',
+        '"raises_layer_errors", False) and callable(layer.get_leased)',
+    ),
 )
 STACK_REPLACEMENTS = (
     (

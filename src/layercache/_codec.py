@@ -92,13 +92,13 @@ class EntryCodec:
     __slots__ = (
         "_brotli",
         "_compression_id",
+        "_plain_header",
         "_serializer",
         "_zstd",
         "_zstd_compressor",
         "compression",
         "compression_threshold",
         "max_decompressed_size",
-        "serializer",
     )
 
     def __init__(
@@ -116,10 +116,13 @@ class EntryCodec:
             raise ValueError("compression_threshold must be >= 0")
         if max_decompressed_size <= 0:
             raise ValueError("max_decompressed_size must be > 0")
-        self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
-        fid = self.serializer.format_id
+        self._serializer: Serializer = serializer if serializer is not None else JsonSerializer()
+        fid = self._serializer.format_id
         if not (isinstance(fid, int) and 0 <= fid <= 255):
             raise ValueError(f"serializer format_id must be an int in 0..255, got {fid!r}")
+        # The header of an uncompressed entry of this serializer: what decode's fast path
+        # compares a whole header with (the serializer is fixed for the codec's life).
+        self._plain_header = MAGIC + bytes((VERSION, _NONE, fid))
         self.compression = compression
         self.compression_threshold = compression_threshold
         self.max_decompressed_size = max_decompressed_size
@@ -129,6 +132,11 @@ class EntryCodec:
         self._brotli: Any = _import_brotli() if compression == "brotli" else None
         self._zstd: Any = _import_zstd() if compression == "zstd" else None
         self._zstd_compressor: Any = None
+
+    @property
+    def serializer(self) -> Serializer:
+        """The serializer of entry bodies (fixed when the codec is built)."""
+        return self._serializer
 
     def __repr__(self) -> str:
         return (
@@ -146,7 +154,7 @@ class EntryCodec:
             UnserializableValueError: If the entry's value cannot be serialized.
         """
         try:
-            body = self.serializer.dumps(
+            body = self._serializer.dumps(
                 [
                     entry.value,
                     entry.stored_at,
@@ -158,7 +166,7 @@ class EntryCodec:
             )
         except Exception as exc:
             raise UnserializableValueError(
-                f"the value cannot be serialized by {type(self.serializer).__name__}: {exc!r}"
+                f"the value cannot be serialized by {type(self._serializer).__name__}: {exc!r}"
             ) from exc
         method = _NONE
         if self._compression_id != _NONE and len(body) >= self.compression_threshold:
@@ -166,8 +174,9 @@ class EntryCodec:
             # Incompressible data (already compressed media, random bytes) is kept plain.
             if len(packed) < len(body):
                 body, method = packed, self._compression_id
-        header = MAGIC + bytes((VERSION, method, self.serializer.format_id))
-        return header + body
+        if method == _NONE:
+            return self._plain_header + body
+        return MAGIC + bytes((VERSION, method, self._serializer.format_id)) + body
 
     def _compress(self, body: bytes) -> bytes:
         if self._compression_id == _GZIP:
@@ -190,6 +199,17 @@ class EntryCodec:
             CorruptEntryError: If ``data`` is not a well-formed entry of this codec's serializer,
                 or decompresses past ``max_decompressed_size``.
         """
+        # Fast path (every L2 hit): bytes holding an uncompressed entry of this serializer,
+        # the whole header checked by one comparison. Anything else takes the checked path.
+        if data.__class__ is bytes and data[:HEADER_SIZE] == self._plain_header:
+            try:
+                fields = self._serializer.loads(data[HEADER_SIZE:])
+            except Exception as exc:
+                raise CorruptEntryError(f"entry body does not deserialize: {exc}") from exc
+            return _entry_from_fields(fields)
+        return self._decode_checked(data)
+
+    def _decode_checked(self, data: bytes | bytearray | memoryview) -> Entry:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise CorruptEntryError(f"expected bytes, got {type(data).__name__}")
         view = bytes(data) if not isinstance(data, bytes) else data
@@ -198,16 +218,16 @@ class EntryCodec:
         version, method, fid = view[3], view[4], view[5]
         if version != VERSION:
             raise CorruptEntryError(f"unsupported entry format version {version}")
-        if fid != self.serializer.format_id:
+        if fid != self._serializer.format_id:
             raise CorruptEntryError(
                 f"entry was written by serializer id {fid}, this codec uses "
-                f"{self.serializer.format_id}"
+                f"{self._serializer.format_id}"
             )
         body = view[HEADER_SIZE:]
         if method != _NONE:
             body = self._decompress(method, body)
         try:
-            fields = self.serializer.loads(body)
+            fields = self._serializer.loads(body)
         except Exception as exc:
             raise CorruptEntryError(f"entry body does not deserialize: {exc}") from exc
         return _entry_from_fields(fields)

@@ -362,3 +362,13 @@ def test_zstd_frame_without_size_decodes_and_truncation_is_detected() -> None:
     assert EntryCodec().decode(data).value == "w" * 20_000
     with pytest.raises(CorruptEntryError, match="zstd body does not decompress"):
         EntryCodec().decode(data[:-3])
+
+
+def test_serializer_is_fixed_for_the_codecs_life() -> None:
+    """decode's fast path compares a whole header built from the serializer's id once: the
+    serializer cannot be swapped under it."""
+    codec = EntryCodec()
+    with pytest.raises(AttributeError):
+        codec.serializer = MsgpackSerializer()  # type: ignore[misc]
+    entry = Entry("v", 1.0, 2.0)
+    assert codec.decode(codec.encode(entry)) == entry
