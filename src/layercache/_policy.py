@@ -8,7 +8,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from ._entry import Entry
+from ._entry import Entry, MetaCache
 from ._options import CacheOptions, PerLayer, seconds
 
 __all__ = ["build_entry", "per_layer_value", "policy_ttl"]
@@ -79,8 +79,13 @@ def build_entry(
     tz: _dt.tzinfo = _dt.timezone.utc,
     rng: random.Random | None = None,
     reads: int = 0,
+    metas: MetaCache | None = None,
 ) -> Entry | None:
-    """The entry to store in ``layer``, or ``None`` when the TTL says "do not store here"."""
+    """The entry to store in ``layer``, or ``None`` when the TTL says "do not store here".
+
+    ``metas`` shares the entry's metadata with entries built just before (see
+    :class:`MetaCache`); without it every entry gets its own.
+    """
     if options.ttl_policy is not None:
         ttl: float | None = policy_ttl(options.ttl_policy, key, value, now, tz)
     else:
@@ -88,6 +93,8 @@ def build_entry(
     if value is None and options.negative_ttl is not None:
         ttl = options.negative_ttl
     if ttl is None:
+        if metas is not None:
+            return Entry.of(value, metas.meta(layer, now, None, None, None, options.tags or ()))
         return Entry(value, now, None, tags=options.tags or ())
     if ttl <= 0:
         return None  # "not stored in this layer"; jitter never turns that into a store
@@ -101,9 +108,11 @@ def build_entry(
         ttl = max(ttl + offset, ttl / 10)
     if ttl <= 0:
         return None
-    fresh_until = now + ttl
     stale = per_layer_value(options.stale_while_revalidate, layer, None)
     error = per_layer_value(options.stale_if_error, layer, None)
+    if metas is not None:
+        return Entry.of(value, metas.meta(layer, now, ttl, stale, error, options.tags or ()))
+    fresh_until = now + ttl
     return Entry(
         value,
         now,

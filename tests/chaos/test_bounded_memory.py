@@ -16,9 +16,9 @@ the tag index's queue to reach its bound and be fenced, and for the announcement
 theirs); the second is longer, so that a queue without a bound grows past what the warm-up
 saw.
 
-Before the workload, deleting 10,000 other keys fills the stack's change marks (the
-keys changed lately, bounded at 10,000: ``Flights``) to their bound. The workload changes one
-key in ten, so without this they would fill only after 100,000 keys, long after the warm-up:
+Before the workload, deleting 1,024 other keys fills the stack's change marks (the
+keys changed lately, bounded at 1,024: ``Flights``) to their bound. The workload changes one
+key in ten, so without this they would fill only after 10,240 keys, after the warm-up:
 the soak's diagnosis (issue 12, RELIABILITY.md section 5) found that this fill-up, 5,000 marks
 of 3 allocated blocks (about 160 bytes) each, made most of the growth the soak measured, and
 that after it the stack is flat (see ``BLOCK_SLACK``).
@@ -77,7 +77,7 @@ WARM_UP_PHASES = 2
 # bus is unreachable, and operations a degraded layer or the tag index remembers.
 MAX_UNSENT = 1_000
 MAX_MISSED = 10_000
-MAX_KEY_MARKS = 10_000  # keys changed lately that a stack remembers (filled before the workload)
+MAX_KEY_MARKS = 1_024  # keys changed lately that a stack remembers (filled before the workload)
 BLOCK_SLACK = 20_000  # allocated blocks (a per-key leak of one block per key exceeds it)
 TRACED_SLACK = 2 * 1024 * 1024  # soak only (tracemalloc triples the cost of every allocation)
 RSS_SLACK = 24 * 1024 * 1024

@@ -38,7 +38,7 @@ FOLLOW = 1  # wait for the running read's result
 JOIN_FETCH = 2  # a fetch of the key is running: wait for it instead
 
 # Recently changed keys remembered (older changes count as "everything changed").
-MAX_KEY_MARKS = 10_000
+MAX_KEY_MARKS = 1_024
 
 
 class Flight:

@@ -37,9 +37,7 @@ def with_value(entry: Entry, value: Any) -> Entry:
     """``entry`` holding ``value`` instead (the same object when nothing changed)."""
     if value is entry.value:
         return entry
-    return Entry(
-        value, entry.stored_at, entry.fresh_until, entry.stale_until, entry.error_until, entry.tags
-    )
+    return entry.with_value(value)
 
 
 class _Lower:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from .._entry import Entry
+from .._entry import Entry, EntryMeta
 from .._exceptions import CacheMissError, LayerCacheError
 from .._glob import compile_glob, escape_glob
 from .._keys import (
@@ -56,7 +56,7 @@ from ..snapshots import MAX_BYTES, MAX_ENTRIES, read_snapshot, write_snapshot
 from .assembly import assemble
 from .flights import Flight, among
 from .namespace import ANNOTATION, CacheNamespace, cached_decorator
-from .reader import MISS, with_value
+from .reader import MISS
 
 __all__ = ["CacheNamespace", "CacheStack"]
 
@@ -191,7 +191,7 @@ class CacheStack:
         # The L1 fast path of get(): a local layer that answers synchronously is read with a
         # plain call, its counters and the event hub held here for one attribute load each.
         first = self._layers.adapters[0]
-        self._l1: Callable[[str, float], Entry | None] | None = first.lookup
+        self._l1: Callable[[str, float], tuple[Any, EntryMeta] | None] | None = first.peek
         self._l1_name = first.name
         self._l1_tick = 0
         self._metrics = telemetry.metrics
@@ -341,26 +341,25 @@ class CacheStack:
             # would cost more than the hit itself.
             self._l1_tick = tick = self._l1_tick + 1
             if tick & _L1_SAMPLE_MASK or not self._metrics_enabled:
-                entry = l1(key, now)
+                found = l1(key, now)
             else:
                 began = time.perf_counter()
-                entry = l1(key, now)
+                found = l1(key, now)
                 self._l1_timer(time.perf_counter() - began)
-            if convert is not None and entry is not None:
-                # L1 may hold the raw value a get() without type= backfilled: convert it (a
-                # value already of the type costs one check); not of the type: a miss here.
-                try:
-                    value = convert(entry.value)
-                except Exception as exc:
-                    self._telemetry.report(
-                        exc, operation="get.convert", key=key, layer=self._l1_name
-                    )
-                    entry = None
-                else:
-                    if value is not entry.value:
-                        entry = with_value(entry, value)
-            if entry is not None:
-                fresh_until = entry.fresh_until
+            if found is not None:
+                value, meta = found
+                if convert is not None:
+                    # L1 may hold the raw value a get() without type= backfilled: convert it
+                    # (a value already of the type costs one check); not of the type: a miss.
+                    try:
+                        value = convert(value)
+                    except Exception as exc:
+                        self._telemetry.report(
+                            exc, operation="get.convert", key=key, layer=self._l1_name
+                        )
+                        found = None
+            if found is not None:
+                fresh_until = meta.fresh_until
                 if fresh_until is None or now < fresh_until:
                     metrics = self._metrics
                     metrics.hits += 1
@@ -370,9 +369,11 @@ class CacheStack:
                     if self._tracer is not None:
                         self._tracer.l1_hit(key, self._l1_name)
                     if opts.has_hit_work:
-                        await self._loader.after_hit(key, entry, fetcher, opts, now, 0)
-                    return entry.value
-                stale = (entry, self._l1_name)
+                        await self._loader.after_hit(
+                            key, Entry.of(value, meta), fetcher, opts, now, 0
+                        )
+                    return value
+                stale = (Entry.of(value, meta), self._l1_name)
         await self._open()
         start = 1 if l1 is not None else 0
         if self._tracer is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from .._codec import UnserializableValueError
-from .._entry import Entry
+from .._entry import Entry, MetaCache
 from .._exceptions import CacheLayerError, LayerCacheError
 from .._glob import compile_glob
 from .._options import CacheOptions, WriteBehindSettings
@@ -81,6 +81,8 @@ class Writer:
         self._clock = clock
         self._rng = rng
         self._tz = tz
+        # Entries written together share their metadata (bounded by the layers).
+        self._metas = MetaCache()
         self._max_profiles = max_profile_entries
         self.behind = (
             None
@@ -127,6 +129,7 @@ class Writer:
                     tz=self._tz,
                     rng=self._rng,
                     reads=reads,
+                    metas=self._metas,
                 ),
             )
             for adapter in self._layers.adapters

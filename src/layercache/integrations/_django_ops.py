@@ -417,7 +417,7 @@ class Operations:
                 # Forged or foreign bytes hold no number to add to: "not found", as for a get.
                 self.memory.delete(stack_key)
                 raise _not_found(key) from exc
-            new_entry = dataclasses.replace(entry, value=self.encode(new_value))
+            new_entry = entry.with_value(self.encode(new_value))
             swap = Call("redis0", "compare_and_set", (stack_key, token, new_entry))
             if (yield from self._counter_call(key, swap)):
                 self.memory.delete(stack_key)

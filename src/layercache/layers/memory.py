@@ -2,8 +2,22 @@
 
 It is synchronous on purpose: both stacks call it directly, so an L1 hit is a dict lookup and a
 freshness check, with no ``await``, no thread hop and no lock held across I/O. Thread safety for
-the sync stack comes from the GIL-atomic ``OrderedDict`` operations plus one small lock around
-the multi-step mutations (set with eviction, LFU bookkeeping).
+the sync stack comes from GIL-atomic dict and set operations on the read path plus one small
+lock around the multi-step mutations (set with eviction, LFU bookkeeping).
+
+Memory: a stored entry is split in two plain dicts, key -> value and key -> metadata (about 38
+bytes per key each at 100,000 keys). The metadata (:class:`~layercache._entry.EntryMeta`: times
+and tags) is shared between entries written together, so a small value costs its dict slots
+and nearly nothing else; :class:`~layercache._entry.Entry` objects are made only for callers
+that ask for one (the stacks' hit path reads value and metadata without one). Readers take no
+lock: a writer stores the value before the metadata and a remover drops the metadata first, so
+a reader that finds metadata finds its value or a newer one. The metadata dict's insertion
+order is the eviction order: LRU does not
+move a key on every read (that would rewrite the dict on the hit path, and hold a lock there);
+a read marks the key as referenced, and eviction, scanning from the oldest end, gives a marked
+key a second chance (it moves to the young end, unmarked) and evicts the first unmarked one
+(the CLOCK approximation of LRU). Large maps evict a small batch at a time, so the scan over
+the holes a dict keeps at its old end is paid once per batch, not once per eviction.
 """
 
 from __future__ import annotations
@@ -13,9 +27,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from typing import Any, Literal
 
-from .._entry import Entry
+from .._entry import Entry, EntryMeta
 from .._glob import compile_glob
 
 __all__ = ["DEFAULT_MAX_SIZE", "MemoryLayer"]
@@ -28,6 +43,8 @@ _EVICTIONS = ("lru", "lfu", "fifo")
 # How deep approximate_size() looks into containers; deeper data is estimated by its shell.
 _SIZE_DEPTH = 2
 _SIZE_ITEMS = 64
+# A value slot read after its metadata may be gone (another thread removed the key).
+_ABSENT: Any = object()
 
 
 def approximate_size(value: Any, depth: int = _SIZE_DEPTH) -> int:
@@ -54,9 +71,12 @@ class MemoryLayer:
 
     Args:
         ttl: Default lifetime in seconds of values stored here (``None``: no expiry).
-        max_size: Most entries kept; ``None`` selects :data:`DEFAULT_MAX_SIZE`.
-        eviction: ``"lru"`` (least recently read), ``"lfu"`` (least often read, ties by age) or
-            ``"fifo"`` (oldest write). Every policy is O(1) per operation.
+        max_size: Most entries kept; ``None`` selects :data:`DEFAULT_MAX_SIZE`. Maps of 2,048
+            entries or more evict in batches of ``max_size // 1024`` when full.
+        eviction: ``"lru"`` (least recently read, by the CLOCK approximation: a key read since
+            the eviction scan last passed it gets a second chance), ``"lfu"`` (least often
+            read, ties by age) or ``"fifo"`` (oldest write). Every policy is O(1) amortized
+            per operation.
         max_bytes: Optional bound on the approximate total size of the stored values.
         name: Layer name used in per-layer options, metrics and events.
         clock: Wall clock in seconds; inject a fake one in tests.
@@ -94,7 +114,13 @@ class MemoryLayer:
         self.eviction: Eviction = eviction
         self.evictions = 0
         self._clock = clock
-        self._data: OrderedDict[str, Entry] = OrderedDict()
+        # key -> metadata: presence, and in insertion order the eviction order (oldest first).
+        self._metas: dict[str, EntryMeta] = {}
+        # key -> value (stored before, removed after, the key's metadata).
+        self._values: dict[str, Any] = {}
+        # LRU: keys read since the eviction scan last passed them (their second chance).
+        self._referenced: set[str] = set()
+        self._batch = 1 if max_size < 2048 else max_size >> 10
         # Sizes are tracked only when a byte bound needs them.
         self._sizes: dict[str, int] | None = {} if max_bytes is not None else None
         self._bytes = 0
@@ -108,23 +134,31 @@ class MemoryLayer:
 
     # -- hot path ---------------------------------------------------------------------------
 
-    def lookup(self, key: str, now: float) -> Entry | None:
-        """The stored entry if still usable at ``now`` (the stacks' L1 hit path)."""
-        entry = self._data.get(key)
-        if entry is None:
+    def peek(self, key: str, now: float) -> tuple[Any, EntryMeta] | None:
+        """``(value, metadata)`` of ``key`` if still usable at ``now`` (the stacks' L1 hit
+        path: no :class:`Entry` is made)."""
+        meta = self._metas.get(key)
+        if meta is None:
             return None
-        expires_at = entry.expires_at
+        value = self._values.get(key, _ABSENT)
+        if value is _ABSENT:  # removed between the two reads
+            return None
+        expires_at = meta.expires_at
         if expires_at is not None and now >= expires_at:
-            self._discard(key)
+            self._discard(key, meta)
             return None
         if self._touch_on_read:
-            try:
-                self._data.move_to_end(key)
-            except KeyError:  # removed by another thread between the two lines
-                pass
+            # A plain set add: atomic, lock-free. A key removed meanwhile may be marked after
+            # its removal; the eviction scan drops such marks.
+            self._referenced.add(key)
         elif self._counts is not None:
             self._bump(key)
-        return entry
+        return value, meta
+
+    def lookup(self, key: str, now: float) -> Entry | None:
+        """The stored entry if still usable at ``now``."""
+        found = self.peek(key, now)
+        return None if found is None else Entry.of(found[0], found[1])
 
     def get(self, key: str) -> Entry | None:
         """Return the entry for ``key`` or ``None`` (expired entries are dropped)."""
@@ -139,9 +173,10 @@ class MemoryLayer:
             entry = entry.clipped(self._clock() + ttl)
         size = len(key) + approximate_size(entry.value) if self._sizes is not None else 0
         with self._lock:
-            data = self._data
+            data = self._metas
             if key in data:
                 del data[key]
+                del self._values[key]
                 self._forget(key)
             if self.max_bytes is not None and size > self.max_bytes:
                 # A single value larger than the whole bound is not cached here at all.
@@ -152,11 +187,9 @@ class MemoryLayer:
                 len(data) >= self.max_size
                 or (self.max_bytes is not None and self._bytes + size > self.max_bytes)
             ):
-                victim = self._victim()
-                del data[victim]
-                self._forget(victim)
-                self.evictions += 1
-            data[key] = entry
+                self._evict(self._batch if len(data) >= self.max_size else 1)
+            self._values[key] = entry.value
+            data[key] = entry.meta
             if self._sizes is not None:
                 self._sizes[key] = size
                 self._bytes += size
@@ -185,6 +218,7 @@ class MemoryLayer:
 
     def _forget(self, key: str) -> None:
         """Drop the bookkeeping of ``key`` (caller holds the lock and removes the entry)."""
+        self._referenced.discard(key)
         if self._sizes is not None:
             self._bytes -= self._sizes.pop(key, 0)
         if self._counts is not None:
@@ -197,17 +231,54 @@ class MemoryLayer:
                     if self._min_count == count:
                         self._min_count = min(self._buckets, default=0)
 
-    def _discard(self, key: str) -> bool:
+    def _discard(self, key: str, seen: EntryMeta | None = None) -> bool:
+        """Remove ``key`` (only if its metadata is still ``seen``, when given)."""
         with self._lock:
-            if self._data.pop(key, None) is None:
+            meta = self._metas.get(key)
+            if meta is None or (seen is not None and meta is not seen):
                 return False
+            del self._metas[key]
+            del self._values[key]
             self._forget(key)
             return True
 
-    def _victim(self) -> str:
+    def _evict(self, wanted: int) -> None:
+        """Evict ``wanted`` entries (at least one while any is stored; caller holds the lock)."""
+        data = self._metas
+        values = self._values
         if self._counts is not None:
-            return next(iter(self._buckets[self._min_count]))
-        return next(iter(self._data))
+            for _ in range(wanted):
+                if not data:
+                    return
+                victim = next(iter(self._buckets[self._min_count]))
+                del data[victim]
+                del values[victim]
+                self._forget(victim)
+                self.evictions += 1
+            return
+        referenced = self._referenced
+        if len(referenced) > len(data):
+            # Marks of keys removed between a read's lookup and its mark: drop them.
+            referenced.intersection_update(data)
+        evicted = 0
+        # Each key looked at is evicted or loses its mark; readers may mark keys again
+        # meanwhile (they take no lock), so after one full round marks are ignored.
+        budget = len(data)
+        while evicted < wanted and data:
+            # One scan of the dict's old end per batch (it may hold many holes).
+            for key in list(islice(data, max(wanted - evicted, 8))):
+                if budget > 0 and key in referenced:
+                    referenced.discard(key)
+                    data[key] = data.pop(key)  # second chance: to the young end
+                    budget -= 1
+                    continue
+                del data[key]
+                del values[key]
+                self._forget(key)
+                self.evictions += 1
+                evicted += 1
+                if evicted >= wanted:
+                    return
 
     # -- the rest of the protocol -----------------------------------------------------------
 
@@ -223,7 +294,9 @@ class MemoryLayer:
     def clear(self) -> None:
         """Remove every entry."""
         with self._lock:
-            self._data.clear()
+            self._metas.clear()
+            self._values.clear()
+            self._referenced.clear()
             if self._sizes is not None:
                 self._sizes.clear()
             self._bytes = 0
@@ -248,7 +321,8 @@ class MemoryLayer:
         glob = compile_glob(pattern) if pattern is not None else None
         out: list[str] = []
         for key, entry in self._items():
-            if entry.expires_at is not None and now >= entry.expires_at:
+            expires_at = entry.meta.expires_at
+            if expires_at is not None and now >= expires_at:
                 continue
             if glob is not None and not glob.matches(key):
                 continue
@@ -266,32 +340,28 @@ class MemoryLayer:
         return removed
 
     def _items(self) -> list[tuple[str, Entry]]:
-        """A copy of the stored items. Reads move keys without the lock (the L1 hit path), and
-        a copy can be interrupted by another thread (a garbage collection running Python
-        finalizers switches threads inside it): the copy then fails with "mutated during
-        iteration", and is simply made again."""
-        while True:
-            try:
-                return list(self._data.items())
-            except RuntimeError:
-                continue
+        """A copy of the stored items, made under the lock (writers hold it; readers only mark
+        keys, which never changes the dicts)."""
+        with self._lock:
+            values = self._values
+            return [(key, Entry.of(values[key], meta)) for key, meta in self._metas.items()]
 
     def has(self, key: str) -> bool:
         """Whether a usable entry is stored under ``key``."""
-        entry = self._data.get(key)
-        return entry is not None and entry.is_usable(self._clock())
+        meta = self._metas.get(key)
+        return meta is not None and (meta.expires_at is None or self._clock() < meta.expires_at)
 
     def ttl(self, key: str) -> float | None:
         """Remaining storage lifetime of ``key`` in seconds (``None``: absent or no expiry)."""
-        entry = self._data.get(key)
-        if entry is None or entry.expires_at is None:
+        meta = self._metas.get(key)
+        if meta is None or meta.expires_at is None:
             return None
-        remaining = entry.expires_at - self._clock()
+        remaining = meta.expires_at - self._clock()
         return remaining if remaining > 0 else None
 
     def size(self) -> int:
         """Number of stored entries (expired ones not yet dropped included)."""
-        return len(self._data)
+        return len(self._metas)
 
     @property
     def approximate_bytes(self) -> int:
@@ -309,5 +379,5 @@ class MemoryLayer:
     def __repr__(self) -> str:
         return (
             f"MemoryLayer(name={self.name!r}, ttl={self.default_ttl!r}, "
-            f"max_size={self.max_size}, eviction={self.eviction!r}, size={len(self._data)})"
+            f"max_size={self.max_size}, eviction={self.eviction!r}, size={len(self._metas)})"
         )
