@@ -146,3 +146,63 @@ def test_sync_twin_under_threads(memcached: MemcachedServer, prefix: str) -> Non
                 assert half == [worker, index // 2]
     finally:
         layer.close()
+
+
+async def test_a_caller_cancelled_during_a_call_is_cancelled_not_timed_out(
+    paused: MemcachedServer, prefix: str
+) -> None:
+    """The per-loop watchdog turns only its own cancellations into ``TimeoutError``: a caller
+    cancelled while its read waits on a hung server gets ``CancelledError``, and the layer
+    keeps working afterwards."""
+    layer = MemcachedLayer(servers=paused.address, prefix=prefix, timeout=5.0)
+    try:
+        await layer.set("k", entry(1), 60)
+        assert paused.pid is not None
+        stop(paused)
+        reading = asyncio.ensure_future(layer.get("k"))
+        # Wait (bounded) until the read is in flight under the watchdog.
+        in_flight = layer._client._state().deadlines._calls  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5
+        while not in_flight:
+            assert time.monotonic() < deadline, "the read never started"
+            await asyncio.sleep(0.005)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        os.kill(paused.pid, signal.SIGCONT)
+        assert (await layer.get("k")).value == 1  # type: ignore[union-attr]
+    finally:
+        await layer.aclose()
+
+
+async def test_calls_schedule_no_timer_each(
+    memcached: MemcachedServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call's timeout is kept by the loop's watchdog, not by a timer of its own
+    (``asyncio.timeout()`` scheduled one per call, and cancelled it): 50 reads arm the
+    watchdog's timer once or twice, and it stops when no call is in flight."""
+    layer = MemcachedLayer(servers=memcached.address, prefix=prefix, timeout=5.0)
+    loop = asyncio.get_running_loop()
+    try:
+        await layer.set("k", entry(1), 60)
+        timers: list[float] = []
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+            timers.append(when)
+            return call_at(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_at", counting_call_at)
+        began = time.monotonic()
+        for _ in range(50):
+            assert (await layer.get("k")).value == 1  # type: ignore[union-attr]
+        elapsed = time.monotonic() - began
+        assert len(timers) < 50
+        deadlines = layer._client._state().deadlines  # type: ignore[union-attr]
+        assert len(timers) <= elapsed / deadlines.tick + 2
+        deadline = time.monotonic() + 5
+        while deadlines._handle is not None:  # idle: the watchdog's timer ends
+            assert time.monotonic() < deadline
+            await asyncio.sleep(deadlines.tick)
+    finally:
+        await layer.aclose()

@@ -5,19 +5,20 @@ same meaning), which the generated ``_sync_layer.py`` imports in place of it. Bu
 ``servers``, one pymemcache ``PooledClient`` per server (thread-safe: every thread takes a
 pooled connection) with ``timeout`` as its connect and socket timeout; keys are spread over
 the servers by the same rendezvous hashing as the asyncio twin's. pymemcache's pool raises
-``RuntimeError`` when a thread finds every connection taken, so a semaphore per server makes
-callers beyond ``max_connections`` wait for a free one instead (at most ``timeout``). A
+``RuntimeError`` when a thread finds every connection taken, so a count of free connections
+per server (:class:`_Slots`) makes callers beyond ``max_connections`` wait for a free one
+instead (at most ``timeout``). A
 ``client`` you pass (a pymemcache ``Client``, ``PooledClient`` or ``HashClient``) is used as
 given.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+import time
+from collections.abc import Sequence
+from typing import Any
 
 try:
     from pymemcache.client.base import PooledClient  # type: ignore[import-untyped]
@@ -37,7 +38,46 @@ MemcacheClient = Any
 # Keys per multi-get command.
 GET_BATCH = 100
 
-T = TypeVar("T")
+
+class _Slots:
+    """The free connections of one server: taking one while some are free costs one
+    uncontended lock (a ``BoundedSemaphore`` costs several, and a notify per release); only
+    callers that find none wait, each woken by a release."""
+
+    __slots__ = ("_free", "_lock", "_released", "_waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
+        self._waiting = 0
+
+    def take(self, timeout: float | None) -> bool:
+        """Reserve a connection, waiting at most ``timeout`` (``None``: forever) for one;
+        ``False`` when none became free in time."""
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                return True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._waiting += 1
+            try:
+                while self._free <= 0:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._released.wait(left)
+                self._free -= 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def give(self) -> None:
+        """Hand a reserved connection back (waking one waiter, if any)."""
+        with self._lock:
+            self._free += 1
+            if self._waiting:
+                self._released.notify()
 
 
 class SyncMemcached:
@@ -62,13 +102,13 @@ class SyncMemcached:
         self.timeout = timeout
         self.max_connections = max_connections
         # Free connections per server (None: a given client, used as it is configured).
-        self._free: list[threading.BoundedSemaphore] | None = None
+        self._free: list[_Slots] | None = None
         if client is not None:
             self._clients: list[Any] = [client]
             self._owned = False
             self.labels = [b"client"]
         else:
-            self._free = [threading.BoundedSemaphore(max_connections) for _ in servers]
+            self._free = [_Slots(max_connections) for _ in servers]
             self._clients = [
                 PooledClient(
                     server,
@@ -86,24 +126,23 @@ class SyncMemcached:
     def _index(self, key: bytes) -> int:
         return 0 if len(self._clients) == 1 else group_by_node(self.labels, [key]).popitem()[0]
 
-    @contextlib.contextmanager
-    def _connection(self, index: int) -> Iterator[Any]:
-        """Server ``index``'s client, with one of its connections reserved for the caller."""
+    def _on(self, index: int, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Server ``index``'s client's ``command(*args, **kwargs)``, with one of its
+        connections reserved for the caller (a plain try/finally: every command's path)."""
         free = None if self._free is None else self._free[index]
-        if free is not None and not free.acquire(timeout=self.timeout):
+        if free is not None and not free.take(self.timeout):
             raise TimeoutError(
                 f"every one of max_connections={self.max_connections} to a memcached server "
                 f"stayed busy for timeout={self.timeout}s"
             )
         try:
-            yield self._clients[index]
+            return getattr(self._clients[index], command)(*args, **kwargs)
         finally:
             if free is not None:
-                free.release()
+                free.give()
 
-    def _on_node(self, key: bytes, call: Callable[[Any], T]) -> T:
-        with self._connection(self._index(key)) as client:
-            return call(client)
+    def _on_node(self, key: bytes, command: str, *args: Any, **kwargs: Any) -> Any:
+        return self._on(self._index(key), command, key, *args, **kwargs)
 
     def close(self) -> None:
         """Close the clients built here."""
@@ -118,16 +157,20 @@ class SyncMemcached:
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """The values found for ``keys`` (distinct), by key."""
-        found: dict[bytes, bytes] = {}
+        if len(self._clients) == 1 and len(keys) <= GET_BATCH:
+            # One server, one command (every single-key read): no grouping.
+            found: dict[bytes, bytes] = self._on(0, "get_many", keys)
+            return found
+        found = {}
         for index, node_keys in group_by_node(self.labels, keys).items():
             for start in range(0, len(node_keys), GET_BATCH):
-                with self._connection(index) as client:
-                    found.update(client.get_many(node_keys[start : start + GET_BATCH]))
+                batch = node_keys[start : start + GET_BATCH]
+                found.update(self._on(index, "get_many", batch))
         return found
 
     def set(self, key: bytes, value: bytes, exptime: int) -> bool:
         """Store ``value`` (``exptime`` as memcached reads it); ``True`` when stored."""
-        return bool(self._on_node(key, lambda c: c.set(key, value, expire=exptime, noreply=False)))
+        return bool(self._on_node(key, "set", value, expire=exptime, noreply=False))
 
     def set_many(self, items: Sequence[tuple[bytes, bytes, int]]) -> None:
         """Store every ``(key, value, exptime)``: one pipelined ``set_many`` per server and
@@ -136,33 +179,28 @@ class SyncMemcached:
         for key, value, exptime in items:
             groups.setdefault((self._index(key), exptime), {})[key] = value
         for (index, exptime), values in groups.items():
-            with self._connection(index) as client:
-                client.set_many(values, expire=exptime, noreply=False)
+            self._on(index, "set_many", values, expire=exptime, noreply=False)
 
     def add(self, key: bytes, value: bytes, exptime: int) -> bool:
         """Store ``value`` only if ``key`` is absent; ``True`` when stored."""
-        return bool(self._on_node(key, lambda c: c.add(key, value, expire=exptime, noreply=False)))
+        return bool(self._on_node(key, "add", value, expire=exptime, noreply=False))
 
     def incr(self, key: bytes, delta: int) -> int | None:
         """Add ``delta`` to the decimal number under ``key``; ``None`` when absent."""
-        result = self._on_node(key, lambda c: c.incr(key, delta, noreply=False))
+        result = self._on_node(key, "incr", delta, noreply=False)
         return None if result is None else int(result)
 
     def delete_many(self, keys: Sequence[bytes]) -> None:
         """Remove ``keys`` (absent ones are no error)."""
         if len(keys) == 1:
-            self._on_node(keys[0], lambda c: c.delete(keys[0], noreply=False))
+            self._on_node(keys[0], "delete", noreply=False)
             return
         for index, node_keys in group_by_node(self.labels, keys).items():
-            with self._connection(index) as client:
-                client.delete_many(node_keys, noreply=False)
+            self._on(index, "delete_many", node_keys, noreply=False)
 
     def version(self) -> list[str]:
         """Every server's version (a round trip to each)."""
-        replies = []
-        for index in range(len(self._clients)):
-            with self._connection(index) as client:
-                replies.append(client.version())
+        replies = [self._on(index, "version") for index in range(len(self._clients))]
         return [
             reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
             for reply in replies
