@@ -1,7 +1,10 @@
 """Scenario 5: bytes per small in-memory entry.
 
-``n`` keys ``"user:i"`` and values ``{"id": i, "name": "user-i"}`` are built *before*
-``tracemalloc`` starts, so they are not counted: they are the same objects for every library.
+``n`` keys ``"user:i"`` and values are built *before* ``tracemalloc`` starts, so they are not
+counted: they are the same objects for every library. Two kinds of value: ``int`` (``i``; the
+figure issue 16 sets its goal on: what a store spends around a value it holds by reference)
+and ``dict`` (``{"id": i, "name": "user-i"}``; a store that copies values, as cashews does,
+pays for a second dict).
 What each library allocates while storing them (with a one-hour TTL, through its public
 ``set``) is its per-entry cost: envelopes, expiry bookkeeping, index nodes, hash-table slots.
 Growth is measured after a ``gc.collect()``; the library's data is then dropped before the next
@@ -95,10 +98,16 @@ def subjects(n: int) -> list[MemorySubject]:
     ]
 
 
-async def measure(items: list[MemorySubject], n: int) -> None:
-    """Fill each store with ``n`` entries and record tracemalloc growth per entry."""
+VALUE_KINDS = ("int", "dict")
+
+
+async def measure(items: list[MemorySubject], n: int, kind: str = "dict") -> None:
+    """Fill each store with ``n`` entries of ``kind`` values and record tracemalloc growth per
+    entry."""
     keys = [f"user:{i}" for i in range(n)]
-    values: list[Any] = [{"id": i, "name": f"user-{i}"} for i in range(n)]
+    values: list[Any] = list(range(n))
+    if kind != "int":
+        values = [{"id": i, "name": f"user-{i}"} for i in range(n)]
     for subject in items:
         gc.collect()
         tracemalloc.start()

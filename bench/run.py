@@ -69,12 +69,15 @@ async def _run(
                 url = f"redis://{redis_host_port[0]}:{redis_host_port[1]}/0"
             cold_rows = stampede.subjects(exits, url)
             await stampede.measure(cold_rows, settings)
+    mem_int_rows: list[memory.MemorySubject] = []
     if "memory" in scenarios:
-        _log(f"5/5 bytes per entry ({settings.memory_entries:,} entries)")
+        _log(f"5/5 bytes per entry ({settings.memory_entries:,} entries, int and dict values)")
+        mem_int_rows = memory.subjects(settings.memory_entries)
+        await memory.measure(mem_int_rows, settings.memory_entries, "int")
         mem_rows = memory.subjects(settings.memory_entries)
-        await memory.measure(mem_rows, settings.memory_entries)
+        await memory.measure(mem_rows, settings.memory_entries, "dict")
 
-    goals = report.ratios(l1_rows, l2_rows, cold_rows, mem_rows)
+    goals = report.ratios(l1_rows, l2_rows, cold_rows, mem_rows, mem_int_rows)
     rounds = settings.rounds
     tables: list[str] = []
     if l1_rows:
@@ -99,9 +102,15 @@ async def _run(
             f"{settings.fetch_delay * 1000:.0f} ms origin",
             cold_rows,
         )
+    if mem_int_rows:
+        tables += report.memory_table(
+            f"5a. Bytes per small in-memory entry ({settings.memory_entries:,} int values)",
+            mem_int_rows,
+        )
     if mem_rows:
         tables += report.memory_table(
-            f"5. Bytes per small in-memory entry ({settings.memory_entries:,} entries)", mem_rows
+            f"5b. Bytes per small in-memory entry ({settings.memory_entries:,} small dict values)",
+            mem_rows,
         )
     tables += report.goals_table(goals)
     return {
@@ -127,6 +136,10 @@ async def _run(
             "bytes_per_entry": [
                 {"name": r.name, "bytes_per_entry": r.bytes_per_entry, "note": r.note}
                 for r in mem_rows
+            ],
+            "bytes_per_int_entry": [
+                {"name": r.name, "bytes_per_entry": r.bytes_per_entry, "note": r.note}
+                for r in mem_int_rows
             ],
         },
         "ratios": goals,

@@ -28,6 +28,7 @@ def test_quick_in_process_benchmark_runs(tmp_path: Path, monkeypatch: pytest.Mon
     assert set(ratios) >= {goal.key for goal in GOALS}
     assert ratios["l1_hit_vs_cashews_mem"]["value"] > 0
     assert ratios["bytes_per_entry_vs_cashews"]["value"] > 0
+    assert ratios["bytes_per_int_entry_vs_cashews"]["value"] > 0
     assert ratios["l2_hit_vs_raw_redis"]["value"] is None  # needs Redis: not run here
     assert ratios["cold_gets_origin_fetches"]["value"] == 1
 
@@ -41,4 +42,5 @@ def test_quick_in_process_benchmark_runs(tmp_path: Path, monkeypatch: pytest.Mon
     assert cold[LC_COLD] == [1]
     assert cold["no cache"] == [75]  # the scenario really is a stampede
     assert all(row["bytes_per_entry"] > 0 for row in results["bytes_per_entry"])
+    assert all(row["bytes_per_entry"] > 0 for row in results["bytes_per_int_entry"])
     assert "### Goals" in document["markdown"]
