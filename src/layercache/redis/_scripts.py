@@ -37,23 +37,66 @@ local function check_layout(layout_key, shards)
   return nil
 end
 
-local function forget(member, expiry, shards, tag_prefix, key_prefix, shard_prefix)
-  local key_set = key_prefix .. member
-  local tags = redis.call('SMEMBERS', key_set)
-  for i = 1, #tags do
-    redis.call('SREM', tag_prefix .. tags[i], member)
+-- Most members (or keys) per command a script sends: Lua's unpack and each command stay bounded.
+local CHUNK = 1000
+
+local function call_chunked(command, name, items)
+  -- `command name item...` (or `command item...` when name is nil), CHUNK items at a time.
+  for first = 1, #items, CHUNK do
+    local last = math.min(first + CHUNK - 1, #items)
+    if name then
+      redis.call(command, name, unpack(items, first, last))
+    else
+      redis.call(command, unpack(items, first, last))
+    end
   end
-  redis.call('DEL', key_set)
-  redis.call('SREM', shard_of(member, shards, shard_prefix), member)
-  redis.call('ZREM', expiry, member)
+end
+
+local function add_to(groups, name, member)
+  local list = groups[name]
+  if list == nil then
+    list = {}
+    groups[name] = list
+  end
+  list[#list + 1] = member
+end
+
+local function each_group(command, groups)
+  -- One command per set with all of its members (in chunks); the sets are independent, so
+  -- their order does not matter.
+  for name, list in pairs(groups) do
+    call_chunked(command, name, list)
+  end
+end
+
+local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shard_prefix)
+  -- Forget keys: their tag sets, their entries in the tag sets, the known-keys shards and the
+  -- expiry set. One SMEMBERS per key; then one SREM per tag set and per shard, one DEL and
+  -- one ZREM, each with many members, instead of a few commands per key.
+  if #members == 0 then
+    return
+  end
+  local tag_groups, shard_groups, key_sets = {}, {}, {}
+  for i = 1, #members do
+    local member = members[i]
+    local key_set = key_prefix .. member
+    local tags = redis.call('SMEMBERS', key_set)
+    for j = 1, #tags do
+      add_to(tag_groups, tag_prefix .. tags[j], member)
+    end
+    add_to(shard_groups, shard_of(member, shards, shard_prefix), member)
+    key_sets[i] = key_set
+  end
+  each_group('SREM', tag_groups)
+  each_group('SREM', shard_groups)
+  call_chunked('DEL', nil, key_sets)
+  call_chunked('ZREM', expiry, members)
 end
 
 local function sweep(now, limit, expiry, shards, tag_prefix, key_prefix, shard_prefix)
   -- Forget at most `limit` keys whose expiry is at or before `now`.
   local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, limit)
-  for i = 1, #due do
-    forget(due[i], expiry, shards, tag_prefix, key_prefix, shard_prefix)
-  end
+  forget_many(due, expiry, shards, tag_prefix, key_prefix, shard_prefix)
   return #due
 end
 
@@ -87,6 +130,72 @@ local function replace_tags(member, expires_at, tags, key_set, shard, expiry, ta
   else
     redis.call('ZADD', expiry, expires_at, member)
   end
+end
+
+local function replace_many(items, expiry, shards, tag_prefix, key_prefix, shard_prefix)
+  -- replace_tags for several keys (`items`: {member, expires_at, tags} each, the tags
+  -- unique), with the same result: a key given twice ends with its last item. Per key one
+  -- SMEMBERS, and its tag set is rewritten only when its tags changed; the tag sets, shards and
+  -- the expiry set get one command each with all of their members.
+  local last = {}
+  for i = 1, #items do
+    last[items[i][1]] = i
+  end
+  local adds, removes, shard_adds, shard_removes = {}, {}, {}, {}
+  local expiring, lasting = {}, {}
+  for i = 1, #items do
+    local member, expires_at, tags = items[i][1], items[i][2], items[i][3]
+    if last[member] == i then
+      local key_set = key_prefix .. member
+      local old = redis.call('SMEMBERS', key_set)
+      local wanted, had = {}, {}
+      for j = 1, #tags do
+        wanted[tags[j]] = true
+      end
+      for j = 1, #old do
+        had[old[j]] = true
+        if not wanted[old[j]] then
+          add_to(removes, tag_prefix .. old[j], member)
+        end
+      end
+      -- The tags are unique: as many as before and none new means the same set.
+      local same = #old == #tags
+      for j = 1, #tags do
+        if not had[tags[j]] then
+          same = false
+          add_to(adds, tag_prefix .. tags[j], member)
+        end
+      end
+      if not same then
+        if #old > 0 then
+          redis.call('DEL', key_set)
+        end
+        if #tags > 0 then
+          redis.call('SADD', key_set, unpack(tags))
+        end
+      end
+      local shard = shard_of(member, shards, shard_prefix)
+      if #tags == 0 then
+        add_to(shard_removes, shard, member)
+        lasting[#lasting + 1] = member
+      else
+        add_to(shard_adds, shard, member)
+        if expires_at == '' then
+          lasting[#lasting + 1] = member
+        else
+          expiring[#expiring + 1] = expires_at
+          expiring[#expiring + 1] = member
+        end
+      end
+    end
+  end
+  each_group('SREM', removes)
+  each_group('SADD', adds)
+  each_group('SREM', shard_removes)
+  each_group('SADD', shard_adds)
+  call_chunked('ZREM', expiry, lasting)
+  -- CHUNK is even: every chunk of score, member pairs starts with a score.
+  call_chunked('ZADD', expiry, expiring)
 end
 """
 
@@ -123,9 +232,9 @@ return swept
 TAG_INDEX_RECORD_MANY = (
     _TAG_INDEX_LUA
     + """
--- Replace the tags of several keys, in order, each exactly as TAG_INDEX_RECORD would: before
--- each key, a few expired keys are forgotten (so the result equals one TAG_INDEX_RECORD call
--- per key at the same `now`). Atomic as a whole.
+-- Replace the tags of several keys, in order, with the result of one TAG_INDEX_RECORD call
+-- per key at the same `now` (which forgets a few expired keys before each key). Atomic as a
+-- whole.
 -- KEYS[1]  the expiry sorted set ({prefix}:expiry)
 -- KEYS[2]  the layout string ({prefix}:layout)
 -- ARGV[1]  the current wall-clock time in seconds
@@ -133,26 +242,51 @@ TAG_INDEX_RECORD_MANY = (
 -- ARGV[3]  the known-keys shard count
 -- ARGV[4]  tag set name prefix, ARGV[5] key set name prefix, ARGV[6] shard name prefix
 -- ARGV[7..] per key: the key, its wall-clock expiry in seconds or '', the number n of its
---           tags, then its n tags (n = 0: the key is forgotten)
+--           tags, then its n tags, unique (n = 0: the key is forgotten)
 -- Returns the number of expired keys forgotten; an error reply LAYERCACHE_LAYOUT ... on a
 -- shard-count mismatch (nothing is changed then).
 local err = check_layout(KEYS[2], ARGV[3])
 if err then
   return redis.error_reply(err)
 end
-local swept = 0
+local items = {}
+local past = false
+local now = tonumber(ARGV[1])
 local i = 7
 while i <= #ARGV do
-  local member = ARGV[i]
   local count = tonumber(ARGV[i + 2])
   local tags = {}
   for j = 1, count do
     tags[j] = ARGV[i + 2 + j]
   end
-  swept = swept + sweep(ARGV[1], ARGV[2], KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-  replace_tags(member, ARGV[i + 1], tags, ARGV[5] .. member,
-    shard_of(member, ARGV[3], ARGV[6]), KEYS[1], ARGV[4])
+  if ARGV[i + 1] ~= '' and tonumber(ARGV[i + 1]) <= now then
+    past = true
+  end
+  items[#items + 1] = {ARGV[i], ARGV[i + 1], tags}
   i = i + 3 + count
+end
+local per_key = tonumber(ARGV[2])
+local limit = per_key * #items
+local due = {}
+if limit > 0 then
+  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
+end
+if not past and (limit == 0 or #due < limit) then
+  -- The usual case, in bulk. Fewer keys are due than the per-key sweeps could forget, and
+  -- no item expires by `now`: those sweeps would forget every due key (or see it recorded
+  -- anew first, which gives the same result as forgetting it, then recording it) and nothing
+  -- else. So: forget them all first, then replace every key's tags at once.
+  forget_many(due, KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  replace_many(items, KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  return #due
+end
+-- Otherwise one key at a time, exactly as TAG_INDEX_RECORD.
+local swept = 0
+for n = 1, #items do
+  local member = items[n][1]
+  swept = swept + sweep(ARGV[1], ARGV[2], KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  replace_tags(member, items[n][2], items[n][3], ARGV[5] .. member,
+    shard_of(member, ARGV[3], ARGV[6]), KEYS[1], ARGV[4])
 end
 return swept
 """
@@ -174,10 +308,12 @@ local err = check_layout(KEYS[2], ARGV[1])
 if err then
   return redis.error_reply(err)
 end
+local members = {}
 for i = 5, #ARGV do
-  forget(ARGV[i], KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+  members[i - 4] = ARGV[i]
 end
-return #ARGV - 4
+forget_many(members, KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return #members
 """
 )
 

@@ -4,7 +4,8 @@
 
 SCAN in pages, UNLINK in batches, and Lua scripts that loop over their ``KEYS``: on a single
 server one call carries a batch of keys; on a cluster (keys of different slots cannot share a
-script) one single-key ``EVALSHA`` per key, sent as one pipeline per batch. A cluster client
+script) one ``EVALSHA`` per hash slot with all the keys of that slot, sent in pipelines of up
+to 500 keys (UNLINK is split per slot by the cluster client itself). A cluster client
 loads its slot map once, before its first command. The Redis layer uses it;
 ``scripts/unasync.py`` generates the sync twin, ``_sync_keyspace.py``, from ``_keyspace.py``.
 """
@@ -114,53 +115,84 @@ class KeySpace:
         return int(self._client.unlink(*keys)) if keys else 0
 
     def each_key(self, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> list[Any]:
-        """Run a script that loops over its KEYS on ``keys``; the replies, in order.
+        """Run a script that loops over its KEYS on ``keys``; its replies, one per call (see
+        :meth:`_calls`)."""
+        return [reply for _, reply in self._calls(script, keys, args)]
+
+    def _calls(
+        self, script: Any, keys: Sequence[bytes], args: Sequence[Any]
+    ) -> list[tuple[Sequence[int], Any]]:
+        """Run a script that loops over its KEYS on ``keys``: per call, the positions in
+        ``keys`` of the keys it got, and its reply.
 
         On a single server one call per batch of 500 keys. On a cluster keys of different
-        slots cannot share a script: one single-key call per key, sent as a pipeline per batch.
+        slots cannot share a script: the keys are grouped by hash slot (all of them, so keys
+        of one slot share a call however far apart they are given), one call per slot (or
+        per 500 keys of a slot), and the calls go out in pipelines of up to 500 keys
+        (redis-py sends each node its part at once).
         """
-        replies: list[Any] = []
-        for start in range(0, len(keys), UNLINK_BATCH):
-            chunk = keys[start : start + UNLINK_BATCH]
-            if self._is_cluster:
-                replies.extend(self._pipelined_script(script, chunk, args))
-            else:
-                replies.append(script(keys=chunk, args=args))
-        return replies
+        calls: list[tuple[Sequence[int], Any]] = []
+        if not self._is_cluster:
+            for start in range(0, len(keys), UNLINK_BATCH):
+                batch = range(start, min(start + UNLINK_BATCH, len(keys)))
+                calls.append((batch, script(keys=keys[start : batch.stop], args=args)))
+            return calls
+        slot_of = self._client.keyslot
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(slot_of(key), []).append(i)
+        pipeline: list[list[int]] = []
+        size = 0
+        for positions in by_slot.values():
+            for start in range(0, len(positions), UNLINK_BATCH):
+                group = positions[start : start + UNLINK_BATCH]
+                if pipeline and size + len(group) > UNLINK_BATCH:
+                    calls.extend(self._pipelined_script(script, keys, pipeline, args))
+                    pipeline, size = [], 0
+                pipeline.append(group)
+                size += len(group)
+        if pipeline:
+            calls.extend(self._pipelined_script(script, keys, pipeline, args))
+        return calls
 
     def _pipelined_script(
-        self, script: Any, keys: Sequence[bytes], args: Sequence[Any]
-    ) -> list[Any]:
-        """One EVALSHA per key in one cluster pipeline; a node that lost the script (restart,
-        SCRIPT FLUSH) gets it loaded and only its calls are sent again."""
-        replies: list[Any] = [None] * len(keys)
-        pending = list(range(len(keys)))
+        self, script: Any, keys: Sequence[bytes], groups: list[list[int]], args: Sequence[Any]
+    ) -> list[tuple[list[int], Any]]:
+        """One EVALSHA per group of positions in ``keys`` (keys of one slot), in one cluster
+        pipeline; a node that lost the script (restart, SCRIPT FLUSH) gets it loaded and only
+        its calls are sent again."""
+        replies: list[Any] = [None] * len(groups)
+        pending = list(range(len(groups)))
         for attempt in range(2):
             pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                pipe.execute_command("EVALSHA", script.sha, 1, keys[i], *args)
+            for g in pending:
+                members = [keys[i] for i in groups[g]]
+                pipe.execute_command("EVALSHA", script.sha, len(members), *members, *args)
             results = pipe.execute(raise_on_error=False)
             missing: list[int] = []
-            for i, result in zip(pending, results, strict=True):
+            for g, result in zip(pending, results, strict=True):
                 if isinstance(result, NoScriptError) and attempt == 0:
-                    missing.append(i)
+                    missing.append(g)
                 elif isinstance(result, BaseException):
                     raise result
                 else:
-                    replies[i] = result
+                    replies[g] = result
             if not missing:
                 break
             # SCRIPT LOAD goes to every primary of a cluster client.
             self._client.script_load(script.script)
             pending = missing
-        return replies
+        return list(zip(groups, replies, strict=True))
 
     def live(self, raws: Sequence[bytes]) -> list[bool]:
         """Which of these keys hold something other than a tombstone (see _lease.py)."""
         if not raws:
             return []
-        replies = self.each_key(self._live_script, raws, [])
-        return [bool(int(flag)) for reply in replies for flag in reply]
+        flags = [False] * len(raws)
+        for positions, reply in self._calls(self._live_script, raws, []):
+            for i, flag in zip(positions, reply, strict=True):
+                flags[i] = bool(int(flag))
+        return flags
 
     def unlink_live(self, raws: Sequence[bytes]) -> int:
         """UNLINK these keys; how many of them were not tombstones."""

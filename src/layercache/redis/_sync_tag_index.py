@@ -33,6 +33,11 @@ entries are removed when it is deleted or invalidated; a key recorded with an ex
 ``record`` or ``record_many`` writes, and in batches by :meth:`SyncRedisTagIndex.cleanup`. Every
 command and reply is bounded: bulk removals and ``record_many`` run in batches, large tag sets
 are read with ``SSCAN``, ``clear`` uses ``SCAN`` and ``UNLINK`` in batches.
+
+**Bulk.** The scripts that record or forget many keys (``record_many``, ``remove``, the
+expiry sweep and ``cleanup``) read each key's tags once and then change each tag set, each
+known-keys shard and the expiry set with one command for all of the batch's keys (members
+sent 1,000 at a time), not a few commands per key and tag (docs/perf-tags.md).
 """
 
 from __future__ import annotations
@@ -77,11 +82,13 @@ from ._sync_layer import RedisClient
 __all__ = ["SyncRedisTagIndex"]
 
 # Keys per remove script call: bounds both the command size and how long one call holds the
-# server (each key costs a few set operations per tag).
-_REMOVE_BATCH = 256
+# server. The script reads each key's tags (one SMEMBERS per key) and then removes all of them
+# with one command per tag set, per known-keys shard and for the expiry set.
+_REMOVE_BATCH = 1000
 # Keys per record_many script call, and at most this many script arguments (a key with 64 tags
-# takes 67): bounds the command size and how long one call holds the server (each key costs a
-# few set operations per tag), while 10,000 keys still take only 20 round trips.
+# takes 67): bounds the command size and how long one call holds the server, while 10,000 keys
+# still take only 20 round trips. The script reads each key's tags (one SMEMBERS per key) and
+# writes the tag sets, shards and expiry set with one command each for all of the batch.
 _RECORD_BATCH = 500
 _RECORD_BATCH_ARGS = 16_384
 # Expired keys forgotten by each record() on the way: more than one, so a backlog shrinks while
@@ -312,7 +319,10 @@ class SyncRedisTagIndex:
 
         The result equals one :meth:`record` per item, in order (a key given twice ends with
         its last tags), in one script call per batch of up to 500 keys instead of one round
-        trip per key. Each batch is atomic; the batches are not atomic together.
+        trip per key. Each batch is atomic; the batches are not atomic together. Within a
+        batch, the index's sets are written in bulk (one command per tag set, shard and the
+        expiry set), except when a key expires by now or more keys have expired than the
+        sweeps would forget: then key by key, exactly as :meth:`record`.
 
         Returns:
             ``[]``: the index never evicts keys to stay bounded.
@@ -325,11 +335,18 @@ class SyncRedisTagIndex:
         """
         now = time.time()
         entries: list[list[bytes | str]] = []
+        # The encoded tag list of each tags tuple seen in this call: a bulk write usually
+        # repeats a few tag tuples (one options object per kind of entry), checked once each.
+        seen: dict[Any, list[bytes | str]] = {}
         for key, tags, expires_at in items:
-            wanted, expiry = self._checked(key, tags, expires_at, now)
-            entries.append(
-                [to_member(key), expiry, str(len(wanted)), *(to_member(t) for t in wanted)]
-            )
+            try:
+                tail = seen[tags]
+            except (KeyError, TypeError):  # new, or unhashable (a list)
+                wanted = self._tags(tags)
+                tail = [str(len(wanted)), *map(to_member, wanted)]
+                if isinstance(tags, tuple):
+                    seen[tags] = tail
+            entries.append([to_member(validate_key(key)), self._expiry_arg(expires_at, now), *tail])
         if not entries:
             return []
         head: list[bytes | str] = [repr(now), str(_RECORD_SWEEP), *self._layout_args()]
@@ -355,7 +372,10 @@ class SyncRedisTagIndex:
     ) -> tuple[tuple[str, ...], bytes | str]:
         """Validate one record: its unique tags and its expiry argument ('' for none)."""
         validate_key(key)
-        wanted = self._tags(tags)
+        return self._tags(tags), self._expiry_arg(expires_at, now)
+
+    def _expiry_arg(self, expires_at: float | None, now: float) -> bytes | str:
+        """A record's expiry as a script argument ('' for none), checked."""
         if expires_at is not None and (
             isinstance(expires_at, bool)
             or not isinstance(expires_at, int | float)
@@ -364,15 +384,15 @@ class SyncRedisTagIndex:
             raise ValueError(f"expires_at must be a finite wall-clock time, not {expires_at!r}")
         if expires_at is None and self.key_ttl is not None:
             expires_at = now + self.key_ttl
-        return wanted, b"" if expires_at is None else repr(float(expires_at))
+        return b"" if expires_at is None else repr(float(expires_at))
 
     def remove(self, keys: Iterable[str]) -> None:
-        """Forget ``keys`` (atomically per batch of 256 keys).
+        """Forget ``keys`` (atomically per batch of 1,000 keys).
 
         Raises:
             CacheLayerError: If Redis fails, or the index uses another shard count.
         """
-        members = list(dict.fromkeys(to_member(k) for k in keys))
+        members = list(dict.fromkeys(map(to_member, keys)))
         with self._driver_errors("remove"):
             self._ready()
             for chunk in _chunks(members, _REMOVE_BATCH):
@@ -413,7 +433,7 @@ class SyncRedisTagIndex:
                 members = self._union(names)
             else:
                 members = self._intersection(names)
-        return {from_member(m) for m in members}
+        return set(map(from_member, members))
 
     def _union(self, names: Sequence[bytes]) -> set[bytes]:
         result: set[bytes] = set()
