@@ -130,7 +130,10 @@ class MemoryLayer:
         self._buckets: dict[int, OrderedDict[str, None]] = {}
         self._min_count = 0
         self._lock = threading.RLock()
-        self._touch_on_read = eviction == "lru"
+        # LRU: what a read does (bound once: the hit path makes one call).
+        self._mark: Callable[[str], None] | None = (
+            self._referenced.add if eviction == "lru" else None
+        )
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -147,10 +150,11 @@ class MemoryLayer:
         if expires_at is not None and now >= expires_at:
             self._discard(key, meta)
             return None
-        if self._touch_on_read:
+        mark = self._mark
+        if mark is not None:
             # A plain set add: atomic, lock-free. A key removed meanwhile may be marked after
             # its removal; the eviction scan drops such marks.
-            self._referenced.add(key)
+            mark(key)
         elif self._counts is not None:
             self._bump(key)
         return value, meta
