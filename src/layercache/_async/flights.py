@@ -239,6 +239,12 @@ class Flights:
         epoch = self.epoch
         if keys is None:
             self._broad_mark = epoch
+        elif len(keys) > self._max_key_marks:
+            # More keys than the marks hold (a bulk invalidation): marking them one by one
+            # would forget every older mark and set the broad mark, which alone then answers
+            # for every key marked so far. Straight to that: O(1), not O(keys).
+            self._key_marks.clear()
+            self._broad_mark = epoch
         else:
             marks = self._key_marks
             for key in keys:
