@@ -95,6 +95,24 @@ class FetchDurations:
             if len(last) > self._max_entries:
                 last.popitem(last=False)  # bounded; a forgotten key falls back to the mean
 
+    def due(self, key: str, remaining: float, beta: float, draw: Callable[[], float]) -> bool:
+        """:func:`should_refresh` with ``delta`` = :meth:`delta` of ``key``, in one call (the
+        hit path of every key with early refresh runs this)."""
+        seconds = self._last.get(key)
+        if seconds is None:
+            mean = self.mean
+            seconds = DEFAULT_DELTA if mean is None else mean
+        # The same steps as should_refresh(), inlined: a call costs as much as the rule.
+        if remaining <= 0:
+            return True
+        scale = seconds * beta
+        if scale <= 0 or remaining > scale * _MAX_EXPONENT:
+            return False
+        u = 1.0 - draw()
+        if u <= 0.0:
+            return True
+        return scale * -math.log(u) >= remaining
+
     def delta(self, key: str) -> float:
         """The key's last fetch duration, else the stack's mean, else :data:`DEFAULT_DELTA`."""
         seconds = self._last.get(key)

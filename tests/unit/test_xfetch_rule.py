@@ -164,3 +164,19 @@ def test_false_overrides_a_default_and_counts_as_no_hit_work() -> None:
     assert merged.early_refresh is False
     assert not merged.has_hit_work
     assert merge_options(on, CacheOptions()).early_refresh == 1.0
+
+
+@given(
+    remaining=st.floats(min_value=-1.0, max_value=1e4),
+    delta=st.floats(min_value=0.0, max_value=1e2),
+    beta=st.floats(min_value=1e-3, max_value=1e3),
+    draw=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+    known=st.booleans(),
+)
+def test_due_is_the_rule_with_the_keys_delta(
+    remaining: float, delta: float, beta: float, draw: float, known: bool
+) -> None:
+    durations = FetchDurations(max_entries=10)
+    durations.record("k" if known else None, delta)
+    expected = should_refresh(remaining, durations.delta("k"), beta, lambda: draw)
+    assert durations.due("k", remaining, beta, lambda: draw) == expected

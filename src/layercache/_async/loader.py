@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._circuit import CircuitRegistry
-from .._early_refresh import FetchDurations, should_refresh
+from .._early_refresh import FetchDurations
 from .._entry import Entry
 from .._exceptions import (
     CacheLayerError,
@@ -452,8 +452,7 @@ class Loader:
             ahead = opts.refresh_ahead
             beta = opts.early_refresh
             if (ahead is not None and remaining <= ahead) or (
-                beta
-                and should_refresh(remaining, self.fetch_durations.delta(key), beta, self._draw)
+                beta and self.fetch_durations.due(key, remaining, beta, self._draw)
             ):
                 self.refresh_in_background(key, fetcher, opts, newer_than=entry.stored_at)
         if opts.sliding_ttl and fresh_until is not None:
