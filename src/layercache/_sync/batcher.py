@@ -71,15 +71,11 @@ class _Slot:
 
     def __init__(self, item: Any, waiter: Waiter | None) -> None:
         self.item = item
-        self.waiter = waiter
+        # Every queued caller has one; only a leader that went alone has none.
+        self.waiter: Any = waiter
         self.lead = False
         self.result: Any = None
         self.error: Exception | None = None
-
-    @property
-    def left(self) -> bool:
-        """Whether the caller is gone (cancelled while queued): nobody takes its result."""
-        return self.waiter is not None and self.waiter.cancelled
 
 
 class _Lane:
@@ -140,9 +136,6 @@ class Batcher:
     def _lane(self) -> _Lane | None:
         """The running scope's lane; ``None`` when ``MAX_LANES`` other loops hold one."""
         scope = flight_scope()
-        last = self._last
-        if last is not None and last[0] is scope:
-            return last[1]
         lane = self._lanes.get(scope)
         if lane is None:
             with self._lanes_lock:
@@ -163,7 +156,9 @@ class Batcher:
 
     def submit(self, item: Any) -> Any:
         """``one(item)``'s result, from a call of its own or from a batch."""
-        lane = self._lane()
+        scope = flight_scope()
+        last = self._last
+        lane = last[1] if last is not None and last[0] is scope else self._lane()
         if lane is None:
             return self._one(item)
         slot: Any = None
@@ -184,12 +179,8 @@ class Batcher:
                 self._pass_on(lane)
         if slot is _ALONE:
             return self._one(item)
-        return self._wait(lane, slot)
-
-    def _wait(self, lane: _Lane, slot: _Slot) -> Any:
-        """Wait in the queue for a result, or to lead the next batch."""
+        # Queued: wait for a result, or to lead the next batch.
         waiter = slot.waiter
-        assert waiter is not None
         try:
             waiter.wait()
         except BaseException:
@@ -220,7 +211,7 @@ class Batcher:
                 queue = lane.queue
                 while queue and len(batch) < self.max_batch:
                     other = queue.popleft()
-                    if not other.left:
+                    if not other.waiter.cancelled:
                         batch.append(other)
             if len(batch) == 1:
                 alone = True
@@ -231,9 +222,8 @@ class Batcher:
         except Exception as exc:
             with self._lock:
                 for other in batch[1:]:
-                    if not other.left:
+                    if not other.waiter.cancelled:
                         other.error = own_copy(exc)
-                        assert other.waiter is not None
                         other.waiter.wake()
             self._pass_on(lane)
             raise
@@ -241,23 +231,30 @@ class Batcher:
             # Cancelled (or interrupted) before the others had their results: they queue
             # again at the head, in order, and the next one leads.
             with self._lock:
-                lane.queue.extendleft(reversed([s for s in batch[1:] if not s.left]))
+                lane.queue.extendleft(reversed([s for s in batch[1:] if not s.waiter.cancelled]))
             self._pass_on(lane)
             raise
-        self._pass_on(lane)
         if alone:
+            self._pass_on(lane)
             return result
         per_item = self._per_item
         with self._lock:
             for other, outcome in zip(batch[1:], outcomes[1:], strict=True):
-                if other.left:
+                if other.waiter.cancelled:
                     continue
                 if per_item and isinstance(outcome, Exception):
                     other.error = outcome
                 else:
                     other.result = outcome
-                assert other.waiter is not None
                 other.waiter.wake()
+        # The lead is passed on once the others have run: callers that come straight back
+        # for their next key queue up first and go together, instead of this leader's own
+        # next call finding the lane idle and going alone while they queue behind it
+        # (batches would alternate between one key and all the others).
+        try:
+            pause(0)
+        finally:
+            self._pass_on(lane)
         mine = outcomes[0]
         if per_item and isinstance(mine, Exception):
             raise mine
@@ -284,9 +281,8 @@ class Batcher:
             queue = lane.queue
             while queue:
                 following = queue.popleft()
-                if not following.left:
+                if not following.waiter.cancelled:
                     following.lead = True
-                    assert following.waiter is not None
                     following.waiter.wake()
                     return
             lane.busy = False
