@@ -202,3 +202,53 @@ async def test_a_waiter_cancelled_after_being_woken_hands_the_connection_on(
             await first
     finally:
         await pool.disconnect()
+
+
+def test_the_sync_pool_queues_threads_only_when_full(redis_clean: Any) -> None:
+    """The sync twins' pool built from url= takes the plain pool's path while a connection is
+    free (no queue per command, unlike redis-py's BlockingConnectionPool), and makes threads
+    wait only when every connection is busy: each release lets one of them through."""
+    from layercache.redis._clients import SyncWaitingConnectionPool, sync_url_client
+
+    client = sync_url_client(redis_clean.url, socket_timeout=5.0, max_connections=2)
+    pool = client.connection_pool
+    assert isinstance(pool, SyncWaitingConnectionPool)
+    deadline = time.monotonic() + 5
+    try:
+        held = [pool.get_connection(), pool.get_connection()]
+        results: list[Any] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(client.get("k"))) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        while pool._waiting < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert results == []  # all four wait: the pool is full
+        for connection in held:
+            pool.release(connection)
+        for thread in threads:
+            thread.join(5)
+        assert results == [None] * 4
+        assert pool._waiting == 0
+    finally:
+        client.close()
+
+
+def test_a_sync_waiter_gives_up_after_the_timeout(redis_clean: Any) -> None:
+    from layercache.redis._clients import SyncWaitingConnectionPool, pool_exhausted
+
+    pool = SyncWaitingConnectionPool.from_url(redis_clean.url, max_connections=1, timeout=0.1)
+    try:
+        held = pool.get_connection()
+        began = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError) as caught:
+            pool.get_connection()
+        assert time.monotonic() - began >= 0.1
+        assert pool_exhausted(caught.value)
+        pool.release(held)
+        pool.release(pool.get_connection())  # free again: no wait
+        assert pool._waiting == 0
+    finally:
+        pool.disconnect()

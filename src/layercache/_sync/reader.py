@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any, cast
 
 from .._entry import Entry
@@ -90,9 +91,14 @@ class Reader:
         self._flights = flights
         self._telemetry = telemetry
         self._clock = clock
-        first = layers.adapters[0]
+        adapters = layers.adapters
+        first = adapters[0]
         self._l1: Callable[[str, float], Entry | None] | None = first.lookup
         self._l1_counters = telemetry.metrics.layers[first.name]
+        # Each layer's name and hit/miss counters by index, bound once (metrics reset the
+        # counters in place): the read path indexes a list instead of hashing a name.
+        self._names = [a.name for a in adapters]
+        self._counters = [telemetry.metrics.layers[a.name] for a in adapters]
         # Each layer's read latency recorders, bound once.
         self._get_timers = [telemetry.timer(a.name, "get") for a in layers.adapters]
         self._get_many_timers = [telemetry.timer(a.name, "get_many") for a in layers.adapters]
@@ -141,18 +147,18 @@ class Reader:
                 key, start, fetcher, opts, stale, convert, role, running
             )
         else:
-            found = self._read_lower(key, start, convert)
+            found = self._read_lower(key, start, convert, fetcher is not None)
         entry = found.entry
         if entry is not None:
             value = entry.value
             if convert is not None:
                 # Followers convert for their own type; the leader's value was converted by its
                 # read (a fast no-op now), except an L1 copy found when it looked again.
-                value = self.convert(key, value, convert, self._layers.adapters[found.index].name)
+                value = self.convert(key, value, convert, self._names[found.index])
                 if value is MISS:
                     found = _Lower(None, 0, found.stale)  # not of the asked type: a miss here
             if value is not MISS:
-                telemetry.hit(key, self._layers.adapters[found.index].name)
+                telemetry.hit(key, self._names[found.index])
                 if opts.has_hit_work:
                     self._loader.after_hit(
                         key, entry, fetcher, opts, self._clock(), found.index
@@ -223,7 +229,11 @@ class Reader:
                 # A caller preempted between its L1 miss and here may find that the burst it
                 # belonged to has finished and stored the value: L1 has it now.
                 again = self._recheck_l1(key) if start == 1 else None
-                found = again if again is not None else self._read_lower(key, start, convert)
+                found = (
+                    again
+                    if again is not None
+                    else self._read_lower(key, start, convert, fetcher is not None)
+                )
                 if found.entry is None and callable(fetcher):
                     # The same rule as the leader's own decision below: it fetches unless it
                     # serves a stale value, so a registered fetch is always launched.
@@ -264,16 +274,20 @@ class Reader:
         return None
 
     def _read_lower(
-        self, key: str, start: int, convert: Callable[[Any], Any] | None
+        self, key: str, start: int, convert: Callable[[Any], Any] | None, fetching: bool
     ) -> _Lower:
         """Read the layers from ``start`` down until one holds a fresh entry; backfill the
         layers above it (unless the key changed meanwhile). Also returns the first usable
-        stale entry seen."""
+        stale entry seen.
+
+        ``fetching``: the caller has a fetcher. Only then are layers with conditional stores
+        read with a lease (a fetch that may follow this read, or a background refresh of a
+        stale value, stores under it); a read that can start no fetch is a plain read.
+        """
         layers = self._layers
         adapters = layers.adapters
         writer = self._writer
-        telemetry = self._telemetry
-        metrics = telemetry.metrics
+        tracer = self._telemetry.tracer
         behind = writer.behind
         stale: tuple[Entry, str] | None = None
         leases: dict[int, Any] | None = None
@@ -282,19 +296,19 @@ class Reader:
             adapter = adapters[index]
             if adapter.backlog.down_until is not None and not layers.usable(adapter):
                 continue
-            began = time.perf_counter()
+            began = perf_counter()
             # A tracer's span around a remote read (a branch, not a no-op context manager:
             # this is the path of every L2 hit).
             span = None
-            if telemetry.tracer is not None and not adapter.is_local:
-                span = telemetry.tracer.layer_call(adapter.name, "get")
+            if tracer is not None and not adapter.is_local:
+                span = tracer.layer_call(adapter.name, "get")
                 span.__enter__()
             try:
                 if behind is not None and not adapter.is_local:
                     queued, raw = writer.queued(adapter, key)
                     if not queued:
                         raw = adapter.read(key)
-                elif adapter.read_leased is not None:
+                elif fetching and adapter.read_leased is not None:
                     raw, lease = adapter.read_leased(key)
                     if leases is None:
                         leases = {}
@@ -310,24 +324,30 @@ class Reader:
                 continue
             if span is not None:
                 span.__exit__(None, None, None)
-            self._get_timers[index](time.perf_counter() - began)
-            entry = layers.entry_or_miss(adapter, key, raw)
+            self._get_timers[index](perf_counter() - began)
+            counters = self._counters[index]
+            if raw is None:
+                counters.misses += 1
+                continue
+            # An Entry as it is (the common case: no call); anything else is checked.
+            entry = raw if raw.__class__ is Entry else layers.entry_or_miss(adapter, key, raw)
             # Every layer below L1 hands out a decoded copy (Redis, disk, a user's layer), so
             # it is rebuilt as the caller's type before it is backfilled above.
             if entry is not None and convert is not None:
                 value = self.convert(key, entry.value, convert, adapter.name)
                 entry = None if value is MISS else with_value(entry, value)
             if entry is None:
-                metrics.layers[adapter.name].misses += 1
+                counters.misses += 1
                 continue
             now = self._clock()
-            if entry.is_fresh(now):
-                metrics.layers[adapter.name].hits += 1
+            fresh_until = entry.fresh_until
+            if fresh_until is None or now < fresh_until:
+                counters.hits += 1
                 if index and not self._flights.changed_since(key, epoch):
                     writer.backfill(key, entry, adapters[:index], adapter.name, now, epoch)
                     writer.undo_late_backfill([key], adapters[:index], epoch)
                 return _Lower(entry, index, stale)
-            metrics.layers[adapter.name].misses += 1
+            counters.misses += 1
             if stale is None and entry.is_usable(now):
                 stale = (entry, adapter.name)
         return _Lower(None, 0, stale, None, leases)

@@ -12,7 +12,9 @@ The pools wait for a free connection instead of raising ``MaxConnectionsError`` 
 limit, bounded by the socket timeout: the asyncio one is a :class:`WaitingConnectionPool`
 (redis-py's ``BlockingConnectionPool`` costs about 18% more per command even when a
 connection is free; this one takes the plain pool's path then and waits only when full), the
-sync one redis-py's ``BlockingConnectionPool``. The sync twins get one
+sync one its threaded counterpart :class:`SyncWaitingConnectionPool` (redis-py's sync
+``BlockingConnectionPool`` passes every connection through a ``LifoQueue``, a Python
+condition variable, on every command). The sync twins get one
 client for every thread from :func:`sync_url_client` (redis-py's sync pool is thread-safe);
 ``scripts/unasync.py`` renames ``url_client`` to it.
 
@@ -183,6 +185,61 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
         await super().release(connection)
         if self._waiters:
             self._wake_one()
+
+
+class SyncWaitingConnectionPool(redis.ConnectionPool):
+    """redis-py's sync ``ConnectionPool``, except that a thread finding every connection busy
+    waits (up to ``timeout`` seconds) for one to be released instead of failing.
+
+    While a connection is free it costs what the plain pool costs (a release checks one
+    counter more); only threads that find the pool full wait on a condition, woken by
+    releases. A waiter that times out gets the ``ConnectionError`` redis-py's
+    ``BlockingConnectionPool`` raises. Thread-safe, like the plain pool.
+    """
+
+    def __init__(self, *, timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timeout = timeout
+        self._released = threading.Condition(threading.Lock())
+        # Threads waiting, and releases so far (a waiter retries when it changed): both
+        # changed under ``_released``.
+        self._waiting = 0
+        self._releases = 0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)
+        except MaxConnectionsError:
+            pass  # every connection is in use: wait for a release
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        with self._released:
+            self._waiting += 1
+        try:
+            while True:
+                # A release after this read of the count wakes this thread, or (if it came
+                # first) its connection is taken by the attempt below: none is missed.
+                with self._released:
+                    seen = self._releases
+                try:
+                    return super().get_connection(*args, **kwargs)
+                except MaxConnectionsError:
+                    pass  # another thread took it first: wait again
+                with self._released:
+                    while self._releases == seen:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise RedisConnectionError(_NO_CONNECTION) from None
+                        self._released.wait(left)
+        finally:
+            with self._released:
+                self._waiting -= 1
+
+    def release(self, connection: Any) -> None:
+        super().release(connection)
+        if self._waiting:
+            with self._released:
+                self._releases += 1
+                self._released.notify()
 
 
 # -- Sentinel URLs ------------------------------------------------------------------------------
@@ -606,7 +663,7 @@ def sync_url_client(
     Sentinel URL: see the module doc)."""
     if is_sentinel_url(url):
         return _sync_sentinel_client(parse_sentinel_url(url), socket_timeout, max_connections)
-    pool = redis.BlockingConnectionPool.from_url(
+    pool = SyncWaitingConnectionPool.from_url(
         url,
         retry=Retry(_backoff(), retries=1),
         **_pool_options(url, socket_timeout, max_connections),
