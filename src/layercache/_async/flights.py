@@ -46,13 +46,17 @@ class Flight:
 
     ``invalidated`` is set when the key is deleted, invalidated, cleared or explicitly set
     while the work runs: a fetched value then reaches the callers already waiting but is not
-    stored, and no caller arriving after the change joins it.
+    stored, and no caller arriving after the change joins it. ``outdated`` (fetches only) is
+    set when a shared layer reported a change of the key (server-assisted invalidation,
+    :meth:`Flights.outdating`): no caller arriving after it joins the fetch, and its value is
+    not written to the in-process layers, but what it stored in the shared layers stands.
     """
 
-    __slots__ = ("future", "handle", "invalidated", "leases", "scope", "tags")
+    __slots__ = ("future", "handle", "invalidated", "leases", "outdated", "scope", "tags")
 
     def __init__(self, tags: tuple[str, ...], scope: Any = None) -> None:
         self.invalidated = False
+        self.outdated = False
         self.tags = tags
         self.scope = scope
         self.future: FlightFuture[Any] | None = None
@@ -111,7 +115,7 @@ class Flights:
                 fetches = self._fetches.get(scope)
                 if fetches is not None:
                     fetch = fetches.get(key)
-                    if fetch is not None and not fetch.invalidated:
+                    if fetch is not None and not (fetch.invalidated or fetch.outdated):
                         return JOIN_FETCH, fetch
             flights = _in_scope(self._reads, scope)
             running = flights.get(key)
@@ -128,7 +132,7 @@ class Flights:
         with self._lock:
             flights = _in_scope(table, scope)
             running = flights.get(key)
-            if running is not None and not running.invalidated:
+            if running is not None and not (running.invalidated or running.outdated):
                 return running, running
             flight = Flight(tags, scope)
             flight.future = new_future()
@@ -222,8 +226,60 @@ class Flights:
         with self._lock:
             if flight.invalidated:
                 return False
-            write()
+            if not flight.outdated:
+                # (An outdated fetch writes nothing here, and its shared stores stand.)
+                write()
             return True
+
+    @contextlib.contextmanager
+    def outdating(self, keys: Collection[str] | None) -> Iterator[None]:
+        """A shared layer reports that ``keys`` (``None``: every key) changed there, by anyone,
+        this instance included (server-assisted invalidation); the in-process copies are
+        removed inside the ``with`` block.
+
+        Like :meth:`changing` for reads (their values are not backfilled, nor handed to later
+        callers) and for the marks :meth:`changed_since` looks at. Running fetches are only
+        *outdated*, not invalidated: what they stored in the shared layers stands (the
+        change may be their own store coming back, and conditional stores already refuse a
+        value older than a change), but their values no longer go to the in-process layers
+        and no later caller joins them.
+        """
+        names = None if keys is None else list(keys)
+        with self._lock:
+            self._outdate(names)
+            if names is None:
+                self._active_broad += 1
+            else:
+                for key in names:
+                    self._active_keys[key] = self._active_keys.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                # Again at the end, as in changing().
+                self._outdate(names)
+                if names is None:
+                    self._active_broad -= 1
+                else:
+                    for key in names:
+                        left = self._active_keys[key] - 1
+                        if left:
+                            self._active_keys[key] = left
+                        else:
+                            del self._active_keys[key]
+
+    def _outdate(self, names: list[str] | None) -> None:
+        """Mark ``names`` changed, invalidate their reads and outdate their fetches (call
+        with the lock held)."""
+        self._mark(_nothing, names)
+        for table, attribute in ((self._reads, "invalidated"), (self._fetches, "outdated")):
+            for flights in table.values():
+                if names is None:
+                    found: Iterable[Flight] = list(flights.values())
+                else:
+                    found = [f for f in map(flights.get, names) if f is not None]
+                for flight in found:
+                    setattr(flight, attribute, True)
 
     def changing_all(self) -> contextlib.AbstractContextManager[None]:
         """:meth:`changing` of every key (a clear, a reconnect)."""

@@ -28,6 +28,10 @@ from .tag_index import TagIndexAdapter
 
 __all__ = ["BusLink"]
 
+# The scope of the messages a bus makes of a shared layer's own change reports (Redis client
+# tracking: RedisInvalidationBus(track_prefix=...)); the bus's wire format has no such scope.
+TRACKING_SCOPE = "tracking"
+
 
 class BusLink:
     """This instance's end of the invalidation bus, and its key generation."""
@@ -51,6 +55,7 @@ class BusLink:
         self._flights = flights
         # A per-instance tag index resolves a peer's tag invalidation here.
         self._local_tags = None if tags.is_shared else tags
+        _check_track_prefix(bus, layers)
         self._telemetry = telemetry
         self._workers = workers
         self._store: GenerationStore | None = bus if isinstance(bus, GenerationStore) else None
@@ -109,6 +114,9 @@ class BusLink:
 
     def _on_message(self, message: InvalidationMessage) -> None:
         """Another instance changed something: drop it from this instance's local layers."""
+        if message.scope == TRACKING_SCOPE:
+            self._on_tracked(message)
+            return
         self._telemetry.metrics.bus_received += 1
         try:
             self._apply(message)
@@ -164,6 +172,27 @@ class BusLink:
                 layers.run("bus", local, lambda a: a.clear())
         elif scope == "generation":
             self.adopt(int(message.keys[0]))
+
+    def _on_tracked(self, message: InvalidationMessage) -> None:
+        """The shared layer reports changed keys (anyone's change, this instance's included):
+        only the local copies go. The keys keep their tags (their values, if any, are still
+        in the shared layer), and fetches of them keep what they stored there (see
+        ``Flights.outdating``)."""
+        layers = self._layers
+        local = layers.local
+        keys: list[str] | None = None if message.operation == "clear" else list(message.keys)
+        try:
+            with self._flights.outdating(keys):
+                if keys is None:
+                    layers.run("bus.tracking", local, lambda a: a.clear())
+                elif keys:
+                    layers.run("bus.tracking", local, lambda a: a.delete_many(keys))
+        except Exception as exc:  # never let one message break the subscriber
+            self._telemetry.report(exc, operation="bus.tracking", scope=message.scope)
+        if self._telemetry.wants("invalidation"):
+            self._telemetry.emit(
+                "invalidation", {"keys": list(message.keys), "source_id": message.source_id}
+            )
 
     def _on_reconnect(self) -> None:
         """The subscriber was cut off and may have missed invalidations: drop local data."""
@@ -234,3 +263,26 @@ class BusLink:
     def cleanups(self) -> list[Any]:
         """The background cleanups still running (the stack waits for them on close)."""
         return list(self._cleanups)
+
+
+def _check_track_prefix(bus: InvalidationBus | None, layers: LayerSet) -> None:
+    """Refuse a bus that tracks a prefix none of the shared layers stores its keys under:
+    it would report nothing, and the local copies would never drop.
+
+    Raises:
+        ValueError: ``track_prefix`` differs from every shared layer's ``prefix`` (layers
+            without a ``prefix`` attribute are not looked at; none: nothing to check).
+    """
+    track = getattr(bus, "track_prefix", None)
+    if not isinstance(track, str):
+        return
+    prefixes = [
+        prefix
+        for adapter in layers.shared
+        if isinstance(prefix := getattr(adapter.layer, "prefix", None), str)
+    ]
+    if prefixes and track not in prefixes:
+        raise ValueError(
+            f"the invalidation bus tracks the prefix {track!r}, but the shared layers store "
+            f"their keys under {prefixes!r}: give track_prefix the RedisLayer's prefix"
+        )

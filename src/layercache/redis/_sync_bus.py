@@ -4,6 +4,8 @@
 
 Wire format (one UTF-8 JSON object per pub/sub message, optionally signed) and the checks of
 received messages: :mod:`layercache.redis._wire`, plain code both twins of the bus use.
+Server-assisted invalidation (``track_prefix``, Redis's ``CLIENT TRACKING``): the payloads and
+their mapping back to stack keys in :mod:`layercache.redis._tracking`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ from ._errors import DriverErrors, call_error_handler
 from ._keys import generation_key, invalidation_channel
 from ._options import check_raw_client
 from ._scripts import GENERATION_BUMP
+from ._tracking import (
+    FLUSH,
+    TRACKING_CHANNEL,
+    TRACKING_SCOPE,
+    TRACKING_SOURCE,
+    TrackingBatch,
+    enable_tracking_args,
+    parse_invalidation,
+    push_as_message,
+)
 from ._wire import (  # noqa: F401 - re-exported: their import path is layercache.redis.bus
     MAX_SOURCE_ID,
     MODES,
@@ -84,6 +96,8 @@ _MAX_POLL = 1.0
 _SUBSCRIBE_TYPES = frozenset({"subscribe", "ssubscribe"})
 _UNSUBSCRIBE_TYPES = frozenset({"unsubscribe", "sunsubscribe"})
 _DATA_TYPES = frozenset({"message", "smessage"})
+# Server invalidations already waiting on the connection that one L1 drop takes together.
+_MAX_TRACKING_BATCH = 64
 
 
 class _SubscriberLost(ConnectionError):
@@ -107,6 +121,29 @@ class SyncRedisInvalidationBus:
     ``timeout``) it reconnects with capped exponential backoff and jitter, and after every
     successful *re*-subscribe calls ``on_reconnect()``: messages published while it was cut off
     are lost, so the stack drops its local layers.
+
+    Server-assisted invalidation (``track_prefix``): the subscriber's connection also turns on
+    Redis client-side caching in broadcast mode for the keys under ``track_prefix`` (``CLIENT
+    TRACKING ON REDIRECT <itself> BCAST PREFIX <track_prefix>``), so Redis itself reports every
+    change of such a key, by any client (programs that do not use this library too), by
+    expiry or eviction, and ``FLUSHALL``/``FLUSHDB``. ``on_message`` then also receives
+    messages with ``scope="tracking"`` (``source_id`` ``"redis:client-tracking"``):
+    ``operation="invalidate"`` with the changed keys (the Redis keys minus ``track_prefix``,
+    i.e. the stack's keys), or ``operation="clear"`` with no keys (the database was flushed,
+    or more than ``max_keys`` keys changed at once: every local copy goes). Invalidations
+    already waiting on the connection are delivered as one message. The stack drops those
+    keys from its local layers; the signed channel still carries what tracking cannot see
+    (tag, pattern and clear operations, generations). Tracking lives and dies with the
+    connection: it is turned on again on every new connection before the subscription is
+    confirmed, and that re-subscribe calls ``on_reconnect()`` as usual. Set ``track_prefix``
+    to the ``prefix`` of the stack's ``RedisLayer``, and connect the bus to the same Redis
+    server (or Sentinel master) as that layer: tracking sees only the server it runs on.
+    Works on RESP2 (the invalidations arrive on the ``__redis__:invalidate`` channel; a
+    ``PUBLISH`` there by a client is rejected, since only the server sends key lists) and
+    RESP3 connections (pushed on the same connection). Redis Cluster clients are refused:
+    tracking is per node. Our own writes come back as invalidations too (Redis cannot tell
+    them apart): the local copy of a key this instance just wrote is dropped and read again
+    from Redis on its next use (see docs/perf-tracking.md for the cost).
 
     Args:
         publisher: A ``redis.Redis`` or ``redis.RedisCluster`` created with
@@ -132,9 +169,12 @@ class SyncRedisInvalidationBus:
         health_check_interval: Seconds of silence after which the subscriber sends a ``PING``
             (a half-open connection otherwise looks like a quiet channel forever).
         reconnect_backoff: ``(base, cap)`` of the reconnect delay in seconds.
+        track_prefix: Turn on server-assisted invalidation for the Redis keys starting with
+            this prefix (the ``RedisLayer``'s ``prefix``; ``""`` tracks every key of the
+            server). ``None`` (default): off. Needs Redis 6 or later and a non-cluster client.
 
     Raises:
-        ValueError: On a bad argument.
+        ValueError: On a bad argument (also ``track_prefix`` with cluster clients).
     """
 
     def __init__(
@@ -152,6 +192,7 @@ class SyncRedisInvalidationBus:
         timeout: float = 5.0,
         health_check_interval: float = 5.0,
         reconnect_backoff: tuple[float, float] = (0.05, 5.0),
+        track_prefix: str | None = None,
     ) -> None:
         if (publisher is None) == (url is None):
             raise ValueError("SyncRedisInvalidationBus needs exactly one of publisher= or url=")
@@ -176,6 +217,21 @@ class SyncRedisInvalidationBus:
         if self._sharded and not callable(getattr(RedisCluster, "pubsub", None)):
             # Older redis-py releases have no cluster pub/sub at all.
             raise ValueError("sharded pub/sub needs a redis-py whose RedisCluster has pubsub()")
+        if track_prefix is not None:
+            if not isinstance(track_prefix, str):
+                raise ValueError(f"track_prefix must be a str, not {type(track_prefix).__name__}")
+            if track_prefix:
+                _check_text("track_prefix", track_prefix, MAX_SOURCE_ID)
+            if self._sharded:
+                raise ValueError(
+                    "track_prefix needs a single Redis server or a Sentinel-managed master: "
+                    "CLIENT TRACKING is per node, and the bus does not open one tracking "
+                    "connection per cluster master"
+                )
+        self._track_prefix = track_prefix
+        self._track_bytes = None if track_prefix is None else track_prefix.encode("utf-8")
+        self._tracked_messages = 0
+        self._tracked_keys = 0
         self._channel_name = channel
         self._generation_script: Any = None
         self._channel = invalidation_channel(channel)
@@ -232,7 +288,8 @@ class SyncRedisInvalidationBus:
     def __repr__(self) -> str:
         return (
             f"SyncRedisInvalidationBus(channel={self._channel_name!r}, source_id={self.source_id!r}, "
-            f"signed={self.signed}, sharded={self._sharded})"
+            f"signed={self.signed}, sharded={self._sharded}, "
+            f"track_prefix={self._track_prefix!r})"
         )
 
     # -- properties -------------------------------------------------------------------------
@@ -271,6 +328,22 @@ class SyncRedisInvalidationBus:
     def is_subscribed(self) -> bool:
         """Whether the subscriber currently holds a confirmed subscription."""
         return self._subscribed
+
+    @property
+    def track_prefix(self) -> str | None:
+        """The prefix of the Redis keys whose changes the server reports (``None``: off)."""
+        return self._track_prefix
+
+    @property
+    def is_tracking(self) -> bool:
+        """Whether server-assisted invalidation is on for the current, confirmed subscription."""
+        return self._subscribed and self._track_prefix is not None
+
+    @property
+    def tracked(self) -> tuple[int, int]:
+        """``(payloads, keys)``: the server's invalidation payloads taken in so far, and the
+        keys the messages made of them named (a flush counts no keys)."""
+        return self._tracked_messages, self._tracked_keys
 
     @property
     def rejected(self) -> int:
@@ -493,8 +566,53 @@ class SyncRedisInvalidationBus:
             # to find the node that owns the channel. (Idempotent once initialised.)
             pass  # the sync cluster client initializes when built
             bounded(pubsub.ssubscribe(self._channel), self.timeout)
-        else:
+        elif self._track_bytes is None:
             bounded(pubsub.subscribe(self._channel), self.timeout)
+        else:
+            # Tracking first, then the channels (the bus's last: its confirmation, which
+            # reports the subscription, comes after everything is in place). Invalidations
+            # between the two are lost, and covered: the stack drops its local copies on
+            # that confirmation (on_reconnect), or has none yet (the first start).
+            resp2 = bounded(self._enable_tracking(pubsub), self.timeout)
+            channels = (TRACKING_CHANNEL, self._channel) if resp2 else (self._channel,)
+            bounded(pubsub.subscribe(*channels), self.timeout)
+
+    def _enable_tracking(self, pubsub: Any) -> bool:
+        """Turn on ``CLIENT TRACKING`` on the subscriber's own connection, redirected to
+        itself; whether the connection speaks RESP2 (the invalidations then come as pub/sub
+        messages on ``__redis__:invalidate``; on RESP3 they are pushed, and the driver hands
+        them to :meth:`_tracking_push`).
+
+        Raises:
+            redis.exceptions.ResponseError: The server refused (before Redis 6, an ACL).
+            ValueError: A RESP3 connection whose driver offers no invalidation push handler.
+        """
+        assert self._track_bytes is not None
+        # The pub/sub object sends without reading (a subscribed connection's replies are
+        # messages); nothing is subscribed yet, so the replies are read off the connection.
+        pubsub.execute_command("CLIENT", "ID")
+        connection = pubsub.connection
+        client_id = int(connection.read_response())
+        resp3 = str(getattr(connection, "protocol", 2)) == "3"
+        if resp3:
+            parser = getattr(connection, "_parser", None)
+            install = getattr(parser, "set_invalidation_push_handler", None)
+            if install is None:
+                raise ValueError(
+                    "this redis-py cannot hand RESP3 invalidation pushes to the bus; "
+                    "give it a client created with protocol=2"
+                )
+            install(self._tracking_push)
+        pubsub.execute_command(*enable_tracking_args(client_id, self._track_bytes))
+        reply = connection.read_response()
+        if reply not in (b"OK", "OK"):
+            raise _SubscriberLost(f"CLIENT TRACKING answered {reply!r}")
+        return not resp3
+
+    def _tracking_push(self, response: object) -> list[object]:
+        """The driver's handler of RESP3 ``invalidate`` pushes: the pub/sub message a RESP2
+        connection would have received, read by :meth:`_listen` like any other."""
+        return push_as_message(response)
 
     def _listen(self, pubsub: Any) -> None:
         poll = min(_MAX_POLL, self.health_check_interval)
@@ -514,16 +632,106 @@ class SyncRedisInvalidationBus:
                     ping_sent = now
                 continue
             last_heard, ping_sent = now, None
-            kind = message.get("type")
-            if kind in _DATA_TYPES:
-                if message.get("channel") == self._channel:
-                    self._receive(message.get("data"))
-            elif kind in _SUBSCRIBE_TYPES:
-                if message.get("channel") == self._channel:
-                    self._confirmed()
-            elif kind in _UNSUBSCRIBE_TYPES:
-                # Not asked for: the server dropped us (a slot moved, ACL change). Start over.
-                raise _SubscriberLost(f"the server ended the subscription ({kind})")
+            while message is not None:
+                message = self._dispatch(pubsub, message)
+
+    def _dispatch(self, pubsub: Any, message: dict[str, Any]) -> dict[str, Any] | None:
+        """Handle one message read from the connection; returns the next one when handling
+        it read ahead (server invalidations are taken together)."""
+        kind = message.get("type")
+        if kind in _DATA_TYPES:
+            channel = message.get("channel")
+            if channel == self._channel:
+                self._receive(message.get("data"))
+            elif channel == TRACKING_CHANNEL and self._track_bytes is not None:
+                return self._receive_tracking(pubsub, message)
+        elif kind in _SUBSCRIBE_TYPES:
+            if message.get("channel") == self._channel:
+                if self._subscribed and self._track_bytes is not None:
+                    # The driver reconnected by itself and subscribed again, but tracking
+                    # ended with the old connection: start over on a new one.
+                    raise _SubscriberLost("the driver reconnected; tracking must be turned on")
+                self._confirmed()
+        elif kind in _UNSUBSCRIBE_TYPES:
+            # Not asked for: the server dropped us (a slot moved, ACL change). Start over.
+            raise _SubscriberLost(f"the server ended the subscription ({kind})")
+        return None
+
+    def _receive_tracking(
+        self, pubsub: Any, message: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Apply one server invalidation and those already waiting behind it as one drop
+        (at most ``_MAX_TRACKING_BATCH`` payloads and ``max_keys`` keys); returns the first
+        other message read meanwhile, for the caller to handle next."""
+        batch = TrackingBatch(self._wire.max_keys)
+        following: dict[str, Any] | None = None
+        while True:
+            self._take_tracking(batch, message.get("data"))
+            if batch.messages >= _MAX_TRACKING_BATCH or batch.flush:
+                break
+            waiting = self._read(pubsub, 0.0)
+            if waiting is None:
+                break
+            if waiting.get("type") in _DATA_TYPES and waiting.get("channel") == TRACKING_CHANNEL:
+                message = waiting
+                continue
+            following = waiting
+            break
+        if batch:
+            self._deliver_tracking(batch)
+        return following
+
+    def _take_tracking(self, batch: TrackingBatch, data: object) -> None:
+        assert self._track_bytes is not None
+        wire = self._wire
+        try:
+            parsed = parse_invalidation(
+                data,
+                self._track_bytes,
+                max_keys=wire.max_keys,
+                max_bytes=wire.max_message_bytes,
+            )
+        except RejectedMessageError as exc:
+            self._rejected += 1
+            size = len(data) if isinstance(data, bytes) else None
+            self._report(
+                exc,
+                {"operation": "bus.receive", "reason": exc.reason, "size": size, "tracking": True},
+            )
+            return
+        if parsed is FLUSH and data is not None:
+            count = len(data) if isinstance(data, list) else None
+            self._report(
+                RejectedMessageError(
+                    "oversized",
+                    f"a server invalidation of {count} keys (more than max_keys or "
+                    "max_message_bytes, or not all bytes): every local copy is dropped instead",
+                ),
+                {"operation": "bus.tracking", "reason": "oversized", "size": count},
+            )
+        batch.add(parsed)
+
+    def _deliver_tracking(self, batch: TrackingBatch) -> None:
+        self._tracked_messages += batch.messages
+        keys: tuple[str, ...] = ()
+        if batch.flush:
+            operation = "clear"
+        else:
+            operation, keys = "invalidate", tuple(batch.keys)
+            self._tracked_keys += len(keys)
+        if self._on_message is None:
+            return
+        message = InvalidationMessage(
+            source_id=TRACKING_SOURCE,
+            scope=TRACKING_SCOPE,
+            operation=operation,
+            keys=keys,
+            timestamp=time.time(),
+        )
+        try:
+            self._on_message(message)
+        except Exception as exc:
+            self._report(exc, {"operation": "bus.on_message", "scope": TRACKING_SCOPE})
 
     def _read(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
         if self._sharded:
@@ -580,6 +788,13 @@ class SyncRedisInvalidationBus:
             logger.debug("invalidation bus %s: reconnect failed: %r", self._channel_name, exc)
 
     def _close_pubsub(self, pubsub: Any) -> None:
+        if self._track_bytes is not None:
+            # The connection goes back to the pool (closed: tracking ends with it); it must
+            # not keep calling this bus with the pushes of a later life.
+            parser = getattr(getattr(pubsub, "connection", None), "_parser", None)
+            uninstall = getattr(parser, "set_invalidation_push_handler", None)
+            if uninstall is not None:
+                uninstall(None)
         try:
             bounded(pubsub.close(), self.timeout)
         except Cancelled:
