@@ -1,0 +1,550 @@
+"""Concurrent L2 reads of distinct keys: auto-batched reads against the raw client (issue 16).
+
+Scenarios, all in one run against one throwaway ``redis-server``:
+
+1. **64 concurrent readers (asyncio)**: 64 tasks, each walking its own slice of ``--keys``
+   (10,000) pre-stored 1 KiB JSON values, so no two read the same key and nothing is served
+   from process memory: layercache with a lone ``RedisLayer`` (batching on, the default; and
+   off), memory + Redis with the memory layer emptied before every pass (every read misses L1,
+   hits Redis and is backfilled), cashews and aiocache Redis backends, and the floor: raw
+   redis-py asyncio ``GET`` + ``json.loads`` with its **default** pool. ops/s (median of the
+   rounds), the ratio to the floor, p50 and p99 per read. Goal: layercache ≥ 3x the floor.
+2. **L2 hit at concurrency 1**: one key, batching on vs off (``read_batching=False``, what
+   the layer did before batching), same method as ``bench.latency`` (calibrated batches,
+   interleaved, median of rounds). Goal: on / off ≤ 1.05.
+3. **64 threads (sync)**: ``SyncCacheStack`` over the sync Redis layer (batching on, the
+   sync default; and off) vs raw sync redis-py ``GET`` + ``json.loads`` (default pool), the
+   same walk over distinct keys; and the sync L2 hit at concurrency 1, on vs off.
+
+Subjects are measured in rounds, each round one pass per subject in a rotated order, so the
+drift of a shared machine lands on all of them alike. Also reported: how many keys one MGET
+carried on average (the server's ``INFO commandstats``). ``--profile`` prints where the
+time of the batched asyncio pass goes (cProfile, top functions by own time).
+
+Usage: ``python -m bench.concurrency [--quick] [--json PATH] [--profile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.fixtures import VALUE, VALUE_JSON, environment, redis_server
+from bench.harness import Settings, Subject, measure_latency
+from bench.report import latency_table
+
+TTL = 3600
+CONCURRENCY = 64
+# cashews' own default pool is a BlockingConnectionPool of 10, which would throttle it (as in
+# bench/latency.py); the raw floor and layercache use their defaults.
+PEER_POOL = 128
+RAW = "floor: redis-py GET + json.loads"
+LC = "layercache CacheStack[RedisLayer]"
+LC_OFF = "layercache CacheStack[RedisLayer], batching off"
+SYNC_RAW = "sync floor: redis-py GET + json.loads"
+SYNC_LC = "layercache SyncCacheStack[RedisLayer]"
+SYNC_LC_OFF = "layercache SyncCacheStack[RedisLayer], batching off"
+THROUGHPUT_GOAL = 3.0
+C1_GOAL = 1.05
+
+
+@dataclass
+class Walker:
+    """One subject of the concurrent walk: ``read(key)`` for each of its keys.
+
+    ``before_pass`` runs (untimed) before every pass (to empty an L1). ``samples`` holds the
+    ops/s of each round, ``latencies`` every read's seconds (for p50 / p99).
+    """
+
+    name: str
+    read: Callable[[str], Any]
+    keys: list[str]
+    is_async: bool = True
+    note: str = ""
+    before_pass: Callable[[], Any] | None = None
+    samples: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    keys_per_mget: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _pass_async(walker: Walker, tasks: int) -> tuple[float, list[float]]:
+    keys, read = walker.keys, walker.read
+    per = len(keys) // tasks
+    latencies: list[float] = []
+
+    async def worker(i: int) -> None:
+        clock = time.perf_counter
+        mine: list[float] = []
+        for key in keys[i * per : (i + 1) * per]:
+            began = clock()
+            await read(key)
+            mine.append(clock() - began)
+        latencies.extend(mine)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(tasks)))
+    return time.perf_counter() - began, latencies
+
+
+def _pass_threads(
+    walker: Walker, pool: ThreadPoolExecutor, tasks: int
+) -> tuple[float, list[float]]:
+    keys, read = walker.keys, walker.read
+    per = len(keys) // tasks
+    latencies: list[float] = []
+
+    def worker(i: int) -> None:
+        clock = time.perf_counter
+        mine: list[float] = []
+        for key in keys[i * per : (i + 1) * per]:
+            began = clock()
+            read(key)
+            mine.append(clock() - began)
+        latencies.extend(mine)  # list.extend is atomic under the GIL
+
+    began = time.perf_counter()
+    for future in [pool.submit(worker, i) for i in range(tasks)]:
+        future.result()
+    return time.perf_counter() - began, latencies
+
+
+async def _one_pass(walker: Walker, pool: ThreadPoolExecutor | None) -> tuple[float, list[float]]:
+    if walker.before_pass is not None:
+        done = walker.before_pass()
+        if asyncio.iscoroutine(done):
+            await done
+    if walker.is_async:
+        return await _pass_async(walker, CONCURRENCY)
+    assert pool is not None
+    return await asyncio.to_thread(_pass_threads, walker, pool, CONCURRENCY)
+
+
+async def measure_walk(walkers: list[Walker], rounds: int) -> None:
+    """Rounds of one pass per walker (rotated order); a warm-up pass each first."""
+    with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+        for walker in walkers:
+            sample = walker.keys[len(walker.keys) // 2]
+            got = walker.read(sample)
+            if walker.is_async:
+                got = await got
+            if got != VALUE:
+                raise AssertionError(f"{walker.name}: expected a hit, got {str(got)[:80]!r}")
+            await _one_pass(walker, pool)
+        for r in range(rounds):
+            for walker in [*walkers[r % len(walkers) :], *walkers[: r % len(walkers)]]:
+                elapsed, latencies = await _one_pass(walker, pool)
+                walker.samples.append(len(latencies) / elapsed)
+                walker.latencies.extend(latencies)
+
+
+async def _keys_per_mget(walker: Walker, admin: Any) -> float | None:
+    """One more (untimed) pass with the server's command counters reset: keys per MGET."""
+    await admin.config_resetstat()
+    with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+        await _one_pass(walker, pool)
+    stats = await admin.info("commandstats")
+    mgets = int(stats.get("cmdstat_mget", {}).get("calls", 0))
+    gets = int(stats.get("cmdstat_get", {}).get("calls", 0))
+    return (len(walker.keys) - gets) / mgets if mgets else None
+
+
+# ---------------------------------------------------------------------------------- subjects
+
+
+async def _store(host: str, port: int, count: int, exits: AsyncExitStack) -> dict[str, list[str]]:
+    """Every library's copy of ``count`` 1 KiB values under its own keys."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis(host=host, port=port)
+    exits.push_async_callback(admin.aclose)
+    pipe = admin.pipeline(transaction=False)
+    raw_keys = [f"raw:{i}" for i in range(count)]
+    for key in raw_keys:
+        pipe.set(key, VALUE_JSON, ex=TTL)
+    await pipe.execute()
+    return {"raw": raw_keys, "lc": [f"k{i}" for i in range(count)]}
+
+
+def _closing_peer(close: Callable[[], Any]) -> Callable[[], Any]:
+    """A peer's ``close``, quiet about the redis-py ``close()`` it calls (deprecated since
+    redis-py 5.0.1): their warning, not this benchmark's."""
+
+    async def closing() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await close()
+
+    return closing
+
+
+async def async_walkers(
+    exits: AsyncExitStack, host: str, port: int, count: int
+) -> tuple[list[Walker], Any]:
+    """The asyncio subjects of the concurrent walk (values stored), and an admin client."""
+    import redis.asyncio as aioredis
+    from aiocache import RedisCache  # type: ignore[import-untyped]
+    from cashews import Cache
+
+    from layercache import CacheStack, MemoryLayer, RedisLayer
+
+    url = f"redis://{host}:{port}/0"
+    keys = await _store(host, port, count, exits)
+    admin = aioredis.Redis(host=host, port=port)
+    exits.push_async_callback(admin.aclose)
+
+    raw = aioredis.Redis(host=host, port=port)  # redis-py's default pool
+    exits.push_async_callback(raw.aclose)
+
+    async def raw_get(key: str) -> Any:
+        return json.loads(await raw.get(key))  # type: ignore[arg-type]
+
+    lc = CacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:c:")])
+    exits.push_async_callback(lc.aclose)
+    await lc.set_many([(k, VALUE) for k in keys["lc"]])
+    off = CacheStack(
+        [RedisLayer(url=url, ttl=TTL, prefix="bench:c:", read_batching=False, write_batching=False)]
+    )
+    exits.push_async_callback(off.aclose)
+    memory = MemoryLayer(ttl=TTL)
+    lc2 = CacheStack([memory, RedisLayer(url=url, ttl=TTL, prefix="bench:c:")])
+    exits.push_async_callback(lc2.aclose)
+
+    cw = Cache()
+    cw.setup(url, max_connections=PEER_POOL)
+    exits.push_async_callback(_closing_peer(cw.close))
+    cw_keys = [f"cw:{i}" for i in range(count)]
+    for start in range(0, count, 500):
+        await cw.set_many({k: VALUE for k in cw_keys[start : start + 500]}, expire=TTL)
+
+    ac = RedisCache(endpoint=host, port=port)
+    exits.push_async_callback(_closing_peer(ac.close))
+    ac_keys = [f"ac:{i}" for i in range(count)]
+    for start in range(0, count, 500):
+        await ac.multi_set([(k, VALUE) for k in ac_keys[start : start + 500]], ttl=TTL)
+
+    return [
+        Walker(RAW, raw_get, keys["raw"], note="asyncio, default pool"),
+        Walker(LC, lc.get, keys["lc"], note="batching on (default)"),
+        Walker(LC_OFF, off.get, keys["lc"], note="read_batching=False: one GET per read"),
+        Walker(
+            "layercache memory(miss)+redis",
+            lc2.get,
+            keys["lc"],
+            note="L1 emptied before each pass: every read misses it, then backfills",
+            before_pass=memory.clear,
+        ),
+        Walker("cashews redis://", cw.get, cw_keys, note=f"pickle, pool {PEER_POOL}"),
+        Walker("aiocache RedisCache", ac.get, ac_keys, note="json, defaults"),
+    ], admin
+
+
+def sync_walkers(exits: ExitStack, host: str, port: int, count: int) -> list[Walker]:
+    """The threaded subjects: SyncCacheStack (on, off) vs raw sync redis-py."""
+    import redis
+
+    from layercache import RedisLayer, SyncCacheStack
+
+    url = f"redis://{host}:{port}/0"
+    raw = redis.Redis(host=host, port=port)  # default pool
+    exits.callback(raw.close)
+
+    def raw_get(key: str) -> Any:
+        return json.loads(raw.get(key))  # type: ignore[arg-type]
+
+    on = SyncCacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:c:")])
+    exits.callback(on.close)
+    off = SyncCacheStack(
+        [RedisLayer(url=url, ttl=TTL, prefix="bench:c:", read_batching=False, write_batching=False)]
+    )
+    exits.callback(off.close)
+    lc_keys = [f"k{i}" for i in range(count)]
+    return [
+        Walker(SYNC_RAW, raw_get, [f"raw:{i}" for i in range(count)], False, "default pool"),
+        Walker(SYNC_LC, on.get, lc_keys, False, "batching on (default)"),
+        Walker(SYNC_LC_OFF, off.get, lc_keys, False, "read_batching=False"),
+    ]
+
+
+async def c1_subjects(exits: AsyncExitStack, host: str, port: int) -> list[Subject]:
+    """L2 hit at concurrency 1: batching on vs off, and the raw floor."""
+    import redis.asyncio as aioredis
+
+    from layercache import CacheStack, RedisLayer
+
+    url = f"redis://{host}:{port}/0"
+    raw = aioredis.Redis(host=host, port=port)
+    exits.push_async_callback(raw.aclose)
+
+    async def raw_get(key: str) -> Any:
+        return json.loads(await raw.get(key))  # type: ignore[arg-type]
+
+    on = CacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:c1:")])
+    exits.push_async_callback(on.aclose)
+    off = CacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:c1:", read_batching=False)])
+    exits.push_async_callback(off.aclose)
+    await on.set("v", VALUE)
+    return [
+        Subject(RAW, raw_get, "raw:0", expect=VALUE),
+        Subject(LC, on.get, "v", note="batching on", expect=VALUE),
+        Subject(LC_OFF, off.get, "v", note="as before batching", expect=VALUE),
+    ]
+
+
+def sync_c1_subjects(walkers: list[Walker]) -> list[Subject]:
+    """The sync L2 hit at concurrency 1 over the walk's clients."""
+    by_name = {w.name: w for w in walkers}
+    return [
+        Subject(name, by_name[name].read, by_name[name].keys[0], is_async=False, expect=VALUE)
+        for name in (SYNC_RAW, SYNC_LC, SYNC_LC_OFF)
+    ]
+
+
+def lone_call_overhead(calls: int) -> dict[str, float]:
+    """What batching adds to a lone call (nothing else in flight), without I/O: seconds per
+    call through ``Batcher.submit`` minus the call itself, for both twins (median of 5)."""
+    from layercache._async.batcher import Batcher
+    from layercache._sync.batcher import Batcher as ThreadBatcher
+
+    async def one(item: Any) -> Any:
+        return item
+
+    async def many(items: list[Any]) -> list[Any]:
+        return items
+
+    def sync_one(item: Any) -> Any:
+        return item
+
+    def sync_many(items: list[Any]) -> list[Any]:
+        return items
+
+    async def timed(fn: Callable[[Any], Any]) -> float:
+        began = time.process_time()
+        for _ in range(calls):
+            await fn(1)
+        return (time.process_time() - began) / calls
+
+    def sync_timed(fn: Callable[[Any], Any]) -> float:
+        began = time.process_time()
+        for _ in range(calls):
+            fn(1)
+        return (time.process_time() - began) / calls
+
+    batcher = Batcher(one, many)
+    threads = ThreadBatcher(sync_one, sync_many)  # type: ignore[arg-type]
+
+    async def both() -> tuple[list[float], list[float]]:
+        added, sync_added = [], []
+        for _ in range(5):
+            added.append(await timed(batcher.submit) - await timed(one))
+            sync_added.append(sync_timed(threads.submit) - sync_timed(sync_one))
+        return added, sync_added
+
+    added, sync_added = asyncio.run(both())
+    return {"async": statistics.median(added), "sync": statistics.median(sync_added)}
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def walk_table(title: str, rows: list[Walker], floor: str) -> list[str]:
+    base = next(r for r in rows if r.name == floor)
+    lines = [
+        f"### {title}",
+        "",
+        "| subject | ops/s (median) | min … max | x floor | p50 µs | p99 µs | keys/MGET | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        per_mget = "-" if row.keys_per_mget is None else f"{row.keys_per_mget:.1f}"
+        lines.append(
+            f"| {row.name} | {row.median:,.0f} | {min(row.samples):,.0f} … "
+            f"{max(row.samples):,.0f} | {row.median / base.median:.2f} "
+            f"| {row.percentile(0.5) * 1e6:,.0f} | {row.percentile(0.99) * 1e6:,.0f} "
+            f"| {per_mget} | {row.note} |"
+        )
+    return [*lines, ""]
+
+
+def _ratio(rows: list[Any], name: str, base: str) -> float:
+    by_name = {r.name: r for r in rows}
+    return float(by_name[name].median / by_name[base].median)
+
+
+async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
+    """Every scenario in one run."""
+    result: dict[str, Any] = {}
+    with redis_server() as server, ExitStack() as sync_exits:
+        async with AsyncExitStack() as exits:
+            walkers, admin = await async_walkers(exits, server.host, server.port, count)
+            await measure_walk(walkers, settings.rounds)
+            for walker in walkers:
+                if walker.name in (LC, "layercache memory(miss)+redis"):
+                    walker.keys_per_mget = await _keys_per_mget(walker, admin)
+            if profile:
+                lc = next(w for w in walkers if w.name == LC)
+                profiler = cProfile.Profile()
+                profiler.enable()
+                await _one_pass(lc, None)
+                profiler.disable()
+                result["profile"] = profiler
+            c1 = await c1_subjects(exits, server.host, server.port)
+            await measure_latency(c1, settings)
+            threads = sync_walkers(sync_exits, server.host, server.port, count)
+            await measure_walk(threads, settings.rounds)
+            sync_lc = next(w for w in threads if w.name == SYNC_LC)
+            sync_lc.keys_per_mget = await _keys_per_mget(sync_lc, admin)
+            sync_c1 = sync_c1_subjects(threads)
+            await measure_latency(sync_c1, settings)
+    result.update(
+        walkers=walkers,
+        c1=c1,
+        threads=threads,
+        sync_c1=sync_c1,
+        goals={
+            "async_c64_vs_raw": _ratio(walkers, LC, RAW),
+            "async_c64_batching_off_vs_raw": _ratio(walkers, LC_OFF, RAW),
+            "async_c1_on_vs_off": _ratio(c1, LC, LC_OFF),
+            "sync_c64_vs_raw": _ratio(threads, SYNC_LC, SYNC_RAW),
+            "sync_c64_batching_off_vs_raw": _ratio(threads, SYNC_LC_OFF, SYNC_RAW),
+            "sync_c1_on_vs_off": _ratio(sync_c1, SYNC_LC, SYNC_LC_OFF),
+        },
+    )
+    return result
+
+
+def _overhead_lines(result: dict[str, Any], twin: str, c1: list[Subject]) -> list[str]:
+    added = result["lone_overhead"][twin]
+    off = next(r for r in c1 if r.name.endswith("batching off"))
+    cpu = off.cpu_median or off.median
+    return [
+        f"What batching adds to a lone read, measured without I/O: {added * 1e6:.2f} µs per "
+        f"call, {added / cpu * 100:.1f}% of the batching-off hit's client CPU time "
+        f"({cpu * 1e6:.1f} µs) and {added / off.median * 100:.1f}% of its latency.",
+        "",
+    ]
+
+
+def report(result: dict[str, Any], settings: Settings, count: int) -> list[str]:
+    rounds = f"median of {settings.rounds} rounds"
+    goals = result["goals"]
+    lines = [
+        *walk_table(
+            f"{CONCURRENCY} concurrent readers (asyncio), distinct keys of {count:,} "
+            f"1 KiB values ({rounds})",
+            result["walkers"],
+            RAW,
+        ),
+        *latency_table(f"L2 hit at concurrency 1, asyncio ({rounds})", result["c1"], RAW),
+        *_overhead_lines(result, "async", result["c1"]),
+        *walk_table(
+            f"{CONCURRENCY} threads, distinct keys ({rounds})", result["threads"], SYNC_RAW
+        ),
+        *latency_table(f"Sync L2 hit at concurrency 1 ({rounds})", result["sync_c1"], SYNC_RAW),
+        *_overhead_lines(result, "sync", result["sync_c1"]),
+        "### Goals (issue 16, auto-batched L2 reads)",
+        "",
+        "| ratio | measured | goal | |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for label, key, goal, higher in (
+        ("64 concurrent L2 reads: layercache ops/s / raw", "async_c64_vs_raw", 3.0, True),
+        ("  (batching off) / raw", "async_c64_batching_off_vs_raw", None, True),
+        ("L2 hit at c=1: batching on / off", "async_c1_on_vs_off", C1_GOAL, False),
+        ("64 threads: SyncCacheStack ops/s / raw sync", "sync_c64_vs_raw", None, True),
+        ("  (batching off) / raw sync", "sync_c64_batching_off_vs_raw", None, True),
+        ("sync L2 hit at c=1: batching on / off", "sync_c1_on_vs_off", C1_GOAL, False),
+    ):
+        value = goals[key]
+        if goal is None:
+            lines.append(f"| {label} | {value:.2f} | - | |")
+            continue
+        met = value >= goal if higher else value <= goal
+        sign = "≥" if higher else "≤"
+        lines.append(f"| {label} | {value:.3f} | {sign} {goal} | {'met' if met else 'MISSED'} |")
+    return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print Markdown tables (exit 0 even when a goal is missed)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--keys", type=int, default=None, help="values walked (default 10000)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the batched pass")
+    args = parser.parse_args(argv)
+    settings = Settings.smoke() if args.quick else Settings.full()
+    count = args.keys or (1_280 if args.quick else 10_000)
+    if count < CONCURRENCY:
+        parser.error(f"--keys must be at least {CONCURRENCY}")
+    result = asyncio.run(run(settings, count, args.profile))
+    result["lone_overhead"] = lone_call_overhead(20_000 if args.quick else 200_000)
+    print("\n".join(report(result, settings, count)))
+    if "profile" in result:
+        print(f"### cProfile of one batched pass ({count:,} reads), top 25 by own time\n")
+        print("```")
+        pstats.Stats(result["profile"], stream=sys.stdout).sort_stats("tottime").print_stats(25)
+        print("```")
+    if args.json is not None:
+
+        def walk_json(rows: list[Walker]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": r.name,
+                    "ops_per_s": r.median,
+                    "samples": r.samples,
+                    "p50_us": r.percentile(0.5) * 1e6,
+                    "p99_us": r.percentile(0.99) * 1e6,
+                    "keys_per_mget": r.keys_per_mget,
+                    "note": r.note,
+                }
+                for r in rows
+            ]
+
+        def c1_json(rows: list[Subject]) -> dict[str, float]:
+            return {r.name: r.median * 1e6 for r in rows}
+
+        args.json.write_text(
+            json.dumps(
+                {
+                    "keys": count,
+                    "concurrency": CONCURRENCY,
+                    "rounds": settings.rounds,
+                    "goals": result["goals"],
+                    "async_c64": walk_json(result["walkers"]),
+                    "sync_c64": walk_json(result["threads"]),
+                    "async_c1_us": c1_json(result["c1"]),
+                    "sync_c1_us": c1_json(result["sync_c1"]),
+                    "lone_call_overhead_us": {
+                        k: v * 1e6 for k, v in result["lone_overhead"].items()
+                    },
+                    "environment": environment(),
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
