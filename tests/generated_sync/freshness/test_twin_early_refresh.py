@@ -192,6 +192,25 @@ def test_an_unknown_delta_is_the_stack_mean_else_a_small_default(
     assert other.calls == 1
 
 
+@pytest.mark.parametrize(("bound", "refreshed"), [(3, True), (2, False)])
+def test_the_durations_are_bounded_by_max_profile_entries(
+    build_memory: BuildStack, bound: int, refreshed: bool
+) -> None:
+    """Three keys fetched: with room for two durations the first key's is dropped and it falls
+    back to the stack mean (2 s, then 0 s twice: 1.28 s), too short for 1.9 s left."""
+    env = build_memory(rng=FixedDraw(1.0), max_profile_entries=bound)
+    opts: dict[str, Any] = {"ttl": 100, "early_refresh": 1.0}
+    start = env.clock()
+    env.cache.get("a", Slow(env.clock, 2.0).fetch, **opts)
+    for key in ("b", "c"):
+        env.cache.get(key, Slow(env.clock, 0.0).fetch, **opts)
+    env.clock.now = start + 102 - 1.9
+    refresh = Value("new")
+    assert env.cache.get("a", refresh.fetch, **opts) == "v"
+    settled(env.cache)
+    assert refresh.calls == (1 if refreshed else 0)
+
+
 def test_values_without_a_ttl_never_refresh_early(build_stack: BuildStack) -> None:
     env = build_stack(memory_ttl=None, lower_ttl=None, rng=FixedDraw(ALWAYS))
     env.cache.get("k", Slow(env.clock, 5.0).fetch, early_refresh=1.0)
