@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from ._errors import DriverErrors
@@ -135,10 +136,9 @@ class KeySpace:
                 batch = range(start, min(start + UNLINK_BATCH, len(keys)))
                 calls.append((batch, await script(keys=keys[start : batch.stop], args=args)))
             return calls
-        slot_of = self._client.keyslot
         by_slot: dict[int, list[int]] = {}
-        for i, key in enumerate(keys):
-            by_slot.setdefault(slot_of(key), []).append(i)
+        for i, key in enumerate(keys):  # (the keys are bytes: no encoding to do)
+            by_slot.setdefault(key_slot(key), []).append(i)
         pipeline: list[list[int]] = []
         size = 0
         for positions in by_slot.values():

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Callable, Sequence
 from typing import Any
 
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from ._errors import DriverErrors
@@ -137,10 +138,9 @@ class KeySpace:
                 batch = range(start, min(start + UNLINK_BATCH, len(keys)))
                 calls.append((batch, script(keys=keys[start : batch.stop], args=args)))
             return calls
-        slot_of = self._client.keyslot
         by_slot: dict[int, list[int]] = {}
-        for i, key in enumerate(keys):
-            by_slot.setdefault(slot_of(key), []).append(i)
+        for i, key in enumerate(keys):  # (the keys are bytes: no encoding to do)
+            by_slot.setdefault(key_slot(key), []).append(i)
         pipeline: list[list[int]] = []
         size = 0
         for positions in by_slot.values():
