@@ -301,6 +301,9 @@ async def test_bulk_delete_one_script_per_slot(backend: Backend) -> None:
     spread = [f"k{i}" for i in range(300)]
     keys = tagged + spread
     async with stack:
+        warm = [f"warm{i}" for i in range(60)]  # the script loaded on every node
+        await stack.set_many((k, 0) for k in warm)
+        await stack.delete_many(warm)
         await stack.set_many((k, i) for i, k in enumerate(keys))
         _, commands = await counted(client, lambda: stack.delete_many(keys))
         assert await layer.get_many(keys) == [None] * len(keys)
