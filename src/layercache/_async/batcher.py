@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .._exceptions import CacheLayerError
-from .._primitives.aio import Waiter, flight_scope, loop_ended, new_flight_lock, pause
+from .._primitives.aio import Waiter, flight_scope, loop_ended, pause
 
 __all__ = ["DEFAULT_MAX_BATCH", "MAX_LANES", "Batcher", "own_copy"]
 
@@ -118,12 +118,13 @@ class Batcher:
         self._per_item = per_item
         self._dedupe = dedupe
         self._max_queue = QUEUE_BATCHES * max_batch
-        # Lane state (busy, queue) changes under this lock in the threaded twin; one event
-        # loop needs none (its lane is only touched by its own tasks).
-        self._lock = new_flight_lock()
+        # Lane state (busy, queue) changes under this lock. One loop's lane is only touched
+        # by its own tasks, but the threaded twin's is shared by every thread; a real lock in
+        # both (uncontended, it costs less than a no-op context manager written in Python),
+        # never held across a suspension. It also guards the lanes table.
+        self._lock = threading.Lock()
         # scope (a loop; None in the threaded twin) -> lane; the last one looked up.
         self._lanes: dict[Any, _Lane] = {}
-        self._lanes_lock = threading.Lock()
         self._last: tuple[Any, _Lane] | None = None
         # Bulk calls made, and items they carried (read by tests and benchmarks).
         self.batches = 0
@@ -136,7 +137,7 @@ class Batcher:
         scope = flight_scope()
         lane = self._lanes.get(scope)
         if lane is None:
-            with self._lanes_lock:
+            with self._lock:
                 lane = self._lanes.get(scope)
                 if lane is None:
                     if len(self._lanes) >= MAX_LANES:
@@ -174,7 +175,11 @@ class Batcher:
             try:
                 return await self._one(item)
             finally:
-                self._pass_on(lane)
+                with self._lock:
+                    if lane.queue:
+                        self._pass_on_locked(lane)
+                    else:
+                        lane.busy = False
         if slot is _ALONE:
             return await self._one(item)
         # Queued: wait for a result, or to lead the next batch.
@@ -276,11 +281,15 @@ class Batcher:
         """The call in flight is done: wake the first queued caller to lead the next one,
         or mark the lane idle."""
         with self._lock:
-            queue = lane.queue
-            while queue:
-                following = queue.popleft()
-                if not following.waiter.cancelled:
-                    following.lead = True
-                    following.waiter.wake()
-                    return
-            lane.busy = False
+            self._pass_on_locked(lane)
+
+    @staticmethod
+    def _pass_on_locked(lane: _Lane) -> None:
+        queue = lane.queue
+        while queue:
+            following = queue.popleft()
+            if not following.waiter.cancelled:
+                following.lead = True
+                following.waiter.wake()
+                return
+        lane.busy = False
