@@ -58,6 +58,8 @@ LC_OFF = "layercache CacheStack[RedisLayer], batching off"
 SYNC_RAW = "sync floor: redis-py GET + json.loads"
 SYNC_LC = "layercache SyncCacheStack[RedisLayer]"
 SYNC_LC_OFF = "layercache SyncCacheStack[RedisLayer], batching off"
+RAW_SET = "floor: redis-py SET"
+LC_SET = "layercache CacheStack[RedisLayer].set"
 THROUGHPUT_GOAL = 3.0
 C1_GOAL = 1.05
 C1_ROUNDS = 11
@@ -77,6 +79,8 @@ class Walker:
     is_async: bool = True
     note: str = ""
     before_pass: Callable[[], Any] | None = None
+    # What one call must return (checked once; ``None``: a write, nothing to check).
+    expect: Any = field(default_factory=lambda: VALUE)
     samples: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
@@ -153,7 +157,7 @@ async def measure_walk(walkers: list[Walker], rounds: int, seconds: float) -> No
             got = walker.read(sample)
             if walker.is_async:
                 got = await got
-            if got != VALUE:
+            if walker.expect is not None and got != walker.expect:
                 raise AssertionError(f"{walker.name}: expected a hit, got {str(got)[:80]!r}")
             await _one_pass(walker, pool)
         for r in range(rounds):
@@ -274,6 +278,52 @@ async def async_walkers(
         Walker("cashews redis://", cw.get, cw_keys, note=f"pickle, pool {PEER_POOL}"),
         Walker("aiocache RedisCache", ac.get, ac_keys, note="json, defaults"),
     ], admin
+
+
+async def write_walkers(exits: AsyncExitStack, host: str, port: int, count: int) -> list[Walker]:
+    """64 concurrent writers of distinct keys: coalesced sets (on, off) vs raw ``SET``."""
+    import redis.asyncio as aioredis
+
+    from layercache import CacheStack, RedisLayer
+
+    url = f"redis://{host}:{port}/0"
+    raw = aioredis.Redis(host=host, port=port)
+    exits.push_async_callback(raw.aclose)
+
+    async def raw_set(key: str) -> None:
+        await raw.set(key, json.dumps(VALUE, separators=(",", ":")), ex=TTL)
+
+    on = CacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:w:")])
+    exits.push_async_callback(on.aclose)
+    off = CacheStack(
+        [RedisLayer(url=url, ttl=TTL, prefix="bench:w:", read_batching=False, write_batching=False)]
+    )
+    exits.push_async_callback(off.aclose)
+
+    def setter(cache: Any) -> Callable[[str], Any]:
+        async def write(key: str) -> None:
+            await cache.set(key, VALUE)
+
+        return write
+
+    keys = [f"w{i}" for i in range(count)]
+    return [
+        Walker(
+            RAW_SET,
+            raw_set,
+            [f"raw:w{i}" for i in range(count)],
+            note="json.dumps + SET EX",
+            expect=None,
+        ),
+        Walker(LC_SET, setter(on), keys, note="write batching on (default)", expect=None),
+        Walker(
+            "layercache CacheStack[RedisLayer].set, batching off",
+            setter(off),
+            keys,
+            note="write_batching=False: one SET per write",
+            expect=None,
+        ),
+    ]
 
 
 def sync_walkers(exits: ExitStack, host: str, port: int, count: int) -> list[Walker]:
@@ -440,6 +490,8 @@ async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
                 await _one_pass(lc, None)
                 profiler.disable()
                 result["profile"] = profiler
+            writers = await write_walkers(exits, server.host, server.port, count)
+            await measure_walk(writers, settings.rounds, 2 * settings.target)
             c1 = await c1_subjects(exits, server.host, server.port)
             await measure_latency(c1, c1_settings)
             threads = sync_walkers(sync_exits, server.host, server.port, count)
@@ -449,6 +501,7 @@ async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
             sync_c1 = sync_c1_subjects(threads)
             await measure_latency(sync_c1, c1_settings)
     result.update(
+        writers=writers,
         walkers=walkers,
         c1=c1,
         threads=threads,
@@ -457,6 +510,7 @@ async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
             "async_c64_vs_raw": paired_ratio(walkers, LC, RAW),
             "async_c64_batching_off_vs_raw": paired_ratio(walkers, LC_OFF, RAW),
             "async_c1_on_vs_off": _paired_c1(c1, LC, LC_OFF),
+            "async_c64_writes_vs_raw": paired_ratio(writers, LC_SET, RAW_SET),
             "sync_c64_vs_raw": paired_ratio(threads, SYNC_LC, SYNC_RAW),
             "sync_c64_batching_off_vs_raw": paired_ratio(threads, SYNC_LC_OFF, SYNC_RAW),
             "sync_c1_on_vs_off": _paired_c1(sync_c1, SYNC_LC, SYNC_LC_OFF),
@@ -497,6 +551,11 @@ def report(result: dict[str, Any], settings: Settings, count: int) -> list[str]:
         ),
         *_overhead_lines(result, "async", result["c1"]),
         *walk_table(
+            f"{CONCURRENCY} concurrent writers (asyncio), distinct keys ({rounds})",
+            result["writers"],
+            RAW_SET,
+        ),
+        *walk_table(
             f"{CONCURRENCY} threads, distinct keys ({rounds})", result["threads"], SYNC_RAW
         ),
         *latency_table(
@@ -516,6 +575,7 @@ def report(result: dict[str, Any], settings: Settings, count: int) -> list[str]:
         ("  client CPU per read: raw / layercache", "async_c64_cpu_per_op_raw_over_lc", None, True),
         ("L2 hit at c=1: batching on / off (paired)", "async_c1_on_vs_off", C1_GOAL, False),
         ("  the same on client CPU time", "async_c1_cpu_on_vs_off", None, False),
+        ("64 concurrent sets: layercache ops/s / raw SET", "async_c64_writes_vs_raw", None, True),
         ("64 threads: SyncCacheStack ops/s / raw sync", "sync_c64_vs_raw", None, True),
         ("  (batching off) / raw sync", "sync_c64_batching_off_vs_raw", None, True),
         ("  client CPU per read: raw / layercache", "sync_c64_cpu_per_op_raw_over_lc", None, True),
@@ -580,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rounds": settings.rounds,
                     "goals": result["goals"],
                     "async_c64": walk_json(result["walkers"]),
+                    "async_c64_writes": walk_json(result["writers"]),
                     "sync_c64": walk_json(result["threads"]),
                     "async_c1_us": c1_json(result["c1"]),
                     "sync_c1_us": c1_json(result["sync_c1"]),
