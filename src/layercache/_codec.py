@@ -206,6 +206,23 @@ class EntryCodec:
                 fields = self._serializer.loads(data[HEADER_SIZE:])
             except Exception as exc:
                 raise CorruptEntryError(f"entry body does not deserialize: {exc}") from exc
+            # The common shape checked inline (as in _entry_from_fields, which checks the rest):
+            # float times (``t - t == 0.0`` is false for inf and nan), no windows, no tags.
+            if fields.__class__ is list and len(fields) == 6:
+                value, stored_at, fresh_until, stale_until, error_until, tags = fields
+                if (
+                    stored_at.__class__ is float
+                    and stored_at - stored_at == 0.0
+                    and (
+                        fresh_until is None
+                        or (fresh_until.__class__ is float and fresh_until - fresh_until == 0.0)
+                    )
+                    and stale_until is None
+                    and error_until is None
+                    and tags.__class__ is list
+                    and not tags
+                ):
+                    return Entry(value, stored_at, fresh_until)
             return _entry_from_fields(fields)
         return self._decode_checked(data)
 

@@ -372,3 +372,16 @@ def test_serializer_is_fixed_for_the_codecs_life() -> None:
         codec.serializer = MsgpackSerializer()  # type: ignore[misc]
     entry = Entry("v", 1.0, 2.0)
     assert codec.decode(codec.encode(entry)) == entry
+
+
+@pytest.mark.parametrize("stored_at", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_times_leave_the_fast_path_for_the_checked_one(stored_at: str) -> None:
+    """decode's inline fast path takes finite float times only; anything else gets the full
+    checks (NaN is corrupt; an infinite time is a number, as it always was)."""
+    codec = EntryCodec()
+    data = codec.encode(Entry("v", 1.0, 2.0)).replace(b"1.0,2.0", f"{stored_at},2.0".encode())
+    if stored_at == "NaN":
+        with pytest.raises(CorruptEntryError, match="stored_at"):
+            codec.decode(data)
+    else:
+        assert codec.decode(data).stored_at == float(stored_at)

@@ -22,6 +22,7 @@ from .._exceptions import CacheLayerError
 from .._options import CacheOptions
 from .._primitives.threads import gather, settle, wait_future
 from .._telemetry import Telemetry
+from .adapter import LayerAdapter
 from .flights import FOLLOW, JOIN_FETCH, Flight, Flights
 from .layer_set import LayerSet
 from .loader import FromLayer, Loader, SoftTimeout
@@ -34,6 +35,8 @@ Fetcher = Callable[[], Any]
 MISS: Any = object()
 # Handed by a shared read whose leader was cancelled: its followers read again themselves.
 _READ_AGAIN: Any = object()
+# A layer read that took no lease.
+_NO_LEASE: Any = object()
 
 
 def with_value(entry: Entry, value: Any) -> Entry:
@@ -289,6 +292,8 @@ class Reader:
         writer = self._writer
         tracer = self._telemetry.tracer
         behind = writer.behind
+        # The common case: no tracer, no write-behind queue to look into first.
+        plain = tracer is None and behind is None
         stale: tuple[Entry, str] | None = None
         leases: dict[int, Any] | None = None
         epoch = self._flights.epoch
@@ -297,33 +302,23 @@ class Reader:
             if adapter.backlog.down_until is not None and not layers.usable(adapter):
                 continue
             began = perf_counter()
-            # A tracer's span around a remote read (a branch, not a no-op context manager:
-            # this is the path of every L2 hit).
-            span = None
-            if tracer is not None and not adapter.is_local:
-                span = tracer.layer_call(adapter.name, "get")
-                span.__enter__()
+            lease: Any = _NO_LEASE
             try:
-                if behind is not None and not adapter.is_local:
-                    queued, raw = writer.queued(adapter, key)
-                    if not queued:
-                        raw = adapter.read(key)
+                if not plain:
+                    raw, lease = self._read_traced(adapter, key, fetching)
                 elif fetching and adapter.read_leased is not None:
                     raw, lease = adapter.read_leased(key)
-                    if leases is None:
-                        leases = {}
-                    leases[index] = lease
                 else:
                     raw = adapter.read(key)
-            except BaseException as exc:
-                if span is not None:
-                    span.__exit__(type(exc), exc, exc.__traceback__)
-                if not isinstance(exc, CacheLayerError) or layers.retry_after is None:
+            except CacheLayerError as exc:
+                if layers.retry_after is None:
                     raise
                 layers.degrade(adapter, exc, "get")
                 continue
-            if span is not None:
-                span.__exit__(None, None, None)
+            if lease is not _NO_LEASE:
+                if leases is None:
+                    leases = {}
+                leases[index] = lease
             self._get_timers[index](perf_counter() - began)
             counters = self._counters[index]
             if raw is None:
@@ -351,6 +346,36 @@ class Reader:
             if stale is None and entry.is_usable(now):
                 stale = (entry, adapter.name)
         return _Lower(None, 0, stale, None, leases)
+
+    def _read_traced(
+        self, adapter: LayerAdapter, key: str, fetching: bool
+    ) -> tuple[Any, Any]:
+        """One layer's read when a tracer is set or writes are queued: the bytes (or entry)
+        read and its lease (``_NO_LEASE`` for a plain read). A tracer's span surrounds a
+        remote read; a remote layer's write still queued behind answers instead of it."""
+        span = None
+        tracer = self._telemetry.tracer
+        if tracer is not None and not adapter.is_local:
+            span = tracer.layer_call(adapter.name, "get")
+            span.__enter__()
+        try:
+            behind = self._writer.behind
+            lease: Any = _NO_LEASE
+            if behind is not None and not adapter.is_local:
+                queued, raw = self._writer.queued(adapter, key)
+                if not queued:
+                    raw = adapter.read(key)
+            elif fetching and adapter.read_leased is not None:
+                raw, lease = adapter.read_leased(key)
+            else:
+                raw = adapter.read(key)
+        except BaseException as exc:
+            if span is not None:
+                span.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if span is not None:
+            span.__exit__(None, None, None)
+        return raw, lease
 
     def convert(self, key: str, value: Any, convert: Callable[[Any], Any], layer: str) -> Any:
         """``value`` rebuilt as the caller's type; ``MISS`` (reported) when it is not one:
