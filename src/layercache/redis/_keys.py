@@ -148,7 +148,7 @@ def tag_index_shard_of(member: bytes, shards: int) -> int:
     The first 32 bits of SHA-1, modulo ``shards``: stable across processes (unlike ``hash()``)
     and computable inside a Lua script with ``redis.sha1hex``, which the cleanup script does.
     """
-    return int(hashlib.sha1(member).hexdigest()[:8], 16) % shards
+    return int.from_bytes(hashlib.sha1(member).digest()[:4], "big") % shards
 
 
 def tag_index_shard(prefix: str, number: int) -> bytes:

@@ -69,10 +69,12 @@ local function each_group(command, groups)
   end
 end
 
-local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shard_prefix)
+local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shard_prefix,
+    shard_names)
   -- Forget keys: their tag sets, their entries in the tag sets, the known-keys shards and the
   -- expiry set. One SMEMBERS per key; then one SREM per tag set and per shard, one DEL and
-  -- one ZREM, each with many members, instead of a few commands per key.
+  -- one ZREM, each with many members, instead of a few commands per key. `shard_names`
+  -- (optional): the shard of each key, when the caller knows them (else computed here).
   if #members == 0 then
     return
   end
@@ -84,7 +86,8 @@ local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shar
     for j = 1, #tags do
       add_to(tag_groups, tag_prefix .. tags[j], member)
     end
-    add_to(shard_groups, shard_of(member, shards, shard_prefix), member)
+    local shard = shard_names and shard_names[i] or shard_of(member, shards, shard_prefix)
+    add_to(shard_groups, shard, member)
     key_sets[i] = key_set
   end
   each_group('SREM', tag_groups)
@@ -301,18 +304,25 @@ TAG_INDEX_REMOVE = (
 -- KEYS[2]  the layout string ({prefix}:layout)
 -- ARGV[1]  the known-keys shard count
 -- ARGV[2]  tag set name prefix, ARGV[3] key set name prefix, ARGV[4] shard name prefix
--- ARGV[5..] the keys
+-- ARGV[5..] the keys by known-keys shard (computed by the caller with the rule of shard_of):
+--           per shard its number, the number n of keys, then the n keys
 -- Returns the number of keys given; an error reply LAYERCACHE_LAYOUT ... on a shard-count
 -- mismatch.
 local err = check_layout(KEYS[2], ARGV[1])
 if err then
   return redis.error_reply(err)
 end
-local members = {}
-for i = 5, #ARGV do
-  members[i - 4] = ARGV[i]
+local members, shard_names = {}, {}
+local i = 5
+while i <= #ARGV do
+  local shard = ARGV[4] .. ARGV[i]
+  for j = 1, tonumber(ARGV[i + 1]) do
+    members[#members + 1] = ARGV[i + 1 + j]
+    shard_names[#members] = shard
+  end
+  i = i + 2 + tonumber(ARGV[i + 1])
 end
-forget_many(members, KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+forget_many(members, KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], shard_names)
 return #members
 """
 )
@@ -483,16 +493,18 @@ LEASE_TOMBSTONE = (
 -- Returns the number of keys.
 allow_time_then_write()
 local now = now_us()
+-- The usual tombstone, made once for the whole batch.
+local stamp = TOMBSTONE .. decimal(now)
 for i = 1, #KEYS do
-  local at = now
+  local tombstone = stamp
   local head = redis.pcall('GETRANGE', KEYS[i], 0, 31)
   if type(head) == 'string' and string.sub(head, 1, 3) == TOMBSTONE then
     local previous = tonumber(string.sub(head, 4))
-    if previous and previous >= at then
-      at = previous + 1
+    if previous and previous >= now then
+      tombstone = TOMBSTONE .. decimal(previous + 1)
     end
   end
-  redis.call('SET', KEYS[i], TOMBSTONE .. decimal(at), 'PX', ARGV[1])
+  redis.call('SET', KEYS[i], tombstone, 'PX', ARGV[1])
 end
 return #KEYS
 """

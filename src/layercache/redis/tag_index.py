@@ -394,12 +394,18 @@ class RedisTagIndex:
             CacheLayerError: If Redis fails, or the index uses another shard count.
         """
         members = list(dict.fromkeys(map(to_member, keys)))
+        shards = self.known_keys_shards
         with self._driver_errors("remove"):
             await self._ready()
             for chunk in _chunks(members, _REMOVE_BATCH):
-                await self._remove_script(
-                    keys=[self._expiry, self._layout], args=[*self._layout_args(), *chunk]
-                )
+                # Grouped by shard here: the script then computes no SHA-1 per key.
+                by_shard: dict[int, list[bytes]] = {}
+                for member in chunk:
+                    by_shard.setdefault(tag_index_shard_of(member, shards), []).append(member)
+                args: list[bytes | str] = [*self._layout_args()]
+                for number, group in by_shard.items():
+                    args += [str(number), str(len(group)), *group]
+                await self._remove_script(keys=[self._expiry, self._layout], args=args)
 
     async def tags_of(self, key: str) -> tuple[str, ...]:
         """The tags ``key`` was recorded with, sorted (Redis sets keep no order).
