@@ -592,3 +592,35 @@ async def test_no_stack_serves_a_replaced_value_once_the_change_has_arrived(
         stop.set()
         await asyncio.gather(*readers)
     assert check_history(ops, reads) > 200
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+async def test_a_prefix_no_shared_layer_uses_is_refused_at_construction() -> None:
+    client = redis.asyncio.Redis()  # never connects
+    try:
+        with pytest.raises(ValueError, match="track_prefix"):
+            CacheStack(
+                [MemoryLayer(), RedisLayer(client=client, prefix="app:")],
+                invalidation_bus=RedisInvalidationBus(client, track_prefix="other:"),
+            )
+        # The layer's own prefix is accepted.
+        CacheStack(
+            [MemoryLayer(), RedisLayer(client=client, prefix="app:")],
+            invalidation_bus=RedisInvalidationBus(client, track_prefix="app:"),
+        )
+    finally:
+        await client.aclose()
+
+
+async def test_cluster_clients_are_refused_clearly() -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster(host="127.0.0.1", port=1)  # never connects
+    try:
+        with pytest.raises(ValueError, match="CLIENT TRACKING is per node"):
+            RedisInvalidationBus(client, track_prefix="app:")
+        RedisInvalidationBus(client)  # the sharded bus without tracking is fine
+    finally:
+        await client.aclose()
