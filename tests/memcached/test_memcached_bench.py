@@ -1,8 +1,9 @@
-"""bench/memcached.py keeps working: its --quick run reports every row and ratio (timings are
-never asserted: they depend on the machine)."""
+"""bench/memcached.py keeps working: its --quick run reports every row and ratio, wall and CPU
+(timings are never asserted: they depend on the machine)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_quick_run_reports_every_subject(
-    memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+    memcached_server: MemcachedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.syspath_prepend(str(ROOT))
     from bench.memcached import main
 
-    document = main(["--quick"])
-    results, ratios = document["results"], document["ratios"]
-    assert len(results) == 12
-    assert all(seconds > 0 for seconds in results.values())
-    assert set(ratios) == {name for name in results if "Stack" in name}
-    assert all(ratio > 0 for ratio in ratios.values())
+    out = tmp_path / "memcached.json"
+    assert main(["--quick", "--json", str(out)]) == 0
+    document = json.loads(out.read_text())
+    rows, ratios = document["rows_us"], document["ratios"]
+    assert len(rows) == 12
+    assert all(row["wall"] > 0 and row["cpu"] > 0 for row in rows.values())
+    assert set(ratios) == {name for name in rows if "Stack" in name}
+    assert all(ratio["wall"] > 0 and ratio["cpu"] > 0 for ratio in ratios.values())
+    printed = capsys.readouterr().out
+    assert "| sync L2 hit: SyncCacheStack[Memory, Memcached] |" in printed
