@@ -2,14 +2,12 @@
 
 Hand-written, like ``_primitives/threads.py``: the twin of ``_aio_client.py`` (same methods,
 same meaning), which the generated ``_sync_layer.py`` imports in place of it. Built from
-``servers``, one pymemcache ``PooledClient`` per server (thread-safe: every thread takes a
-pooled connection) with ``timeout`` as its connect and socket timeout; keys are spread over
-the servers by the same rendezvous hashing as the asyncio twin's. pymemcache's pool raises
-``RuntimeError`` when a thread finds every connection taken, so a count of free connections
-per server (:class:`_Slots`) makes callers beyond ``max_connections`` wait for a free one
-instead (at most ``timeout``). A
-``client`` you pass (a pymemcache ``Client``, ``PooledClient`` or ``HashClient``) is used as
-given.
+``servers``, one pool of pymemcache base ``Client`` connections per server (:class:`_Pool`:
+every thread takes a connection of its own, at most ``max_connections`` per server; callers
+beyond them wait for a free one, at most ``timeout``), with ``timeout`` as the connect and
+socket timeout; keys are spread over the servers by the same rendezvous hashing as the
+asyncio twin's. A ``client`` you pass (a pymemcache ``Client``, ``PooledClient`` or
+``HashClient``) is used as given.
 """
 
 from __future__ import annotations
@@ -17,11 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 try:
-    from pymemcache.client.base import PooledClient  # type: ignore[import-untyped]
+    from pymemcache.client.base import Client  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "layercache.memcached needs the 'memcached' extra: pip install 'layercache-py[memcached]'"
@@ -39,45 +37,91 @@ MemcacheClient = Any
 GET_BATCH = 100
 
 
-class _Slots:
-    """The free connections of one server: taking one while some are free costs one
-    uncontended lock (a ``BoundedSemaphore`` costs several, and a notify per release); only
-    callers that find none wait, each woken by a release."""
+class _Pool:
+    """One server's connections: pymemcache base ``Client`` objects, at most ``size``.
 
-    __slots__ = ("_free", "_lock", "_released", "_waiting")
+    Taking a free one costs one uncontended lock (no pymemcache ``PooledClient``, whose own
+    pool adds a lock, a generator context manager and a bounded queue to every command); a
+    thread that finds all ``size`` in use waits on a condition, each release waking one. A
+    connection whose command failed is closed and its place freed (as ``PooledClient`` does
+    with ``destroy_on_fail``): it may hold half a reply.
+    """
 
-    def __init__(self, size: int) -> None:
-        self._free = size
+    __slots__ = ("_created", "_free", "_lock", "_make", "_released", "_size", "_waiting", "closed")
+
+    def __init__(self, size: int, make: Callable[[], Any]) -> None:
+        self._size = size
+        self._make = make
+        self._free: list[Any] = []
+        self._created = 0
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._waiting = 0
+        self.closed = False
 
-    def take(self, timeout: float | None) -> bool:
-        """Reserve a connection, waiting at most ``timeout`` (``None``: forever) for one;
-        ``False`` when none became free in time."""
+    def take(self, timeout: float | None) -> Any:
+        """A connection for the caller alone, waiting at most ``timeout`` (``None``: forever)
+        for one; ``None`` when none became free in time."""
         with self._lock:
-            if self._free > 0:
-                self._free -= 1
-                return True
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._waiting += 1
-            try:
-                while self._free <= 0:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        return False
-                    self._released.wait(left)
-                self._free -= 1
-                return True
-            finally:
-                self._waiting -= 1
+            if self._free:
+                return self._free.pop()
+            if self._created >= self._size:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                self._waiting += 1
+                try:
+                    while not self._free and self._created >= self._size:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return None
+                        self._released.wait(left)
+                finally:
+                    self._waiting -= 1
+                if self._free:
+                    return self._free.pop()
+            self._created += 1
+        try:
+            return self._make()  # connects on its first command
+        except BaseException:
+            self._forget()
+            raise
 
-    def give(self) -> None:
-        """Hand a reserved connection back (waking one waiter, if any)."""
+    def give(self, client: Any) -> None:
+        """Hand a connection back after a command that completed."""
         with self._lock:
-            self._free += 1
+            if not self.closed:
+                self._free.append(client)
+                if self._waiting:
+                    self._released.notify()
+                return
+        _close_quietly(client)  # the pool closed meanwhile
+        self._forget()
+
+    def discard(self, client: Any) -> None:
+        """Close a connection whose command failed and free its place."""
+        _close_quietly(client)
+        self._forget()
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._created -= 1
             if self._waiting:
                 self._released.notify()
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they come back."""
+        with self._lock:
+            self.closed = True
+            idle, self._free = self._free, []
+            self._created -= len(idle)
+        for client in idle:
+            _close_quietly(client)
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:
+        logger.debug("closing a pymemcache client failed", exc_info=True)
 
 
 class SyncMemcached:
@@ -101,63 +145,66 @@ class SyncMemcached:
     ) -> None:
         self.timeout = timeout
         self.max_connections = max_connections
-        # Free connections per server (None: a given client, used as it is configured).
-        self._free: list[_Slots] | None = None
+        # One pool per server (None: a given client, used as it is configured).
+        self._pools: list[_Pool] | None = None
+        self._given: Any = client
         if client is not None:
-            self._clients: list[Any] = [client]
-            self._owned = False
             self.labels = [b"client"]
         else:
-            self._free = [_Slots(max_connections) for _ in servers]
-            self._clients = [
-                PooledClient(
-                    server,
-                    connect_timeout=timeout,
-                    timeout=timeout,
-                    no_delay=True,
-                    max_pool_size=max_connections,
-                    default_noreply=False,
-                )
-                for server in servers
-            ]
-            self._owned = True
+            self._pools = [_Pool(max_connections, self._maker(server)) for server in servers]
             self.labels = node_labels(servers)
 
+    def _maker(self, server: tuple[str, int]) -> Callable[[], Any]:
+        timeout = self.timeout
+
+        def make() -> Any:
+            return Client(
+                server,
+                connect_timeout=timeout,
+                timeout=timeout,
+                no_delay=True,
+                default_noreply=False,
+            )
+
+        return make
+
     def _index(self, key: bytes) -> int:
-        return 0 if len(self._clients) == 1 else group_by_node(self.labels, [key]).popitem()[0]
+        return 0 if len(self.labels) == 1 else group_by_node(self.labels, [key]).popitem()[0]
 
     def _on(self, index: int, command: str, *args: Any, **kwargs: Any) -> Any:
-        """Server ``index``'s client's ``command(*args, **kwargs)``, with one of its
-        connections reserved for the caller (a plain try/finally: every command's path)."""
-        free = None if self._free is None else self._free[index]
-        if free is not None and not free.take(self.timeout):
+        """``command(*args, **kwargs)`` on a connection of server ``index`` reserved for the
+        caller (plain code, no context manager: this is every command's path)."""
+        pools = self._pools
+        if pools is None:
+            return getattr(self._given, command)(*args, **kwargs)
+        pool = pools[index]
+        client = pool.take(self.timeout)
+        if client is None:
             raise TimeoutError(
                 f"every one of max_connections={self.max_connections} to a memcached server "
                 f"stayed busy for timeout={self.timeout}s"
             )
         try:
-            return getattr(self._clients[index], command)(*args, **kwargs)
-        finally:
-            if free is not None:
-                free.give()
+            result = getattr(client, command)(*args, **kwargs)
+        except BaseException:
+            pool.discard(client)
+            raise
+        pool.give(client)
+        return result
 
     def _on_node(self, key: bytes, command: str, *args: Any, **kwargs: Any) -> Any:
         return self._on(self._index(key), command, key, *args, **kwargs)
 
     def close(self) -> None:
-        """Close the clients built here."""
-        if self._owned:
-            for client in self._clients:
-                try:
-                    client.close()
-                except Exception:
-                    logger.debug("closing a pymemcache client failed", exc_info=True)
+        """Close the connections built here (a given client is left open)."""
+        for pool in self._pools or ():
+            pool.close()
 
     # -- commands -----------------------------------------------------------------------------
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """The values found for ``keys`` (distinct), by key."""
-        if len(self._clients) == 1 and len(keys) <= GET_BATCH:
+        if len(self.labels) == 1 and len(keys) <= GET_BATCH:
             # One server, one command (every single-key read): no grouping.
             found: dict[bytes, bytes] = self._on(0, "get_many", keys)
             return found
@@ -200,7 +247,7 @@ class SyncMemcached:
 
     def version(self) -> list[str]:
         """Every server's version (a round trip to each)."""
-        replies = [self._on(index, "version") for index in range(len(self._clients))]
+        replies = [self._on(index, "version") for index in range(len(self.labels))]
         return [
             reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
             for reply in replies
