@@ -100,6 +100,12 @@ class Reader:
         # counters in place): the read path indexes a list instead of hashing a name.
         self._names = [a.name for a in adapters]
         self._counters = [telemetry.metrics.layers[a.name] for a in adapters]
+        # The layers above each layer (what its hits backfill), and whether any of them is
+        # written asynchronously (not in one step with the change check: see _read_lower).
+        self._above = [adapters[:index] for index in range(len(adapters))]
+        self._remote_above = [
+            any(a.direct_set is None for a in adapters[:index]) for index in range(len(adapters))
+        ]
         # Each layer's read latency recorders, bound once.
         self._get_timers = [telemetry.timer(a.name, "get") for a in layers.adapters]
         self._get_many_timers = [telemetry.timer(a.name, "get_many") for a in layers.adapters]
@@ -336,9 +342,14 @@ class Reader:
             fresh_until = entry.fresh_until
             if fresh_until is None or now < fresh_until:
                 counters.hits += 1
-                if index and not self._flights.changed_since(key, epoch):
-                    await writer.backfill(key, entry, adapters[:index], adapter.name, now, epoch)
-                    await writer.undo_late_backfill([key], adapters[:index], epoch)
+                if index:
+                    # The backfill checks that the key did not change since the read and
+                    # writes the in-process layers in one step with that check (nothing if it
+                    # did). Only layers written after it (remote ones) need the second look.
+                    above = self._above[index]
+                    await writer.backfill(key, entry, above, adapter.name, now, epoch)
+                    if self._remote_above[index]:
+                        await writer.undo_late_backfill([key], above, epoch)
                 return _Lower(entry, index, stale)
             counters.misses += 1
             if stale is None and entry.is_usable(now):
