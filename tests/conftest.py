@@ -20,8 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Property tests assert behaviour, never time: no per-example deadline (Hypothesis' default of
+# 200 ms failed a glob property once on a loaded 2-CPU machine, with no counterexample).
+settings.register_profile("layercache", deadline=None)
+settings.load_profile("layercache")
 
 from _components import redis_binary
 from _redis_server import RedisServer
