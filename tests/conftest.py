@@ -24,14 +24,14 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _components import redis_binary
+from _redis_server import RedisServer
+from _tcp_proxy import TcpProxy
+
 # Property tests assert behaviour, never time: no per-example deadline (Hypothesis' default of
 # 200 ms failed a glob property once on a loaded 2-CPU machine, with no counterexample).
 settings.register_profile("layercache", deadline=None)
 settings.load_profile("layercache")
-
-from _components import redis_binary
-from _redis_server import RedisServer
-from _tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")
