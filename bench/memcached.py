@@ -14,10 +14,12 @@ test suite's launcher), each for the asyncio stack (aiomcache) and the sync stac
 
 The stack is ``CacheStack([MemoryLayer(), MemcachedLayer(servers=...)])`` (and its sync twin);
 values are a 1 KiB JSON object. Subjects run in many short interleaved slices (``--calls``
-calls each, ``--rounds`` rounds, on fresh keys), so that a busy shared machine slows every
-subject alike; the median slice is reported as wall time per call (per key for the bulk
-scenario) and as the calling thread's CPU time per call (``time.thread_time``: the figure
-least disturbed by other processes), each with its ratio to the floor. The layer's extra work
+calls each, ``--rounds`` rounds, on fresh keys), each stack slice right next to its floor's
+(which of the two goes first alternates), so that a busy shared machine slows both sides of a
+ratio alike. Reported: the median slice as wall time per call (per key for the bulk scenario)
+and as the calling thread's CPU time per call (``time.thread_time``: the figure least
+disturbed by other processes), and each ratio to the floor as the median over the rounds of
+the two adjacent slices' ratio. The layer's extra work
 per read: the entry envelope is decoded; the namespace version is read with the data only
 once it is older than ``version_reuse`` (1 s), so a hit asks memcached for its key alone.
 
@@ -75,9 +77,31 @@ def _summary(samples: Samples) -> dict[str, tuple[float, float]]:
     }
 
 
-async def run_async(
-    host: str, port: int, calls: int, rounds: int
-) -> dict[str, tuple[float, float]]:
+def _order(names: list[str], round_index: int) -> list[str]:
+    """The subjects of one round: each (floor, stack) pair back to back, the pair's order
+    flipped every other round (neither is always first after the other pair's slices)."""
+    pairs = [names[index : index + 2] for index in range(0, len(names), 2)]
+    if round_index % 2:
+        pairs = [pair[::-1] for pair in pairs]
+    return [name for pair in pairs for name in pair]
+
+
+def ratios(samples: Samples) -> dict[str, tuple[float, float]]:
+    """Each stack row over the floor row before it (same scenario and twin), wall and CPU:
+    the median over the rounds of the ratio of the two adjacent slices of one round (so a
+    burst of load on the machine weighs on both sides of a ratio alike)."""
+    names = list(samples)
+    out: dict[str, tuple[float, float]] = {}
+    for index in range(0, len(names) - 1, 2):
+        floor, stack = samples[names[index]], samples[names[index + 1]]
+        out[names[index + 1]] = (
+            _median([s[0] / f[0] for f, s in zip(floor, stack, strict=True)]),
+            _median([s[1] / f[1] for f, s in zip(floor, stack, strict=True) if f[1] > 0]),
+        )
+    return out
+
+
+async def run_async(host: str, port: int, calls: int, rounds: int) -> Samples:
     import aiomcache
 
     from layercache import CacheStack, MemoryLayer
@@ -140,8 +164,9 @@ async def run_async(
         for _ in range(20):
             await call()
     samples: Samples = {name: [] for name in subjects}
-    for _ in range(rounds):
-        for name, (call, per) in subjects.items():
+    for round_index in range(rounds):
+        for name in _order(list(subjects), round_index):
+            call, per = subjects[name]
             reader_memory.clear()  # every read of this slice starts with an empty L1
             repeat = calls if per == 1 else max(1, calls // BULK)
             cpu = time.thread_time()
@@ -155,10 +180,10 @@ async def run_async(
     await stack.aclose()
     await reader.aclose()
     await raw.close()
-    return _summary(samples)
+    return samples
 
 
-def run_sync(host: str, port: int, calls: int, rounds: int) -> dict[str, tuple[float, float]]:
+def run_sync(host: str, port: int, calls: int, rounds: int) -> Samples:
     from pymemcache.client.base import Client
 
     from layercache import MemoryLayer, SyncCacheStack
@@ -222,8 +247,9 @@ def run_sync(host: str, port: int, calls: int, rounds: int) -> dict[str, tuple[f
         for _ in range(20):
             call()
     samples: Samples = {name: [] for name in subjects}
-    for _ in range(rounds):
-        for name, (call, per) in subjects.items():
+    for round_index in range(rounds):
+        for name in _order(list(subjects), round_index):
+            call, per = subjects[name]
             reader_memory.clear()
             repeat = calls if per == 1 else max(1, calls // BULK)
             cpu = time.thread_time()
@@ -237,31 +263,20 @@ def run_sync(host: str, port: int, calls: int, rounds: int) -> dict[str, tuple[f
     stack.close()
     reader.close()
     raw.close()
-    return _summary(samples)
+    return samples
 
 
-def ratios(results: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    """Each stack row over the floor row before it (same scenario and twin): wall, CPU."""
-    names = list(results)
-    return {
-        names[index + 1]: (
-            results[names[index + 1]][0] / results[names[index]][0],
-            results[names[index + 1]][1] / results[names[index]][1],
-        )
-        for index in range(0, len(names) - 1, 2)
-    }
-
-
-def report(results: dict[str, tuple[float, float]], calls: int, rounds: int) -> list[str]:
+def report(samples: Samples, calls: int, rounds: int) -> list[str]:
     """A Markdown table of one run."""
+    results = _summary(samples)
     lines = [
-        f"### memcached cold start, 1 KiB JSON values ({rounds} rounds of {calls}-call slices,"
-        " median slice)",
+        f"### memcached cold start, 1 KiB JSON values ({rounds} rounds of {calls}-call slices;"
+        " times: median slice; ratios: median of the rounds' ratios)",
         "",
         "| subject | µs/key wall | x floor | µs/key CPU | CPU x floor |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    over = ratios(results)
+    over = ratios(samples)
     for name, (wall, cpu) in results.items():
         ratio = over.get(name)
         lines.append(
@@ -284,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     calls, rounds = (100, 2) if args.quick else (args.calls, args.rounds)
     calls = max(calls, BULK)
     with memcached_server() as server:
-        results = asyncio.run(run_async(server.host, server.port, calls, rounds))
-        results.update(run_sync(server.host, server.port, calls, rounds))
-    print("\n".join(report(results, calls, rounds)))
+        samples = asyncio.run(run_async(server.host, server.port, calls, rounds))
+        samples.update(run_sync(server.host, server.port, calls, rounds))
+    print("\n".join(report(samples, calls, rounds)))
+    results = _summary(samples)
     if args.json is not None:
         args.json.write_text(
             json.dumps(
@@ -297,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                     },
                     "ratios": {
                         name: {"wall": wall, "cpu": cpu}
-                        for name, (wall, cpu) in ratios(results).items()
+                        for name, (wall, cpu) in ratios(samples).items()
                     },
                 },
                 indent=2,
