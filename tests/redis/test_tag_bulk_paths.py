@@ -218,6 +218,18 @@ async def test_cleanup_forgets_in_bulk(redis_clean: Any, monkeypatch: pytest.Mon
         await client.aclose()
 
 
+async def test_remove_sends_keys_joined_and_ignores_impossible_keys(backend: Backend) -> None:
+    """``remove`` sends each shard's keys as one newline-joined argument: a key holding a
+    newline cannot be a recorded key (keys are validated), and must not split into others."""
+    index = backend.index(known_keys_shards=3)
+    await index.record_many([("a", ["t"], None), ("b", ["t"], None), ("ü🎉", ["t"], None)])
+    await index.remove(["a\nb", "a\n", "\nb"])
+    assert await index.keys_for_tags(["t"]) == {"a", "b", "ü🎉"}
+    await index.remove(["a", "ü🎉", "never-recorded"])
+    assert await index.keys_for_tags(["t"]) == {"b"}
+    assert await index.size() == 1
+
+
 # -- 10,000 tagged keys, two stacks and the bus -----------------------------------------------
 
 

@@ -398,13 +398,18 @@ class RedisTagIndex:
         with self._driver_errors("remove"):
             await self._ready()
             for chunk in _chunks(members, _REMOVE_BATCH):
-                # Grouped by shard here: the script then computes no SHA-1 per key.
+                # Grouped by shard here (the script then computes no SHA-1 per key), each
+                # group's keys sent as one newline-joined argument.
                 by_shard: dict[int, list[bytes]] = {}
                 for member in chunk:
+                    if b"\n" in member:
+                        continue  # not a valid key, so never recorded: nothing to forget
                     by_shard.setdefault(tag_index_shard_of(member, shards), []).append(member)
+                if not by_shard:
+                    continue
                 args: list[bytes | str] = [*self._layout_args()]
                 for number, group in by_shard.items():
-                    args += [str(number), str(len(group)), *group]
+                    args += [str(number), b"\n".join(group)]
                 await self._remove_script(keys=[self._expiry, self._layout], args=args)
 
     async def tags_of(self, key: str) -> tuple[str, ...]:
