@@ -244,29 +244,38 @@ TAG_INDEX_RECORD_MANY = (
 -- ARGV[2]  how many expired keys to forget before each key (0: none)
 -- ARGV[3]  the known-keys shard count
 -- ARGV[4]  tag set name prefix, ARGV[5] key set name prefix, ARGV[6] shard name prefix
--- ARGV[7..] per key: the key, its wall-clock expiry in seconds or '', the number n of its
---           tags, then its n tags, unique (n = 0: the key is forgotten)
+-- ARGV[7]  the keys, joined by newlines (a key or tag never holds a control character)
+-- ARGV[8]  their wall-clock expiries in seconds ('-' for none), joined by newlines
+-- ARGV[9]  the number of each key's tag list among ARGV[10..], joined by newlines
+-- ARGV[10..] the tag lists, each with its tags (unique) joined by newlines ('' for none:
+--           the key is forgotten)
 -- Returns the number of expired keys forgotten; an error reply LAYERCACHE_LAYOUT ... on a
 -- shard-count mismatch (nothing is changed then).
 local err = check_layout(KEYS[2], ARGV[3])
 if err then
   return redis.error_reply(err)
 end
+local lists = {}
+for j = 10, #ARGV do
+  local tags = {}
+  for tag in string.gmatch(ARGV[j], '[^\\n]+') do
+    tags[#tags + 1] = tag
+  end
+  lists[j - 9] = tags
+end
 local items = {}
 local past = false
 local now = tonumber(ARGV[1])
-local i = 7
-while i <= #ARGV do
-  local count = tonumber(ARGV[i + 2])
-  local tags = {}
-  for j = 1, count do
-    tags[j] = ARGV[i + 2 + j]
-  end
-  if ARGV[i + 1] ~= '' and tonumber(ARGV[i + 1]) <= now then
+local next_expiry = string.gmatch(ARGV[8], '[^\\n]+')
+local next_list = string.gmatch(ARGV[9], '[^\\n]+')
+for member in string.gmatch(ARGV[7], '[^\\n]+') do
+  local expires_at = next_expiry()
+  if expires_at == '-' then
+    expires_at = ''
+  elseif tonumber(expires_at) <= now then
     past = true
   end
-  items[#items + 1] = {ARGV[i], ARGV[i + 1], tags}
-  i = i + 3 + count
+  items[#items + 1] = {member, expires_at, lists[tonumber(next_list())]}
 end
 local per_key = tonumber(ARGV[2])
 local limit = per_key * #items

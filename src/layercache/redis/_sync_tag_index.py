@@ -37,7 +37,9 @@ are read with ``SSCAN``, ``clear`` uses ``SCAN`` and ``UNLINK`` in batches.
 **Bulk.** The scripts that record or forget many keys (``record_many``, ``remove``, the
 expiry sweep and ``cleanup``) read each key's tags once and then change each tag set, each
 known-keys shard and the expiry set with one command for all of the batch's keys (members
-sent 1,000 at a time), not a few commands per key and tag (docs/perf-tags.md).
+sent 1,000 at a time), not a few commands per key and tag. Their keys and tags travel as a
+few newline-joined arguments (a valid key or tag holds no control character), not one argument
+each: redis-py packs arguments one by one (docs/perf-tags.md).
 """
 
 from __future__ import annotations
@@ -334,38 +336,62 @@ class SyncRedisTagIndex:
                 or the index uses another shard count.
         """
         now = time.time()
-        entries: list[list[bytes | str]] = []
-        # The encoded tag list of each tags tuple seen in this call: a bulk write usually
-        # repeats a few tag tuples (one options object per kind of entry), checked once each.
-        seen: dict[Any, list[bytes | str]] = {}
+        # (member, expiry or "-", its tags newline-joined, how many): a key or tag never
+        # holds a control character, so each script call gets a few joined arguments instead
+        # of one per key and tag (which redis-py packs one by one).
+        records: list[tuple[bytes, str, bytes, int]] = []
+        # The joined tags of each tags tuple seen in this call: a bulk write usually repeats
+        # a few tag tuples (one options object per kind of entry), checked once each.
+        seen: dict[Any, tuple[bytes, int]] = {}
         for key, tags, expires_at in items:
             try:
-                tail = seen[tags]
+                joined, count = seen[tags]
             except (KeyError, TypeError):  # new, or unhashable (a list)
                 wanted = self._tags(tags)
-                tail = [str(len(wanted)), *map(to_member, wanted)]
+                joined, count = b"\n".join(map(to_member, wanted)), len(wanted)
                 if isinstance(tags, tuple):
-                    seen[tags] = tail
-            entries.append([to_member(validate_key(key)), self._expiry_arg(expires_at, now), *tail])
-        if not entries:
+                    seen[tags] = (joined, count)
+            expiry = self._expiry_arg(expires_at, now)
+            member = to_member(validate_key(key))
+            records.append((member, "-" if expiry == b"" else str(expiry), joined, count))
+        if not records:
             return []
         head: list[bytes | str] = [repr(now), str(_RECORD_SWEEP), *self._layout_args()]
         with self._driver_errors("record_many"):
             self._ready()
-            batch: list[bytes | str] = []
-            count = 0
-            for entry in entries:
-                if count and (
-                    count >= _RECORD_BATCH or len(batch) + len(entry) > _RECORD_BATCH_ARGS
-                ):
-                    self._record_many_script(
-                        keys=[self._expiry, self._layout], args=head + batch
-                    )
-                    batch, count = [], 0
-                batch.extend(entry)
-                count += 1
-            self._record_many_script(keys=[self._expiry, self._layout], args=head + batch)
+            batch: list[tuple[bytes, str, bytes, int]] = []
+            size = 0
+            for record in records:
+                # A key counts as its 3 fields and its tags (the bound of one call's size).
+                weight = 3 + record[3]
+                if batch and (len(batch) >= _RECORD_BATCH or size + weight > _RECORD_BATCH_ARGS):
+                    self._record_batch(head, batch)
+                    batch, size = [], 0
+                batch.append(record)
+                size += weight
+            self._record_batch(head, batch)
         return []
+
+    def _record_batch(
+        self, head: list[bytes | str], batch: list[tuple[bytes, str, bytes, int]]
+    ) -> None:
+        """One TAG_INDEX_RECORD_MANY call: the keys, expiries and tag-list numbers joined,
+        then each distinct tag list of the batch once."""
+        numbers: dict[bytes, int] = {}
+        which: list[str] = []
+        for _, _, joined, _ in batch:
+            number = numbers.get(joined)
+            if number is None:
+                number = numbers[joined] = len(numbers) + 1
+            which.append(str(number))
+        args: list[bytes | str] = [
+            *head,
+            b"\n".join([member for member, _, _, _ in batch]),
+            "\n".join([expiry for _, expiry, _, _ in batch]),
+            "\n".join(which),
+            *numbers,
+        ]
+        self._record_many_script(keys=[self._expiry, self._layout], args=args)
 
     def _checked(
         self, key: str, tags: Sequence[str], expires_at: float | None, now: float
