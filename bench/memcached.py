@@ -54,7 +54,10 @@ def memcached_server() -> Iterator[Any]:
         from _memcached_server import MemcachedServer  # type: ignore[import-not-found]
     finally:
         sys.path.pop(0)
-    server = MemcachedServer.launch()
+    # One worker thread: every connection (the raw clients' and the layer's) is served by the
+    # same thread, so the floor and the stack see the same server (with memcached's default 4,
+    # which thread a connection lands on changed the floor by up to 4x run to run).
+    server = MemcachedServer.launch(threads=1)
     try:
         yield server
     finally:

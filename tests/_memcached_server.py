@@ -43,6 +43,9 @@ class MemcachedServer:
         memory_mb: Memory limit (``-m``).
         item_size: Item size limit (``-I``), e.g. ``"1m"``; ``None``: memcached's default (1 MiB).
         start_timeout: Seconds to wait for the server to answer ``version``.
+        threads: Worker threads (``-t``); ``None``: memcached's default (4). A benchmark uses 1,
+            so that every connection is served by the same thread (which thread a connection
+            lands on otherwise changes its latency run to run).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class MemcachedServer:
         memory_mb: int = 64,
         item_size: str | None = None,
         start_timeout: float = 10.0,
+        threads: int | None = None,
     ) -> None:
         found = binary or shutil.which("memcached")
         if found is None:
@@ -62,6 +66,7 @@ class MemcachedServer:
         self.memory_mb = memory_mb
         self.item_size = item_size
         self.start_timeout = start_timeout
+        self.threads = threads
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -94,6 +99,8 @@ class MemcachedServer:
         args += ["-m", str(self.memory_mb)]
         if self.item_size is not None:
             args += ["-I", self.item_size]
+        if self.threads is not None:
+            args += ["-t", str(self.threads)]
         if os.geteuid() == 0:
             # memcached refuses to run as root without naming the user to run as.
             args += ["-u", "root"]
