@@ -25,21 +25,27 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any, Literal
 
 from .._entry import Entry, EntryMeta
 from .._glob import compile_glob
+from ._tinylfu import TinyLfuPolicy
 
 __all__ = ["DEFAULT_MAX_SIZE", "MemoryLayer"]
 
 DEFAULT_MAX_SIZE = 100_000
 """Entries kept when ``max_size`` is not given: every map that grows with keys has a bound."""
 
-Eviction = Literal["lru", "lfu", "fifo"]
-_EVICTIONS = ("lru", "lfu", "fifo")
+Eviction = Literal["lru", "lfu", "fifo", "tinylfu"]
+_EVICTIONS = ("lru", "lfu", "fifo", "tinylfu")
+# TinyLFU: reads are logged without a lock and replayed into the policy by a write once
+# _HIT_BATCH are waiting; the log keeps the latest _HIT_LOG (a long read-only stretch drops
+# older reads: their keys are still resident, only their frequency is undercounted).
+_HIT_BATCH = 32
+_HIT_LOG = 512
 # How deep approximate_size() looks into containers; deeper data is estimated by its shell.
 _SIZE_DEPTH = 2
 _SIZE_ITEMS = 64
@@ -75,8 +81,10 @@ class MemoryLayer:
             entries or more evict in batches of ``max_size // 1024`` when full.
         eviction: ``"lru"`` (least recently read, by the CLOCK approximation: a key read since
             the eviction scan last passed it gets a second chance), ``"lfu"`` (least often
-            read, ties by age) or ``"fifo"`` (oldest write). Every policy is O(1) amortized
-            per operation.
+            read, ties by age), ``"fifo"`` (oldest write) or ``"tinylfu"`` (W-TinyLFU: a new
+            key is admitted only if estimated to be read more often than the key it would
+            replace; see ``docs/perf-tinylfu.md``). Every policy is O(1) amortized per
+            operation.
         max_bytes: Optional bound on the approximate total size of the stored values.
         name: Layer name used in per-layer options, metrics and events.
         clock: Wall clock in seconds; inject a fake one in tests.
@@ -130,9 +138,16 @@ class MemoryLayer:
         self._buckets: dict[int, OrderedDict[str, None]] = {}
         self._min_count = 0
         self._lock = threading.RLock()
+        # TinyLFU: the policy (under the lock) and the log of reads not yet given to it.
+        self._policy = TinyLfuPolicy(max_size) if eviction == "tinylfu" else None
+        self._hit_log: deque[str] = deque(maxlen=_HIT_LOG)
         # LRU: what a read does (bound once: the hit path makes one call).
         self._mark: Callable[[str], None] | None = (
-            self._referenced.add if eviction == "lru" else None
+            self._referenced.add
+            if eviction == "lru"
+            else self._hit_log.append
+            if eviction == "tinylfu"
+            else None
         )
 
     # -- hot path ---------------------------------------------------------------------------
@@ -185,13 +200,17 @@ class MemoryLayer:
             if self.max_bytes is not None and size > self.max_bytes:
                 # A single value larger than the whole bound is not cached here at all.
                 return
+            policy = self._policy
             # Evict before inserting, so the newcomer is never its own victim (LFU would
-            # otherwise always pick the fresh count-1 entry).
+            # otherwise always pick the fresh count-1 entry). TinyLFU names its victim when
+            # told of the newcomer (never the newcomer itself); only a byte bound evicts here.
             while data and (
-                len(data) >= self.max_size
+                (len(data) >= self.max_size and policy is None)
                 or (self.max_bytes is not None and self._bytes + size > self.max_bytes)
             ):
                 self._evict(self._batch if len(data) >= self.max_size else 1)
+            if policy is not None:
+                self._admit(key, policy)
             self._values[key] = entry.value
             data[key] = entry.meta
             if self._sizes is not None:
@@ -203,6 +222,21 @@ class MemoryLayer:
                 self._min_count = 1
 
     # -- bookkeeping ------------------------------------------------------------------------
+
+    def _admit(self, key: str, policy: TinyLfuPolicy) -> None:
+        """TinyLFU (caller holds the lock): replay the logged reads, tell the policy of the
+        new ``key``, drop the victim it names."""
+        log = self._hit_log
+        if len(log) >= _HIT_BATCH:
+            reads = list(log)
+            log.clear()  # a read logged between the two lines is lost: the log is lossy
+            policy.record_hits(reads)
+        victim = policy.insert(key)
+        if victim is not None and self._metas.pop(victim, None) is not None:
+            del self._values[victim]
+            if self._sizes is not None:
+                self._bytes -= self._sizes.pop(victim, 0)
+            self.evictions += 1
 
     def _bump(self, key: str) -> None:
         counts = self._counts
@@ -220,9 +254,11 @@ class MemoryLayer:
             counts[key] = count + 1
             self._buckets.setdefault(count + 1, OrderedDict())[key] = None
 
-    def _forget(self, key: str) -> None:
+    def _forget(self, key: str, tell_policy: bool = True) -> None:
         """Drop the bookkeeping of ``key`` (caller holds the lock and removes the entry)."""
         self._referenced.discard(key)
+        if self._policy is not None and tell_policy:
+            self._policy.remove(key)
         if self._sizes is not None:
             self._bytes -= self._sizes.pop(key, 0)
         if self._counts is not None:
@@ -250,6 +286,19 @@ class MemoryLayer:
         """Evict ``wanted`` entries (at least one while any is stored; caller holds the lock)."""
         data = self._metas
         values = self._values
+        policy = self._policy
+        if policy is not None:
+            for _ in range(wanted):
+                victim = policy.evict()
+                if victim is None:
+                    victim = next(iter(data), None)  # never expected: policy and map agree
+                    if victim is None:
+                        return
+                if data.pop(victim, None) is not None:
+                    del values[victim]
+                    self._forget(victim, False)
+                    self.evictions += 1
+            return
         if self._counts is not None:
             for _ in range(wanted):
                 if not data:
@@ -308,6 +357,9 @@ class MemoryLayer:
                 self._counts.clear()
             self._buckets.clear()
             self._min_count = 0
+            if self._policy is not None:
+                self._policy.clear()
+                self._hit_log.clear()
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """Entries for ``keys`` in order (``None`` for misses)."""
