@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[all]" \
     "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "hypothesis>=6.100" \
     "ruff>=0.6" "mypy>=1.10" "fastapi>=0.110" "httpx2>=2" "opentelemetry-sdk>=1.24" \
-    "cashews>=7" "aiocache>=0.12" "dogpile.cache>=1.3" "cachetools>=5" "uvicorn>=0.30"
+    "cashews>=7" "aiocache>=0.12" "dogpile.cache>=1.3" "cachetools>=5" "theine>=2" "uvicorn>=0.30"
   echo "$want" > "$stamp"
 fi
 
