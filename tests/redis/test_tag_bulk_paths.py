@@ -32,7 +32,12 @@ from layercache import (
     SyncCacheStack,
 )
 from layercache.redis import RedisLayer
-from layercache.redis._keys import tag_index_base, tag_index_match
+from layercache.redis._keys import (
+    tag_index_base,
+    tag_index_by_shard,
+    tag_index_match,
+    tag_index_shard_of,
+)
 from layercache.redis.tag_index import RedisTagIndex
 from polling import eventually_async
 
@@ -216,6 +221,15 @@ async def test_cleanup_forgets_in_bulk(redis_clean: Any, monkeypatch: pytest.Mon
         assert await index.size() == 1
     finally:
         await client.aclose()
+
+
+def test_grouping_by_shard_follows_the_shard_rule() -> None:
+    members = [f"k{i}".encode() for i in range(2000)] + ["ü🎉".encode()]
+    for shards in (1, 7, 16):
+        groups = tag_index_by_shard(members, shards)
+        assert sorted(m for group in groups.values() for m in group) == sorted(members)
+        for number, group in groups.items():
+            assert all(tag_index_shard_of(m, shards) == number for m in group)
 
 
 async def test_remove_sends_keys_joined_and_ignores_impossible_keys(backend: Backend) -> None:

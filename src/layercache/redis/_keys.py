@@ -6,6 +6,7 @@ Every Redis key the layer touches is built here, never with f-strings at call si
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from .._glob import escape_glob
 from .._keys import validate_prefix
@@ -97,6 +98,7 @@ def scan_match(prefix: str, pattern: str) -> bytes:
 
 __all__ += [
     "tag_index_base",
+    "tag_index_by_shard",
     "tag_index_expiry",
     "tag_index_key_set",
     "tag_index_key_set_prefix",
@@ -149,6 +151,22 @@ def tag_index_shard_of(member: bytes, shards: int) -> int:
     and computable inside a Lua script with ``redis.sha1hex``, which the cleanup script does.
     """
     return int.from_bytes(hashlib.sha1(member).digest()[:4], "big") % shards
+
+
+def tag_index_by_shard(members: Iterable[bytes], shards: int) -> dict[int, list[bytes]]:
+    """``members`` grouped by :func:`tag_index_shard_of` (the same rule, in one loop: a bulk
+    removal groups 1,000 keys at a time)."""
+    groups: dict[int, list[bytes]] = {}
+    sha1 = hashlib.sha1
+    from_bytes = int.from_bytes
+    for member in members:
+        number = from_bytes(sha1(member).digest()[:4], "big") % shards
+        group = groups.get(number)
+        if group is None:
+            groups[number] = [member]
+        else:
+            group.append(member)
+    return groups
 
 
 def tag_index_shard(prefix: str, number: int) -> bytes:

@@ -60,6 +60,7 @@ from ._errors import DriverErrors
 from ._keys import (
     from_member,
     scan_match,
+    tag_index_by_shard,
     tag_index_expiry,
     tag_index_key_set,
     tag_index_key_set_prefix,
@@ -425,11 +426,8 @@ class SyncRedisTagIndex:
             for chunk in _chunks(members, _REMOVE_BATCH):
                 # Grouped by shard here (the script then computes no SHA-1 per key), each
                 # group's keys sent as one newline-joined argument.
-                by_shard: dict[int, list[bytes]] = {}
-                for member in chunk:
-                    if b"\n" in member:
-                        continue  # not a valid key, so never recorded: nothing to forget
-                    by_shard.setdefault(tag_index_shard_of(member, shards), []).append(member)
+                # (A key holding a newline is not a valid key, so never recorded: skipped.)
+                by_shard = tag_index_by_shard((m for m in chunk if b"\n" not in m), shards)
                 if not by_shard:
                     continue
                 args: list[bytes | str] = [*self._layout_args()]
