@@ -28,11 +28,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from bench import latency, memory, report, stampede
+from bench import latency, memory, report, stampede, suite
 from bench.fixtures import VALUE_SIZE, environment, redis_server
 from bench.harness import Settings, Subject, measure_latency, measure_throughput
 
-SCENARIOS = ("l1", "l2", "concurrent", "cold", "memory")
+CORE = ("l1", "l2", "concurrent", "cold", "memory")
+SCENARIOS = (*CORE, *suite.SCENARIOS)
 
 
 def _log(message: str) -> None:
@@ -178,13 +179,37 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     needs_redis = not args.no_redis and bool({"l2", "concurrent", "cold"} & set(scenarios))
-    with contextlib.ExitStack() as exits:
-        host_port = None
-        if needs_redis:
-            server = exits.enter_context(redis_server())
-            host_port = (server.host, server.port)
-            _log(f"redis-server on {server.host}:{server.port}")
-        document = asyncio.run(_run(settings, scenarios, host_port))
+    core = tuple(s for s in scenarios if s in CORE)
+    document: dict[str, Any] = {"markdown": "", "results": {}, "ratios": {}}
+    if core:
+        with contextlib.ExitStack() as exits:
+            host_port = None
+            if needs_redis:
+                server = exits.enter_context(redis_server())
+                host_port = (server.host, server.port)
+                _log(f"redis-server on {server.host}:{server.port}")
+            document = asyncio.run(_run(settings, core, host_port))
+    # The issue-16 figures: each module in a child process of its own, peers in its own run.
+    outcomes = [
+        suite.run_module(module, settings.quick, _log)
+        for module in suite.MODULES
+        if module.scenario in scenarios and not (args.no_redis and module.needs_redis)
+    ]
+    if outcomes:
+        parts = [document["markdown"]]
+        for outcome in outcomes:
+            parts.append(f"## {outcome.module.title} (`python -m {outcome.module.module}`)\n")
+            parts.append(outcome.markdown.strip() + "\n")
+        parts.append("\n".join(suite.summary_table(outcomes)))
+        document["markdown"] = "\n".join(parts)
+        document["suite"] = {
+            o.module.scenario: {
+                "returncode": o.returncode,
+                "seconds": o.seconds,
+                "result": o.document,
+            }
+            for o in outcomes
+        }
     document = {"environment": environment(), **document}
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2, default=str) + "\n")

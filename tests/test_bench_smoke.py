@@ -21,7 +21,9 @@ def test_quick_in_process_benchmark_runs(tmp_path: Path, monkeypatch: pytest.Mon
     from bench.run import run
 
     out = tmp_path / "bench.json"
-    document = run(["--quick", "--no-redis", "--json", str(out)])
+    document = run(
+        ["--quick", "--no-redis", "--only", "l1,l2,concurrent,cold,memory", "--json", str(out)]
+    )
 
     assert json.loads(out.read_text())["ratios"] == json.loads(json.dumps(document["ratios"]))
     ratios = document["ratios"]
