@@ -15,7 +15,9 @@ empty memory layer and times the ``set_many`` call alone.
 **invalidate_by_tag("bulk")**, the tag every one of the N keys carries, after an untimed tagged
 ``set_many``: through ``RedisTagIndex``, through ``InMemoryTagIndex``, and through
 ``RedisTagIndex`` with the invalidation bus and a second stack whose memory layer holds all N
-keys (the time until that peer's memory layer is empty is reported too). The floor is raw
+keys (the time until that peer's memory layer is empty is reported too), and through
+``RedisTagIndex`` with ``RedisLayer(lease_ttl=None)`` (plain UNLINK instead of tombstones:
+what the leases cost in an invalidation). The floor is raw
 redis-py: ``UNLINK`` of the N value keys in batches of 500, pipelined. After each measurement,
 untimed checks that every value is gone from both layers and that the index is empty.
 
@@ -69,6 +71,7 @@ PER_KEY = "set_many, 1-3 tags, one record per key (before issue 10)"
 FLOOR_DELETE = "raw redis-py: UNLINK in batches of 500 (floor)"
 INVALIDATE = "invalidate_by_tag, RedisTagIndex"
 INVALIDATE_MEMORY = "invalidate_by_tag, InMemoryTagIndex"
+INVALIDATE_NO_LEASES = "invalidate_by_tag, RedisTagIndex, RedisLayer(lease_ttl=None)"
 INVALIDATE_BUS = "invalidate_by_tag, RedisTagIndex + bus, 2 stacks"
 PEER_EMPTY = "  the peer's memory layer empty after"
 
@@ -168,11 +171,10 @@ class AsyncSubjects:
 
         def stack(index: Any, **kwargs: Any) -> Any:
             memory = MemoryLayer(ttl=TTL, max_size=keys * 2)
-            made = CacheStack(
-                [memory, RedisLayer(client=client, prefix=VALUE_PREFIX, ttl=TTL)],
-                tag_index=index,
-                **kwargs,
+            layer = RedisLayer(
+                client=client, prefix=VALUE_PREFIX, ttl=TTL, **kwargs.pop("layer", {})
             )
+            made = CacheStack([memory, layer], tag_index=index, **kwargs)
             self.l1.append(memory)
             self.stacks.append(made)
             return made, memory
@@ -180,6 +182,8 @@ class AsyncSubjects:
         self.redis_stack, self.redis_l1 = stack(self.index)
         self.memory_stack, self.memory_l1 = stack(self.memory_index)
         self.per_key_stack, self.per_key_l1 = stack(PerKeyIndex(self.index))
+        # Deletes without tombstones (plain UNLINK): what the leases cost in an invalidation.
+        self.unleased_stack, self.unleased_l1 = stack(self.index, layer={"lease_ttl": None})
         self.plain = entries(keys, tagged=False)
         self.tagged = entries(keys, tagged=True)
         self.bus_pair: list[tuple[Any, Any]] = []
@@ -338,6 +342,12 @@ async def _measure_async(
             lambda: s.memory_stack.set_many(s.tagged),
             lambda: s.memory_stack.invalidate_by_tag(TAG),
             [s.memory_l1],
+        ),
+        (
+            Row("invalidate", kind, INVALIDATE_NO_LEASES),
+            lambda: s.unleased_stack.set_many(s.tagged),
+            lambda: s.unleased_stack.invalidate_by_tag(TAG),
+            [s.unleased_l1],
         ),
     ]
     if bus:
@@ -532,6 +542,7 @@ def ratios(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
         for key, name in (
             ("invalidate_s", INVALIDATE),
             ("invalidate_memory_index_s", INVALIDATE_MEMORY),
+            ("invalidate_no_leases_s", INVALIDATE_NO_LEASES),
             ("invalidate_bus_s", INVALIDATE_BUS),
             ("peer_empty_s", PEER_EMPTY),
         ):
@@ -594,6 +605,7 @@ def report(rows: Sequence[Row], keys: int, rounds: int) -> list[str]:
         for key, label in (
             ("invalidate_s", "invalidate_by_tag, RedisTagIndex"),
             ("invalidate_memory_index_s", "invalidate_by_tag, InMemoryTagIndex"),
+            ("invalidate_no_leases_s", "invalidate_by_tag, RedisTagIndex, no leases"),
             ("invalidate_bus_s", "invalidate_by_tag, RedisTagIndex + bus"),
         ):
             if key not in values:
