@@ -55,17 +55,18 @@ end
 local function add_to(groups, name, member)
   local list = groups[name]
   if list == nil then
-    list = {}
-    groups[name] = list
+    groups[name] = {member}
+  else
+    list[#list + 1] = member
   end
-  list[#list + 1] = member
 end
 
-local function each_group(command, groups)
+local function each_group(command, groups, prefix)
   -- One command per set with all of its members (in chunks); the sets are independent, so
-  -- their order does not matter.
+  -- their order does not matter. The groups are keyed by name, or by what follows `prefix`
+  -- in the name (the tag: the name is then built once per set, not once per member).
   for name, list in pairs(groups) do
-    call_chunked(command, name, list)
+    call_chunked(command, prefix and prefix .. name or name, list)
   end
 end
 
@@ -84,13 +85,13 @@ local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shar
     local key_set = key_prefix .. member
     local tags = redis.call('SMEMBERS', key_set)
     for j = 1, #tags do
-      add_to(tag_groups, tag_prefix .. tags[j], member)
+      add_to(tag_groups, tags[j], member)
     end
     local shard = shard_names and shard_names[i] or shard_of(member, shards, shard_prefix)
     add_to(shard_groups, shard, member)
     key_sets[i] = key_set
   end
-  each_group('SREM', tag_groups)
+  each_group('SREM', tag_groups, tag_prefix)
   each_group('SREM', shard_groups)
   call_chunked('DEL', nil, key_sets)
   call_chunked('ZREM', expiry, members)
@@ -158,7 +159,7 @@ local function replace_many(items, expiry, shards, tag_prefix, key_prefix, shard
       for j = 1, #old do
         had[old[j]] = true
         if not wanted[old[j]] then
-          add_to(removes, tag_prefix .. old[j], member)
+          add_to(removes, old[j], member)
         end
       end
       -- The tags are unique: as many as before and none new means the same set.
@@ -166,7 +167,7 @@ local function replace_many(items, expiry, shards, tag_prefix, key_prefix, shard
       for j = 1, #tags do
         if not had[tags[j]] then
           same = false
-          add_to(adds, tag_prefix .. tags[j], member)
+          add_to(adds, tags[j], member)
         end
       end
       if not same then
@@ -192,8 +193,8 @@ local function replace_many(items, expiry, shards, tag_prefix, key_prefix, shard
       end
     end
   end
-  each_group('SREM', removes)
-  each_group('SADD', adds)
+  each_group('SREM', removes, tag_prefix)
+  each_group('SADD', adds, tag_prefix)
   each_group('SREM', shard_removes)
   each_group('SADD', shard_adds)
   call_chunked('ZREM', expiry, lasting)
