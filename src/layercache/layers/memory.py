@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any, Literal
@@ -41,11 +41,9 @@ DEFAULT_MAX_SIZE = 100_000
 
 Eviction = Literal["lru", "lfu", "fifo", "tinylfu"]
 _EVICTIONS = ("lru", "lfu", "fifo", "tinylfu")
-# TinyLFU: reads are logged without a lock and replayed into the policy by a write once
-# _HIT_BATCH are waiting; the log keeps the latest _HIT_LOG (a long read-only stretch drops
-# older reads: their keys are still resident, only their frequency is undercounted).
-_HIT_BATCH = 32
-_HIT_LOG = 512
+# TinyLFU: reads marked since the last replay that make a write replay them into the policy
+# (a replay costs a call; its decisions do not suffer from reads this late).
+_READS_BATCH = 32
 # How deep approximate_size() looks into containers; deeper data is estimated by its shell.
 _SIZE_DEPTH = 2
 _SIZE_ITEMS = 64
@@ -138,14 +136,17 @@ class MemoryLayer:
         self._buckets: dict[int, OrderedDict[str, None]] = {}
         self._min_count = 0
         self._lock = threading.RLock()
-        # TinyLFU: the policy (under the lock) and the log of reads not yet given to it.
+        # TinyLFU: the policy (under the lock), and the keys read since the last replay, in
+        # first-read order (an insertion-ordered dict used as a set: a read adds its key with
+        # one lock-free C call; a write replays them into the policy). Only stored keys are
+        # read, and between two writes no key gets stored: bounded by max_size + 32.
         self._policy = TinyLfuPolicy(max_size) if eviction == "tinylfu" else None
-        self._hit_log: deque[str] = deque(maxlen=_HIT_LOG)
+        self._reads: dict[str, None] = {}
         # LRU: what a read does (bound once: the hit path makes one call).
         self._mark: Callable[[str], None] | None = (
             self._referenced.add
             if eviction == "lru"
-            else self._hit_log.append
+            else self._reads.setdefault
             if eviction == "tinylfu"
             else None
         )
@@ -224,13 +225,14 @@ class MemoryLayer:
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _admit(self, key: str, policy: TinyLfuPolicy) -> None:
-        """TinyLFU (caller holds the lock): replay the logged reads, tell the policy of the
-        new ``key``, drop the victim it names."""
-        log = self._hit_log
-        if len(log) >= _HIT_BATCH:
-            reads = list(log)
-            log.clear()  # a read logged between the two lines is lost: the log is lossy
-            policy.record_hits(reads)
+        """TinyLFU (caller holds the lock): replay the marked reads once there are
+        _READS_BATCH of them (a key read several times in between counts once), tell the
+        policy of the new ``key``, drop the victim it names (never ``key`` itself)."""
+        reads = self._reads
+        if len(reads) >= _READS_BATCH:
+            keys = list(reads)
+            reads.clear()  # a read marked between the two lines is lost: harmless
+            policy.record_hits(keys)
         victim = policy.insert(key)
         if victim is not None and self._metas.pop(victim, None) is not None:
             del self._values[victim]
@@ -359,7 +361,7 @@ class MemoryLayer:
             self._min_count = 0
             if self._policy is not None:
                 self._policy.clear()
-                self._hit_log.clear()
+                self._reads.clear()
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """Entries for ``keys`` in order (``None`` for misses)."""
