@@ -33,7 +33,8 @@ in Caffeine's documentation, written here from scratch for CPython's cost model:
 * Defence against crafted collisions (as in Caffeine): a candidate with a frequency of 6 or
   more that is not more frequent than the victim still gets in 1 time in 128, so colliding
   keys cannot pin a victim. The hash is CPython's ``hash()``, keyed per process for ``str``
-  (SipHash, unless ``PYTHONHASHSEED`` fixes it); the rows use 40 to 60 of its bits.
+  (SipHash, unless ``PYTHONHASHSEED`` fixes it); the rows use 4 x log2(row width) of its bits,
+  at most 60.
 
 Cost on CPython: a hit must stay close to an LRU's ``move_to_end``, so a hit does not touch
 the sketch. Each resident key carries a small int in its segment's ordered dict,
@@ -46,7 +47,7 @@ int cache makes them free.
 
 Memory: the three ordered dicts (one node per resident key), and once the policy first holds
 half its capacity (no admission decision is needed before the cache is full) the sketch and
-the doorkeeper: 24 bytes per counter of a row, about 24 to 48 bytes per unit of capacity. A
+the doorkeeper: 12 bytes per counter of a row, about 24 to 48 bytes per unit of capacity. A
 large ``max_size`` that is never filled costs nothing for them.
 
 Not thread-safe: the owner calls it under its lock. Odd call orders never raise: ``record_hit``
