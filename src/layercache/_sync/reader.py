@@ -345,12 +345,16 @@ class Reader:
             if fresh_until is None or now < fresh_until:
                 counters.hits += 1
                 if index:
-                    # The backfill checks that the key did not change since the read and
-                    # writes the in-process layers in one step with that check (nothing if it
-                    # did). Only layers written after it (remote ones) need the second look.
                     above = self._above[index]
-                    writer.backfill(key, entry, above, adapter.name, now, epoch)
-                    if self._remote_above[index]:
+                    if not self._remote_above[index]:
+                        # In-process layers only: the backfill checks that the key did not
+                        # change since the read in one step with its writes (nothing is written
+                        # if it did), so neither a check before nor a second look after is due.
+                        writer.backfill(key, entry, above, adapter.name, now, epoch)
+                    elif not self._flights.changed_since(key, epoch):
+                        # Layers written after that check (remote ones): a change landing
+                        # meanwhile is undone by the second look.
+                        writer.backfill(key, entry, above, adapter.name, now, epoch)
                         writer.undo_late_backfill([key], above, epoch)
                 return _Lower(entry, index, stale)
             counters.misses += 1
