@@ -157,10 +157,23 @@ def _tracking(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _hit_ratio(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [
+        (str(g["goal"]), str(g["measured"]), "as labelled", "met" if g["met"] else "MISSED")
+        for g in doc.get("goals", [])
+    ]
+
+
 MODULES: tuple[Module, ...] = (
     Module("batching", "bench.concurrency", "Auto-batched L2 reads", summary=_batching),
     Module("sync", "bench.sync_paths", "Sync paths"),
-    Module("hit_ratio", "bench.hit_ratio", "W-TinyLFU hit ratios", needs_redis=False),
+    Module(
+        "hit_ratio",
+        "bench.hit_ratio",
+        "W-TinyLFU hit ratios",
+        needs_redis=False,
+        summary=_hit_ratio,
+    ),
     Module("xfetch", "bench.xfetch", "Early refresh (XFetch)", summary=_xfetch),
     Module("tags", "bench.tagged_writes", "Tagged writes and invalidation"),
     Module("tracking", "bench.tracking", "Server-assisted invalidation", summary=_tracking),
