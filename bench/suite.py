@@ -157,6 +157,48 @@ def _tracking(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _sync(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    wall, cpu = doc.get("l2_ratio"), doc.get("l2_cpu_ratio")
+    if wall is None:
+        return []
+    shown = f"{wall:.3f} (CPU {cpu:.3f})" if cpu is not None else f"{wall:.3f}"
+    return [
+        (
+            "sync L2 hit / raw sync redis-py GET+json",
+            shown,
+            "≤ 1.10",
+            _verdict(max(wall, cpu or 0.0), 1.10, False),
+        )
+    ]
+
+
+def _tags(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    for kind, values in doc.get("ratios", {}).items():
+        ratio = values.get("tagged_vs_untagged")
+        if ratio is not None:
+            rows.append(
+                (
+                    f"{kind}: tagged (RedisTagIndex) / untagged set_many, 10,000 keys",
+                    f"{ratio:.2f}",
+                    "≤ 2",
+                    _verdict(ratio, 2.0, False),
+                )
+            )
+        seconds = values.get("invalidate_s")
+        if seconds is not None:
+            single = kind != "cluster"
+            rows.append(
+                (
+                    f"{kind}: invalidate_by_tag of 10,000 keys (RedisTagIndex)",
+                    f"{seconds * 1e3:.1f} ms",
+                    "≤ 100 ms" if single else "-",
+                    _verdict(seconds, 0.1, False) if single else "",
+                )
+            )
+    return rows
+
+
 def _hit_ratio(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return [
         (str(g["goal"]), str(g["measured"]), "as labelled", "met" if g["met"] else "MISSED")
@@ -166,7 +208,7 @@ def _hit_ratio(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 MODULES: tuple[Module, ...] = (
     Module("batching", "bench.concurrency", "Auto-batched L2 reads", summary=_batching),
-    Module("sync", "bench.sync_paths", "Sync paths"),
+    Module("sync", "bench.sync_paths", "Sync paths", summary=_sync),
     Module(
         "hit_ratio",
         "bench.hit_ratio",
@@ -175,7 +217,7 @@ MODULES: tuple[Module, ...] = (
         summary=_hit_ratio,
     ),
     Module("xfetch", "bench.xfetch", "Early refresh (XFetch)", summary=_xfetch),
-    Module("tags", "bench.tagged_writes", "Tagged writes and invalidation"),
+    Module("tags", "bench.tagged_writes", "Tagged writes and invalidation", summary=_tags),
     Module("tracking", "bench.tracking", "Server-assisted invalidation", summary=_tracking),
     Module("memcached", "bench.memcached", "memcached"),
 )
