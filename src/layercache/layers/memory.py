@@ -196,10 +196,7 @@ class MemoryLayer:
         size = len(key) + approximate_size(entry.value) if self._sizes is not None else 0
         with self._lock:
             data = self._metas
-            if key in data:
-                del data[key]
-                del self._values[key]
-                self._forget(key)
+            self._remove(key)
             if self.max_bytes is not None and size > self.max_bytes:
                 # A single value larger than the whole bound is not cached here at all.
                 return
@@ -236,10 +233,7 @@ class MemoryLayer:
             reads.clear()  # a read marked between the two lines is lost: harmless
             policy.record_hits(keys)
         victim = policy.insert(key)
-        if victim is not None and self._metas.pop(victim, None) is not None:
-            del self._values[victim]
-            if self._sizes is not None:
-                self._bytes -= self._sizes.pop(victim, 0)
+        if victim is not None and self._remove(victim, tell_policy=False):
             self.evictions += 1
 
     def _bump(self, key: str) -> None:
@@ -275,21 +269,25 @@ class MemoryLayer:
                     if self._min_count == count:
                         self._min_count = min(self._buckets, default=0)
 
+    def _remove(self, key: str, tell_policy: bool = True) -> bool:
+        """Remove ``key`` and its bookkeeping if stored (caller holds the lock): metadata
+        first, then the value, so a lock-free reader never pairs metadata with no value."""
+        if self._metas.pop(key, None) is None:
+            return False
+        del self._values[key]
+        self._forget(key, tell_policy)
+        return True
+
     def _discard(self, key: str, seen: EntryMeta | None = None) -> bool:
         """Remove ``key`` (only if its metadata is still ``seen``, when given)."""
         with self._lock:
-            meta = self._metas.get(key)
-            if meta is None or (seen is not None and meta is not seen):
+            if seen is not None and self._metas.get(key) is not seen:
                 return False
-            del self._metas[key]
-            del self._values[key]
-            self._forget(key)
-            return True
+            return self._remove(key)
 
     def _evict(self, wanted: int) -> None:
         """Evict ``wanted`` entries (at least one while any is stored; caller holds the lock)."""
         data = self._metas
-        values = self._values
         policy = self._policy
         if policy is not None:
             for _ in range(wanted):
@@ -298,19 +296,14 @@ class MemoryLayer:
                     victim = next(iter(data), None)  # never expected: policy and map agree
                     if victim is None:
                         return
-                if data.pop(victim, None) is not None:
-                    del values[victim]
-                    self._forget(victim, False)
+                if self._remove(victim, tell_policy=False):
                     self.evictions += 1
             return
         if self._counts is not None:
             for _ in range(wanted):
                 if not data:
                     return
-                victim = next(iter(self._buckets[self._min_count]))
-                del data[victim]
-                del values[victim]
-                self._forget(victim)
+                self._remove(next(iter(self._buckets[self._min_count])))
                 self.evictions += 1
             return
         referenced = self._referenced
@@ -329,9 +322,7 @@ class MemoryLayer:
                     data[key] = data.pop(key)  # second chance: to the young end
                     budget -= 1
                     continue
-                del data[key]
-                del values[key]
-                self._forget(key)
+                self._remove(key)
                 self.evictions += 1
                 evicted += 1
                 if evicted >= wanted:
@@ -346,13 +337,11 @@ class MemoryLayer:
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove every key in ``keys`` (the lock taken once per 1,024 keys, not per key)."""
         keys = list(keys)
-        metas, values, forget = self._metas, self._values, self._forget
+        remove = self._remove
         for start in range(0, len(keys), _DELETE_CHUNK):
             with self._lock:
                 for key in keys[start : start + _DELETE_CHUNK]:
-                    if metas.pop(key, None) is not None:
-                        del values[key]
-                        forget(key)
+                    remove(key)
 
     def clear(self) -> None:
         """Remove every entry."""
@@ -386,8 +375,8 @@ class MemoryLayer:
         now = self._clock()
         glob = compile_glob(pattern) if pattern is not None else None
         out: list[str] = []
-        for key, entry in self._items():
-            expires_at = entry.meta.expires_at
+        for key, meta in self._items():
+            expires_at = meta.expires_at
             if expires_at is not None and now >= expires_at:
                 continue
             if glob is not None and not glob.matches(key):
@@ -405,12 +394,11 @@ class MemoryLayer:
             removed += self._discard(key)
         return removed
 
-    def _items(self) -> list[tuple[str, Entry]]:
-        """A copy of the stored items, made under the lock (writers hold it; readers only mark
-        keys, which never changes the dicts)."""
+    def _items(self) -> list[tuple[str, EntryMeta]]:
+        """A copy of the stored keys and their metadata, made under the lock (writers hold it;
+        readers only mark keys, which never changes the dicts)."""
         with self._lock:
-            values = self._values
-            return [(key, Entry.of(values[key], meta)) for key, meta in self._metas.items()]
+            return list(self._metas.items())
 
     def has(self, key: str) -> bool:
         """Whether a usable entry is stored under ``key``."""
