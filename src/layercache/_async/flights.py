@@ -23,6 +23,7 @@ reaches the flights of every loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -172,10 +173,9 @@ class Flights:
 
     # ------------------------------------------------------------------ marks
 
-    @contextlib.contextmanager
     def changing(
         self, predicate: Callable[[str, Flight], bool], keys: Iterable[str] | None = None
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """A write, delete or invalidation of the keys ``predicate`` selects, under way for
         as long as the ``with`` block runs (its layer writes go inside).
 
@@ -187,9 +187,19 @@ class Flights:
         them again at its end. ``keys`` names the keys changed; without it the change is broad
         (pattern, tags, clear) and every key counts as changed.
         """
-        names = None if keys is None else list(keys)
+        return self._under_way(
+            None if keys is None else list(keys), functools.partial(self._mark, predicate)
+        )
+
+    @contextlib.contextmanager
+    def _under_way(
+        self, names: list[str] | None, mark: Callable[[list[str] | None], None]
+    ) -> Iterator[None]:
+        """A change of ``names`` (``None``: every key) for as long as the ``with`` block runs:
+        ``mark`` applies it to the marks and flights under the lock on entry and again at
+        the end, and meanwhile :meth:`changed_since` counts those keys as changed."""
         with self._lock:
-            self._mark(predicate, names)
+            mark(names)
             if names is None:
                 self._active_broad += 1
             else:
@@ -202,7 +212,7 @@ class Flights:
                 # Again at the end, flights included: a read that began during the change
                 # may have read the value it replaces, and a caller arriving after the change
                 # returned must not be handed that read's result (nor join its fetch).
-                self._mark(predicate, names)
+                mark(names)
                 if names is None:
                     self._active_broad -= 1
                 else:
@@ -231,8 +241,7 @@ class Flights:
                 write()
             return True
 
-    @contextlib.contextmanager
-    def outdating(self, keys: Collection[str] | None) -> Iterator[None]:
+    def outdating(self, keys: Collection[str] | None) -> contextlib.AbstractContextManager[None]:
         """A shared layer reports that ``keys`` (``None``: every key) changed there, by anyone,
         this instance included (server-assisted invalidation); the in-process copies are
         removed inside the ``with`` block.
@@ -244,29 +253,7 @@ class Flights:
         value older than a change), but their values no longer go to the in-process layers
         and no later caller joins them.
         """
-        names = None if keys is None else list(keys)
-        with self._lock:
-            self._outdate(names)
-            if names is None:
-                self._active_broad += 1
-            else:
-                for key in names:
-                    self._active_keys[key] = self._active_keys.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                # Again at the end, as in changing().
-                self._outdate(names)
-                if names is None:
-                    self._active_broad -= 1
-                else:
-                    for key in names:
-                        left = self._active_keys[key] - 1
-                        if left:
-                            self._active_keys[key] = left
-                        else:
-                            del self._active_keys[key]
+        return self._under_way(None if keys is None else list(keys), self._outdate)
 
     def _outdate(self, names: list[str] | None) -> None:
         """Mark ``names`` changed, invalidate their reads and outdate their fetches (call
