@@ -91,6 +91,7 @@ REDIS_LAYER_RENAMES = {
     "aclose": "close",
     # A client built from url=: one per event loop (redis/_clients.py), one for every thread.
     "url_client": "sync_url_client",
+    "fast_reads": "sync_fast_reads",
 }
 
 # Exact text the Redis layer's twin differs in beyond renaming (applied before the renames).

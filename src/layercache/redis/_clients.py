@@ -38,10 +38,12 @@ import asyncio
 import importlib
 import inspect
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote
@@ -56,7 +58,7 @@ from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelMan
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
@@ -71,10 +73,12 @@ __all__ = [
     "LoopBoundClient",
     "SentinelTarget",
     "connection_hint",
+    "fast_reads",
     "init_signature",
     "is_sentinel_url",
     "parse_sentinel_url",
     "pool_exhausted",
+    "sync_fast_reads",
     "sync_twin_for_sync_clients",
     "sync_url_client",
     "url_client",
@@ -120,6 +124,44 @@ def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=0.1, base=0.01)
 
 
+# -- Reads past redis-py's per-command machinery ---------------------------------------------
+#
+# A redis-py command passes through about 130 Python calls: the command's argument packing,
+# the retry wrapper, response callbacks, observability hooks (two connection-count records per
+# command in redis-py 8), the pool's process-id check and, on every checkout, a poll of the
+# socket ("has the connection unread data?": three system calls). For the cache's hottest
+# commands, GET and MGET of keys that are already bytes, the pools below skip all of that for
+# connections whose last command they ran themselves, to its end: such a connection is known
+# to hold no unread reply, so it is parked on the pool's ``_ready`` list and taken again
+# without the checks. Everything else (a connection fresh from the pool, any failure, a fork)
+# goes through redis-py's own checked path. A parked connection is still in the pool's in-use
+# set: ``disconnect()`` closes it with the rest, and a caller that finds the pool full takes a
+# parked one before it waits.
+
+
+def _pack_get(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
+
+
+def _pack_mget(keys: Sequence[bytes]) -> bytes:
+    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
+    parts.extend(b"$%d\r\n%b\r\n" % (len(key), key) for key in keys)
+    return b"".join(parts)
+
+
+# Pools with parked connections: a forked child must never use its parent's sockets.
+_PARKING: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _forget_parked() -> None:
+    for pool in list(_PARKING):
+        pool._ready = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parked)
+
+
 class WaitingConnectionPool(aioredis.ConnectionPool):
     """redis-py's asyncio ``ConnectionPool``, except that a caller finding every connection
     busy waits (up to ``timeout`` seconds) for one to be released instead of failing.
@@ -131,11 +173,54 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
     """
 
     def __init__(self, *, timeout: float | None = None, **kwargs: Any) -> None:
+        self._ready: list[Any] = []  # parked connections (see above), set before reset()
         super().__init__(**kwargs)
         self.timeout = timeout
         self._waiters: deque[asyncio.Future[None]] = deque()
+        _PARKING.add(self)
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[no-untyped-call]
+        self._ready = []
+
+    async def fast_get(self, key: bytes) -> Any:
+        """``GET key`` (bytes or ``None``) on a parked connection when there is one."""
+        return await self._fast(_pack_get(key))
+
+    async def fast_mget(self, keys: Sequence[bytes]) -> Any:
+        """``MGET keys`` (a list of bytes or ``None``) likewise."""
+        return await self._fast(_pack_mget(keys))
+
+    async def _fast(self, packed: bytes) -> Any:
+        ready = self._ready
+        parked = bool(ready)
+        conn = ready.pop() if parked else await self.get_connection()
+        try:
+            await conn.send_packed_command(packed)
+            reply = await conn.read_response()
+        except ResponseError:
+            self._park(conn)  # an error reply was read to its end: the connection is fine
+            raise
+        except BaseException as exc:
+            # Unknown state (cancelled mid-reply, dropped, timed out): never parked again.
+            await conn.disconnect(nowait=True)
+            await self.release(conn)
+            if parked and isinstance(exc, RedisConnectionError):
+                # A parked connection the server dropped (restart, idle timeout): once more
+                # on a checked one, as redis-py's retry would.
+                return await self._fast(packed)
+            raise
+        self._park(conn)
+        return reply
+
+    def _park(self, conn: Any) -> None:
+        self._ready.append(conn)
+        if self._waiters:
+            self._wake_one()  # a caller waits for a connection: it takes this one
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._ready:
+            return self._ready.pop()  # parked: known to be clean, and in the in-use set
         try:
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except MaxConnectionsError:
@@ -155,6 +240,8 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
                 if isinstance(exc, asyncio.TimeoutError):
                     raise RedisConnectionError(_NO_CONNECTION) from None
                 raise
+            if self._ready:
+                return self._ready.pop()
             try:
                 return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except MaxConnectionsError:
@@ -198,6 +285,7 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
     """
 
     def __init__(self, *, timeout: float | None = None, **kwargs: Any) -> None:
+        self._ready: list[Any] = []  # parked connections (see above), set before reset()
         super().__init__(**kwargs)
         self.timeout = timeout
         self._released = threading.Condition(threading.Lock())
@@ -205,8 +293,61 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
         # changed under ``_released``.
         self._waiting = 0
         self._releases = 0
+        _PARKING.add(self)
+
+    def reset(self) -> None:
+        super().reset()
+        self._ready = []
+
+    def fast_get(self, key: bytes) -> Any:
+        """``GET key`` (bytes or ``None``) on a parked connection when there is one.
+
+        Thread-safe without a lock: a parked connection is taken with one ``list.pop``."""
+        return self._fast(_pack_get(key))
+
+    def fast_mget(self, keys: Sequence[bytes]) -> Any:
+        """``MGET keys`` (a list of bytes or ``None``) likewise."""
+        return self._fast(_pack_mget(keys))
+
+    def _fast(self, packed: bytes) -> Any:
+        try:
+            conn = self._ready.pop()
+            parked = True
+        except IndexError:
+            conn = self.get_connection()
+            parked = False
+        try:
+            conn.send_packed_command((packed,))
+            reply = conn.read_response()
+        except ResponseError:
+            self._park(conn)  # an error reply was read to its end: the connection is fine
+            raise
+        except BaseException as exc:
+            # Unknown state (interrupted mid-reply, dropped, timed out): never parked again.
+            conn.disconnect()
+            self.release(conn)
+            if parked and isinstance(exc, RedisConnectionError):
+                # A parked connection the server dropped (restart, idle timeout): once more
+                # on a checked one, as redis-py's retry would.
+                return self._fast(packed)
+            raise
+        self._park(conn)
+        return reply
+
+    def _park(self, conn: Any) -> None:
+        self._ready.append(conn)
+        if self._waiting:
+            # A thread waits for a connection (it looks at the parked ones after it counted
+            # itself, so one parked before that is seen): wake it to take this one.
+            with self._released:
+                self._releases += 1
+                self._released.notify()
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._ready.pop()  # parked: known to be clean, and in the in-use set
+        except IndexError:
+            pass
         try:
             return super().get_connection(*args, **kwargs)
         except MaxConnectionsError:
@@ -220,6 +361,10 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
                 # first) its connection is taken by the attempt below: none is missed.
                 with self._released:
                     seen = self._releases
+                try:
+                    return self._ready.pop()
+                except IndexError:
+                    pass
                 try:
                     return super().get_connection(*args, **kwargs)
                 except MaxConnectionsError:
@@ -671,6 +816,33 @@ def sync_url_client(
     return redis.Redis.from_pool(pool)
 
 
+def _fast_pool(client: Any, kind: type) -> Any:
+    """``client``'s pool when the fast reads apply: a pool of exactly ``kind`` (not a Sentinel
+    pool, which checks where the master is on checkout)."""
+    pool = getattr(client, "connection_pool", None)
+    return pool if type(pool) is kind else None
+
+
+def fast_reads(
+    client: Any,
+) -> tuple[Callable[[bytes], Awaitable[Any]], Callable[[Sequence[bytes]], Awaitable[Any]]]:
+    """The ``GET`` and ``MGET`` a layer reads with: past redis-py's per-command machinery on
+    a client built here from a URL (see above), the client's own commands on any other."""
+    if isinstance(client, LoopBoundClient):
+        return client.fast_get, client.fast_mget
+    return client.get, client.mget
+
+
+def sync_fast_reads(
+    client: Any,
+) -> tuple[Callable[[bytes], Any], Callable[[Sequence[bytes]], Any]]:
+    """:func:`fast_reads` of the sync twins (one client, one pool, for every thread)."""
+    pool = _fast_pool(client, SyncWaitingConnectionPool)
+    if pool is not None:
+        return pool.fast_get, pool.fast_mget
+    return client.get, client.mget
+
+
 def url_client(
     url: str, *, socket_timeout: float | None, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> aioredis.Redis:
@@ -805,6 +977,23 @@ class LoopBoundClient:
         from redis.commands.core import AsyncScript
 
         return AsyncScript(self, script)  # type: ignore[arg-type]
+
+    async def fast_get(self, key: bytes) -> Any:
+        """``GET key`` on the running loop's client, past redis-py's per-command machinery
+        (see above) unless it is a Sentinel client."""
+        client = self._clients.current()
+        pool = _fast_pool(client, WaitingConnectionPool)
+        if pool is None:
+            return await client.get(key)
+        return await pool.fast_get(key)
+
+    async def fast_mget(self, keys: Sequence[bytes]) -> Any:
+        """``MGET keys`` likewise."""
+        client = self._clients.current()
+        pool = _fast_pool(client, WaitingConnectionPool)
+        if pool is None:
+            return await client.mget(keys)
+        return await pool.fast_mget(keys)
 
     def current(self) -> Any:
         """The running loop's client, made on first use in that loop.

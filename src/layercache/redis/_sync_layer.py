@@ -30,7 +30,7 @@ from .._glob import glob_match
 from .._keys import validate_pattern, validate_prefix
 from .._types import ErrorHandler, LayerItem
 from ..serializers import Serializer
-from ._clients import DEFAULT_MAX_CONNECTIONS, sync_twin_for_sync_clients, sync_url_client
+from ._clients import DEFAULT_MAX_CONNECTIONS, sync_fast_reads, sync_twin_for_sync_clients, sync_url_client
 from ._entries import StoredEntries
 from ._errors import DriverErrors, pool_detail
 from ._keys import encode_key, prefix_match, scan_match, strip_prefix
@@ -222,6 +222,9 @@ class SyncRedisLayer:
             self._client = client
             self._owns_client = False
         self._is_cluster = isinstance(self._client, RedisCluster)
+        # GET and MGET of the read paths (redis/_clients.py: past redis-py's per-command
+        # machinery on a client built here).
+        self._read_one, self._read_many = sync_fast_reads(self._client)
         # Multi-key commands, and a cluster client's slot map loaded before its first command.
         self._keyspace = KeySpace(self._client, self._is_cluster, self._driver_errors)
         # Leases (see _lease.py). None: the mechanism is off.
@@ -301,7 +304,7 @@ class SyncRedisLayer:
         # Inline try (not the _driver_errors context manager): this is the L2 hit path, and a
         # generator-based context manager costs about a microsecond per call.
         try:
-            raw = self._client.get(self._key(key))
+            raw = self._read_one(self._key(key))
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
@@ -393,7 +396,7 @@ class SyncRedisLayer:
                 # Keys of different slots cannot share one MGET: the cluster client splits it.
                 values = self._client.mget_nonatomic(raw_keys)  # type: ignore[union-attr]
             else:
-                values = self._client.mget(raw_keys)
+                values = self._read_many(raw_keys)
         return [
             None if raw is None else self._entries.decode(key, raw, "get_many")
             for key, raw in zip(keys, values, strict=True)
@@ -445,7 +448,7 @@ class SyncRedisLayer:
         try:
             if self._is_cluster:
                 return list(self._client.mget_nonatomic(raw_keys))  # type: ignore[union-attr]
-            return list(self._client.mget(raw_keys))
+            return list(self._read_many(raw_keys))
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
@@ -663,7 +666,7 @@ class SyncRedisLayer:
         # Bytes (the client is checked for decode_responses=False) or None.
         raw: Any
         try:
-            raw = self._client.get(self._key(key))
+            raw = self._read_one(self._key(key))
         except Exception as exc:
             if isinstance(exc, CacheLayerError):
                 raise
@@ -688,7 +691,7 @@ class SyncRedisLayer:
             read_at = self._measure_clock("lease")
         raw: Any
         with self._driver_errors("lease"):
-            raw = self._client.get(self._key(key))
+            raw = self._read_one(self._key(key))
         return Lease(read_at, raw)
 
     def set_leased(
@@ -778,7 +781,7 @@ class SyncRedisLayer:
         self._keyspace.ready()
         raw: Any
         with self._driver_errors("get_with_token"):
-            raw = self._client.get(self._key(key))
+            raw = self._read_one(self._key(key))
         if raw is None:
             return None
         entry = self._entries.decode(key, raw, "get_with_token")
