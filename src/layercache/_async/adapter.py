@@ -149,6 +149,7 @@ class LayerAdapter:
         self.read_batcher: Batcher | None = None
         self.leased_batcher: Batcher | None = None
         self.write_batcher: Batcher | None = None
+        self.leased_store_batcher: Batcher | None = None
         if not self.is_local:
             self._batch(layer, blocking)
         closer = getattr(layer, "aclose", None) or getattr(layer, "close", None)
@@ -187,54 +188,61 @@ class LayerAdapter:
         unless false), ``batch_window`` (seconds a batch leader waits for more callers; 0)
         and ``max_batch`` (items per bulk call). Plain reads are batched through the layer's
         ``get_batch`` (failures reported as its ``get`` would be) or else its ``get_many``;
-        leased reads through ``get_leased_batch`` only; writes through ``set_batch`` only
-        (one outcome per item: a value that cannot be stored fails its own caller alone).
+        leased reads through ``get_leased_batch`` only; writes through ``set_batch`` and
+        the conditional stores of fetches through ``set_leased_batch`` only (one outcome per
+        item: a value that cannot be stored fails its own caller alone).
         """
         window = float(getattr(layer, "batch_window", 0.0) or 0.0)
         max_batch = int(getattr(layer, "max_batch", DEFAULT_MAX_BATCH) or DEFAULT_MAX_BATCH)
+
+        def batcher(one: Callable[[Any], Awaitable[Any]], bulk: Any, operation: str) -> Batcher:
+            # Reads are deduplicated (a key asked twice is read once); writes report one
+            # outcome per item and keep their order.
+            reads = operation == "get"
+            return Batcher(
+                one,
+                self._bulk(operation, bind_method(bulk, blocking)),
+                max_batch=max_batch,
+                window=window,
+                per_item=not reads,
+                dedupe=reads,
+            )
+
+        def coalesced(
+            single: Callable[..., Awaitable[Any]], bulk: Any
+        ) -> tuple[Batcher, Callable[..., Awaitable[Any]]]:
+            # A write of several arguments goes through the batcher as one tuple.
+            async def alone(item: tuple[Any, ...]) -> Any:
+                return await single(*item)
+
+            made = batcher(alone, bulk, "set")
+            submit = made.submit
+
+            async def write(*args: Any) -> Any:
+                return await submit(args)
+
+            return made, write
+
         if getattr(layer, "read_batching", True):
             many = getattr(layer, "get_batch", None)
             if not callable(many):
                 many = getattr(layer, "get_many", None)
             if callable(many):
-                self.read_batcher = Batcher(
-                    self.read,
-                    self._bulk("get", bind_method(many, blocking)),
-                    max_batch=max_batch,
-                    window=window,
-                    dedupe=True,
-                )
+                self.read_batcher = batcher(self.read, many, "get")
                 self.read = self.read_batcher.submit
             leased = getattr(layer, "get_leased_batch", None)
             if self.read_leased is not None and callable(leased):
-                self.leased_batcher = Batcher(
-                    self.read_leased,
-                    self._bulk("get", bind_method(leased, blocking)),
-                    max_batch=max_batch,
-                    window=window,
-                    dedupe=True,
-                )
+                self.leased_batcher = batcher(self.read_leased, leased, "get")
                 self.read_leased = self.leased_batcher.submit
-        stores = getattr(layer, "set_batch", None)
-        if getattr(layer, "write_batching", True) and callable(stores):
-            single = self._set
-
-            async def store(item: tuple[str, Entry, float | None]) -> None:
-                await single(*item)
-
-            self.write_batcher = Batcher(
-                store,
-                self._bulk("set", bind_method(stores, blocking)),
-                max_batch=max_batch,
-                window=window,
-                per_item=True,
-            )
-            submit = self.write_batcher.submit
-
-            async def coalesced(key: str, entry: Entry, ttl: float | None) -> None:
-                await submit((key, entry, ttl))
-
-            self._set = coalesced
+        if getattr(layer, "write_batching", True):
+            stores = getattr(layer, "set_batch", None)
+            if callable(stores):
+                self.write_batcher, self._set = coalesced(self._set, stores)
+            leased_stores = getattr(layer, "set_leased_batch", None)
+            if self.leases and callable(leased_stores):
+                self.leased_store_batcher, self._set_leased = coalesced(
+                    self._set_leased, leased_stores
+                )
 
     def _bulk(
         self, operation: str, fn: Callable[[list[Any]], Awaitable[Any]]

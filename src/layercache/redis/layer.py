@@ -15,6 +15,7 @@ from typing import Any
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import NoScriptError
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "layercache.redis needs the 'redis' extra: pip install 'layercache-py[redis]'"
@@ -66,6 +67,8 @@ logger = logging.getLogger("layercache.redis")
 _LEASE_SET_SHA = hashlib.sha1(LEASE_SET.encode("utf-8")).hexdigest()
 
 RedisClient = aioredis.Redis | RedisCluster
+# One store of a fetched value: (key, entry, ttl, lease, tags), as set_leased takes them.
+LeasedItem = tuple[str, Entry, float | None, Lease, Sequence[str]]
 
 
 # unasync: begin async-only
@@ -787,6 +790,149 @@ class RedisLayer:
     async def _store_leased(self, keys: Sequence[bytes], args: Sequence[Any]) -> int:
         # The store of every fetch: a bare EVALSHA (see KeySpace.evalsha).
         return int(await self._keyspace.evalsha(LEASE_SET, _LEASE_SET_SHA, keys, args))
+
+    async def set_leased_batch(self, items: Sequence[LeasedItem]) -> list[bool | Exception]:
+        """The stores of several concurrent :meth:`set_leased` calls (what the stack's write
+        batching sends), each checked as its own: one pipeline of the store script (not a
+        transaction; on a cluster one per node). One outcome per item: ``True`` stored (or
+        nothing to store), ``False`` refused, or the exception that item's own
+        :meth:`set_leased` would have raised (a value that cannot be serialized, an error
+        reply to its command). Items are applied in order.
+
+        On a cluster, as for one store, the values go first and the fences after: one read
+        of every fence the stored items name (one ``MGET`` per slot, pipelined per node);
+        each store a fence refuses is taken back (removed unless something replaced it),
+        and that item is ``False``. If that read fails, every stored item is taken back and
+        fails.
+
+        Raises:
+            CacheLayerError: ``(name, "set_leased")`` if Redis cannot be reached or fails as
+                a whole.
+        """
+        await self._keyspace.ready()
+        outcomes: list[bool | Exception] = [True] * len(items)
+        leases_on = self._lease_ttl_us is not None
+        fence_all = self._fence_all
+        cluster = self._is_cluster
+        # Per store sent: its position, key, bytes, and the read time and fences to check.
+        sent: list[tuple[int, bytes, bytes, int, list[bytes]]] = []
+        commands: list[tuple[Any, ...]] = []
+        for position, (key, entry, ttl, lease, tags) in enumerate(items):
+            if ttl is not None and ttl <= 0:
+                continue
+            try:
+                data = self._entries.encode(entry, "set_leased")
+            except Exception as exc:  # this item's own failure (UnserializableValueError)
+                outcomes[position] = exc
+                continue
+            raw_key = self._key(key)
+            px = None if ttl is None else milliseconds(ttl)
+            if not leases_on:
+                expiry = () if px is None else ("PX", px)
+                commands.append(("SET", raw_key, data, *expiry))
+                sent.append((position, raw_key, data, 0, []))
+                continue
+            observed = "" if lease.observed is None else hashlib.sha1(lease.observed).hexdigest()
+            args = (lease.read_at, self._lease_ttl_us, observed, data, "" if px is None else px)
+            fences = [fence_all, *(self._tag_fence(t) for t in dict.fromkeys(tags))]
+            keys = (raw_key,) if cluster else (raw_key, *fences)
+            commands.append(("EVALSHA", _LEASE_SET_SHA, len(keys), *keys, *args))
+            sent.append((position, raw_key, data, lease.read_at, fences))
+        if not sent:
+            return outcomes
+        with self._driver_errors("set_leased"):
+            replies = await self._pipelined(commands, LEASE_SET)
+        stored: list[tuple[int, bytes, bytes, int, list[bytes]]] = []
+        for store, reply in zip(sent, replies, strict=True):
+            position = store[0]
+            if isinstance(reply, Exception):
+                failure = self._driver_errors.error("set_leased", reply)
+                failure.__cause__ = reply
+                outcomes[position] = failure
+            elif leases_on:
+                outcomes[position] = int(reply) == 1
+                if cluster and int(reply) == 1:
+                    stored.append(store)
+        if stored:
+            await self._check_fences(stored, outcomes)
+        return outcomes
+
+    async def _pipelined(self, commands: list[tuple[Any, ...]], script: str) -> list[Any]:
+        """``commands`` in one pipeline (``raise_on_error=False``: an error reply is that
+        command's result); those whose node lost ``script`` (``EVALSHA`` refused after a
+        restart or ``SCRIPT FLUSH``) are sent again once it is loaded."""
+        replies: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for i in pending:
+                pipe.execute_command(*commands[i])
+            results = await pipe.execute(raise_on_error=False)
+            missing: list[int] = []
+            for i, result in zip(pending, results, strict=True):
+                if attempt == 0 and isinstance(result, NoScriptError):
+                    missing.append(i)
+                else:
+                    replies[i] = result
+            if not missing:
+                break
+            # SCRIPT LOAD goes to every primary of a cluster client.
+            await self._client.script_load(script)
+            pending = missing
+        return replies
+
+    async def _check_fences(
+        self,
+        stored: list[tuple[int, bytes, bytes, int, list[bytes]]],
+        outcomes: list[bool | Exception],
+    ) -> None:
+        """The cluster's second step of :meth:`set_leased_batch`: read the fences of the
+        stored items (each at most once) and take back the stores they refuse."""
+        names = list(dict.fromkeys(fence for store in stored for fence in store[4]))
+        try:
+            values = await self._client.mget_nonatomic(names)  # type: ignore[union-attr]
+        except BaseException as exc:
+            # Unchecked: take the stores back rather than risk keeping stale values.
+            undo = [(store[1], store[2]) for store in stored]
+            try:
+                await self._undo_many(undo)
+            except Exception:
+                logger.warning("%s: could not take back %d unchecked stores", self.name, len(undo))
+            if not isinstance(exc, Exception):
+                raise
+            for store in stored:
+                failure = self._driver_errors.error("set_leased", exc)
+                failure.__cause__ = exc
+                outcomes[store[0]] = failure
+            return
+        fence_at = dict(zip(names, values, strict=True))
+        refused = [
+            store
+            for store in stored
+            if any(fence_at_or_after(fence_at[fence], store[3]) for fence in store[4])
+        ]
+        if not refused:
+            return
+        for store in refused:
+            outcomes[store[0]] = False
+        try:
+            await self._undo_many([(store[1], store[2]) for store in refused])
+        except Exception as exc:
+            # As one store's: a refused store that could not be taken back fails.
+            for store in refused:
+                failure = self._driver_errors.error("set_leased", exc)
+                failure.__cause__ = exc
+                outcomes[store[0]] = failure
+
+    async def _undo_many(self, stores: list[tuple[bytes, bytes]]) -> None:
+        """Take back stores (key, stored bytes): one pipeline of the undo script."""
+        sha = self._undo_script.sha
+        commands = [
+            ("EVALSHA", sha, 1, raw_key, hashlib.sha1(data).hexdigest()) for raw_key, data in stores
+        ]
+        for reply in await self._pipelined(commands, LEASE_UNDO):
+            if isinstance(reply, Exception):
+                raise reply
 
     async def _undo_quietly(self, raw_key: bytes, data: bytes) -> None:
         try:
