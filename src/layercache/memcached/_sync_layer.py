@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._batching import batch_options
 from .._codec import EntryCodec
 from .._entry import Entry
 from .._error_handlers import DriverErrors
@@ -112,6 +113,13 @@ class SyncMemcachedLayer:
             again: the longest another instance's ``clear`` takes to be seen here. ``0``
             reads it with every operation (every read then sees another instance's ``clear``
             at once, and every store costs one more round trip).
+        read_batching: Let a stack merge concurrent reads of distinct keys into one
+            multi-get: a read issued while another is in flight waits for it and goes with
+            the next batch. A lone read is sent at once, as without batching
+            (docs/perf-batching.md).
+        batch_window: Seconds a batch leader waits for more callers before it sends (0:
+            none; batches then form only behind a read in flight). At most 0.1.
+        max_batch: Keys per batched multi-get at most (1 to 10,000).
 
     Raises:
         ValueError: On a bad argument (both or neither of ``client``/``servers``, a bad
@@ -140,9 +148,20 @@ class SyncMemcachedLayer:
         timeout: float | None = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         version_reuse: float = VERSION_REUSE,
+        read_batching: bool = True,
+        batch_window: float = 0.0,
+        max_batch: int = 256,
     ) -> None:
         if (client is None) == (servers is None):
             raise ValueError("SyncMemcachedLayer needs exactly one of client= or servers=")
+        # Read by the stack's adapter, which batches concurrent reads (_async/batcher.py).
+        # Stores are not coalesced (no set_batch): write_batching is not an option here.
+        options = batch_options(read_batching, False, batch_window, max_batch)
+        self.read_batching, self.batch_window, self.max_batch = (
+            options.read_batching,
+            options.batch_window,
+            options.max_batch,
+        )
         if not isinstance(prefix, str):
             raise ValueError(f"prefix must be a str, not {type(prefix).__name__}")
         if prefix:
@@ -185,6 +204,9 @@ class SyncMemcachedLayer:
             "timeout": timeout,
             "max_connections": max_connections,
             "version_reuse": version_reuse,
+            "read_batching": read_batching,
+            "batch_window": batch_window,
+            "max_batch": max_batch,
         }
         codec = EntryCodec(
             serializer=serializer,
@@ -388,6 +410,19 @@ class SyncMemcachedLayer:
         return [
             self._decode(key, raw, "get_many", now) for key, raw in zip(keys, raws, strict=True)
         ]
+
+    def get_batch(self, keys: Sequence[str]) -> list[Entry | None]:
+        """The reads of several concurrent :meth:`get` calls in one multi-get per server
+        (what the stack's read batching sends): like :meth:`get_many`, but a failure, or an
+        unreadable value, is reported as operation ``"get"``, as each caller's own read would
+        be.
+
+        Raises:
+            CacheLayerError: ``(name, "get")`` if memcached cannot be reached or fails.
+        """
+        raws = self._read(keys, "get")
+        now = time.time()
+        return [self._decode(key, raw, "get", now) for key, raw in zip(keys, raws, strict=True)]
 
     def set_many(self, items: Sequence[LayerItem]) -> None:
         """Store several entries (concurrent stores over the pools; pipelined per server and
