@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+_INF = float("inf")
+
 __all__ = ["Entry", "EntryMeta", "MetaCache"]
 
 # Entries written within this many seconds with the same options share one EntryMeta: they
@@ -34,9 +36,19 @@ class EntryMeta:
         tags: The tags the value was stored with (they belong to the value).
         expires_at: Derived: the wall time after which no use of the entry is possible
             (``None``: never).
+        fresh_end: Derived: ``fresh_until`` as a float (``inf`` for never), so that a hit
+            path tests freshness with one comparison.
     """
 
-    __slots__ = ("error_until", "expires_at", "fresh_until", "stale_until", "stored_at", "tags")
+    __slots__ = (
+        "error_until",
+        "expires_at",
+        "fresh_end",
+        "fresh_until",
+        "stale_until",
+        "stored_at",
+        "tags",
+    )
 
     stored_at: float
     fresh_until: float | None
@@ -44,6 +56,7 @@ class EntryMeta:
     error_until: float | None
     tags: tuple[str, ...]
     expires_at: float | None
+    fresh_end: float
 
     def __init__(
         self,
@@ -58,6 +71,7 @@ class EntryMeta:
         self.stale_until = stale_until
         self.error_until = error_until
         self.tags = tags
+        self.fresh_end = _INF if fresh_until is None else fresh_until
         end = fresh_until
         if end is not None:
             if stale_until is not None and stale_until > end:

@@ -54,6 +54,7 @@ from .._primitives.threads import call_fetcher, wait_launched
 from .._typed import converter_for
 from .._types import InvalidationBus, OperationTracer, SingleFlightCoordinator
 from .._warming import WarmEntry, WarmSummary, coerce_warm_entries
+from ..layers.memory import NOT_FRESH, MemoryLayer
 from ..snapshots import MAX_BYTES, MAX_ENTRIES, read_snapshot, write_snapshot
 from .assembly import assemble
 from .flights import Flight, among
@@ -75,6 +76,28 @@ WarmItem = WarmEntry | tuple[str, Fetcher]
 _CLOSE_GRACE = 5.0
 # The memory layer's latency is timed on one lookup in (mask + 1) on the L1 path of get().
 _L1_SAMPLE_MASK = 63
+
+
+def _fresh_reader(
+    peek: Callable[[str, float], tuple[Any, EntryMeta] | None] | None, layer: Any
+) -> Callable[[str, float], Any] | None:
+    """The L1 hit path's read: ``key``'s value if fresh at ``now``, else ``NOT_FRESH``.
+    A :class:`MemoryLayer` answers it itself (no tuple, one comparison); any other layer with
+    a ``peek`` through it."""
+    if peek is None:
+        return None
+    if isinstance(layer, MemoryLayer) and peek == layer.peek:
+        return layer.fresh_value
+
+    def fresh(key: str, now: float) -> Any:
+        found = peek(key, now)
+        if found is None or now >= found[1].fresh_end:
+            return NOT_FRESH
+        return found[0]
+
+    return fresh
+
+
 # Per-call option sets remembered after coercion (see SyncCacheStack._options).
 _OPTIONS_MEMO = 256
 
@@ -188,6 +211,7 @@ class SyncCacheStack:
         # plain call, its counters and the event hub held here for one attribute load each.
         first = self._layers.adapters[0]
         self._l1: Callable[[str, float], tuple[Any, EntryMeta] | None] | None = first.peek
+        self._l1_fresh = _fresh_reader(first.peek, first.layer)
         self._l1_name = first.name
         self._l1_tick = 0
         self._metrics = telemetry.metrics
@@ -329,19 +353,31 @@ class SyncCacheStack:
         if self._link.generation is not None:
             key = self._render(key)
         opts = self._defaults if not kwargs and options is None else self._options(options, kwargs)
-        l1 = self._l1
+        fresh = self._l1_fresh
         stale: tuple[Entry, str] | None = None
-        if l1 is not None:
+        if fresh is not None:
             now = self._clock()
             # The memory layer's latency is sampled (one lookup in 64): timing every L1 hit
             # would cost more than the hit itself.
             self._l1_tick = tick = self._l1_tick + 1
             if tick & _L1_SAMPLE_MASK or not self._metrics_enabled:
-                found = l1(key, now)
+                value = fresh(key, now)
             else:
                 began = time.perf_counter()
-                found = l1(key, now)
+                value = fresh(key, now)
                 self._l1_timer(time.perf_counter() - began)
+            if value is not NOT_FRESH and convert is None and not opts.has_hit_work:
+                # The plain hit: a fresh value, nothing to convert, nothing to do after it.
+                self._metrics.hits += 1
+                self._l1_counters.hits += 1
+                if "hit" in self._events.active:
+                    self._events.emit("hit", {"key": key, "layer": self._l1_name})
+                if self._tracer is not None:
+                    self._tracer.l1_hit(key, self._l1_name)
+                return value
+            # Anything else (absent, stale, a type to rebuild, work after the hit): the
+            # entry with its metadata.
+            found = self._l1(key, now)  # type: ignore[misc]
             if found is not None:
                 value, meta = found
                 if convert is not None:
@@ -371,7 +407,7 @@ class SyncCacheStack:
                     return value
                 stale = (Entry.of(value, meta), self._l1_name)
         self._open()
-        start = 1 if l1 is not None else 0
+        start = 1 if fresh is not None else 0
         if self._tracer is None:
             value = self._reader.read_through(key, fetcher, opts, start, stale, convert)
         else:

@@ -34,7 +34,7 @@ from .._entry import Entry, EntryMeta
 from .._glob import compile_glob
 from ._tinylfu import TinyLfuPolicy
 
-__all__ = ["DEFAULT_MAX_SIZE", "MemoryLayer"]
+__all__ = ["DEFAULT_MAX_SIZE", "NOT_FRESH", "MemoryLayer"]
 
 DEFAULT_MAX_SIZE = 100_000
 """Entries kept when ``max_size`` is not given: every map that grows with keys has a bound."""
@@ -51,6 +51,8 @@ _SIZE_DEPTH = 2
 _SIZE_ITEMS = 64
 # A value slot read after its metadata may be gone (another thread removed the key).
 _ABSENT: Any = object()
+# What fresh_value() answers for a key that is not fresh (absent, stale or expired).
+NOT_FRESH: Any = object()
 
 
 def approximate_size(value: Any, depth: int = _SIZE_DEPTH) -> int:
@@ -176,6 +178,21 @@ class MemoryLayer:
         elif self._counts is not None:
             self._bump(key)
         return value, meta
+
+    def fresh_value(self, key: str, now: float) -> Any:
+        """The value of ``key`` if it is still *fresh* at ``now``, else :data:`NOT_FRESH` (the
+        stacks' plain L1 hit: one lookup, one comparison; a stale, expired or absent entry is
+        left to :meth:`peek`)."""
+        meta = self._metas.get(key)
+        if meta is None or now >= meta.fresh_end:
+            return NOT_FRESH
+        value = self._values.get(key, NOT_FRESH)
+        mark = self._mark
+        if mark is not None:
+            mark(key)  # lock-free, as in peek()
+        elif self._counts is not None:
+            self._bump(key)
+        return value
 
     def lookup(self, key: str, now: float) -> Entry | None:
         """The stored entry if still usable at ``now``."""
