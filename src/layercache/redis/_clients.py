@@ -139,10 +139,6 @@ def _backoff() -> ExponentialBackoff:
 # parked one before it waits.
 
 
-def _pack_get(key: bytes) -> bytes:
-    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key)
-
-
 def _pack_mget(keys: Sequence[bytes]) -> bytes:
     parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
     parts.extend(b"$%d\r\n%b\r\n" % (len(key), key) for key in keys)
@@ -185,7 +181,7 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
 
     async def fast_get(self, key: bytes) -> Any:
         """``GET key`` (bytes or ``None``) on a parked connection when there is one."""
-        return await self._fast(_pack_get(key))
+        return await self._fast(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
 
     async def fast_mget(self, keys: Sequence[bytes]) -> Any:
         """``MGET keys`` (a list of bytes or ``None``) likewise."""
@@ -303,7 +299,7 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
         """``GET key`` (bytes or ``None``) on a parked connection when there is one.
 
         Thread-safe without a lock: a parked connection is taken with one ``list.pop``."""
-        return self._fast(_pack_get(key))
+        return self._fast(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(key), key))
 
     def fast_mget(self, keys: Sequence[bytes]) -> Any:
         """``MGET keys`` (a list of bytes or ``None``) likewise."""
@@ -331,7 +327,10 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
                 # on a checked one, as redis-py's retry would.
                 return self._fast(packed)
             raise
-        self._park(conn)
+        if self._waiting:
+            self._park(conn)
+        else:
+            self._ready.append(conn)  # _park() without waiters, inlined (the L2 hit path)
         return reply
 
     def _park(self, conn: Any) -> None:
