@@ -180,6 +180,9 @@ class Writer:
         behind = self.behind
         tags = opts.tags or ()
         expires = _latest_expiry(plan)
+        # Changes of the key from here on keep this fetch's value out of L1 (unless_changed):
+        # one of them may forget the key in the tag index after the record below.
+        epoch = self._flights.epoch
         if flight is not None:
             # A fetch's tags are recorded before its value is stored anywhere. An invalidation
             # of one of them that resolves keys after this record finds the key and deletes
@@ -225,12 +228,15 @@ class Writer:
 
         if flight is None:
             write_direct()
-        elif not self._flights.unless_changed(flight, write_direct):
-            # Changed since the fetch began: the value goes nowhere more. A conditional store
-            # that went through before the change reached Redis is taken back: the change may
-            # not have removed it (a tag invalidation resolves keys through the index, and
-            # this value's record was never made).
-            if leased_stored:
+        elif not self._flights.unless_changed(flight, write_direct, key, epoch):
+            # Changed since the fetch began, or since its record: the value goes nowhere more.
+            # (A change under way may have forgotten the key in the tag index after the
+            # record: written now, the value would be out of reach of invalidate_by_tag.)
+            # A conditional store of an invalidated fetch that went through before the change
+            # reached Redis is taken back: the change may not have removed it. One that
+            # began before this fetch did not invalidate it: the fetch read the new row, and
+            # the change removes (or has refused) the conditional store itself.
+            if leased_stored and flight.invalidated:
                 with self._flights.changing(no_flight, (key,)):
                     await self.delete_everywhere([key])
             return

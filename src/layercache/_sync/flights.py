@@ -225,18 +225,29 @@ class Flights:
                         else:
                             del self._active_keys[key]
 
-    def unless_changed(self, flight: Flight, write: Callable[[], None]) -> bool:
+    def unless_changed(
+        self, flight: Flight, write: Callable[[], None], key: str | None = None, epoch: int = 0
+    ) -> bool:
         """Run ``write`` (a fetch's synchronous, in-process store) unless ``flight`` was
-        invalidated; whether it ran.
+        invalidated or, given ``key``, the key changed since ``epoch`` (when the fetch
+        recorded its tags) or is being changed now; whether it ran.
 
         Atomic with respect to changes: a change marks flights under this lock on entry, and
         removes the key from the layers after that. So either the change marked ``flight``
         first (nothing is written) or it comes after the write and removes it. A check and
         a write apart would let a change slip in between, and the fetched value would sit in
         L1 after the change returned, until the fetch's own clean-up removed it.
+
+        A change that began before the fetch (so did not mark it) may still be under way: its
+        removal forgets the key in the tag index, then deletes it from the layers. A fetch
+        that recorded its tags before that "forget" and wrote L1 after that delete would
+        leave a value the tag index does not know, out of reach of the next
+        ``invalidate_by_tag``. Hence the check of ``key`` since ``epoch`` as well: every
+        change marks its keys under this lock on entry and at its end, and counts them as
+        changing meanwhile.
         """
         with self._lock:
-            if flight.invalidated:
+            if flight.invalidated or (key is not None and self._changed_since(key, epoch)):
                 return False
             if not flight.outdated:
                 # (An outdated fetch writes nothing here, and its shared stores stand.)
