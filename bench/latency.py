@@ -101,6 +101,13 @@ async def redis_subjects(exits: AsyncExitStack, host: str, port: int) -> list[Su
     exits.push_async_callback(lc.aclose)
     await lc.set("v", VALUE)
 
+    # The layer's own GET (redis/_clients.py: a parked connection, past redis-py's per-command
+    # machinery) under the floor's decode: the rest of the layercache row is the stack's cost.
+    lc_client = lc.layers[0]._client
+
+    async def lean_get(k: str) -> Any:
+        return json.loads(await lc_client.fast_get(k.encode()))
+
     memory = MemoryLayer(ttl=TTL)
     lc2 = CacheStack([memory, RedisLayer(url=url, ttl=TTL, prefix="bench:lc2:")])
     exits.push_async_callback(lc2.aclose)
@@ -139,6 +146,13 @@ async def redis_subjects(exits: AsyncExitStack, host: str, port: int) -> list[Su
             raw_get_t,
             "bench:raw",
             note="same client setting as RedisLayer(url=)",
+            expect=VALUE,
+        ),
+        Subject(
+            "floor: the layer's GET (parked connection) + json.loads",
+            lean_get,
+            "bench:raw",
+            note="what RedisLayer(url=) sends",
             expect=VALUE,
         ),
         Subject("layercache CacheStack[RedisLayer]", lc.get, "v"),
