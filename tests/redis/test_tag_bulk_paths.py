@@ -303,9 +303,11 @@ async def test_invalidate_10k_tagged_keys_everywhere(backend: Backend, index_kin
                 *(n for n in state if n.startswith(b"keys:")),
             }
             assert len([n for n in state if n.startswith(b"keys:")]) == 1
-            # The index: 10 scripts of 1,000 keys, one SMEMBERS per key, a few SREMs per
-            # tag set (111 tags, 16 shards) per script; no command per key and tag.
-            assert commands["smembers"] == count, commands
+            # The index: the tag's keys in one SMEMBERS (one set: no SUNION); 10 scripts of
+            # 1,000 keys, one SMEMBERS per key, a few SREMs per tag set (111 tags, 16
+            # shards) per script; no command per key and tag.
+            assert commands["smembers"] == count + 1, commands
+            assert commands.get("sunion", 0) == 0, commands
             assert commands["srem"] <= 10 * (111 + 16), commands
             index_scripts = 10
         else:

@@ -70,12 +70,11 @@ local function each_group(command, groups, prefix)
   end
 end
 
-local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shard_prefix,
-    shard_names)
+local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shard_prefix)
   -- Forget keys: their tag sets, their entries in the tag sets, the known-keys shards and the
   -- expiry set. One SMEMBERS per key; then one SREM per tag set and per shard, one DEL and
-  -- one ZREM, each with many members, instead of a few commands per key. `shard_names`
-  -- (optional): the shard of each key, when the caller knows them (else computed here).
+  -- one ZREM, each with many members, instead of a few commands per key. (TAG_INDEX_REMOVE
+  -- does the same with the shards its caller computed.)
   if #members == 0 then
     return
   end
@@ -87,8 +86,7 @@ local function forget_many(members, expiry, shards, tag_prefix, key_prefix, shar
     for j = 1, #tags do
       add_to(tag_groups, tags[j], member)
     end
-    local shard = shard_names and shard_names[i] or shard_of(member, shards, shard_prefix)
-    add_to(shard_groups, shard, member)
+    add_to(shard_groups, shard_of(member, shards, shard_prefix), member)
     key_sets[i] = key_set
   end
   each_group('SREM', tag_groups, tag_prefix)
@@ -323,16 +321,36 @@ local err = check_layout(KEYS[2], ARGV[1])
 if err then
   return redis.error_reply(err)
 end
-local members, shard_names = {}, {}
+-- forget_many's work, with each shard's keys as given: per key one SMEMBERS (its tags) and
+-- nothing else; then one SREM per shard and per tag set, one DEL and one ZREM, each with many
+-- members.
+local key_prefix = ARGV[3]
+local members, key_sets, tag_groups = {}, {}, {}
+local count = 0
 for i = 5, #ARGV, 2 do
-  local shard = ARGV[4] .. ARGV[i]
+  local shard_members = {}
   for member in string.gmatch(ARGV[i + 1], '[^\\n]+') do
-    members[#members + 1] = member
-    shard_names[#members] = shard
+    shard_members[#shard_members + 1] = member
+    count = count + 1
+    members[count] = member
+    local key_set = key_prefix .. member
+    key_sets[count] = key_set
+    local tags = redis.call('SMEMBERS', key_set)
+    for j = 1, #tags do
+      local list = tag_groups[tags[j]]
+      if list == nil then
+        tag_groups[tags[j]] = {member}
+      else
+        list[#list + 1] = member
+      end
+    end
   end
+  call_chunked('SREM', ARGV[4] .. ARGV[i], shard_members)
 end
-forget_many(members, KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], shard_names)
-return #members
+each_group('SREM', tag_groups, ARGV[2])
+call_chunked('DEL', nil, key_sets)
+call_chunked('ZREM', KEYS[1], members)
+return count
 """
 )
 
@@ -457,11 +475,11 @@ return 1
 # -- RedisLayer: leases (conditional stores), tombstones and fences ----------------------------
 #
 # See redis/_lease.py. A tombstone is '\193LT' (bytes C1 4C 54) followed by the server time in
-# ascii decimal microseconds; a fence holds the server time alone. Times come from TIME inside
-# the script, so one clock (the node's) decides. The scripts that take several KEYS loop over
-# them: on a single server one call carries a batch of keys, on a cluster (keys of different
-# slots cannot share a script) the layer sends one single-key call per key in a pipeline, and
-# the same script serves both.
+# ascii decimal microseconds, ':' and the writing call's random nonce; a fence holds the server
+# time alone. Times come from TIME inside the script, so one clock (the node's) decides. The
+# scripts that take several KEYS loop over them: on a single server one call carries a batch of
+# keys, on a cluster (keys of different slots cannot share a script) the layer sends one call
+# per hash slot with that slot's keys, in a pipeline, and the same script serves both.
 
 # Lua shared by the lease scripts (not a script on its own).
 _LEASE_LUA = """
@@ -495,27 +513,32 @@ LEASE_TOMBSTONE = (
     _LEASE_LUA
     + """
 -- Delete keys by writing a tombstone under each, so that a fetch that read the key before the
--- delete sees a different value when it tries to store. A key that already holds a tombstone
--- of the same or a later time gets that time + 1: every delete leaves bytes no earlier read saw.
+-- delete sees different bytes when it tries to store. The tombstone of each call is new bytes:
+-- the server time and a random nonce the caller draws for the call, so no earlier read saw
+-- them, whatever the key held (a tombstone of the same microsecond, one written while the
+-- clock stood later, or the tombstone of another instance's delete too). So it is written
+-- blind: one SET per key, no read of the old value (which cost as much again).
 -- KEYS[1..]  data keys
 -- ARGV[1]    the tombstones' lifetime in milliseconds (the layer's lease_ttl)
+-- ARGV[2]    the call's nonce (16 random hex digits)
+-- ARGV[3]    (optional, a single server only) more data keys, joined by newlines: one
+--            argument instead of one per key costs the client less (a cache key never holds
+--            a control character)
 -- Returns the number of keys.
 allow_time_then_write()
-local now = now_us()
--- The usual tombstone, made once for the whole batch.
-local stamp = TOMBSTONE .. decimal(now)
-for i = 1, #KEYS do
-  local tombstone = stamp
-  local head = redis.pcall('GETRANGE', KEYS[i], 0, 31)
-  if type(head) == 'string' and string.sub(head, 1, 3) == TOMBSTONE then
-    local previous = tonumber(string.sub(head, 4))
-    if previous and previous >= now then
-      tombstone = TOMBSTONE .. decimal(previous + 1)
-    end
-  end
-  redis.call('SET', KEYS[i], tombstone, 'PX', ARGV[1])
+local tombstone = TOMBSTONE .. decimal(now_us()) .. ':' .. ARGV[2]
+local px = ARGV[1]
+local count = #KEYS
+for i = 1, count do
+  redis.call('SET', KEYS[i], tombstone, 'PX', px)
 end
-return #KEYS
+if ARGV[3] then
+  for key in string.gmatch(ARGV[3], '[^\\n]+') do
+    redis.call('SET', key, tombstone, 'PX', px)
+    count = count + 1
+  end
+end
+return count
 """
 )
 

@@ -13,22 +13,56 @@ loads its slot map once, before its first command. The Redis layer uses it;
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Callable, Sequence
-from typing import Any
+from collections.abc import Iterator, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from .._primitives.threads import gather
 from ._errors import DriverErrors
 from ._scripts import LEASE_LIVE, LEASE_UNLINK_LIVE
 
-__all__ = ["SCAN_COUNT", "UNLINK_BATCH", "KeySpace"]
+T = TypeVar("T")
+
+__all__ = ["IN_FLIGHT", "SCAN_COUNT", "UNLINK_BATCH", "KeySpace", "in_flight"]
 
 # SCAN hint: large enough to keep round trips few, small enough that one reply stays small.
 SCAN_COUNT = 1000
 # Keys per UNLINK or per script batch: bounds both the command size and how long one call
 # holds the server.
 UNLINK_BATCH = 500
+# Batches of one bulk call in flight at once (see in_flight): two keep the server busy while
+# the client prepares the next batch, with one connection more than one after the other.
+IN_FLIGHT = 2
+
+
+def in_flight(
+    batches: Iterable[T], send: Callable[[T], Any], width: int = IN_FLIGHT
+) -> None:
+    """``send`` every batch, ``width`` of them in flight at once on the asyncio twin (each on
+    a connection of its own), one after the other on the thread twin.
+
+    For bulk calls of independent batches (disjoint keys, each atomic on its own): a batch's
+    arguments are made in ``send``, just before it goes out, so the client prepares the next
+    batch while the server runs the previous one, instead of both waiting for each other. The
+    first failure propagates once the batches in flight have ended; no batch starts after
+    it.
+    """
+    pending = iter(batches)
+    failed: list[BaseException] = []
+
+    def worker() -> None:
+        for batch in pending:
+            if failed:
+                return
+            try:
+                send(batch)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+    gather([worker] * width)
 
 
 class KeySpace:

@@ -44,7 +44,10 @@ each: redis-py packs arguments one by one (docs/perf-tags.md).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -55,12 +58,12 @@ from redis.exceptions import ResponseError
 from .._glob import glob_match
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH, MAX_TAGS
+from .._primitives.threads import gather
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, sync_url_client
 from ._errors import DriverErrors
 from ._keys import (
     from_member,
     scan_match,
-    tag_index_by_shard,
     tag_index_expiry,
     tag_index_key_set,
     tag_index_key_set_prefix,
@@ -119,6 +122,57 @@ def _raw(value: bytes | str) -> bytes:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _in_flight(batches: Iterator[Sequence[bytes]], send: Any) -> None:
+    """``send`` every batch, two in flight at once on the asyncio twin, one after the other on
+    the thread twin: ``_keyspace.in_flight`` (which the generated twin of this module could
+    not import from ``_sync_keyspace``). The first failure propagates once the batch in
+    flight beside it ended; no batch starts after it."""
+    pending = iter(batches)
+    failed: list[BaseException] = []
+
+    def worker() -> None:
+        for batch in pending:
+            if failed:
+                return
+            try:
+                send(batch)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+    gather([worker, worker])
+
+
+# The shard rule of _keys.tag_index_shard_of (first 32 bits of SHA-1, big-endian), unrolled in
+# SyncRedisTagIndex._remove_batch: a removal of 10,000 keys computes 10,000 of them.
+_FIRST_32_BITS = struct.Struct(">I").unpack_from
+
+
+def _members(keys: Iterable[str]) -> list[bytes]:
+    """The distinct stored forms of ``keys`` (:func:`to_member` of each, in order), without
+    the keys that cannot have been recorded (a newline: never a valid key; the remove script
+    splits its arguments at newlines). Keys without a newline are encoded all at once."""
+    texts = keys if isinstance(keys, list | tuple) else list(keys)
+    if not texts:
+        return []
+    joined = "\n".join(texts).encode("utf-8", "surrogatepass")
+    if joined.count(b"\n") == len(texts) - 1:
+        return list(dict.fromkeys(joined.split(b"\n")))
+    return [m for m in dict.fromkeys(map(to_member, texts)) if b"\n" not in m]
+
+
+def _texts(members: Iterable[bytes]) -> set[str]:
+    """:func:`from_member` of each member (index members never hold a newline: decoded all at
+    once)."""
+    raws = list(members)
+    if not raws:
+        return set()
+    joined = b"\n".join(raws)
+    if joined.count(b"\n") != len(raws) - 1:
+        return set(map(from_member, raws))
+    return set(joined.decode("utf-8", "surrogatepass").split("\n"))
 
 
 class SyncRedisTagIndex:
@@ -419,21 +473,31 @@ class SyncRedisTagIndex:
         Raises:
             CacheLayerError: If Redis fails, or the index uses another shard count.
         """
-        members = list(dict.fromkeys(map(to_member, keys)))
+        members = _members(keys)
         shards = self.known_keys_shards
         with self._driver_errors("remove"):
             self._ready()
-            for chunk in _chunks(members, _REMOVE_BATCH):
-                # Grouped by shard here (the script then computes no SHA-1 per key), each
-                # group's keys sent as one newline-joined argument.
-                # (A key holding a newline is not a valid key, so never recorded: skipped.)
-                by_shard = tag_index_by_shard((m for m in chunk if b"\n" not in m), shards)
-                if not by_shard:
-                    continue
-                args: list[bytes | str] = [*self._layout_args()]
-                for number, group in by_shard.items():
-                    args += [str(number), b"\n".join(group)]
-                self._remove_script(keys=[self._expiry, self._layout], args=args)
+            # Two batches in flight (the asyncio twin): the client groups one while the server
+            # runs the other. The batches are independent (disjoint keys), each atomic.
+            _in_flight(
+                _chunks(members, _REMOVE_BATCH),
+                functools.partial(self._remove_batch, shards=shards),
+            )
+
+    def _remove_batch(self, members: Sequence[bytes], shards: int) -> None:
+        """One TAG_INDEX_REMOVE call: the keys grouped by known-keys shard here (the script
+        then computes no SHA-1 per key), each group's keys sent as one newline-joined
+        argument."""
+        groups: list[list[bytes]] = [[] for _ in range(shards)]
+        sha1 = hashlib.sha1
+        first_32_bits = _FIRST_32_BITS
+        for member in members:
+            groups[first_32_bits(sha1(member).digest())[0] % shards].append(member)
+        args: list[bytes | str] = [*self._layout_args()]
+        for number, group in enumerate(groups):
+            if group:
+                args += [str(number), b"\n".join(group)]
+        self._remove_script(keys=[self._expiry, self._layout], args=args)
 
     def tags_of(self, key: str) -> tuple[str, ...]:
         """The tags ``key`` was recorded with, sorted (Redis sets keep no order).
@@ -468,7 +532,7 @@ class SyncRedisTagIndex:
                 members = self._union(names)
             else:
                 members = self._intersection(names)
-        return set(map(from_member, members))
+        return _texts(members)
 
     def _union(self, names: Sequence[bytes]) -> set[bytes]:
         result: set[bytes] = set()
@@ -484,13 +548,26 @@ class SyncRedisTagIndex:
                         result.add(raw)
                     continue
                 if group and size + card > _REPLY_LIMIT:
-                    result.update(map(_raw, self._client.sunion(group)))
+                    result.update(self._members_of(group))
                     group, size = [], 0
                 group.append(name)
                 size += card
             if group:
-                result.update(map(_raw, self._client.sunion(group)))
+                result.update(self._members_of(group))
         return result
+
+    def _members_of(self, names: list[bytes]) -> Iterable[bytes]:
+        """The union of a few tag sets (one command): SMEMBERS for one set, which the server
+        answers without building the union in a temporary set as SUNION does."""
+        raws: Any
+        if len(names) == 1:
+            raws = self._client.smembers(names[0])
+        else:
+            raws = self._client.sunion(names)
+        # One reply holds one type: bytes, as the client is checked for (else converted).
+        if raws and not isinstance(next(iter(raws)), bytes):
+            return map(_raw, raws)
+        return raws  # type: ignore[no-any-return]
 
     def _intersection(self, names: Sequence[bytes]) -> set[bytes]:
         cards = self._cards(names)
