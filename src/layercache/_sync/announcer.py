@@ -12,6 +12,7 @@ next announcement or the bus's reconnect.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Iterable, Sequence
@@ -24,7 +25,8 @@ from .recovery import Backlog, Item, catch_up
 
 __all__ = ["Announcer"]
 
-# Keys per invalidation message (the bus refuses larger messages).
+# Keys per invalidation message on a bus that does not say how many it takes (one that does,
+# such as RedisInvalidationBus with its ``max_keys``, gets messages of that many).
 _BUS_CHUNK = 1_000
 # Announcements kept while the bus cannot publish, before they collapse into one "clear".
 _MAX_UNSENT = 1_000
@@ -45,6 +47,16 @@ class Announcer:
         retry_after: float | None,
     ) -> None:
         self.bus = bus
+        # Keys per message: the bus's own bound (every instance uses the same, its docs say),
+        # so a bulk invalidation goes out in as few messages as the receivers accept: each
+        # message costs a receiver its own pass (a change of up to 1,024 keys is marked key
+        # by key in its flight table, a larger one at once).
+        limit = getattr(bus, "max_keys", None)
+        self._chunk = (
+            limit
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+            else _BUS_CHUNK
+        )
         # Whether writes are announced too (deletes, invalidations, clears and generation
         # bumps always are: a peer must never keep serving what was removed).
         self.broadcast = broadcast
@@ -74,7 +86,8 @@ class Announcer:
         if bus is None or (operation == "set" and not self.broadcast):
             return
         items = list(keys)
-        chunks = [items[i : i + _BUS_CHUNK] for i in range(0, len(items), _BUS_CHUNK)] or [[]]
+        step = self._chunk
+        chunks = [items[i : i + step] for i in range(0, len(items), step)] or [[]]
         messages = [self._message(scope, operation, chunk, mode) for chunk in chunks]
         # Older announcements that failed go first, so the others hear them in order: behind
         # them in the (bounded) backlog.
@@ -110,7 +123,14 @@ class Announcer:
             if only_behind and not backlog.queue and not backlog.fenced:
                 return False
             for message in messages:
-                backlog.push(("message", message))
+                # Kept in pieces of at most 1,000 keys: the backlog's bound counts messages,
+                # and so bounds the keys it holds (1,000 x 1,000) whatever the bus takes.
+                keys = message.keys
+                for start in range(0, max(len(keys), 1), _BUS_CHUNK):
+                    piece = keys[start : start + _BUS_CHUNK]
+                    if len(piece) != len(keys):
+                        message = dataclasses.replace(message, keys=piece)
+                    backlog.push(("message", message))
         return True
 
     def flush(self) -> None:
