@@ -5,12 +5,15 @@ module). Hand-written: this file and ``aio.py`` are the whole difference between
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextvars
 import inspect
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -175,6 +178,22 @@ def call_fetcher(fetcher: Callable[[], Any]) -> Any:
     return fetcher()
 
 
+# The pools of this process. A forked child has none of their threads (only the thread that
+# forked is copied): each pool forgets them there, so the child's work starts threads of its own
+# instead of waiting forever for threads that do not exist (a stack used before a fork and then
+# in the child: a pre-fork server's workers).
+_FORKED: weakref.WeakSet[_DaemonPool | _FetchPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_FORKED):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _DaemonPool:
     """A bounded pool of daemon threads, started as work arrives.
 
@@ -192,6 +211,7 @@ class _DaemonPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._closed = False
+        _FORKED.add(self)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
         """Queue ``fn(*args)``; ``None`` once the pool is shut down."""
@@ -256,6 +276,265 @@ class _DaemonPool:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
+    def _after_fork(self) -> None:
+        """In a forked child: no thread of this pool exists; work queued in the parent (a
+        refresh whose flight the child inherited) waits for the child's first thread."""
+        pending = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                pending.append(item)
+        self._lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        for item in pending:
+            self._queue.put(item)
+        self._threads = []
+        self._idle = 0
+
+
+class _Call:
+    """One bounded call handed to a :class:`_FetchPool` worker: what to run, in which context,
+    and its outcome. ``done`` is a lock acquired when the call is made and released by the
+    worker once ``result`` or ``error`` is set (a one-shot the caller waits on)."""
+
+    __slots__ = ("args", "context", "done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        # The work runs in the caller's context (its contextvars: a request's trace span, a
+        # tenant id), as an asyncio task or asyncio.to_thread would run it.
+        self.context = contextvars.copy_context()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+# How a caller wakes an idle fetch worker: a write to a file descriptor the worker blocks
+# reading. Not a lock: ``Lock.release()`` wakes the worker while the caller still holds the
+# interpreter lock, so the worker wakes only to block again on the interpreter lock until the
+# caller starts waiting (two wake-ups of the worker per call); ``os.write`` releases the
+# interpreter lock around its system call, so the worker wakes once, to a free interpreter
+# lock (measured in docs/perf-sync-memcached.md). An eventfd where there is one, else a pipe.
+if hasattr(os, "eventfd"):
+
+    def _wake_fds() -> tuple[int, int]:
+        fd = os.eventfd(0, os.EFD_CLOEXEC)
+        return fd, fd
+
+    def _wake(fd: int) -> None:
+        os.eventfd_write(fd, 1)
+
+    def _sleep(fd: int) -> None:
+        os.eventfd_read(fd)
+
+else:  # pragma: no cover - platforms without eventfd (macOS, Windows)
+
+    def _wake_fds() -> tuple[int, int]:
+        return os.pipe()
+
+    def _wake(fd: int) -> None:
+        os.write(fd, b"\0")
+
+    def _sleep(fd: int) -> None:
+        os.read(fd, 1)
+
+
+class _FetchWorker:
+    """A thread of a :class:`_FetchPool`: idle, it blocks reading ``wake_r`` until a caller
+    puts its call into ``call`` and writes to ``wake_w``."""
+
+    __slots__ = ("call", "wake_r", "wake_w")
+
+    def __init__(self) -> None:
+        self.call: _Call | None = None
+        self.wake_r, self.wake_w = _wake_fds()
+
+    def close(self) -> None:
+        os.close(self.wake_r)
+        if self.wake_w != self.wake_r:
+            os.close(self.wake_w)
+
+
+# What _FetchPool.call returns once the pool is shut down: the caller runs the work itself.
+_CLOSED: Any = object()
+# A worker's next work when there is none: it goes idle.
+_IDLE: Any = object()
+
+
+class _FetchPool:
+    """A bounded pool of daemon threads for calls a caller waits on for a bounded time.
+
+    A call is handed straight to an idle worker (the last one to go idle: its stack is the
+    warmest) through that worker's wake-up descriptor, and the caller blocks on the call's
+    one-shot lock with the timeout, where a queue and a ``concurrent.futures.Future`` took a
+    queue put, a condition variable's lock, a waiter lock made per wait and a notify, and woke
+    the worker under the interpreter lock (measured in docs/perf-sync-memcached.md). Without
+    an idle worker a new one starts (up to ``size``; each holds one descriptor, two on
+    platforms without eventfd, closed when it stops); at the bound the call queues, and a
+    caller that stops waiting takes its call back out of the queue (work nobody waits for is
+    not started).
+
+    Daemon threads, as in :class:`_DaemonPool`: an abandoned call never keeps the process from
+    exiting. A child process forked from this one starts with no workers (see
+    :func:`_after_fork_in_child`).
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._lock = threading.Lock()
+        self._idle: list[_FetchWorker] = []
+        self._workers: list[_FetchWorker] = []
+        self._threads: list[threading.Thread] = []
+        self._started = 0
+        self._queued: collections.deque[_Call] = collections.deque()
+        self._closed = False
+        _FORKED.add(self)
+
+    def call(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker; raises the builtin ``TimeoutError`` once ``timeout``
+        seconds have passed without its outcome (the work goes on, abandoned). The work's own
+        exception (a ``TimeoutError`` too) is raised as it is. Returns :data:`_CLOSED` once
+        the pool is shut down (the work was not run)."""
+        call = _Call(fn, args)
+        worker: _FetchWorker | None = None
+        number = -1
+        with self._lock:
+            if self._closed:
+                return _CLOSED  # type: ignore[no-any-return]
+            if self._idle:
+                worker = self._idle.pop()
+            elif self._started < self._size:
+                number = self._started
+                self._started += 1
+            else:
+                self._queued.append(call)
+        if worker is not None:
+            worker.call = call
+            _wake(worker.wake_w)
+        elif number >= 0:
+            self._start(call, number)
+        try:
+            finished = call.done.acquire(True, min(timeout, threading.TIMEOUT_MAX))
+        except BaseException:  # interrupted (a signal handler raising in the main thread)
+            self._withdraw(call)
+            raise
+        if not finished:
+            self._withdraw(call)
+            raise TimeoutError
+        error = call.error
+        if error is not None:
+            call.error = None
+            raise error
+        return call.result  # type: ignore[no-any-return]
+
+    def _start(self, call: _Call, number: int) -> None:
+        """A new worker thread, with ``call`` as its first work (its place in the bound was
+        taken under the lock)."""
+        try:
+            worker = _FetchWorker()
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
+        # The first call goes through the worker, not the thread's arguments (the thread
+        # object would keep those, and the call's result, for as long as it runs).
+        worker.call = call
+        thread = threading.Thread(
+            target=self._work, args=(worker,), name=f"{self._name}_{number}", daemon=True
+        )
+        with self._lock:
+            self._threads.append(thread)
+            self._workers.append(worker)
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+                self._threads.remove(thread)
+                self._workers.remove(worker)
+            worker.close()
+            raise
+
+    def _withdraw(self, call: _Call) -> None:
+        """The caller stopped waiting: a call still queued is dropped (nobody wants it)."""
+        with self._lock:
+            try:
+                self._queued.remove(call)
+            except ValueError:
+                pass  # running (or done): it finishes unobserved
+
+    def _work(self, worker: _FetchWorker) -> None:
+        lock = self._lock
+        call, worker.call = worker.call, None
+        try:
+            while call is not None:
+                try:
+                    call.result = call.context.run(call.fn, *call.args)
+                except BaseException as exc:  # handed to the caller waiting on the call
+                    call.error = exc
+                # The next work is found before this caller is let go: woken, it finds the
+                # interpreter lock free (this thread blocks right after releasing it).
+                with lock:
+                    if self._queued:
+                        after: _Call | None = self._queued.popleft()
+                    elif self._closed:
+                        after = None
+                    else:
+                        after = _IDLE
+                        self._idle.append(worker)
+                call.done.release()
+                call = None
+                if after is _IDLE:
+                    _sleep(worker.wake_r)
+                    after, worker.call = worker.call, None
+                call = after
+        finally:
+            with lock:
+                if worker in self._idle:  # only if _sleep failed: no caller may wake it now
+                    self._idle.remove(worker)
+                if worker in self._workers:
+                    self._workers.remove(worker)
+            worker.close()
+
+    def shutdown(self, timeout: float) -> None:
+        """Fail queued calls with ``CancelledError``, stop idle threads, let busy ones stop
+        once their call ends; wait up to ``timeout`` for that (a thread still busy after it
+        is abandoned: it is a daemon)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            queued = list(self._queued)
+            self._queued.clear()
+            threads = list(self._threads)
+        for call in queued:
+            call.error = concurrent.futures.CancelledError()
+            call.done.release()
+        for worker in idle:
+            worker.call = None
+            _wake(worker.wake_w)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not threading.current_thread() and thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _after_fork(self) -> None:
+        """In a forked child: the workers are gone (only the forking thread was copied), so
+        is whoever waited in the parent; their descriptors are closed, the pool starts empty."""
+        for worker in self._workers:
+            worker.close()
+        self._lock = threading.Lock()
+        self._idle = []
+        self._workers = []
+        self._threads = []
+        self._started = 0
+        self._queued = collections.deque()
+
 
 class Workers:
     """The threads one stack owns: fetches bounded by a timeout (a thread cannot be
@@ -272,15 +551,19 @@ class Workers:
     REFRESH_THREADS = 8
 
     def __init__(self, name: str) -> None:
-        self._fetch = _DaemonPool(self.FETCH_THREADS, f"{name}-fetch")
+        self._fetch = _FetchPool(self.FETCH_THREADS, f"{name}-fetch")
         self._refresh = _DaemonPool(self.REFRESH_THREADS, f"{name}-refresh")
 
-    def submit(
-        self, refresh: bool, fn: Callable[..., T], *args: Any
-    ) -> concurrent.futures.Future[T]:
-        """Run ``fn(*args)`` on the fetch pool (or the refresh pool); after ``close()``, in the
-        calling thread (work racing the shutdown still runs, without new threads)."""
-        future = (self._refresh if refresh else self._fetch).submit(fn, *args)
+    def call(self, timeout: float, fn: Callable[[], T]) -> T:
+        """``fn()`` on the fetch pool, waited for at most ``timeout`` seconds (the builtin
+        ``TimeoutError`` after it); after ``close()``, in the calling thread (work racing the
+        shutdown still runs, without new threads)."""
+        result = self._fetch.call(timeout, fn)
+        return fn() if result is _CLOSED else result
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` on the refresh pool; after ``close()``, in the calling thread."""
+        future = self._refresh.submit(fn, *args)
         if future is not None:
             return future
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -308,7 +591,7 @@ def with_timeout(thunk: Callable[[], T], timeout: float, workers: Workers) -> T:
     A thread cannot be interrupted, so the work runs on one of the stack's worker threads and
     the caller stops waiting after ``timeout``; the abandoned work finishes in the background.
     """
-    return wait_future_for(workers.submit(False, thunk), timeout)
+    return workers.call(timeout, thunk)
 
 
 def flight_scope() -> Any:
@@ -375,7 +658,7 @@ def launch_background(
     workers: Workers,
 ) -> concurrent.futures.Future[threading.Thread | None]:
     """Run ``thunk`` on a thread the stack owns (background refreshes), settling ``future``."""
-    return workers.submit(True, launch, future, thunk, on_done)
+    return workers.submit(launch, future, thunk, on_done)
 
 
 # -- the Redis coordination components' background work: daemon threads. A thread cannot be
