@@ -15,13 +15,22 @@ Scenarios, all in one run against one throwaway ``redis-server``:
 3. **64 threads (sync)**: ``SyncCacheStack`` over the sync Redis layer (batching on, the
    sync default; and off) vs raw sync redis-py ``GET`` + ``json.loads`` (default pool), the
    same walk over distinct keys; and the sync L2 hit at concurrency 1, on vs off.
+4. **64 concurrent cold misses (asyncio)**: 64 tasks each walking their own slice of
+   ``--cold-keys`` (2,560) keys that are in no layer (the database is emptied before every
+   pass), with a trivial fetcher: a leased read, the fetch, the conditional store
+   (``set_leased``). layercache with batching on (reads merged into ``MGET`` calls, the stores of
+   concurrent fetches into pipelines of the lease-check script), with only reads batched
+   (``write_batching=False``: one ``EVALSHA`` per store, as before), with batching off, and
+   the floor: raw redis-py ``GET``, then ``SET ... EX`` of the ``json.dumps``'d value. Also
+   reported: the server's socket reads (``INFO stats`` ``total_reads_processed``, about one
+   per round trip) and commands per key.
 
 Subjects are measured in rounds, each round one pass per subject in a rotated order, so the
 drift of a shared machine lands on all of them alike. Also reported: how many keys one MGET
 carried on average (the server's ``INFO commandstats``). ``--profile`` prints where the
 time of the batched asyncio pass goes (cProfile, top functions by own time).
 
-Usage: ``python -m bench.concurrency [--quick] [--json PATH] [--profile]``
+Usage: ``python -m bench.concurrency [--quick] [--json PATH] [--profile] [--cold-keys N]``
 """
 
 from __future__ import annotations
@@ -60,7 +69,18 @@ SYNC_LC = "layercache SyncCacheStack[RedisLayer]"
 SYNC_LC_OFF = "layercache SyncCacheStack[RedisLayer], batching off"
 RAW_SET = "floor: redis-py SET"
 LC_SET = "layercache CacheStack[RedisLayer].set"
+RAW_COLD = "floor: redis-py GET + SET per key"
+LC_COLD = "layercache CacheStack[RedisLayer].get(key, fetcher)"
+LC_COLD_READS = "layercache, stores one by one (write_batching=False)"
+LC_COLD_OFF = "layercache, batching off"
+# The cold walk's database (emptied before each pass, so every key is cold).
+COLD_DB = 1
 THROUGHPUT_GOAL = 3.0
+# The asyncio layers that send one command per call get a connection per task (as raw
+# redis-py's default pool gives): with the default 50, 14 of the 64 tasks wait for one, and
+# the pool's waiters can starve behind callers that take a released connection first (a
+# waiter timed out after 5 s on a loaded machine).
+OFF_POOL = 64
 C1_GOAL = 1.05
 C1_ROUNDS = 11
 
@@ -85,6 +105,9 @@ class Walker:
     cpu: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     keys_per_mget: float | None = None
+    # Server socket reads and commands per key (one untimed pass; the cold walk).
+    reads_per_key: float | None = None
+    commands_per_key: float | None = None
 
     @property
     def median(self) -> float:
@@ -190,6 +213,24 @@ async def _keys_per_mget(walker: Walker, admin: Any) -> float | None:
     return (len(walker.keys) - gets) / mgets if mgets else None
 
 
+async def _server_work(walker: Walker, admin: Any) -> tuple[float, float]:
+    """One more (untimed) pass with the server's counters reset after its ``before_pass``:
+    the server's socket reads and the commands it ran, per key."""
+    if walker.before_pass is not None:
+        await walker.before_pass()
+    await admin.config_resetstat()
+    await _pass_async(walker, CONCURRENCY)
+    # (The INFO that reads the counter is one of the reads it counts.)
+    reads = int((await admin.info("stats"))["total_reads_processed"]) - 1
+    stats = await admin.info("commandstats")
+    commands = sum(
+        int(value.get("calls", 0))
+        for name, value in stats.items()
+        if name not in ("cmdstat_info", "cmdstat_config|resetstat")
+    )
+    return reads / len(walker.keys), commands / len(walker.keys)
+
+
 # ---------------------------------------------------------------------------------- subjects
 
 
@@ -244,7 +285,16 @@ async def async_walkers(
     exits.push_async_callback(lc.aclose)
     await lc.set_many([(k, VALUE) for k in keys["lc"]])
     off = CacheStack(
-        [RedisLayer(url=url, ttl=TTL, prefix="bench:c:", read_batching=False, write_batching=False)]
+        [
+            RedisLayer(
+                url=url,
+                ttl=TTL,
+                prefix="bench:c:",
+                read_batching=False,
+                write_batching=False,
+                max_connections=OFF_POOL,
+            )
+        ]
     )
     exits.push_async_callback(off.aclose)
     memory = MemoryLayer(ttl=TTL)
@@ -296,7 +346,16 @@ async def write_walkers(exits: AsyncExitStack, host: str, port: int, count: int)
     on = CacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:w:")])
     exits.push_async_callback(on.aclose)
     off = CacheStack(
-        [RedisLayer(url=url, ttl=TTL, prefix="bench:w:", read_batching=False, write_batching=False)]
+        [
+            RedisLayer(
+                url=url,
+                ttl=TTL,
+                prefix="bench:w:",
+                read_batching=False,
+                write_batching=False,
+                max_connections=OFF_POOL,
+            )
+        ]
     )
     exits.push_async_callback(off.aclose)
 
@@ -323,6 +382,107 @@ async def write_walkers(exits: AsyncExitStack, host: str, port: int, count: int)
             note="write_batching=False: one SET per write",
             expect=None,
         ),
+    ]
+
+
+async def cold_walkers(
+    exits: AsyncExitStack, host: str, port: int, count: int
+) -> tuple[list[Walker], Any]:
+    """64 concurrent cold misses of distinct keys, with a trivial fetcher: batching on, only
+    reads batched, off, and raw redis-py ``GET`` + ``SET`` per key; and an admin client of
+    the cold walk's database."""
+    import redis.asyncio as aioredis
+
+    from layercache import CacheStack, RedisLayer
+
+    url = f"redis://{host}:{port}/{COLD_DB}"
+    admin = aioredis.Redis(host=host, port=port, db=COLD_DB)
+    exits.push_async_callback(admin.aclose)
+    raw = aioredis.Redis(host=host, port=port, db=COLD_DB)  # redis-py's default pool
+    exits.push_async_callback(raw.aclose)
+
+    async def fetch() -> Any:
+        return VALUE
+
+    async def raw_miss(key: str) -> Any:
+        found = await raw.get(key)
+        if found is not None:
+            return json.loads(found)
+        value = await fetch()
+        await raw.set(key, json.dumps(value, separators=(",", ":")), ex=TTL)
+        return value
+
+    def reader(**options: Any) -> Callable[[str], Any]:
+        cache = CacheStack([RedisLayer(url=url, ttl=TTL, prefix="bench:cold:", **options)])
+        exits.push_async_callback(cache.aclose)
+
+        async def read(key: str) -> Any:
+            return await cache.get(key, fetch)
+
+        return read
+
+    async def empty() -> None:
+        await admin.flushdb()
+
+    keys = [f"cold{i}" for i in range(count)]
+    return [
+        Walker(RAW_COLD, raw_miss, keys, note="GET, json.dumps, SET EX", before_pass=empty),
+        Walker(LC_COLD, reader(), keys, note="batching on (default)", before_pass=empty),
+        Walker(
+            LC_COLD_READS,
+            reader(write_batching=False, max_connections=OFF_POOL),
+            keys,
+            note="reads batched, one EVALSHA per store",
+            before_pass=empty,
+        ),
+        Walker(
+            LC_COLD_OFF,
+            reader(read_batching=False, write_batching=False, max_connections=OFF_POOL),
+            keys,
+            note="one GET and one EVALSHA per key",
+            before_pass=empty,
+        ),
+    ], admin
+
+
+async def cold_c1_subjects(exits: AsyncExitStack, host: str, port: int) -> list[Subject]:
+    """A cold miss at concurrency 1 (a new key every call, trivial fetcher): write batching
+    on (the lone store goes through the batcher, alone) vs off, and the raw floor."""
+    import itertools
+
+    import redis.asyncio as aioredis
+
+    from layercache import CacheStack, RedisLayer
+
+    url = f"redis://{host}:{port}/{COLD_DB}"
+    raw = aioredis.Redis(host=host, port=port, db=COLD_DB)
+    exits.push_async_callback(raw.aclose)
+    fresh = itertools.count()
+
+    async def fetch() -> Any:
+        return VALUE
+
+    async def raw_miss(_: Any) -> Any:
+        key = f"c1raw:{next(fresh)}"
+        found = await raw.get(key)
+        if found is not None:
+            return json.loads(found)
+        await raw.set(key, json.dumps(VALUE, separators=(",", ":")), ex=60)
+        return VALUE
+
+    def miss(**options: Any) -> Callable[[Any], Any]:
+        cache = CacheStack([RedisLayer(url=url, ttl=60, prefix="bench:c1cold:", **options)])
+        exits.push_async_callback(cache.aclose)
+
+        async def read(_: Any) -> Any:
+            return await cache.get(f"c{next(fresh)}", fetch)
+
+        return read
+
+    return [
+        Subject(RAW_COLD, raw_miss, None, expect=VALUE),
+        Subject(LC_COLD, miss(), None, note="write batching on", expect=VALUE),
+        Subject(LC_COLD_READS, miss(write_batching=False), None, note="as before", expect=VALUE),
     ]
 
 
@@ -454,6 +614,27 @@ def walk_table(title: str, rows: list[Walker], floor: str) -> list[str]:
     return [*lines, ""]
 
 
+def cold_table(title: str, rows: list[Walker], floor: str) -> list[str]:
+    lines = [
+        f"### {title}",
+        "",
+        "| subject | ops/s (median) | min … max | x floor (paired) | client CPU µs/op "
+        "| p50 µs | p99 µs | server reads/key | commands/key | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        reads = "-" if row.reads_per_key is None else f"{row.reads_per_key:.2f}"
+        commands = "-" if row.commands_per_key is None else f"{row.commands_per_key:.2f}"
+        lines.append(
+            f"| {row.name} | {row.median:,.0f} | {min(row.samples):,.0f} … "
+            f"{max(row.samples):,.0f} | {paired_ratio(rows, row.name, floor):.2f} "
+            f"| {statistics.median(row.cpu) * 1e6:.1f} "
+            f"| {row.percentile(0.5) * 1e6:,.0f} | {row.percentile(0.99) * 1e6:,.0f} "
+            f"| {reads} | {commands} | {row.note} |"
+        )
+    return [*lines, ""]
+
+
 def _cpu_ratio(rows: list[Walker], name: str, base: str) -> float:
     by_name = {r.name: r for r in rows}
     return statistics.median(by_name[name].cpu) / statistics.median(by_name[base].cpu)
@@ -471,7 +652,9 @@ def _paired_c1(rows: list[Subject], name: str, base: str) -> float:
     return statistics.median(a / b for a, b in pairs)
 
 
-async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
+async def run(
+    settings: Settings, count: int, profile: bool, cold_count: int = 2_560
+) -> dict[str, Any]:
     """Every scenario in one run."""
     result: dict[str, Any] = {}
     # A 5% difference needs more rounds than a 3x one on a shared machine.
@@ -492,8 +675,25 @@ async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
                 result["profile"] = profiler
             writers = await write_walkers(exits, server.host, server.port, count)
             await measure_walk(writers, settings.rounds, 2 * settings.target)
+            cold, cold_admin = await cold_walkers(exits, server.host, server.port, cold_count)
+            await measure_walk(cold, settings.rounds, 2 * settings.target)
+            for walker in cold:
+                walker.reads_per_key, walker.commands_per_key = await _server_work(
+                    walker, cold_admin
+                )
+            if profile:
+                batched = next(w for w in cold if w.name == LC_COLD)
+                profiler = cProfile.Profile()
+                await _one_pass(batched, None)  # (emptied: cold again)
+                profiler.enable()
+                await _one_pass(batched, None)
+                profiler.disable()
+                result["cold_profile"] = profiler
             c1 = await c1_subjects(exits, server.host, server.port)
             await measure_latency(c1, c1_settings)
+            cold_c1 = await cold_c1_subjects(exits, server.host, server.port)
+            await measure_latency(cold_c1, c1_settings)
+            await cold_admin.flushdb()
             threads = sync_walkers(sync_exits, server.host, server.port, count)
             await measure_walk(threads, settings.rounds, 2 * settings.target)
             sync_lc = next(w for w in threads if w.name == SYNC_LC)
@@ -502,6 +702,8 @@ async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
             await measure_latency(sync_c1, c1_settings)
     result.update(
         writers=writers,
+        cold=cold,
+        cold_c1=cold_c1,
         walkers=walkers,
         c1=c1,
         threads=threads,
@@ -511,6 +713,13 @@ async def run(settings: Settings, count: int, profile: bool) -> dict[str, Any]:
             "async_c64_batching_off_vs_raw": paired_ratio(walkers, LC_OFF, RAW),
             "async_c1_on_vs_off": _paired_c1(c1, LC, LC_OFF),
             "async_c64_writes_vs_raw": paired_ratio(writers, LC_SET, RAW_SET),
+            "async_c64_cold_vs_raw": paired_ratio(cold, LC_COLD, RAW_COLD),
+            "async_c64_cold_stores_one_by_one_vs_raw": paired_ratio(cold, LC_COLD_READS, RAW_COLD),
+            "async_c64_cold_batching_off_vs_raw": paired_ratio(cold, LC_COLD_OFF, RAW_COLD),
+            "async_c64_cold_on_vs_stores_one_by_one": paired_ratio(cold, LC_COLD, LC_COLD_READS),
+            "async_c64_cold_cpu_per_op_raw_over_lc": _cpu_ratio(cold, RAW_COLD, LC_COLD),
+            "async_c1_cold_on_vs_off": _paired_c1(cold_c1, LC_COLD, LC_COLD_READS),
+            "async_c1_cold_cpu_on_vs_off": _c1_cpu_ratio(cold_c1, LC_COLD, LC_COLD_READS),
             "sync_c64_vs_raw": paired_ratio(threads, SYNC_LC, SYNC_RAW),
             "sync_c64_batching_off_vs_raw": paired_ratio(threads, SYNC_LC_OFF, SYNC_RAW),
             "sync_c1_on_vs_off": _paired_c1(sync_c1, SYNC_LC, SYNC_LC_OFF),
@@ -555,6 +764,17 @@ def report(result: dict[str, Any], settings: Settings, count: int) -> list[str]:
             result["writers"],
             RAW_SET,
         ),
+        *cold_table(
+            f"{CONCURRENCY} concurrent cold misses (asyncio), distinct keys, trivial fetcher "
+            f"({len(result['cold'][0].keys):,} per pass; {rounds})",
+            result["cold"],
+            RAW_COLD,
+        ),
+        *latency_table(
+            f"Cold miss at concurrency 1, asyncio (median of {c1_rounds} rounds)",
+            result["cold_c1"],
+            RAW_COLD,
+        ),
         *walk_table(
             f"{CONCURRENCY} threads, distinct keys ({rounds})", result["threads"], SYNC_RAW
         ),
@@ -576,6 +796,33 @@ def report(result: dict[str, Any], settings: Settings, count: int) -> list[str]:
         ("L2 hit at c=1: batching on / off (paired)", "async_c1_on_vs_off", C1_GOAL, False),
         ("  the same on client CPU time", "async_c1_cpu_on_vs_off", None, False),
         ("64 concurrent sets: layercache ops/s / raw SET", "async_c64_writes_vs_raw", None, True),
+        (
+            "64 concurrent cold misses: layercache / raw GET+SET",
+            "async_c64_cold_vs_raw",
+            None,
+            True,
+        ),
+        ("  (stores one by one) / raw", "async_c64_cold_stores_one_by_one_vs_raw", None, True),
+        ("  (batching off) / raw", "async_c64_cold_batching_off_vs_raw", None, True),
+        (
+            "  batched stores / stores one by one",
+            "async_c64_cold_on_vs_stores_one_by_one",
+            None,
+            True,
+        ),
+        (
+            "  client CPU per cold miss: raw / layercache",
+            "async_c64_cold_cpu_per_op_raw_over_lc",
+            None,
+            True,
+        ),
+        (
+            "cold miss at c=1: write batching on / off (paired)",
+            "async_c1_cold_on_vs_off",
+            C1_GOAL,
+            False,
+        ),
+        ("  the same on client CPU time", "async_c1_cold_cpu_on_vs_off", None, False),
         ("64 threads: SyncCacheStack ops/s / raw sync", "sync_c64_vs_raw", None, True),
         ("  (batching off) / raw sync", "sync_c64_batching_off_vs_raw", None, True),
         ("  client CPU per read: raw / layercache", "sync_c64_cpu_per_op_raw_over_lc", None, True),
@@ -598,19 +845,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--keys", type=int, default=None, help="values walked (default 10000)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the batched pass")
+    parser.add_argument(
+        "--cold-keys", type=int, default=None, help="cold misses per pass (default 2560)"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile the batched passes")
     args = parser.parse_args(argv)
     settings = Settings.smoke() if args.quick else Settings.full()
     count = args.keys or (1_280 if args.quick else 10_000)
     if count < CONCURRENCY:
         parser.error(f"--keys must be at least {CONCURRENCY}")
-    result = asyncio.run(run(settings, count, args.profile))
+    cold_count = args.cold_keys or (640 if args.quick else 2_560)
+    if cold_count < CONCURRENCY:
+        parser.error(f"--cold-keys must be at least {CONCURRENCY}")
+    result = asyncio.run(run(settings, count, args.profile, cold_count))
     result["lone_overhead"] = lone_call_overhead(20_000 if args.quick else 200_000)
     print("\n".join(report(result, settings, count)))
     if "profile" in result:
         print(f"### cProfile of one batched pass ({count:,} reads), top 25 by own time\n")
         print("```")
         pstats.Stats(result["profile"], stream=sys.stdout).sort_stats("tottime").print_stats(25)
+        print("```")
+    if "cold_profile" in result:
+        print(
+            f"### cProfile of one batched cold pass ({cold_count:,} misses), top 25 by own time\n"
+        )
+        print("```")
+        stats = pstats.Stats(result["cold_profile"], stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(25)
         print("```")
     if args.json is not None:
 
@@ -641,8 +902,19 @@ def main(argv: list[str] | None = None) -> int:
                     "goals": result["goals"],
                     "async_c64": walk_json(result["walkers"]),
                     "async_c64_writes": walk_json(result["writers"]),
+                    "async_c64_cold": [
+                        {
+                            **row,
+                            "server_reads_per_key": walker.reads_per_key,
+                            "commands_per_key": walker.commands_per_key,
+                        }
+                        for row, walker in zip(
+                            walk_json(result["cold"]), result["cold"], strict=True
+                        )
+                    ],
                     "sync_c64": walk_json(result["threads"]),
                     "async_c1_us": c1_json(result["c1"]),
+                    "async_c1_cold_us": c1_json(result["cold_c1"]),
                     "sync_c1_us": c1_json(result["sync_c1"]),
                     "lone_call_overhead_us": {
                         k: v * 1e6 for k, v in result["lone_overhead"].items()

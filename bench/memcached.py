@@ -11,6 +11,12 @@ test suite's launcher), each for the asyncio stack (aiomcache) and the sync stac
   client's ``get`` + ``json.loads``.
 * **bulk cold start**: ``get_many`` of 100 keys in memcached with an empty L1. Floor: the
   raw client's multi-get + ``json.loads`` of each.
+* **64 concurrent reads** (asyncio; issue 16): 64 tasks each walking their own slice of
+  2,560 keys stored in memcached, through ``CacheStack([MemcachedLayer(...)])`` with read
+  batching on (concurrent reads merged into one multi-get, the default) and off
+  (``read_batching=False``), against raw aiomcache ``get`` + ``json.loads`` on a pool of 16
+  connections (the layer's ``max_connections``; aiomcache's default is 2). ops/s of whole
+  passes, the paired ratio to the raw client, and CPU time per read.
 
 The stack is ``CacheStack([MemoryLayer(), MemcachedLayer(servers=...)])`` (and its sync twin);
 values are a 1 KiB JSON object. Subjects run in many short interleaved slices (``--calls``
@@ -24,6 +30,8 @@ per read: the entry envelope is decoded; the namespace version is read with the 
 once it is older than ``version_reuse`` (1 s), so a hit asks memcached for its key alone.
 
 Usage: ``python -m bench.memcached [--calls N] [--rounds R] [--quick] [--json PATH]``
+
+(``--quick``: 2 rounds of 100 calls, and a walk of 640 keys in 2 rounds.)
 """
 
 from __future__ import annotations
@@ -186,6 +194,99 @@ async def run_async(host: str, port: int, calls: int, rounds: int) -> Samples:
     return samples
 
 
+CONCURRENCY = 64
+CONCURRENT_KEYS = 2_560
+RAW_CONCURRENT = "async 64 concurrent reads: aiomcache get (pool 16)"
+LC_CONCURRENT = "async 64 concurrent reads: CacheStack[Memcached], batched"
+LC_CONCURRENT_OFF = "async 64 concurrent reads: CacheStack[Memcached], read_batching=False"
+
+
+async def run_concurrent(host: str, port: int, count: int, rounds: int) -> dict[str, Any]:
+    """64 concurrent readers of distinct keys: per subject, the ops/s and the CPU seconds
+    per read of each round (one pass over ``count`` keys), rounds in a rotated order."""
+    import aiomcache
+
+    from layercache import CacheStack
+    from layercache.memcached import MemcachedLayer
+
+    servers = f"{host}:{port}"
+    raw = aiomcache.Client(host, port, pool_size=16)
+    batched = CacheStack([MemcachedLayer(servers=servers, prefix="bmc:", ttl=600)])
+    off = CacheStack([MemcachedLayer(servers=servers, prefix="bmc:", ttl=600, read_batching=False)])
+    keys = [f"c{index}" for index in range(count)]
+    await batched.set_many([(key, VALUE) for key in keys])
+    encoded = json.dumps(VALUE).encode()
+    for key in keys:
+        await raw.set(f"rawc:{key}".encode(), encoded, exptime=600)
+
+    async def raw_get(key: str) -> Any:
+        return json.loads(await raw.get(f"rawc:{key}".encode()))  # type: ignore[arg-type]
+
+    subjects: dict[str, Callable[[str], Awaitable[Any]]] = {
+        RAW_CONCURRENT: raw_get,
+        LC_CONCURRENT: batched.get,
+        LC_CONCURRENT_OFF: off.get,
+    }
+    per = count // CONCURRENCY
+
+    async def one_pass(read: Callable[[str], Awaitable[Any]]) -> tuple[float, float]:
+        async def worker(index: int) -> None:
+            for key in keys[index * per : (index + 1) * per]:
+                await read(key)
+
+        cpu = time.process_time()
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(index) for index in range(CONCURRENCY)))
+        wall = time.perf_counter() - began
+        reads = per * CONCURRENCY
+        return reads / wall, (time.process_time() - cpu) / reads
+
+    for name, read in subjects.items():  # check, then warm up (connections, the version)
+        if await read(keys[0]) != VALUE:
+            raise AssertionError(f"{name}: expected a hit")
+        await one_pass(read)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in subjects}
+    names = list(subjects)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(await one_pass(subjects[name]))
+    batcher = batched._layers.adapters[0].read_batcher
+    keys_per_call = (
+        None
+        if batcher is None or not batcher.batches
+        else (batcher.batched_items / batcher.batches)
+    )
+    await batched.aclose()
+    await off.aclose()
+    await raw.close()
+    return {"samples": samples, "keys_per_multi_get": keys_per_call}
+
+
+def concurrent_report(result: dict[str, Any], count: int) -> list[str]:
+    """A Markdown table of the concurrent walk."""
+    samples: dict[str, list[tuple[float, float]]] = result["samples"]
+    rounds = len(samples[RAW_CONCURRENT])
+    floor = samples[RAW_CONCURRENT]
+    lines = [
+        f"### memcached, {CONCURRENCY} concurrent readers of distinct keys ({count:,} per pass, "
+        f"{rounds} rounds; medians; ratios paired per round)",
+        "",
+        "| subject | ops/s | x floor | CPU µs/read | CPU x floor |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, rows in samples.items():
+        ops = _median([r[0] for r in rows])
+        cpu = _median([r[1] for r in rows])
+        ratio = _median([r[0] / f[0] for f, r in zip(floor, rows, strict=True)])
+        cpu_ratio = _median([r[1] / f[1] for f, r in zip(floor, rows, strict=True)])
+        lines.append(f"| {name} | {ops:,.0f} | {ratio:.2f} | {cpu * 1e6:.1f} | {cpu_ratio:.2f} |")
+    per_call = result["keys_per_multi_get"]
+    if per_call is not None:
+        lines += ["", f"Batched: {per_call:.1f} keys per multi-get on average."]
+    return [*lines, ""]
+
+
 def run_sync(host: str, port: int, calls: int, rounds: int) -> Samples:
     from pymemcache.client.base import Client
 
@@ -301,10 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     calls, rounds = (100, 2) if args.quick else (args.calls, args.rounds)
     calls = max(calls, BULK)
+    walk_keys, walk_rounds = (640, 2) if args.quick else (CONCURRENT_KEYS, 7)
     with memcached_server() as server:
         samples = asyncio.run(run_async(server.host, server.port, calls, rounds))
         samples.update(run_sync(server.host, server.port, calls, rounds))
+        concurrent = asyncio.run(run_concurrent(server.host, server.port, walk_keys, walk_rounds))
     print("\n".join(report(samples, calls, rounds)))
+    print("\n".join(concurrent_report(concurrent, walk_keys)))
     results = _summary(samples)
     if args.json is not None:
         args.json.write_text(
@@ -317,6 +421,27 @@ def main(argv: list[str] | None = None) -> int:
                     "ratios": {
                         name: {"wall": wall, "cpu": cpu}
                         for name, (wall, cpu) in ratios(samples).items()
+                    },
+                    "concurrent": {
+                        "keys": walk_keys,
+                        "keys_per_multi_get": concurrent["keys_per_multi_get"],
+                        "rows": {
+                            name: {
+                                "ops_per_s": _median([r[0] for r in rows]),
+                                "cpu_us_per_read": _median([r[1] for r in rows]) * 1e6,
+                                "x_floor": _median(
+                                    [
+                                        r[0] / f[0]
+                                        for f, r in zip(
+                                            concurrent["samples"][RAW_CONCURRENT],
+                                            rows,
+                                            strict=True,
+                                        )
+                                    ]
+                                ),
+                            }
+                            for name, rows in concurrent["samples"].items()
+                        },
                     },
                 },
                 indent=2,

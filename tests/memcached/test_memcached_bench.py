@@ -30,5 +30,10 @@ def test_quick_run_reports_every_subject(
     assert all(row["wall"] > 0 and row["cpu"] > 0 for row in rows.values())
     assert set(ratios) == {name for name in rows if "Stack" in name}
     assert all(ratio["wall"] > 0 and ratio["cpu"] > 0 for ratio in ratios.values())
+    concurrent = document["concurrent"]
+    assert len(concurrent["rows"]) == 3
+    assert all(row["ops_per_s"] > 0 for row in concurrent["rows"].values())
+    assert concurrent["keys_per_multi_get"] > 1  # the concurrent reads really were batched
     printed = capsys.readouterr().out
     assert "| sync L2 hit: SyncCacheStack[Memory, Memcached] |" in printed
+    assert "CacheStack[Memcached], batched |" in printed
