@@ -34,7 +34,9 @@ from layercache.redis._clients import (
     SyncWaitingConnectionPool,
     WaitingConnectionPool,
     fast_reads,
+    new_async_client,
     sync_fast_reads,
+    sync_url_client,
 )
 
 pytestmark = pytest.mark.redis
@@ -388,3 +390,77 @@ async def test_async_clients_not_built_here_keep_redis_pys_path(
         await layer.aclose()
     finally:
         await own.aclose()
+
+
+# -- fairness of the waiting pool -------------------------------------------------------------
+
+
+async def test_async_pool_waiters_are_served_first_come_first_served(
+    redis_clean: RedisServer,
+) -> None:
+    """A task that releases its connection and at once asks for one again must not take it
+    back while another task waits (it did: the woken waiter found the connection gone,
+    queued again at the back, and starved until the pool's timeout)."""
+    client = new_async_client(redis_clean.url, 1.0, 1)  # one connection, 1 s wait at most
+    stop = asyncio.Event()
+
+    async def hog() -> int:
+        done = 0
+        while not stop.is_set():
+            await client.set("hog", done)  # release, then straight back to the pool
+            done += 1
+        return done
+
+    async def fast_hog() -> None:
+        while not stop.is_set():
+            await client.connection_pool.fast_get(b"hog")
+
+    try:
+        hogs = [asyncio.ensure_future(hog()), asyncio.ensure_future(fast_hog())]
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        for i in range(20):
+            await client.set(f"waiter{i}", i)  # each waits behind at most the running command
+        waited = time.monotonic() - began
+        stop.set()
+        await asyncio.gather(*hogs)
+        assert waited < 0.8, f"20 commands of a waiting task took {waited:.2f}s"
+        assert await client.get("waiter19") == b"19"
+    finally:
+        stop.set()
+        await client.aclose()
+
+
+def test_sync_pool_waiters_are_served_first_come_first_served(redis_clean: RedisServer) -> None:
+    """The threaded pool likewise: two threads releasing and asking again at once, on one
+    connection, never keep a third waiting until the pool's timeout."""
+    client = sync_url_client(redis_clean.url, socket_timeout=1.0, max_connections=1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hog(fast: bool) -> None:
+        try:
+            while not stop.is_set():
+                if fast:
+                    client.connection_pool.fast_get(b"hog")
+                else:
+                    client.set("hog", 1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    hogs = [threading.Thread(target=hog, args=(fast,)) for fast in (False, True)]
+    try:
+        for thread in hogs:
+            thread.start()
+        began = time.monotonic()
+        for i in range(20):
+            client.set(f"waiter{i}", i)
+        waited = time.monotonic() - began
+        stop.set()
+        for thread in hogs:
+            thread.join(10)
+        assert not errors, errors[:2]
+        assert waited < 0.8, f"20 commands of a waiting thread took {waited:.2f}s"
+    finally:
+        stop.set()
+        client.close()

@@ -222,7 +222,7 @@ def test_the_sync_pool_queues_threads_only_when_full(redis_clean: Any) -> None:
         ]
         for thread in threads:
             thread.start()
-        while pool._waiting < 4:
+        while len(pool._queue) < 4:
             assert time.monotonic() < deadline
             time.sleep(0.001)
         assert results == []  # all four wait: the pool is full
@@ -231,7 +231,7 @@ def test_the_sync_pool_queues_threads_only_when_full(redis_clean: Any) -> None:
         for thread in threads:
             thread.join(5)
         assert results == [None] * 4
-        assert pool._waiting == 0
+        assert not pool._queue
     finally:
         client.close()
 
@@ -249,6 +249,6 @@ def test_a_sync_waiter_gives_up_after_the_timeout(redis_clean: Any) -> None:
         assert pool_exhausted(caught.value)
         pool.release(held)
         pool.release(pool.get_connection())  # free again: no wait
-        assert pool._waiting == 0
+        assert not pool._queue
     finally:
         pool.disconnect()

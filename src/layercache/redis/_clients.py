@@ -163,9 +163,12 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
     busy waits (up to ``timeout`` seconds) for one to be released instead of failing.
 
     While a connection is free it costs what the plain pool costs; only callers that find the
-    pool full queue (oldest first), each woken by one release. A waiter that times out gets
-    the ``ConnectionError`` redis-py's ``BlockingConnectionPool`` raises. One pool serves one
-    event loop (as every redis.asyncio pool does).
+    pool full queue, first come first served: each release wakes the oldest waiter and keeps
+    the connection for it (a caller arriving meanwhile queues behind, so a task that releases
+    and at once asks again cannot take the connection back, again and again, while a waiter
+    starves). A waiter that times out gets the ``ConnectionError`` redis-py's
+    ``BlockingConnectionPool`` raises. One pool serves one event loop (as every redis.asyncio
+    pool does).
     """
 
     def __init__(self, *, timeout: float | None = None, **kwargs: Any) -> None:
@@ -173,6 +176,8 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
         super().__init__(**kwargs)
         self.timeout = timeout
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Waiters woken for a connection that have not taken it yet: newcomers queue behind.
+        self._handoffs = 0
         _PARKING.add(self)
 
     def reset(self) -> None:
@@ -189,7 +194,7 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
 
     async def _fast(self, packed: bytes) -> Any:
         ready = self._ready
-        parked = bool(ready)
+        parked = bool(ready) and not self._waiters and not self._handoffs
         conn = ready.pop() if parked else await self.get_connection()
         try:
             await conn.send_packed_command(packed)
@@ -215,17 +220,22 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
             self._wake_one()  # a caller waits for a connection: it takes this one
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        if self._ready:
-            return self._ready.pop()  # parked: known to be clean, and in the in-use set
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except MaxConnectionsError:
-            pass  # every connection is in use: wait for a release
+        if not self._waiters and not self._handoffs:  # nobody queued ahead of this caller
+            if self._ready:
+                return self._ready.pop()  # parked: known to be clean, and in the in-use set
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            except MaxConnectionsError:
+                pass  # every connection is in use: wait for a release
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
+        first = False  # a woken waiter that lost its connection keeps its place
         while True:
             waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
+            if first:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
             try:
                 if deadline is None:
                     await waiter
@@ -236,20 +246,34 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
                 if isinstance(exc, asyncio.TimeoutError):
                     raise RedisConnectionError(_NO_CONNECTION) from None
                 raise
-            if self._ready:
-                return self._ready.pop()
+            self._handoffs -= 1  # woken: the connection kept for it is taken now
             try:
-                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                if self._ready:
+                    conn = self._ready.pop()
+                else:
+                    conn = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except MaxConnectionsError:
-                continue  # another caller took the connection first: wait again
+                first = True
+                continue  # nothing free after all (a connection was dropped): wait again
             except BaseException:
                 self._wake_one()  # woken for a connection it will not take: pass it on
                 raise
+            if self._waiters and self._has_room():
+                self._wake_one()  # more than one connection came free meanwhile
+            return conn
+
+    def _has_room(self) -> bool:
+        """Whether a connection is free or may be opened (redis-py's pool bookkeeping)."""
+        if self._ready or getattr(self, "_available_connections", None):
+            return True
+        in_use = len(getattr(self, "_in_use_connections", ()))
+        return in_use < self.max_connections
 
     def _give_up(self, waiter: asyncio.Future[None]) -> None:
         """A waiter leaves (timed out, cancelled) without taking a connection: a release
         that had already woken it goes on to the next waiter; otherwise it leaves the queue."""
         if waiter.done() and not waiter.cancelled():
+            self._handoffs -= 1
             self._wake_one()
             return
         try:
@@ -262,6 +286,7 @@ class WaitingConnectionPool(aioredis.ConnectionPool):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._handoffs += 1
                 return
 
     async def release(self, connection: Any) -> None:
@@ -275,9 +300,12 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
     waits (up to ``timeout`` seconds) for one to be released instead of failing.
 
     While a connection is free it costs what the plain pool costs (a release checks one
-    counter more); only threads that find the pool full wait on a condition, woken by
-    releases. A waiter that times out gets the ``ConnectionError`` redis-py's
-    ``BlockingConnectionPool`` raises. Thread-safe, like the plain pool.
+    deque more); only threads that find the pool full queue, first come first served: only
+    the thread at the head of the queue takes a released connection, and a thread arriving
+    while others queue goes behind them (so a thread that releases and at once asks again
+    cannot take the connection back, again and again, while a waiter starves). A waiter
+    that times out gets the ``ConnectionError`` redis-py's ``BlockingConnectionPool``
+    raises. Thread-safe, like the plain pool.
     """
 
     def __init__(self, *, timeout: float | None = None, **kwargs: Any) -> None:
@@ -285,9 +313,9 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
         super().__init__(**kwargs)
         self.timeout = timeout
         self._released = threading.Condition(threading.Lock())
-        # Threads waiting, and releases so far (a waiter retries when it changed): both
-        # changed under ``_released``.
-        self._waiting = 0
+        # The waiting threads' tickets, oldest first, and releases so far (the head retries
+        # when it changed): both changed under ``_released``.
+        self._queue: deque[object] = deque()
         self._releases = 0
         _PARKING.add(self)
 
@@ -306,12 +334,15 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
         return self._fast(_pack_mget(keys))
 
     def _fast(self, packed: bytes) -> Any:
-        try:
-            conn = self._ready.pop()
-            parked = True
-        except IndexError:
+        conn = None
+        if not self._queue:  # nobody queued ahead of this thread
+            try:
+                conn = self._ready.pop()
+            except IndexError:
+                pass
+        parked = conn is not None
+        if conn is None:
             conn = self.get_connection()
-            parked = False
         try:
             conn.send_packed_command((packed,))
             reply = conn.read_response()
@@ -327,7 +358,7 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
                 # on a checked one, as redis-py's retry would.
                 return self._fast(packed)
             raise
-        if self._waiting:
+        if self._queue:
             self._park(conn)
         else:
             self._ready.append(conn)  # _park() without waiters, inlined (the L2 hit path)
@@ -335,55 +366,71 @@ class SyncWaitingConnectionPool(redis.ConnectionPool):
 
     def _park(self, conn: Any) -> None:
         self._ready.append(conn)
-        if self._waiting:
-            # A thread waits for a connection (it looks at the parked ones after it counted
-            # itself, so one parked before that is seen): wake it to take this one.
+        self._wake_head()
+
+    def _wake_head(self) -> None:
+        """A connection came free: the thread at the head of the queue takes it. (A thread
+        queues before it looks for a free connection, so one freed before that is seen.)"""
+        if self._queue:
             with self._released:
                 self._releases += 1
-                self._released.notify()
+                self._released.notify_all()
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self._ready.pop()  # parked: known to be clean, and in the in-use set
-        except IndexError:
-            pass
-        try:
-            return super().get_connection(*args, **kwargs)
-        except MaxConnectionsError:
-            pass  # every connection is in use: wait for a release
+        if not self._queue:  # nobody queued ahead of this thread
+            try:
+                return self._ready.pop()  # parked: known to be clean, and in the in-use set
+            except IndexError:
+                pass
+            try:
+                return super().get_connection(*args, **kwargs)
+            except MaxConnectionsError:
+                pass  # every connection is in use: queue for a release
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        with self._released:
-            self._waiting += 1
+        ticket = object()
+        released = self._released
+        with released:
+            self._queue.append(ticket)
         try:
             while True:
-                # A release after this read of the count wakes this thread, or (if it came
-                # first) its connection is taken by the attempt below: none is missed.
-                with self._released:
+                with released:
+                    while self._queue[0] is not ticket:  # not this thread's turn yet
+                        if not self._wait(deadline):
+                            raise RedisConnectionError(_NO_CONNECTION) from None
+                    # A release after this read of the count wakes this thread, or (if it
+                    # came first) its connection is taken by the attempt below.
                     seen = self._releases
                 try:
-                    return self._ready.pop()
+                    conn = self._ready.pop()
                 except IndexError:
-                    pass
-                try:
-                    return super().get_connection(*args, **kwargs)
-                except MaxConnectionsError:
-                    pass  # another thread took it first: wait again
-                with self._released:
+                    try:
+                        conn = super().get_connection(*args, **kwargs)
+                    except MaxConnectionsError:
+                        conn = None
+                if conn is not None:
+                    return conn
+                with released:
                     while self._releases == seen:
-                        left = None if deadline is None else deadline - time.monotonic()
-                        if left is not None and left <= 0:
+                        if not self._wait(deadline):
                             raise RedisConnectionError(_NO_CONNECTION) from None
-                        self._released.wait(left)
         finally:
-            with self._released:
-                self._waiting -= 1
+            with released:
+                head = self._queue[0] is ticket
+                self._queue.remove(ticket)
+                if head and self._queue:
+                    released.notify_all()  # the next thread's turn
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait on ``_released`` (held) until notified or ``deadline``; ``False`` past it."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        self._released.wait(left)
+        return True
 
     def release(self, connection: Any) -> None:
         super().release(connection)
-        if self._waiting:
-            with self._released:
-                self._releases += 1
-                self._released.notify()
+        self._wake_head()
 
 
 # -- Sentinel URLs ------------------------------------------------------------------------------
