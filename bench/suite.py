@@ -19,6 +19,8 @@ Scenarios and what each measures:
 - ``tracking`` (:mod:`bench.tracking`): server-assisted invalidation propagation p50/p99 next
   to the bus.
 - ``memcached`` (:mod:`bench.memcached`): MemcachedLayer hit vs raw aiomcache / pymemcache.
+- ``sync_cold`` (:mod:`bench.sync_cold`): the sync cold miss with the default ``fetch_timeout``
+  (the fetch handed to a worker thread) vs ``fetch_timeout=None`` vs the raw floors.
 """
 
 from __future__ import annotations
@@ -172,6 +174,23 @@ def _sync(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _sync_cold(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    for group, label in (
+        ("memory", "SyncCacheStack[Memory]"),
+        ("memcached", "SyncCacheStack[Memory, SyncMemcached]"),
+        ("redis", "SyncCacheStack[Memory, SyncRedis]"),
+    ):
+        share = doc.get(f"{group}_handoff_ratio")
+        if share is not None:
+            cpu = doc.get(f"{group}_handoff_ratio_cpu")
+            shown = f"{share:.2f}" if cpu is None else f"{share:.2f} (CPU {cpu:.2f})"
+            rows.append(
+                (f"sync cold miss {label}: default fetch_timeout / None", shown, "reported", "")
+            )
+    return rows
+
+
 def _tags(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     for kind, values in doc.get("ratios", {}).items():
@@ -220,6 +239,9 @@ MODULES: tuple[Module, ...] = (
     Module("tags", "bench.tagged_writes", "Tagged writes and invalidation", summary=_tags),
     Module("tracking", "bench.tracking", "Server-assisted invalidation", summary=_tracking),
     Module("memcached", "bench.memcached", "memcached"),
+    Module(
+        "sync_cold", "bench.sync_cold", "Sync cold miss and the fetch hand-off", summary=_sync_cold
+    ),
 )
 SCENARIOS = tuple(m.scenario for m in MODULES)
 
