@@ -209,6 +209,7 @@ _NO_CLUSTER_INIT = (
 )
 TAG_INDEX_REPLACEMENTS = (
     _SYNC_LAYER_IMPORT,
+    ("from ._keyspace import", "from ._sync_keyspace import"),
     _NO_CLUSTER_INIT,
     ("self._needs_initialize = self._is_cluster", "self._needs_initialize = False"),
     (

@@ -84,3 +84,24 @@ def test_marks_stay_bounded_and_never_miss_a_change(repeats: bool) -> None:
                     assert got or not expected, (bound, key, epoch)
                     if exact:
                         assert got == expected, (bound, key, epoch)
+
+
+def test_a_large_change_counts_as_every_key_while_it_runs_and_leaves_nothing() -> None:
+    """While a change of more keys than the marks hold runs, every key counts as changing
+    (one counter instead of a dict entry per key); afterwards nothing is left under way, and a
+    small change still counts only its own keys."""
+    flights = Flights(max_key_marks=100)
+    keys = [f"k{i}" for i in range(500)]
+    epoch = flights.epoch
+    with flights.changing(among(keys), keys):
+        assert flights.changed_since("k0", flights.epoch)
+        assert flights.changed_since("unrelated", flights.epoch)  # on the safe side
+        assert flights._active_keys == {}
+    after = flights.epoch
+    assert flights._active_broad == 0
+    assert flights.changed_since("k499", epoch)
+    assert not flights.changed_since("unrelated", after)
+    with flights.changing(among(["a"]), ["a"]):
+        assert flights.changed_since("a", flights.epoch)
+        assert not flights.changed_since("b", flights.epoch)
+    assert flights._active_keys == {}

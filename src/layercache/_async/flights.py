@@ -197,12 +197,18 @@ class Flights:
     ) -> Iterator[None]:
         """A change of ``names`` (``None``: every key) for as long as the ``with`` block runs:
         ``mark`` applies it to the marks and flights under the lock on entry and again at
-        the end, and meanwhile :meth:`changed_since` counts those keys as changed."""
+        the end, and meanwhile :meth:`changed_since` counts those keys as changed.
+
+        A change of more keys than the marks hold counts as a change of every key while it
+        runs (its end mark is the broad one anyway): one counter, not a dict update per key.
+        """
+        broad = names is None or len(names) > self._max_key_marks
         with self._lock:
             mark(names)
-            if names is None:
+            if broad:
                 self._active_broad += 1
             else:
+                assert names is not None
                 for key in names:
                     self._active_keys[key] = self._active_keys.get(key, 0) + 1
         try:
@@ -213,9 +219,10 @@ class Flights:
                 # may have read the value it replaces, and a caller arriving after the change
                 # returned must not be handed that read's result (nor join its fetch).
                 mark(names)
-                if names is None:
+                if broad:
                     self._active_broad -= 1
                 else:
+                    assert names is not None
                     for key in names:
                         left = self._active_keys[key] - 1
                         if left:

@@ -58,7 +58,6 @@ from redis.exceptions import ResponseError
 from .._glob import glob_match
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH, MAX_TAGS
-from .._primitives.threads import gather
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, sync_url_client
 from ._errors import DriverErrors
 from ._keys import (
@@ -76,6 +75,7 @@ from ._keys import (
     tag_index_tag_set_prefix,
     to_member,
 )
+from ._sync_keyspace import in_flight
 from ._options import check_raw_client
 from ._scripts import (
     TAG_INDEX_CLEANUP,
@@ -122,27 +122,6 @@ def _raw(value: bytes | str) -> bytes:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _in_flight(batches: Iterator[Sequence[bytes]], send: Any) -> None:
-    """``send`` every batch, two in flight at once on the asyncio twin, one after the other on
-    the thread twin: ``_keyspace.in_flight`` (which the generated twin of this module could
-    not import from ``_sync_keyspace``). The first failure propagates once the batch in
-    flight beside it ended; no batch starts after it."""
-    pending = iter(batches)
-    failed: list[BaseException] = []
-
-    def worker() -> None:
-        for batch in pending:
-            if failed:
-                return
-            try:
-                send(batch)
-            except BaseException as exc:
-                failed.append(exc)
-                raise
-
-    gather([worker, worker])
 
 
 # The shard rule of _keys.tag_index_shard_of (first 32 bits of SHA-1, big-endian), unrolled in
@@ -479,7 +458,7 @@ class SyncRedisTagIndex:
             self._ready()
             # Two batches in flight (the asyncio twin): the client groups one while the server
             # runs the other. The batches are independent (disjoint keys), each atomic.
-            _in_flight(
+            in_flight(
                 _chunks(members, _REMOVE_BATCH),
                 functools.partial(self._remove_batch, shards=shards),
             )

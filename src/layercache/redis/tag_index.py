@@ -56,7 +56,6 @@ from redis.exceptions import ResponseError
 from .._glob import glob_match
 from .._keys import _check_text, validate_key, validate_pattern, validate_prefix
 from .._options import MAX_TAG_LENGTH, MAX_TAGS
-from .._primitives.aio import gather
 from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, url_client
 from ._errors import DriverErrors
 from ._keys import (
@@ -74,6 +73,7 @@ from ._keys import (
     tag_index_tag_set_prefix,
     to_member,
 )
+from ._keyspace import in_flight
 from ._options import check_raw_client
 from ._scripts import (
     TAG_INDEX_CLEANUP,
@@ -120,27 +120,6 @@ def _raw(value: bytes | str) -> bytes:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-async def _in_flight(batches: Iterator[Sequence[bytes]], send: Any) -> None:
-    """``send`` every batch, two in flight at once on the asyncio twin, one after the other on
-    the thread twin: ``_keyspace.in_flight`` (which the generated twin of this module could
-    not import from ``_sync_keyspace``). The first failure propagates once the batch in
-    flight beside it ended; no batch starts after it."""
-    pending = iter(batches)
-    failed: list[BaseException] = []
-
-    async def worker() -> None:
-        for batch in pending:
-            if failed:
-                return
-            try:
-                await send(batch)
-            except BaseException as exc:
-                failed.append(exc)
-                raise
-
-    await gather([worker, worker])
 
 
 # The shard rule of _keys.tag_index_shard_of (first 32 bits of SHA-1, big-endian), unrolled in
@@ -480,7 +459,7 @@ class RedisTagIndex:
             await self._ready()
             # Two batches in flight (the asyncio twin): the client groups one while the server
             # runs the other. The batches are independent (disjoint keys), each atomic.
-            await _in_flight(
+            await in_flight(
                 _chunks(members, _REMOVE_BATCH),
                 functools.partial(self._remove_batch, shards=shards),
             )
