@@ -40,6 +40,17 @@ class EventHub:
         self._logger = logger
         self._pending: set[asyncio.Task[Any]] = set()
         self.active: frozenset[str] = frozenset()
+        # Called after every change of ``active`` (a stack caches what its hot path needs).
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every change of :attr:`active`."""
+        self._watchers.append(callback)
+
+    def _set_active(self) -> None:
+        self.active = frozenset(self._handlers)
+        for callback in self._watchers:
+            callback()
 
     def on(self, event: str, handler: Handler) -> Callable[[], None]:
         """Subscribe ``handler``; returns a function that unsubscribes it."""
@@ -48,7 +59,7 @@ class EventHub:
         if not callable(handler):
             raise ValueError("handler must be callable")
         self._handlers.setdefault(event, []).append(handler)
-        self.active = frozenset(self._handlers)
+        self._set_active()
         return lambda: self.off(event, handler)
 
     def off(self, event: str, handler: Handler) -> None:
@@ -58,7 +69,7 @@ class EventHub:
             handlers.remove(handler)
             if not handlers:
                 del self._handlers[event]
-            self.active = frozenset(self._handlers)
+            self._set_active()
 
     def emit(self, event: str, payload: dict[str, Any]) -> None:
         """Call every handler of ``event`` with ``payload`` (plus ``"event"``)."""
