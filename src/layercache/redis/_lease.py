@@ -33,8 +33,9 @@ __all__ = [
 ]
 
 # A deleted key holds these bytes followed by the server time of the delete (ascii decimal
-# microseconds), ':' and the deleting call's random nonce (see LEASE_TOMBSTONE). ``\xc1LC`` starts every entry (see _codec.py), so a tombstone is never a
-# valid entry, and 0xC1 never starts UTF-8 text or a msgpack value written by someone else.
+# microseconds), ':' and the deleting call's random nonce (see LEASE_TOMBSTONE). ``\xc1LC``
+# starts every entry (see _codec.py), so a tombstone is never a valid entry, and 0xC1 never
+# starts UTF-8 text or a msgpack value written by someone else.
 TOMBSTONE_MAGIC: Final = b"\xc1LT"
 # What follows the layer's prefix in the names of its own bookkeeping keys. Cache keys are
 # printable (validated by the stack), so no cache key starts with NUL and the two can never
