@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -48,17 +46,6 @@ def _normal_clients(server: RedisServer) -> int:
     return len([line for line in listing.splitlines() if line.strip()]) - 1
 
 
-@pytest.fixture
-def switchy() -> Iterator[None]:
-    """Threads preempted very often."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 # -- sync --------------------------------------------------------------------------------------
 
 
@@ -86,7 +73,7 @@ def test_sync_reads_reuse_one_connection_and_send_nothing_else(redis_clean: Redi
 
 
 def test_sync_thread_hammer_every_reply_is_the_callers_own(
-    redis_clean: RedisServer, switchy: None
+    redis_clean: RedisServer, fast_switching: None
 ) -> None:
     """32 threads preempted every microsecond on 4 connections: each read returns the value of
     the key it asked for (a reply handed to the wrong command would show here)."""
