@@ -92,6 +92,7 @@ REDIS_LAYER_RENAMES = {
     # A client built from url=: one per event loop (redis/_clients.py), one for every thread.
     "url_client": "sync_url_client",
     "fast_reads": "sync_fast_reads",
+    "read_pubsub": "sync_read_pubsub",
 }
 
 # Exact text the Redis layer's twin differs in beyond renaming (applied before the renames).

@@ -110,6 +110,8 @@ class TcpProxy:
         self.port = port
         self.connect_timeout = connect_timeout
         self._latency = 0.0
+        # (gap in seconds, bytes per part): replies delivered in parts, a gap apart.
+        self._pacing: tuple[float, int] = (0.0, _CHUNK)
         self._mode: CutMode | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -234,6 +236,13 @@ class TcpProxy:
             raise ValueError("latency must be >= 0")
         self._latency = float(seconds)
 
+    def set_pacing(self, gap: float, part: int = 16384) -> None:
+        """Deliver at most ``part`` bytes at a time, ``gap`` seconds apart, in each direction
+        (a slow link: a large reply reaches the client in parts). ``gap=0`` turns it off."""
+        if gap < 0 or part < 1:
+            raise ValueError("gap must be >= 0 and part >= 1")
+        self._pacing = (float(gap), int(part))
+
     def cut(self, mode: CutMode = "refuse", *, close_existing: bool = True) -> None:
         """Cut the link. Returns once existing connections are reset (or stalled).
 
@@ -273,8 +282,9 @@ class TcpProxy:
         self._reset_all()
 
     def reset(self) -> None:
-        """Back to a clean pass-through: no latency, no cut, no open connections."""
+        """Back to a clean pass-through: no latency, no pacing, no cut, no open connections."""
         self._latency = 0.0
+        self._pacing = (0.0, _CHUNK)
         self._call(self._reset_state())
 
     async def _reset_state(self) -> None:
@@ -370,8 +380,16 @@ class TcpProxy:
                         with contextlib.suppress(OSError):
                             sink.write_eof()
                     return
-                sink.write(data)
-                await sink.drain()
+                gap, part = self._pacing
+                if gap <= 0:
+                    sink.write(data)
+                    await sink.drain()
+                    continue
+                for start in range(0, len(data), part):
+                    await asyncio.sleep(gap)
+                    await self._flowing.wait()
+                    sink.write(data[start : start + part])
+                    await sink.drain()
 
         reader = asyncio.ensure_future(read())
         try:

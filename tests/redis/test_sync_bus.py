@@ -367,6 +367,30 @@ def test_publish_splits_large_key_lists(make_bus: BusFactory) -> None:
     assert recorder.errors == []
 
 
+def test_a_message_that_arrives_in_parts_is_read_whole_without_a_reconnect(
+    make_bus: BusFactory, make_client: ClientFactory, redis_proxy: TcpProxy
+) -> None:
+    # A large message over a slow link reaches the subscriber in parts, further apart than
+    # the thread's read slice (min(1 s, health_check_interval)). Its rest is read within the
+    # bus's timeout. (Reading it with the slice as redis-py's read timeout made redis-py 8
+    # time out mid-message, reconnect by itself and subscribe again: the message was lost
+    # and the stack dropped its local layers, on every instance that got a large message.)
+    through_proxy = make_client(port=redis_proxy.port)
+    bus, recorder = started(
+        make_bus, subscriber=through_proxy, health_check_interval=0.05, timeout=5.0
+    )
+    sender = make_bus()
+    many = tuple(f"key:{i:05d}:" + "x" * 20 for i in range(2000))  # about 60 KB
+    redis_proxy.set_pacing(0.2, 16384)
+    sender.publish(message(sender, many))
+    sender.publish(message(sender, ("after",)))
+    eventually(lambda: recorder.keys()[-1:] == ["after"])
+    assert recorder.keys() == [*many, "after"]
+    assert recorder.reconnects == 0
+    assert recorder.errors == []
+    assert bus.is_subscribed
+
+
 def test_publish_refuses_what_cannot_be_sent(make_bus: BusFactory) -> None:
     sender = make_bus(max_keys=10, max_message_bytes=2048)
     with pytest.raises(ValueError, match="scope"):

@@ -78,7 +78,9 @@ __all__ = [
     "is_sentinel_url",
     "parse_sentinel_url",
     "pool_exhausted",
+    "read_pubsub",
     "sync_fast_reads",
+    "sync_read_pubsub",
     "sync_twin_for_sync_clients",
     "sync_url_client",
     "url_client",
@@ -887,6 +889,30 @@ def sync_fast_reads(
     if pool is not None:
         return pool.fast_get, pool.fast_mget
     return client.get, client.mget
+
+
+async def read_pubsub(pubsub: Any, wait: float, timeout: float) -> Any:
+    """The next pub/sub reply, or ``None`` when none has come within ``wait`` seconds.
+
+    redis-py's asyncio pub/sub answers ``None`` when its read times out and keeps what it has
+    read of a reply for the next read, so ``wait`` can bound the read itself (``timeout`` is
+    for the sync twin, below)."""
+    return await pubsub.get_message(timeout=wait)
+
+
+def sync_read_pubsub(pubsub: Any, wait: float, timeout: float) -> Any:
+    """:func:`read_pubsub` of the sync twins: wait up to ``wait`` for a reply to begin, then
+    up to ``timeout`` for the rest of it.
+
+    redis-py's sync pub/sub (8.x) bounds the whole read by ``get_message``'s timeout: a reply
+    that began within it and whose rest comes later (a large message over a slow or loaded
+    link, or any message read ahead with ``wait=0``) times the read out, and redis-py then
+    reconnects and subscribes again by itself. The message is lost, and the bus takes the
+    new subscription for a lost connection."""
+    connection = pubsub.connection
+    if connection is not None and not connection.can_read(timeout=wait):
+        return None
+    return pubsub.get_message(timeout=timeout)
 
 
 def url_client(

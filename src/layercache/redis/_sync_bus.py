@@ -46,6 +46,7 @@ from .._types import ErrorHandler, InvalidationMessage
 from ._clients import (
     DEFAULT_SOCKET_TIMEOUT,
     LoopBoundClient,
+    sync_read_pubsub,
     sync_twin_for_sync_clients,
     sync_url_client,
 )
@@ -737,7 +738,7 @@ class SyncRedisInvalidationBus:
         if self._sharded:
             message = pubsub.get_sharded_message(timeout=timeout)
         else:
-            message = pubsub.get_message(timeout=timeout)
+            message = sync_read_pubsub(pubsub, timeout, self.timeout)
         return message if isinstance(message, dict) else None
 
     def _ping(self, pubsub: Any) -> None:

@@ -44,6 +44,7 @@ from .._types import ErrorHandler, InvalidationMessage
 from ._clients import (
     DEFAULT_SOCKET_TIMEOUT,
     LoopBoundClient,
+    read_pubsub,
     sync_twin_for_sync_clients,
     url_client,
 )
@@ -738,7 +739,7 @@ class RedisInvalidationBus:
         if self._sharded:
             message = await pubsub.get_sharded_message(timeout=timeout)
         else:
-            message = await pubsub.get_message(timeout=timeout)
+            message = await read_pubsub(pubsub, timeout, self.timeout)
         return message if isinstance(message, dict) else None
 
     async def _ping(self, pubsub: Any) -> None:

@@ -35,7 +35,12 @@ from .._primitives.aio import (
     wait_signal,
 )
 from .._types import ErrorHandler
-from ._clients import DEFAULT_SOCKET_TIMEOUT, sync_twin_for_sync_clients, url_client
+from ._clients import (
+    DEFAULT_SOCKET_TIMEOUT,
+    read_pubsub,
+    sync_twin_for_sync_clients,
+    url_client,
+)
 from ._errors import DriverErrors, ErrorHandlers, call_error_handler
 from ._flight_lease import Found, MustFetch, SingleFlightStats, TakenOver, new_token
 from ._keys import single_flight_channel, single_flight_lock, single_flight_message
@@ -498,9 +503,9 @@ class RedisSingleFlightCoordinator:
                 last_seen = time.monotonic()
                 pinged = False
                 while not self._closed:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=False, timeout=_IDLE_TICK
-                    )
+                    # A notice that began within the tick gets the socket timeout for its
+                    # rest (see read_pubsub).
+                    message = await read_pubsub(pubsub, _IDLE_TICK, DEFAULT_SOCKET_TIMEOUT)
                     now = time.monotonic()
                     if message is None:
                         if now - last_seen > _DEAD_AFTER:
