@@ -211,7 +211,6 @@ class SyncCacheStack:
         self._l1: Callable[[str, float], tuple[Any, EntryMeta] | None] | None = first.peek
         self._l1_fresh = _fresh_reader(first.peek, first.layer)
         self._l1_name = first.name
-        self._l1_tick = 0
         self._metrics = telemetry.metrics
         self._metrics_enabled = metrics
         self._l1_counters = telemetry.metrics.layers[first.name]
@@ -357,27 +356,26 @@ class SyncCacheStack:
         # (``type`` is the keyword argument here: ``key.__class__`` tests the key.)
         if not (key.__class__ is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
             validate_key(key)
-        convert = None if type is None else converter_for(type)
         if self._link.generation is not None:
             key = self._render(key)
         opts = self._defaults if not kwargs and options is None else self._options(options, kwargs)
         fresh = self._l1_fresh
-        stale: tuple[Entry, str] | None = None
         if fresh is not None:
             now = self._clock()
-            # The memory layer's latency is sampled (one lookup in 64): timing every L1 hit
-            # would cost more than the hit itself.
-            self._l1_tick = tick = self._l1_tick + 1
-            if tick & _L1_SAMPLE_MASK or not self._metrics_enabled:
+            # The memory layer's latency is sampled (the lookups made while its hit count is a
+            # multiple of 64): timing every L1 hit would cost more than the hit itself, and
+            # the count is kept anyway (a tick of its own cost 6% of the hit).
+            counters = self._l1_counters
+            if counters.hits & _L1_SAMPLE_MASK or not self._metrics_enabled:
                 value = fresh(key, now)
             else:
                 began = time.perf_counter()
                 value = fresh(key, now)
                 self._l1_timer(time.perf_counter() - began)
-            if value is not NOT_FRESH and convert is None and not opts.has_hit_work:
+            if value is not NOT_FRESH and type is None and not opts.has_hit_work:
                 # The plain hit: a fresh value, nothing to convert, nothing to do after it.
                 self._metrics.hits += 1
-                self._l1_counters.hits += 1
+                counters.hits += 1
                 if not self._l1_quiet:
                     if "hit" in self._events.active:
                         self._events.emit("hit", {"key": key, "layer": self._l1_name})
@@ -386,6 +384,8 @@ class SyncCacheStack:
                 return value
             # Anything else (absent, stale, a type to rebuild, work after the hit): the
             # entry with its metadata.
+            convert = None if type is None else converter_for(type)
+            stale: tuple[Entry, str] | None = None
             found = self._l1(key, now)  # type: ignore[misc]
             if found is not None:
                 value, meta = found
@@ -410,11 +410,12 @@ class SyncCacheStack:
                     if self._tracer is not None:
                         self._tracer.l1_hit(key, self._l1_name)
                     if opts.has_hit_work:
-                        self._loader.after_hit(
-                            key, Entry.of(value, meta), fetcher, opts, now, 0
-                        )
+                        self._loader.after_hit(key, Entry.of(value, meta), fetcher, opts, now, 0)
                     return value
                 stale = (Entry.of(value, meta), self._l1_name)
+        else:
+            convert = None if type is None else converter_for(type)
+            stale = None
         self._open()
         start = 1 if fresh is not None else 0
         if self._tracer is None:
@@ -607,9 +608,7 @@ class SyncCacheStack:
         """Delete every key stored with ``tag``; returns how many keys were known."""
         return self.invalidate_by_tags([tag])
 
-    def invalidate_by_tags(
-        self, tags: Iterable[str], mode: Literal["any", "all"] = "any"
-    ) -> int:
+    def invalidate_by_tags(self, tags: Iterable[str], mode: Literal["any", "all"] = "any") -> int:
         """Delete keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``."""
         if mode not in ("any", "all"):
             raise ValueError(f"mode must be 'any' or 'all', not {mode!r}")
