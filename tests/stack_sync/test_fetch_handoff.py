@@ -399,3 +399,73 @@ def test_a_stack_used_before_a_fork_fetches_and_refreshes_in_the_child() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["child", "True", "refreshed", "child-refresh"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_work_under_way_in_other_threads_at_a_fork_is_not_waited_for_in_the_child() -> None:
+    # At the fork, one thread is clearing the stack (held inside the second layer's clear)
+    # and another is fetching "k". Neither thread exists in the child. The child's caller of "k"
+    # used to join the parent's fetch and wait forever; and the clear, never ending there,
+    # kept every fetched value out of the child's L1.
+    script = textwrap.dedent(
+        """
+        import os, sys, threading, time
+        from layercache import MemoryLayer, SyncCacheStack
+
+        class HeldClear(MemoryLayer):
+            def __init__(self):
+                super().__init__(ttl=60, name="held")
+                self.entered = threading.Event()
+                self.release = threading.Event()
+
+            def clear(self):
+                self.entered.set()
+                self.release.wait(10)
+                super().clear()
+
+        l1 = MemoryLayer(ttl=60)
+        held = HeldClear()
+        cache = SyncCacheStack([l1, held])
+        fetching = threading.Event()
+        release_fetch = threading.Event()
+
+        def slow():
+            fetching.set()
+            release_fetch.wait(10)
+            return "parent"
+
+        clearer = threading.Thread(target=cache.clear)
+        clearer.start()
+        assert held.entered.wait(5)
+        # Begun after the clear: not marked by it, so a caller of "k" joins it.
+        fetcher = threading.Thread(target=lambda: cache.get("k", slow))
+        fetcher.start()
+        assert fetching.wait(5)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                began = time.monotonic()
+                got = cache.get("k", lambda: "child")
+                took = time.monotonic() - began
+                fresh = cache.get("other", lambda: "v")
+                print(got, took < 2, fresh, l1.peek("other", time.time()) is not None, flush=True)
+                code = 0
+            finally:
+                os._exit(code)
+        release_fetch.set()
+        held.release.set()
+        fetcher.join(10)
+        clearer.join(10)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "True", "v", "True"]

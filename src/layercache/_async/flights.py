@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeAlias
 
-from .._primitives.aio import FlightFuture, flight_scope, new_future
+from .._primitives.aio import FlightFuture, flight_scope, new_future, start_over_after_fork
 
 __all__ = ["FOLLOW", "JOIN_FETCH", "LEAD", "Flight", "Flights", "among", "no_flight"]
 
@@ -86,6 +86,18 @@ class Flights:
         # Changes under way: keys being written or deleted now, and broad changes (pattern,
         # tags, clear). Bounded by the changes running at once, not by keys.
         self._active_keys: dict[str, int] = {}
+        self._active_broad = 0
+        start_over_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a child process made by ``fork()``: the flights and changes under way belong to
+        threads that are not in the child (only the forking thread is copied). Kept, a caller
+        would wait forever for a fetch nobody runs, and a change that never ends would keep
+        every fetch's value out of L1; a lock one of those threads held would stay held."""
+        self._lock = threading.Lock()
+        self._fetches = {}
+        self._reads = {}
+        self._active_keys = {}
         self._active_broad = 0
 
     # ------------------------------------------------------------------ flights

@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from .forking import start_over_after_fork
+
 __all__ = [
     "Cancelled",
     "FlightFuture",
@@ -21,10 +23,13 @@ __all__ = [
     "Signal",
     "Spawned",
     "Timeout",
-    "bounded",
-    "check_component",
+    "Waiter",
+    "Workers",
     "bind_method",
+    "bounded",
     "call_fetcher",
+    "check_component",
+    "flight_scope",
     "gather",
     "gather_settled",
     "is_async_callable",
@@ -32,25 +37,23 @@ __all__ = [
     "join_spawned",
     "launch",
     "launch_background",
-    "flight_scope",
-    "settle",
+    "loop_ended",
     "new_flight_lock",
     "new_future",
     "new_workers",
     "pause",
+    "running_loop",
     "runs_here",
+    "settle",
     "spawn",
     "stack_layer",
+    "start_over_after_fork",
     "stop_spawned",
     "wait_future",
     "wait_future_for",
     "wait_launched",
     "wait_signal",
-    "running_loop",
-    "loop_ended",
     "with_timeout",
-    "Waiter",
-    "Workers",
 ]
 
 T = TypeVar("T")

@@ -13,9 +13,10 @@ import os
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+from .forking import start_over_after_fork
 
 __all__ = [
     "Cancelled",
@@ -24,10 +25,13 @@ __all__ = [
     "Signal",
     "Spawned",
     "Timeout",
-    "bounded",
-    "check_component",
+    "Waiter",
+    "Workers",
     "bind_method",
+    "bounded",
     "call_fetcher",
+    "check_component",
+    "flight_scope",
     "gather",
     "gather_settled",
     "is_async_callable",
@@ -35,25 +39,23 @@ __all__ = [
     "join_spawned",
     "launch",
     "launch_background",
-    "flight_scope",
-    "settle",
+    "loop_ended",
     "new_flight_lock",
     "new_future",
     "new_workers",
     "pause",
+    "running_loop",
     "runs_here",
+    "settle",
     "spawn",
     "stack_layer",
+    "start_over_after_fork",
     "stop_spawned",
     "wait_future",
     "wait_future_for",
     "wait_launched",
     "wait_signal",
-    "running_loop",
-    "loop_ended",
     "with_timeout",
-    "Waiter",
-    "Workers",
 ]
 
 T = TypeVar("T")
@@ -178,22 +180,6 @@ def call_fetcher(fetcher: Callable[[], Any]) -> Any:
     return fetcher()
 
 
-# The pools of this process. A forked child has none of their threads (only the thread that
-# forked is copied): each pool forgets them there, so the child's work starts threads of its own
-# instead of waiting forever for threads that do not exist (a stack used before a fork and then
-# in the child: a pre-fork server's workers).
-_FORKED: weakref.WeakSet[_DaemonPool | _FetchPool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_FORKED):
-        pool._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class _DaemonPool:
     """A bounded pool of daemon threads, started as work arrives.
 
@@ -211,7 +197,10 @@ class _DaemonPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._closed = False
-        _FORKED.add(self)
+        # A forked child has none of the pool's threads: it forgets them there, so the
+        # child's work starts threads of its own instead of waiting for threads that do not
+        # exist (see forking.py).
+        start_over_after_fork(self)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
         """Queue ``fn(*args)``; ``None`` once the pool is shut down."""
@@ -394,7 +383,10 @@ class _FetchPool:
         self._started = 0
         self._queued: collections.deque[_Call] = collections.deque()
         self._closed = False
-        _FORKED.add(self)
+        # A forked child has none of the pool's threads: it forgets them there, so the
+        # child's work starts threads of its own instead of waiting for threads that do not
+        # exist (see forking.py).
+        start_over_after_fork(self)
 
     def call(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a worker; raises the builtin ``TimeoutError`` once ``timeout``

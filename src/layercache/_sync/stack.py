@@ -410,7 +410,9 @@ class SyncCacheStack:
                     if self._tracer is not None:
                         self._tracer.l1_hit(key, self._l1_name)
                     if opts.has_hit_work:
-                        self._loader.after_hit(key, Entry.of(value, meta), fetcher, opts, now, 0)
+                        self._loader.after_hit(
+                            key, Entry.of(value, meta), fetcher, opts, now, 0
+                        )
                     return value
                 stale = (Entry.of(value, meta), self._l1_name)
         else:
@@ -608,7 +610,9 @@ class SyncCacheStack:
         """Delete every key stored with ``tag``; returns how many keys were known."""
         return self.invalidate_by_tags([tag])
 
-    def invalidate_by_tags(self, tags: Iterable[str], mode: Literal["any", "all"] = "any") -> int:
+    def invalidate_by_tags(
+        self, tags: Iterable[str], mode: Literal["any", "all"] = "any"
+    ) -> int:
         """Delete keys carrying any (``mode="any"``) or all (``"all"``) of ``tags``."""
         if mode not in ("any", "all"):
             raise ValueError(f"mode must be 'any' or 'all', not {mode!r}")
