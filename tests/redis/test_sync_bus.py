@@ -391,6 +391,42 @@ def test_a_message_that_arrives_in_parts_is_read_whole_without_a_reconnect(
     assert bus.is_subscribed
 
 
+def test_a_sharded_message_that_arrives_in_parts_is_read_whole_without_a_reconnect(
+    make_bus: BusFactory, redis_cluster_server: RedisServer
+) -> None:
+    # The same on a cluster (sharded pub/sub): the subscriber's connections all go through a
+    # paced proxy (the node's announced address is remapped to it).
+    if not redis_cluster_server.is_running:
+        redis_cluster_server.start()
+    with TcpProxy(redis_cluster_server.host, redis_cluster_server.port) as proxy:
+        subscriber = redis.RedisCluster(
+            host=proxy.host,
+            port=proxy.port,
+            address_remap=lambda _address: (proxy.host, proxy.port),
+            socket_timeout=5,
+        )
+        publisher = redis.RedisCluster(
+            host=redis_cluster_server.host, port=redis_cluster_server.port, socket_timeout=5
+        )
+        try:
+            options = {"health_check_interval": 0.05, "timeout": 5.0}
+            bus, recorder = started(make_bus, publisher=publisher, subscriber=subscriber, **options)
+            assert bus.sharded
+            sender = make_bus(publisher=publisher)
+            many = tuple(f"key:{i:05d}:" + "x" * 20 for i in range(2000))  # about 60 KB
+            proxy.set_pacing(0.2, 16384)
+            sender.publish(message(sender, many))
+            sender.publish(message(sender, ("after",)))
+            eventually(lambda: recorder.keys()[-1:] == ["after"])
+            assert recorder.keys() == [*many, "after"]
+            assert recorder.reconnects == 0
+            assert recorder.errors == []
+            bus.close()
+        finally:
+            subscriber.close()
+            publisher.close()
+
+
 def test_publish_refuses_what_cannot_be_sent(make_bus: BusFactory) -> None:
     sender = make_bus(max_keys=10, max_message_bytes=2048)
     with pytest.raises(ValueError, match="scope"):

@@ -891,16 +891,19 @@ def sync_fast_reads(
     return client.get, client.mget
 
 
-async def read_pubsub(pubsub: Any, wait: float, timeout: float) -> Any:
-    """The next pub/sub reply, or ``None`` when none has come within ``wait`` seconds.
+async def read_pubsub(pubsub: Any, wait: float, timeout: float, sharded: bool = False) -> Any:
+    """The next pub/sub reply, or ``None`` when none has come within ``wait`` seconds
+    (``sharded``: of a cluster's sharded pub/sub).
 
     redis-py's asyncio pub/sub answers ``None`` when its read times out and keeps what it has
     read of a reply for the next read, so ``wait`` can bound the read itself (``timeout`` is
     for the sync twin, below)."""
+    if sharded:
+        return await pubsub.get_sharded_message(timeout=wait)
     return await pubsub.get_message(timeout=wait)
 
 
-def sync_read_pubsub(pubsub: Any, wait: float, timeout: float) -> Any:
+def sync_read_pubsub(pubsub: Any, wait: float, timeout: float, sharded: bool = False) -> Any:
     """:func:`read_pubsub` of the sync twins: wait up to ``wait`` for a reply to begin, then
     up to ``timeout`` for the rest of it.
 
@@ -908,10 +911,20 @@ def sync_read_pubsub(pubsub: Any, wait: float, timeout: float) -> Any:
     that began within it and whose rest comes later (a large message over a slow or loaded
     link, or any message read ahead with ``wait=0``) times the read out, and redis-py then
     reconnects and subscribes again by itself. The message is lost, and the bus takes the
-    new subscription for a lost connection."""
-    connection = pubsub.connection
+    new subscription for a lost connection. A cluster's sharded pub/sub reads through one
+    pub/sub per node; with one node subscribed (a bus: one channel) its connection is
+    watched the same way."""
+    if sharded:
+        nodes = list(getattr(pubsub, "node_pubsub_mapping", {}).values())
+        if len(nodes) != 1:
+            return pubsub.get_sharded_message(timeout=wait)
+        connection = nodes[0].connection
+    else:
+        connection = pubsub.connection
     if connection is not None and not connection.can_read(timeout=wait):
         return None
+    if sharded:
+        return pubsub.get_sharded_message(timeout=timeout)
     return pubsub.get_message(timeout=timeout)
 
 

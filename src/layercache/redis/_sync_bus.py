@@ -735,10 +735,7 @@ class SyncRedisInvalidationBus:
             self._report(exc, {"operation": "bus.on_message", "scope": TRACKING_SCOPE})
 
     def _read(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
-        if self._sharded:
-            message = pubsub.get_sharded_message(timeout=timeout)
-        else:
-            message = sync_read_pubsub(pubsub, timeout, self.timeout)
+        message = sync_read_pubsub(pubsub, timeout, self.timeout, self._sharded)
         return message if isinstance(message, dict) else None
 
     def _ping(self, pubsub: Any) -> None:

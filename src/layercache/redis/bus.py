@@ -736,10 +736,7 @@ class RedisInvalidationBus:
             self._report(exc, {"operation": "bus.on_message", "scope": TRACKING_SCOPE})
 
     async def _read(self, pubsub: Any, timeout: float) -> dict[str, Any] | None:
-        if self._sharded:
-            message = await pubsub.get_sharded_message(timeout=timeout)
-        else:
-            message = await read_pubsub(pubsub, timeout, self.timeout)
+        message = await read_pubsub(pubsub, timeout, self.timeout, self._sharded)
         return message if isinstance(message, dict) else None
 
     async def _ping(self, pubsub: Any) -> None:
