@@ -171,3 +171,39 @@ def test_the_l1_latency_is_sampled_once_in_64_hits() -> None:
 
     assert asyncio.run(scenario(True)) == (640, 10)
     assert asyncio.run(scenario(False)) == (640, 0)
+
+
+def test_a_key_is_checked_on_every_path_but_the_plain_l1_hit() -> None:
+    """The plain L1 hit skips the key check (only checked keys are ever stored, so a key found
+    fresh in L1 is a valid one); an invalid key is refused on every other path, whatever L1
+    holds, with and without a generation, in both stacks, and a valid key that only looks
+    like a generation's stored form is not confused with it."""
+    invalid: list[Any] = ["", "a\x00b", "tab\tkey", "x" * 1025, 5, None, b"k"]
+
+    async def scenario(generation: int | None) -> None:
+        cache = CacheStack([MemoryLayer()], generation=generation)
+        await cache.set("k", 1)
+        assert await cache.get("k") == 1
+        for key in invalid:
+            for kwargs in ({}, {"fetcher": lambda: 1}, {"type": int}):
+                try:
+                    await cache.get(key, **kwargs)
+                except (ValueError, TypeError):
+                    continue
+                raise AssertionError(f"{key!r} was accepted ({kwargs})")
+        if generation is not None:
+            assert await cache.get(f"v{generation}:k") is None  # another key: not "k"
+        await cache.aclose()
+
+    asyncio.run(scenario(None))
+    asyncio.run(scenario(3))
+    sync = SyncCacheStack([MemoryLayer()])
+    sync.set("k", 1)
+    assert sync.get("k") == 1
+    for key in invalid:
+        try:
+            sync.get(key)
+        except (ValueError, TypeError):
+            continue
+        raise AssertionError(f"{key!r} was accepted by the sync stack")
+    sync.close()

@@ -357,8 +357,11 @@ class CacheStack:
             CacheLayerError: a layer failed (strict write policy).
             FetchTimeoutError: the fetch outlived ``fetch_timeout``.
         """
-        # (``type`` is the keyword argument here: ``key.__class__`` tests the key.)
-        if not (key.__class__ is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()):
+        # (``type`` is the keyword argument here: ``key.__class__`` tests the key.) A str key
+        # is checked after the plain L1 hit: only checked keys are ever stored, so a key found
+        # fresh in L1 is a valid one; every other path checks it below, before anything else.
+        name = key
+        if key.__class__ is not str:
             validate_key(key)
         if self._link.generation is not None:
             key = self._render(key)
@@ -386,6 +389,8 @@ class CacheStack:
                     if self._tracer is not None:
                         self._tracer.l1_hit(key, self._l1_name)
                 return value
+            if not (0 < len(name) <= MAX_KEY_LENGTH and name.isprintable()):
+                validate_key(name)
             # Anything else (absent, stale, a type to rebuild, work after the hit): the
             # entry with its metadata.
             convert = None if type is None else converter_for(type)
@@ -420,6 +425,8 @@ class CacheStack:
                     return value
                 stale = (Entry.of(value, meta), self._l1_name)
         else:
+            if not (0 < len(name) <= MAX_KEY_LENGTH and name.isprintable()):
+                validate_key(name)
             convert = None if type is None else converter_for(type)
             stale = None
         await self._open()
