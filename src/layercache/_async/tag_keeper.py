@@ -196,10 +196,14 @@ class TagKeeper:
         await self._layers.fence_tags(tags)
         keys = sorted(await self.index.keys_for_tags(list(tags), mode))
         if keys:
-            with self._flights.changing(among(keys), keys):
-                await self.index.remove(keys)
+            # The values go whatever the removal's outcome: one that failed may still have
+            # run (its reply lost to a reset, or delivered late by a stalled link), and the
+            # retried replay would then no longer find these keys, while their values stayed
+            # in the shared layers, unknown to the index.
             replay.deletes.append(keys)
             replay.changes.append(("keys", "invalidate", keys))
+            with self._flights.changing(among(keys), keys):
+                await self.index.remove(keys)
         with backlog.lock:
             backlog.pop(batch)
         return []

@@ -365,6 +365,16 @@ class Writer:
             [],
             [("record", record) for record in records],
         )
+        if self.tags.down and behind is None:
+            # As in store(): tagged values the index could not record now stay in the local
+            # layers only; their shared copies go (another instance's invalidation of their
+            # tags would miss them until the records are replayed).
+            tagged = [key for key, tags, _ in records if tags]
+            if tagged:
+                shared = [a for a in layers.shared if a.degraded_until is None]
+                await layers.run(
+                    "set_many", shared, lambda a: a.delete_many(tagged), ("delete", tuple(tagged))
+                )
         if evicted:
             await self.drop_evicted(evicted)
         if self._telemetry.wants("set"):
