@@ -12,6 +12,7 @@ latency, cut-offs, recovery. Without a
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -32,6 +33,37 @@ from _tcp_proxy import TcpProxy
 # 200 ms failed a glob property once on a loaded 2-CPU machine, with no counterexample).
 settings.register_profile("layercache", deadline=None)
 settings.load_profile("layercache")
+
+
+# -- unclosed connections are reported where they were left --------------------------------------
+
+_GC_EACH_TEST = os.environ.get("LAYERCACHE_GC_EACH_TEST") == "1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_garbage_after_each_module() -> Iterator[None]:
+    """A full garbage collection after each test module.
+
+    A connection nobody closed (redis-py's "unclosed Connection" ``ResourceWarning``, an error
+    under ``filterwarnings = error``) is reported when the collector frees it, and that can be
+    many modules later: in the whole suite, tests/typing runs mypy in this process, which
+    leaves the collector's thresholds at (200000, 30, 30), and the next full collection was
+    the ``gc.collect()`` Hypothesis makes before its first test (tests/unit/test_codec.py).
+    Here it is reported at the teardown of the module's last test, and thresholds a module
+    changed are put back. ``LAYERCACHE_GC_EACH_TEST=1`` collects after every test too, to name the
+    test (about 50 ms a test).
+    """
+    thresholds = gc.get_threshold()
+    yield
+    gc.collect()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    yield
+    if _GC_EACH_TEST:
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
