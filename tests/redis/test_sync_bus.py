@@ -379,16 +379,21 @@ def test_a_message_that_arrives_in_parts_is_read_whole_without_a_reconnect(
     bus, recorder = started(
         make_bus, subscriber=through_proxy, health_check_interval=0.05, timeout=5.0
     )
-    sender = make_bus()
-    many = tuple(f"key:{i:05d}:" + "x" * 20 for i in range(2000))  # about 60 KB
-    redis_proxy.set_pacing(0.2, 16384)
+    send_in_parts(make_bus(), recorder, redis_proxy)
+    assert bus.is_subscribed
+
+
+def send_in_parts(sender: Any, recorder: Recorder, proxy: TcpProxy) -> None:
+    """Publish a message of about 60 KB while ``proxy`` delivers 16 KiB parts 0.2 s apart,
+    then a small one; both arrive whole and in order, with no reconnect and no error."""
+    many = tuple(f"key:{i:05d}:" + "x" * 20 for i in range(2000))
+    proxy.set_pacing(0.2, 16384)
     sender.publish(message(sender, many))
     sender.publish(message(sender, ("after",)))
     eventually(lambda: recorder.keys()[-1:] == ["after"])
     assert recorder.keys() == [*many, "after"]
     assert recorder.reconnects == 0
     assert recorder.errors == []
-    assert bus.is_subscribed
 
 
 def test_a_sharded_message_that_arrives_in_parts_is_read_whole_without_a_reconnect(
@@ -412,15 +417,7 @@ def test_a_sharded_message_that_arrives_in_parts_is_read_whole_without_a_reconne
             options = {"health_check_interval": 0.05, "timeout": 5.0}
             bus, recorder = started(make_bus, publisher=publisher, subscriber=subscriber, **options)
             assert bus.sharded
-            sender = make_bus(publisher=publisher)
-            many = tuple(f"key:{i:05d}:" + "x" * 20 for i in range(2000))  # about 60 KB
-            proxy.set_pacing(0.2, 16384)
-            sender.publish(message(sender, many))
-            sender.publish(message(sender, ("after",)))
-            eventually(lambda: recorder.keys()[-1:] == ["after"])
-            assert recorder.keys() == [*many, "after"]
-            assert recorder.reconnects == 0
-            assert recorder.errors == []
+            send_in_parts(make_bus(publisher=publisher), recorder, proxy)
             bus.close()
         finally:
             subscriber.close()

@@ -391,14 +391,7 @@ def test_a_stack_used_before_a_fork_fetches_and_refreshes_in_the_child() -> None
         sys.exit(os.waitstatus_to_exitcode(status))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["child", "True", "refreshed", "child-refresh"]
+    assert run_forking(script) == ["child", "True", "refreshed", "child-refresh"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -461,6 +454,11 @@ def test_work_under_way_in_other_threads_at_a_fork_is_not_waited_for_in_the_chil
         sys.exit(os.waitstatus_to_exitcode(status))
         """
     )
+    assert run_forking(script) == ["child", "True", "v", "True"]
+
+
+def run_forking(script: str) -> list[str]:
+    """Run ``script`` (which forks) in a new interpreter; the words it printed."""
     done = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", script],
         capture_output=True,
@@ -468,4 +466,4 @@ def test_work_under_way_in_other_threads_at_a_fork_is_not_waited_for_in_the_chil
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["child", "True", "v", "True"]
+    return done.stdout.split()
