@@ -274,8 +274,7 @@ class Writer:
             # its tags. It stays in the local layers only (its record is replayed when the
             # index is back); the shared copies go (a removal: always safe).
             # (A degraded layer got no copy: its missed write is remembered already.)
-            shared = [a for a in layers.shared if a.degraded_until is None]
-            await layers.run("set", shared, lambda a: a.delete(key), ("delete", (key,)))
+            await self._unshare("set", [key])
         if flight is not None and flight.invalidated:
             # The key was invalidated while our writes were in flight; the invalidation may
             # have landed before them, so remove what we just wrote. Removing it is a change
@@ -285,6 +284,19 @@ class Writer:
             with self._flights.changing(no_flight, (key,)):
                 await self.delete_everywhere([key])
         self._telemetry.emit("set", {"key": key})
+
+    async def _unshare(self, operation: str, keys: list[str]) -> None:
+        """Remove ``keys`` from the shared layers that are up (a write whose tags the index
+        could not take: its values stay in the local layers only)."""
+        layers = self._layers
+        shared = [a for a in layers.shared if a.degraded_until is None]
+        if len(keys) == 1:
+            key = keys[0]
+            await layers.run(operation, shared, lambda a: a.delete(key), ("delete", (key,)))
+        else:
+            await layers.run(
+                operation, shared, lambda a: a.delete_many(keys), ("delete", tuple(keys))
+            )
 
     async def _record(
         self, key: str, tags: Sequence[str], expires: float | None, shared: bool
@@ -371,10 +383,7 @@ class Writer:
             # tags would miss them until the records are replayed).
             tagged = [key for key, tags, _ in records if tags]
             if tagged:
-                shared = [a for a in layers.shared if a.degraded_until is None]
-                await layers.run(
-                    "set_many", shared, lambda a: a.delete_many(tagged), ("delete", tuple(tagged))
-                )
+                await self._unshare("set_many", tagged)
         if evicted:
             await self.drop_evicted(evicted)
         if self._telemetry.wants("set"):

@@ -197,10 +197,7 @@ class _DaemonPool:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._closed = False
-        # A forked child has none of the pool's threads: it forgets them there, so the
-        # child's work starts threads of its own instead of waiting for threads that do not
-        # exist (see forking.py).
-        start_over_after_fork(self)
+        start_over_after_fork(self)  # a forked child has none of the pool's threads
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
         """Queue ``fn(*args)``; ``None`` once the pool is shut down."""
@@ -383,10 +380,7 @@ class _FetchPool:
         self._started = 0
         self._queued: collections.deque[_Call] = collections.deque()
         self._closed = False
-        # A forked child has none of the pool's threads: it forgets them there, so the
-        # child's work starts threads of its own instead of waiting for threads that do not
-        # exist (see forking.py).
-        start_over_after_fork(self)
+        start_over_after_fork(self)  # a forked child has none of the pool's threads
 
     def call(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a worker; raises the builtin ``TimeoutError`` once ``timeout``

@@ -385,12 +385,13 @@ class SyncCacheStack:
                     if self._tracer is not None:
                         self._tracer.l1_hit(key, self._l1_name)
                 return value
-            if not (0 < len(name) <= MAX_KEY_LENGTH and name.isprintable()):
-                validate_key(name)
+        if not (0 < len(name) <= MAX_KEY_LENGTH and name.isprintable()):
+            validate_key(name)
+        convert = None if type is None else converter_for(type)
+        stale: tuple[Entry, str] | None = None
+        if fresh is not None:
             # Anything else (absent, stale, a type to rebuild, work after the hit): the
             # entry with its metadata.
-            convert = None if type is None else converter_for(type)
-            stale: tuple[Entry, str] | None = None
             found = self._l1(key, now)  # type: ignore[misc]
             if found is not None:
                 value, meta = found
@@ -420,11 +421,6 @@ class SyncCacheStack:
                         )
                     return value
                 stale = (Entry.of(value, meta), self._l1_name)
-        else:
-            if not (0 < len(name) <= MAX_KEY_LENGTH and name.isprintable()):
-                validate_key(name)
-            convert = None if type is None else converter_for(type)
-            stale = None
         self._open()
         start = 1 if fresh is not None else 0
         if self._tracer is None:

@@ -276,8 +276,7 @@ class Writer:
             # its tags. It stays in the local layers only (its record is replayed when the
             # index is back); the shared copies go (a removal: always safe).
             # (A degraded layer got no copy: its missed write is remembered already.)
-            shared = [a for a in layers.shared if a.degraded_until is None]
-            layers.run("set", shared, lambda a: a.delete(key), ("delete", (key,)))
+            self._unshare("set", [key])
         if flight is not None and flight.invalidated:
             # The key was invalidated while our writes were in flight; the invalidation may
             # have landed before them, so remove what we just wrote. Removing it is a change
@@ -287,6 +286,19 @@ class Writer:
             with self._flights.changing(no_flight, (key,)):
                 self.delete_everywhere([key])
         self._telemetry.emit("set", {"key": key})
+
+    def _unshare(self, operation: str, keys: list[str]) -> None:
+        """Remove ``keys`` from the shared layers that are up (a write whose tags the index
+        could not take: its values stay in the local layers only)."""
+        layers = self._layers
+        shared = [a for a in layers.shared if a.degraded_until is None]
+        if len(keys) == 1:
+            key = keys[0]
+            layers.run(operation, shared, lambda a: a.delete(key), ("delete", (key,)))
+        else:
+            layers.run(
+                operation, shared, lambda a: a.delete_many(keys), ("delete", tuple(keys))
+            )
 
     def _record(
         self, key: str, tags: Sequence[str], expires: float | None, shared: bool
@@ -373,10 +385,7 @@ class Writer:
             # tags would miss them until the records are replayed).
             tagged = [key for key, tags, _ in records if tags]
             if tagged:
-                shared = [a for a in layers.shared if a.degraded_until is None]
-                layers.run(
-                    "set_many", shared, lambda a: a.delete_many(tagged), ("delete", tuple(tagged))
-                )
+                self._unshare("set_many", tagged)
         if evicted:
             self.drop_evicted(evicted)
         if self._telemetry.wants("set"):

@@ -915,17 +915,17 @@ def sync_read_pubsub(pubsub: Any, wait: float, timeout: float, sharded: bool = F
     pub/sub per node; with one node subscribed (a bus: one channel) its connection is
     watched the same way."""
     if sharded:
+        read = pubsub.get_sharded_message
         nodes = list(getattr(pubsub, "node_pubsub_mapping", {}).values())
         if len(nodes) != 1:
-            return pubsub.get_sharded_message(timeout=wait)
+            return read(timeout=wait)
         connection = nodes[0].connection
     else:
+        read = pubsub.get_message
         connection = pubsub.connection
     if connection is not None and not connection.can_read(timeout=wait):
         return None
-    if sharded:
-        return pubsub.get_sharded_message(timeout=timeout)
-    return pubsub.get_message(timeout=timeout)
+    return read(timeout=timeout)
 
 
 def url_client(
