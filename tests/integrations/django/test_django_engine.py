@@ -62,13 +62,15 @@ def test_threads_share_values_memory_and_one_subscription(
     main = caches["default"]
     main.set("greeting", "hello")
 
-    def work(i: int) -> tuple[int, Any, Any]:
+    def work(i: int) -> tuple[Any, Any, Any]:
         backend = caches["default"]  # this thread's own instance, as Django makes it
         backend.set(f"k{i}", i)
-        return id(backend), backend._engine, backend.get("greeting")
+        return backend, backend._engine, backend.get("greeting")
 
+    # The instances themselves are kept (an id alone could be reused by the next thread's
+    # instance once a finished thread's one is freed).
     results = in_threads(THREADS, work)
-    instances = {instance for instance, _, _ in results}
+    instances = {id(instance) for instance, _, _ in results}
     assert len(instances | {id(main)}) == THREADS + 1  # one instance per thread
     assert all(engine is main._engine for _, engine, _ in results)
     assert [value for _, _, value in results] == ["hello"] * THREADS
@@ -86,13 +88,13 @@ def test_memory_only_threads_share_values_and_incr_is_atomic() -> None:
         try:
             main.set("hits", 0)
 
-            def work(i: int) -> int:
+            def work(i: int) -> Any:
                 backend = caches["default"]
                 for _ in range(PER_THREAD):
                     backend.incr("hits")
-                return id(backend)
+                return backend  # kept alive: a freed instance's id can be reused
 
-            assert len(set(in_threads(THREADS, work))) == THREADS
+            assert len({id(backend) for backend in in_threads(THREADS, work)}) == THREADS
             assert main.get("hits") == THREADS * PER_THREAD
         finally:
             main.shutdown()
