@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import redis.exceptions
+from redis.crc import key_slot
 
 from layercache._entry import Entry
 from layercache.redis import RedisLayer
@@ -20,9 +21,14 @@ def entry(value: Any) -> Entry:
 
 
 async def test_cluster_rejects_cross_slot_commands(redis_cluster_client: Any) -> None:
-    # The premise of this module: keys of different slots cannot share one plain MGET.
-    with pytest.raises(redis.exceptions.RedisError):
+    # The premise of this module: keys of different slots cannot share one plain MGET
+    # (redis-py raises RedisClusterException; the server itself refuses it too).
+    assert key_slot(b"t:a") != key_slot(b"t:b")
+    with pytest.raises((redis.exceptions.RedisError, redis.exceptions.RedisClusterException)):
         await redis_cluster_client.execute_command("MGET", "t:a", "t:b")
+    node = redis_cluster_client.get_node_from_key("t:a")
+    with pytest.raises(redis.exceptions.ResponseError, match="same slot"):
+        await redis_cluster_client.execute_command("MGET", "t:a", "t:b", target_nodes=node)
 
 
 async def test_layer_on_cluster_client(redis_cluster_client: Any) -> None:

@@ -753,7 +753,7 @@ class _SyncSentinelMaster(redis.Redis):
 def _async_sentinel_client(
     target: SentinelTarget, socket_timeout: float | None, max_connections: int
 ) -> aioredis.Redis:
-    manager = AsyncSentinel(  # type: ignore[no-untyped-call]
+    manager = AsyncSentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.sentinels),
         sentinel_kwargs=_sentinel_options(target, socket_timeout, AsyncRetry(NoBackoff(), 0)),
     )
@@ -773,13 +773,13 @@ def _async_sentinel_client(
 def _sync_sentinel_client(
     target: SentinelTarget, socket_timeout: float | None, max_connections: int
 ) -> redis.Redis:
-    manager = Sentinel(  # type: ignore[no-untyped-call]
+    manager = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.sentinels),
         sentinel_kwargs=_sentinel_options(target, socket_timeout, Retry(NoBackoff(), 0)),
     )
     options = _pool_options("", socket_timeout, max_connections)
     options.update(target.connection)
-    client = manager.master_for(  # type: ignore[no-untyped-call]
+    client = manager.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.service_name,
         redis_class=_SyncSentinelMaster,
         connection_pool_class=_BlockingSentinelPool,
