@@ -26,8 +26,8 @@ times out (and its one retry fails), and the server runs the removal when the li
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -36,6 +36,8 @@ from redis.backoff import NoBackoff
 
 from layercache import CacheEntry, CacheStack, MemoryLayer, RedisLayer, RedisTagIndex
 from polling import eventually_async
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.redis
 
@@ -82,10 +84,11 @@ async def wait_for(predicate: Any, what: str) -> None:
 
 
 class StalledRemoval(RedisTagIndex):
-    """The real index, with a stall of its link (the proxy) armed for its next removal: the
-    removal's bytes are held, the client gives up (socket timeout, one retry on a connection
-    the proxy holds too), and the link comes back only then, so the server runs the removal
-    after the call failed. ``stalled`` is set once that happened."""
+    """The real index, with a stall of its link (the proxy) armed for its next removal
+    (``remove``, or ``expire``: how an invalidation forgets its keys): the removal's bytes are
+    held, the client gives up (socket timeout, one retry on a connection the proxy holds too),
+    and the link comes back only then, so the server runs the removal after the call failed.
+    ``stalled`` is set once that happened."""
 
     proxy: Any = None
     armed = False
@@ -97,6 +100,14 @@ class StalledRemoval(RedisTagIndex):
     async def remove(self, keys: Sequence[str]) -> None:
         if not self.armed:
             return await super().remove(keys)
+        await self._stalled(super().remove(keys))
+
+    async def expire(self, keys: Sequence[str], tags: Sequence[str] = ()) -> int:
+        if not self.armed:
+            return await super().expire(keys, tags)
+        return await self._stalled(super().expire(keys, tags))
+
+    async def _stalled(self, removal: Awaitable[T]) -> T:
         self.armed = False
         proxy = self.proxy
         accepted = proxy.accepted
@@ -110,7 +121,7 @@ class StalledRemoval(RedisTagIndex):
 
         healer = asyncio.ensure_future(heal_after_the_retry())
         try:
-            await super().remove(keys)
+            return await removal
         finally:
             await asyncio.wait_for(healer, WAIT)
             self.stalled.set()
@@ -127,7 +138,10 @@ async def test_a_replayed_invalidation_whose_removal_failed_still_deletes_the_va
     zero = stack(direct, RedisTagIndex(client=direct, prefix=INDEX))
     try:
         async with one, zero:
-            await zero.delete("warm")  # the removal script is loaded in Redis (as in a run)
+            # The removal scripts are loaded in Redis (as in a run).
+            await zero.set("warm", 0, tags=["warm"])
+            await zero.invalidate_by_tag("warm")
+            await zero.delete("warm")
             # Instance 1's index is out of reach: its invalidation of "t" is remembered.
             redis_proxy.cut("refuse")
             await one.invalidate_by_tag("t")

@@ -147,6 +147,9 @@ async def test_tagged_set_many_then_invalidate_by_tag(backend: Backend) -> None:
             assert await stack.get(key) == expected, key
         assert await stack.invalidate_by_tag("moved") == 400
         assert await layer.size() == 400 + 10  # group:2 and the 10 untagged keys
+        assert await index.keys_for_tags(["group:1", "moved"]) == set()
+        # The invalidated keys' other entries ("all") are expired: the sweep forgets them.
+        assert await index.cleanup() == 400 - 10 + 400
         assert await index.keys_for_tags(["all"]) == {f"item:{i}" for i in range(2, 1200, 3)}
 
 

@@ -287,6 +287,9 @@ def test_invalidate_by_tag_removes_the_other_instances_keys_from_redis(
     for key in ("post:1", "post:2", "post:3"):
         assert not redis_has(a, prefix, key)
     assert redis_has(a, prefix, "other")
+    assert b.index.keys_for_tags(["posts"]) == set()
+    # post:2's entry under "featured" is expired by the invalidation: gone after the sweep.
+    assert b.index.cleanup() == 3
     assert b.index.keys_for_tags(["posts", "featured"]) == set()
     assert b.stack.get("other") == "o"
 

@@ -35,6 +35,7 @@ from layercache.redis import RedisLayer
 from layercache.redis._keys import (
     tag_index_base,
     tag_index_by_shard,
+    tag_index_expiry,
     tag_index_match,
     tag_index_shard_of,
 )
@@ -118,7 +119,7 @@ async def test_record_many_in_bulk_equals_one_record_per_key(
     """Batches without expired items take the bulk path, with the keys that earlier batches
     left expired swept first; the others go key by key. Either way the index ends exactly as
     after one ``record`` per item. (``sweep=1``: the sweep's limit is reached, and the bulk
-    path must step aside for the exact one.)"""
+    path must forget exactly the keys the per-key sweeps would have.)"""
     monkeypatch.setattr(tag_index_module, "_RECORD_SWEEP", sweep)
     client = backend.client()
     one_by_one = RedisTagIndex(client, prefix="eq:single", known_keys_shards=5)
@@ -140,6 +141,87 @@ async def test_record_many_in_bulk_equals_one_record_per_key(
     final = await index_state(client, "eq:batch")
     assert any(name.startswith(b"tag:") for name in final)
     assert b"expiry" in final
+
+
+async def test_record_many_after_a_bulk_expire_stays_in_bulk(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tag invalidation leaves many expired entries (``expire``). The next
+    ``record_many`` batches take the bulk path all the same (one sweep read per call) and end
+    exactly as one ``record`` per item: the keys the per-key sweeps would forget are forgotten
+    (in their order, skipping items recorded before the sweep reaches them), items among the
+    expired keys are recorded anew."""
+    monkeypatch.setattr(tag_index_module, "_RECORD_BATCH", 40)
+    # At most 8 x 100 keys swept: some of the 1,200 are left for cleanup() to compare.
+    monkeypatch.setattr(tag_index_module, "_RECORD_SWEEP", 1)
+    client = backend.client()
+    one_by_one = RedisTagIndex(client, prefix="bx:single", known_keys_shards=5)
+    batched = RedisTagIndex(client, prefix="bx:batch", known_keys_shards=5)
+    keys = [f"item:{i:04}" for i in range(1200)]
+    for index in (one_by_one, batched):
+        await index.record_many([(k, tags_of(i), None) for i, k in enumerate(keys)])
+        assert await index.expire(keys, ["bulk"]) == len(keys)
+        assert await index.expire(keys[:10], ["bulk"]) == 0  # already expired: not live
+    rng = random.Random(7)
+    now = time.time()
+    for _ in range(8):
+        # Items among the expired keys (before, inside and beyond what the sweeps reach),
+        # repeated keys and new ones, with and without tags and expiries.
+        items = [
+            (
+                rng.choice([*keys[:60], *keys[1100:1110], "new:1", "new:2", "new:3"]),
+                rng.choice([[], ["bulk"], ["x", "group:1"]]),
+                rng.choice([None, now + 600]),
+            )
+            for _ in range(rng.randint(1, 100))
+        ]
+        for key, tags, expires in items:
+            await one_by_one.record(key, tags, expires)
+        _, commands = await counted(client, lambda items=items: batched.record_many(items))
+        assert commands["zrangebyscore"] == commands["evalsha"] == -(-len(items) // 40)
+        assert await index_state(client, "bx:batch") == await index_state(client, "bx:single")
+    assert 0 < await batched.cleanup() == await one_by_one.cleanup()
+    assert await index_state(client, "bx:batch") == await index_state(client, "bx:single")
+
+
+async def test_expire_takes_keys_out_of_the_tags_and_leaves_the_rest_to_the_sweep(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No sweep inside record(): cleanup() below is the only one.
+    monkeypatch.setattr(tag_index_module, "_RECORD_SWEEP", 0)
+    client = backend.client()
+    index = RedisTagIndex(client, prefix=PREFIX)
+    await index.record_many(
+        [
+            ("a", ["t", "u"], None),
+            ("b", ["t"], time.time() + 600),
+            ("c", ["u"], None),
+            ("ü🎉", ["t", "é"], None),
+        ]
+    )
+    _, commands = await counted(client, lambda: index.expire(["a", "b", "ü🎉", "gone"], ["t"]))
+    assert commands.get("smembers", 0) == 0, commands  # no key's tags are read
+    assert await index.keys_for_tags(["t"]) == set()
+    # Their entries under other tags stay until the sweep; "gone" was never recorded.
+    assert await index.keys_for_tags(["u", "é"]) == {"a", "c", "ü🎉"}
+    assert await index.expire(["a", "b"], ["t", "u"]) == 0  # already expired: none live
+    assert await index.keys_for_tags(["u"]) == {"c"}
+    # A key recorded again before the sweep keeps its new record, under every tag it names
+    # (also one its expired entry named: "t" left its set, the entry still said "t").
+    await index.record("b", ["v"])
+    await index.record_many([("ü🎉", ["t"], None)])
+    assert await index.cleanup() == 2  # a, gone
+    assert await index.tags_of("b") == ("v",)
+    assert await index.tags_of("a") == ()
+    assert await index.keys_for_tags(["t"]) == {"ü🎉"}
+    assert await index.keys_for_tags(["t", "u", "v", "é"]) == {"b", "c", "ü🎉"}
+    assert await index.size() == 3
+    with pytest.raises(ValueError, match="single str"):
+        await index.expire(["c"], "u")
+    with pytest.raises(ValueError, match="tag"):
+        await index.expire(["c"], ["bad\ntag"])
+    assert await index.expire([], ["u"]) == 0
+    assert await index.keys_for_tags(["u"]) == {"c"}
 
 
 # -- the index's bulk commands -----------------------------------------------------------------
@@ -171,7 +253,8 @@ async def test_index_records_and_forgets_with_one_command_per_set(redis_clean: A
 
         _, again = await counted(client, lambda: index.record_many(items))
         assert again["smembers"] == count
-        assert again.get("sadd", 0) <= 4 * 16, again  # the shards only: no tag set changed
+        # One SADD per tag set and shard per call (members already there), none per key.
+        assert again.get("sadd", 0) <= 4 * sets_per_call, again
         assert again.get("del", 0) == 0, again
         assert again.get("srem", 0) == 0, again
 
@@ -263,9 +346,10 @@ class Instance:
 @pytest.mark.parametrize("index_kind", ["redis", "memory"])
 async def test_invalidate_10k_tagged_keys_everywhere(backend: Backend, index_kind: str) -> None:
     """After ``invalidate_by_tag`` on one stack, none of the 10,000 keys is left in either
-    stack's memory layer, in Redis or in the index; keys without the tag stay. With the shared
-    index the server runs one index script per 1,000 keys and one tombstone script per 500
-    keys (per slot on a cluster), and a constant number of commands per tag set."""
+    stack's memory layer, in Redis or under the tag in the index (their other entries expired,
+    gone after the sweep); keys without the tag stay. With the shared index the server runs one
+    index script per 2,000 keys and one tombstone script per 500 keys (per slot on a cluster),
+    and no command per key in the index."""
     client = backend.client()
     if index_kind == "redis":
         shared = RedisTagIndex(client, prefix=PREFIX)
@@ -294,6 +378,23 @@ async def test_invalidate_10k_tagged_keys_everywhere(backend: Backend, index_kin
         assert await b.stack.get("keep") == "kept"
         assert await a.stack.get("plain") == "untagged"
         if index_kind == "redis":
+            # The invalidated tag's set lost every key at once; the keys' other entries are
+            # expired (score 0), for the sweep to forget. No command per key or key and tag:
+            # the tag's keys in one SMEMBERS (one set: no SUNION), then one expire script per
+            # 2,000 keys: ZADDs of 500 keys and SREMs of the tag's set of 1,000 (the bound of
+            # one command's members).
+            assert await shared.keys_for_tags(["bulk"]) == set()
+            assert commands["smembers"] == 1, commands
+            assert commands.get("sunion", 0) == 0, commands
+            assert commands["srem"] == count // 1000, commands
+            assert commands["zadd"] == count // 500, commands
+            index_scripts = 5
+            # Every key is expired (score 0), or already forgotten by a record's sweep since.
+            due = {m.decode() for m in await client.zrangebyscore(tag_index_expiry(PREFIX), 0, 0)}
+            assert due <= set(keys)
+            for key in set(keys[:500]) - due:
+                assert await shared.tags_of(key) == (), key
+            assert await shared.cleanup() == len(due) >= count - 100
             assert await shared.size() == 1
             assert await shared.keys_for_tags(["bulk", "group:3", "team:42"]) == set()
             state = await index_state(client, PREFIX)
@@ -303,13 +404,6 @@ async def test_invalidate_10k_tagged_keys_everywhere(backend: Backend, index_kin
                 *(n for n in state if n.startswith(b"keys:")),
             }
             assert len([n for n in state if n.startswith(b"keys:")]) == 1
-            # The index: the tag's keys in one SMEMBERS (one set: no SUNION); 10 scripts of
-            # 1,000 keys, one SMEMBERS per key, a few SREMs per tag set (111 tags, 16
-            # shards) per script; no command per key and tag.
-            assert commands["smembers"] == count + 1, commands
-            assert commands.get("sunion", 0) == 0, commands
-            assert commands["srem"] <= 10 * (111 + 16), commands
-            index_scripts = 10
         else:
             index_scripts = 0
         # The values: one tombstone script per 500 keys on a server (a cluster: per slot among
@@ -350,7 +444,8 @@ async def test_bulk_delete_one_script_per_slot(backend: Backend) -> None:
 
 class Interleaving(RedisTagIndex):
     """A RedisTagIndex that runs a step of a test right after its next ``keys_for_tags`` or
-    ``remove`` call (inside the invalidation that made it)."""
+    ``expire`` call (inside the invalidation that made it: ``expire`` is how a tag
+    invalidation forgets its keys in this index)."""
 
     after: dict[str, Callable[[], Awaitable[None]]]
 
@@ -361,14 +456,15 @@ class Interleaving(RedisTagIndex):
             await step()
         return found
 
-    async def remove(self, keys: Any) -> None:
-        await super().remove(keys)
-        step = self.after.pop("remove", None)
+    async def expire(self, keys: Any, tags: Sequence[str] = ()) -> int:
+        live = await super().expire(keys, tags)
+        step = self.after.pop("expire", None)
         if step is not None:
             await step()
+        return live
 
 
-@pytest.mark.parametrize("moment", ["keys_for_tags", "remove"])
+@pytest.mark.parametrize("moment", ["keys_for_tags", "expire"])
 async def test_set_during_invalidation_is_consistent(backend: Backend, moment: str) -> None:
     """A ``set`` that lands inside a bulk invalidation (after it resolved the tag's keys, or
     after it forgot them in the index, before the values are deleted) leaves its key either
@@ -408,6 +504,8 @@ async def test_set_during_invalidation_is_consistent(backend: Backend, moment: s
         await stack.invalidate_by_tag("bulk")
         for key in concurrent:
             assert await stack.get(key) is None
+        # Every key's entries are expired now, and the sweep forgets them all.
+        await index.cleanup()
         assert await index.size() == 0
         await stack.set("after", "stays", tags=["bulk"])
         assert await stack.get("after") == "stays"
@@ -439,9 +537,14 @@ def test_sync_stack_bulk_tags(redis_clean: Any) -> None:
         assert stack.invalidate_by_tag("team:42") == len(team) == 10
         assert stack.invalidate_by_tag("bulk") == count - len(team)
         delta = {n: c - before.get(n, 0) for n, c in calls().items()}
-        # 1 + 3 index scripts, each with a few SREMs per tag set (111) and shard (16).
-        assert delta["srem"] <= 4 * (111 + 16), delta
+        # 1 + 2 index scripts (10 keys, then 2,990 in batches of 2,000), each with SREMs of
+        # 1,000 keys of the tag's set and ZADDs of 500; no command per key.
+        assert delta["srem"] == 1 + 2 + 1, delta
+        assert delta["zadd"] == 1 + 4 + 2, delta
+        assert delta["smembers"] == 2, delta
         assert memory.size() == 0
+        assert index.keys_for_tags(["bulk", "team:42"]) == set()
+        assert index.cleanup() == count
         assert index.size() == 0
         assert stack.get_many(keys[:50]) == [None] * 50
     finally:

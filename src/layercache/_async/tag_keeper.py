@@ -203,7 +203,7 @@ class TagKeeper:
             replay.deletes.append(keys)
             replay.changes.append(("keys", "invalidate", keys))
             with self._flights.changing(among(keys), keys):
-                await self.index.remove(keys)
+                await self.index.forget_invalidated(keys, tags)
         with backlog.lock:
             backlog.pop(batch)
         return []

@@ -637,11 +637,11 @@ class SyncCacheStack:
             # that stores and records its tags in between would be neither in the answer nor
             # still in flight to be marked, and its value would outlive the invalidation.
             with self._flights.changing(tagged):
-                keys = self._writer.invalidate_tags(wanted, mode)
+                keys, known = self._writer.invalidate_tags(wanted, mode)
             self._announcer.announce("tags", "invalidate", wanted, mode)
             if keys:
                 self._announcer.announce("keys", "invalidate", keys)
-        return len(keys)
+        return known
 
     def invalidate_by_pattern(self, pattern: str) -> int:
         """Delete every key matching the glob ``pattern`` (``*``, ``?``, ``[...]``).

@@ -55,6 +55,8 @@ class TagIndexAdapter:
         self._tags_of = bind_method(tags_of, False) if callable(tags_of) else None
         many = getattr(index, "record_many", None)
         self._record_many = bind_method(many, False) if callable(many) else None
+        expire = getattr(index, "expire", None)
+        self._expire = bind_method(expire, False) if callable(expire) else None
         closer = getattr(index, "close", None)
         self._close = bind_method(closer, False) if callable(closer) else None
 
@@ -66,6 +68,18 @@ class TagIndexAdapter:
         for key, tags, expires_at in items:
             evicted.extend(self.record(key, tags, expires_at) or ())
         return evicted
+
+    def forget_invalidated(self, keys: Sequence[str], tags: Sequence[str]) -> int:
+        """Forget ``keys``, just resolved by an invalidation of ``tags``; returns how many of
+        them the index still knew as live. An index with ``expire`` (``RedisTagIndex``) takes
+        them out of those tags' sets and leaves the rest of their entries to its expiry sweep
+        (no per-key read): a key invalidated under another tag before that sweep is still
+        listed under its other tags, and is not counted again. Any other index removes them
+        (all counted)."""
+        if self._expire is not None:
+            return int(self._expire(keys, tags))
+        self.remove(keys)
+        return len(keys)
 
     def size(self) -> int | None:
         """Keys in an in-process index; ``None`` for one that cannot tell without I/O."""

@@ -205,7 +205,7 @@ class TagKeeper:
             replay.deletes.append(keys)
             replay.changes.append(("keys", "invalidate", keys))
             with self._flights.changing(among(keys), keys):
-                self.index.remove(keys)
+                self.index.forget_invalidated(keys, tags)
         with backlog.lock:
             backlog.pop(batch)
         return []

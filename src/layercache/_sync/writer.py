@@ -459,9 +459,10 @@ class Writer:
         layers = self._layers
         layers.run("clear", layers.adapters, lambda a: a.clear(), ("clear", None))
 
-    def invalidate_tags(self, tags: Sequence[str], mode: str) -> list[str]:
+    def invalidate_tags(self, tags: Sequence[str], mode: str) -> tuple[list[str], int]:
         """Delete the keys carrying any/all of ``tags`` (the change already marked for
-        fetches with those tags); returns them."""
+        fetches with those tags); returns them and how many the index still knew as live
+        (see :meth:`TagIndexAdapter.forget_invalidated`)."""
         layers = self._layers
         # In Redis itself, on every instance: the tags' fences go up before the keys are
         # resolved, so a fetch of a tagged key that read before now is refused its store, or
@@ -480,10 +481,21 @@ class Writer:
             layers.run("invalidate_by_tags", layers.local, lambda a: a.clear())
         ordered = sorted(keys)
         # Fetches of the keys found run with other tags (or none): mark them too.
+        known = len(ordered)
         with self._flights.changing(among(keys), ordered):
             if ordered:
-                self.delete(ordered)
-        return ordered
+                # As in delete(): the index entries go before the values. The index forgets
+                # them the cheap way a tag invalidation allows (no per-key read).
+                live: int | None = self.tag_op(
+                    "remove",
+                    functools.partial(self.tags.index.forget_invalidated, ordered, tags),
+                    None,
+                    ("remove", ordered),
+                )
+                if live is not None:
+                    known = live
+                self.delete_everywhere(ordered)
+        return ordered, known
 
     def invalidate_pattern(self, pattern: str) -> int:
         """Delete the keys matching a glob (the change already marked); returns how many

@@ -160,13 +160,16 @@ local function replace_many(items, expiry, shards, tag_prefix, key_prefix, shard
           add_to(removes, old[j], member)
         end
       end
-      -- The tags are unique: as many as before and none new means the same set.
+      -- Every wanted tag set gets the key, also one its old tags name: an entry expired by
+      -- TAG_INDEX_EXPIRE left the invalidated tags' sets while its tag set still names them.
+      -- The tags are unique: as many as before and none new means the same tag set, which is
+      -- then not rewritten.
       local same = #old == #tags
       for j = 1, #tags do
         if not had[tags[j]] then
           same = false
-          add_to(adds, tags[j], member)
         end
+        add_to(adds, tags[j], member)
       end
       if not same then
         if #old > 0 then
@@ -277,19 +280,38 @@ for member in string.gmatch(ARGV[7], '[^\\n]+') do
   items[#items + 1] = {member, expires_at, lists[tonumber(next_list())]}
 end
 local per_key = tonumber(ARGV[2])
-local limit = per_key * #items
-local due = {}
-if limit > 0 then
-  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
-end
-if not past and (limit == 0 or #due < limit) then
-  -- The usual case, in bulk. Fewer keys are due than the per-key sweeps could forget, and
-  -- no item expires by `now`: those sweeps would forget every due key (or see it recorded
-  -- anew first, which gives the same result as forgetting it, then recording it) and nothing
-  -- else. So: forget them all first, then replace every key's tags at once.
-  forget_many(due, KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if not past then
+  -- The usual case, in bulk: no item expires by `now`, so a key recorded here is not due any
+  -- more afterwards (it leaves the expiry set or gets a later score) and no key becomes due
+  -- during the batch. The per-key sweeps would then forget, before each item, the next
+  -- `per_key` due keys (in ZRANGEBYSCORE order) that are neither forgotten nor recorded by
+  -- then. That is worked out here on one read of the due keys, which holds enough of them
+  -- (each item takes at most one key off the list before the sweeps reach it); then the keys
+  -- are forgotten at once, and every item's tags replaced at once. Forgetting a key before
+  -- it is recorded is what its own sweep would have done; the other forgotten keys are not
+  -- among the items, so the order does not matter for them.
+  local forget = {}
+  local limit = per_key * #items
+  if limit > 0 then
+    local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit + #items)
+    local recorded = {}
+    local next_due = 1
+    for n = 1, #items do
+      local budget = per_key
+      while budget > 0 and next_due <= #due do
+        local member = due[next_due]
+        next_due = next_due + 1
+        if not recorded[member] then
+          forget[#forget + 1] = member
+          budget = budget - 1
+        end
+      end
+      recorded[items[n][1]] = true
+    end
+  end
+  forget_many(forget, KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
   replace_many(items, KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-  return #due
+  return #forget
 end
 -- Otherwise one key at a time, exactly as TAG_INDEX_RECORD.
 local swept = 0
@@ -312,14 +334,34 @@ TAG_INDEX_REMOVE = (
 -- KEYS[2]  the layout string ({prefix}:layout)
 -- ARGV[1]  the known-keys shard count
 -- ARGV[2]  tag set name prefix, ARGV[3] key set name prefix, ARGV[4] shard name prefix
--- ARGV[5..] the keys by known-keys shard (computed by the caller with the rule of shard_of):
+-- ARGV[5]  '' (forget every key given), or a wall-clock time: forget only the keys whose
+--          expiry is at or before it (the expiry sweep: a key recorded again since it was
+--          found due has a later expiry, or none, and stays)
+-- ARGV[6..] the keys by known-keys shard (computed by the caller with the rule of shard_of):
 --           per shard its number, then its keys joined by newlines (a key never holds a
 --           control character; one argument instead of one per key costs the client less)
--- Returns the number of keys given; an error reply LAYERCACHE_LAYOUT ... on a shard-count
--- mismatch.
+-- Returns the number of keys forgotten; an error reply LAYERCACHE_LAYOUT ... on a
+-- shard-count mismatch.
 local err = check_layout(KEYS[2], ARGV[1])
 if err then
   return redis.error_reply(err)
+end
+local due_by = tonumber(ARGV[5])
+
+local function still_due(members)
+  -- The members whose expiry score is at or before due_by (one ZMSCORE per CHUNK).
+  local kept = {}
+  for first = 1, #members, CHUNK do
+    local last = math.min(first + CHUNK - 1, #members)
+    local scores = redis.call('ZMSCORE', KEYS[1], unpack(members, first, last))
+    for i = first, last do
+      local score = scores[i - first + 1]
+      if score and tonumber(score) <= due_by then
+        kept[#kept + 1] = members[i]
+      end
+    end
+  end
+  return kept
 end
 -- forget_many's work, with each shard's keys as given: per key one SMEMBERS (its tags) and
 -- nothing else; then one SREM per shard and per tag set, one DEL and one ZREM, each with many
@@ -327,10 +369,16 @@ end
 local key_prefix = ARGV[3]
 local members, key_sets, tag_groups = {}, {}, {}
 local count = 0
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local shard_members = {}
   for member in string.gmatch(ARGV[i + 1], '[^\\n]+') do
     shard_members[#shard_members + 1] = member
+  end
+  if due_by then
+    shard_members = still_due(shard_members)
+  end
+  for n = 1, #shard_members do
+    local member = shard_members[n]
     count = count + 1
     members[count] = member
     local key_set = key_prefix .. member
@@ -354,23 +402,42 @@ return count
 """
 )
 
-TAG_INDEX_CLEANUP = (
+TAG_INDEX_EXPIRE = (
     _TAG_INDEX_LUA
     + """
--- Forget keys whose expiry has passed, at most ARGV[2] of them.
+-- Expire the index entries of several keys now, atomically, and take them out of the given
+-- tag sets: each key gets the expiry score 0 (due: the next expiry sweep, of any instance,
+-- forgets its tag set, its other tag sets' entries and its shard entry, unless the key is
+-- recorded again first, which gives it a new score). Per key no read and no command of its
+-- own: one ZADD for all of them and one SREM per given tag set.
 -- KEYS[1]  the expiry sorted set ({prefix}:expiry)
 -- KEYS[2]  the layout string ({prefix}:layout)
--- ARGV[1]  the current wall-clock time in seconds
--- ARGV[2]  the most keys to forget
--- ARGV[3]  the known-keys shard count
--- ARGV[4]  tag set name prefix, ARGV[5] key set name prefix, ARGV[6] shard name prefix
--- Returns the number of keys forgotten; an error reply LAYERCACHE_LAYOUT ... on a shard-count
--- mismatch.
-local err = check_layout(KEYS[2], ARGV[3])
+-- ARGV[1]  the known-keys shard count
+-- ARGV[2]  tag set name prefix, ARGV[3] key set name prefix, ARGV[4] shard name prefix
+-- ARGV[5]  the tags whose sets lose the keys, joined by newlines ('' for none)
+-- ARGV[6]  the keys, joined by newlines (a key never holds a control character)
+-- Returns how many of the keys had live entries (not already expired by an earlier call:
+-- ZADD's CH count); an error reply LAYERCACHE_LAYOUT ... on a shard-count mismatch.
+local err = check_layout(KEYS[2], ARGV[1])
 if err then
   return redis.error_reply(err)
 end
-return sweep(ARGV[1], ARGV[2], KEYS[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local members, scored = {}, {}
+for member in string.gmatch(ARGV[6], '[^\\n]+') do
+  members[#members + 1] = member
+  scored[#scored + 1] = 0
+  scored[#scored + 1] = member
+end
+-- CHUNK is even: every chunk of score, member pairs starts with a score.
+local live = 0
+for first = 1, #scored, CHUNK do
+  local last = math.min(first + CHUNK - 1, #scored)
+  live = live + redis.call('ZADD', KEYS[1], 'CH', unpack(scored, first, last))
+end
+for tag in string.gmatch(ARGV[5], '[^\\n]+') do
+  call_chunked('SREM', ARGV[2] .. tag, members)
+end
+return live
 """
 )
 
