@@ -355,10 +355,20 @@ class MemoryLayer:
         """Remove every key in ``keys`` (the lock taken once per 1,024 keys, not per key)."""
         keys = list(keys)
         remove = self._remove
+        # Without a policy, sizes or counts, a removal is the two maps and the reference mark
+        # (what _remove and _forget do then, inline: half the cost per key of a bulk delete).
+        plain = self._policy is None and self._sizes is None and self._counts is None
+        metas, values, referenced = self._metas, self._values, self._referenced
         for start in range(0, len(keys), _DELETE_CHUNK):
             with self._lock:
-                for key in keys[start : start + _DELETE_CHUNK]:
-                    remove(key)
+                if plain:
+                    for key in keys[start : start + _DELETE_CHUNK]:
+                        if metas.pop(key, None) is not None:
+                            del values[key]
+                            referenced.discard(key)
+                else:
+                    for key in keys[start : start + _DELETE_CHUNK]:
+                        remove(key)
 
     def clear(self) -> None:
         """Remove every entry."""
