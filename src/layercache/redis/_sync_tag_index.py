@@ -285,12 +285,14 @@ class SyncRedisTagIndex:
         return tag_index_shard(self.prefix, tag_index_shard_of(member, self.known_keys_shards))
 
     @staticmethod
-    def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+    def _tags(tags: Iterable[str], most: int | None = MAX_TAGS) -> tuple[str, ...]:
+        """``tags`` checked, without repeats; at most ``most`` of them (``None``: any number,
+        for the tags of an invalidation rather than of one key)."""
         if isinstance(tags, str):
             raise ValueError("tags must be an iterable of str, not a single str")
         unique = tuple(dict.fromkeys(_check_text("tag", t, MAX_TAG_LENGTH) for t in tags))
-        if len(unique) > MAX_TAGS:
-            raise ValueError(f"at most {MAX_TAGS} tags per key; got {len(unique)}")
+        if most is not None and len(unique) > most:
+            raise ValueError(f"at most {most} tags per key; got {len(unique)}")
         return unique
 
     def _sscan(self, name: bytes, match: bytes | None = None) -> Iterator[bytes]:
@@ -506,12 +508,8 @@ class SyncRedisTagIndex:
             ValueError: On a bad tag.
             CacheLayerError: If Redis fails, or the index uses another shard count.
         """
+        joined_tags = b"\n".join(map(to_member, self._tags(tags, None)))
         members = _members(keys)
-        if isinstance(tags, str):
-            raise ValueError("tags must be an iterable of str, not a single str")
-        joined_tags = b"\n".join(
-            to_member(_check_text("tag", tag, MAX_TAG_LENGTH)) for tag in dict.fromkeys(tags)
-        )
         with self._driver_errors("expire"):
             self._ready()
             live: list[int] = []
